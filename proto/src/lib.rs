@@ -1,0 +1,28 @@
+//! Wire definitions shared by every BFTcd crate.
+//!
+//! * [`etcdserverpb`], [`mvccpb`], [`authpb`]: the etcd v3 API, written for BFTcd and kept
+//!   wire-compatible with etcd 3.5 (same packages, services and field numbers), so stock clients
+//!   talk to the sidecar unchanged.
+//! * [`bftcd`]: blocks, operations, certificates and ledger records (`proto/bftcd/ledger.proto`).
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod bftcd {
+    pub mod v1 {
+        tonic::include_proto!("bftcd.v1");
+    }
+    pub use v1::*;
+}
+
+pub use prost;
+pub use prost::Message;

@@ -1,0 +1,377 @@
+//! The apply engine: committed operations from the ledger, applied to the local etcd in commit
+//! order, each exactly once.
+//!
+//! A Put, DeleteRange or Txn is sent as one outer etcd Txn holding the client's operation and a
+//! Put of the reserved applied-position key, so the position moves atomically with the data.
+//! LeaseGrant, LeaseRevoke, LeaseKeepAlive and Compact cannot sit inside an etcd Txn: they are
+//! their own calls, their replay after a crash is harmless (a grant of an existing ID, a revoke
+//! of a missing lease, a repeated keepalive or compaction all leave the same state), and the
+//! position moves with the next Txn. An operation that etcd refuses (a Put naming a lease that
+//! does not exist, say) is refused the same way on every bank; its position is kept in a small
+//! cursor file so a replay never runs it again after later operations changed the state.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
+use bftcd_proto::etcdserverpb::{
+    request_op::Request, response_op::Response, CompactionResponse, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+};
+use bftcd_sequencer::{Ledger, Position};
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, watch};
+use tonic::{Code, Status};
+
+use crate::errors;
+use crate::etcd::LocalEtcd;
+use crate::identity::Identity;
+use crate::reserved::APPLIED_KEY;
+use crate::rewrite;
+
+/// What a client gets back for its write.
+#[derive(Debug)]
+pub enum OpResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseKeepAlive(LeaseKeepAliveResponse),
+}
+
+pub type Outcome = Result<OpResponse, Status>;
+
+enum Attempt {
+    Done(OpResponse),
+    /// etcd refused the operation; every bank refuses it the same way.
+    Refused(Status),
+    /// The local etcd could not be reached or answered with a local condition; outcome unknown.
+    Transient(Status),
+}
+
+type Key = (u32, u64);
+
+fn key_of(id: &Option<OperationId>) -> Key {
+    id.as_ref().map(|i| (i.bank, i.nonce)).unwrap_or_default()
+}
+
+pub struct Applier {
+    etcd: LocalEtcd,
+    ledger: Arc<Ledger>,
+    identity: Arc<Identity>,
+    waiters: Mutex<HashMap<Key, oneshot::Sender<Outcome>>>,
+    applied: watch::Sender<Option<Position>>,
+    cursor_path: PathBuf,
+}
+
+/// Errors that say something about this bank's etcd, not about the operation.
+fn is_transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal
+            | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+impl Applier {
+    pub fn new(etcd: LocalEtcd, ledger: Arc<Ledger>, identity: Arc<Identity>, data_dir: &std::path::Path) -> Self {
+        let (applied, _) = watch::channel(None);
+        Applier {
+            etcd,
+            ledger,
+            identity,
+            waiters: Mutex::new(HashMap::new()),
+            applied,
+            cursor_path: data_dir.join("apply-cursor"),
+        }
+    }
+
+    /// Registers interest in the outcome of an operation about to be submitted.
+    pub fn register(&self, id: &OperationId) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert((id.bank, id.nonce), tx);
+        rx
+    }
+
+    pub fn forget(&self, id: &OperationId) {
+        self.waiters.lock().unwrap().remove(&(id.bank, id.nonce));
+    }
+
+    /// The last applied position; wakes on every apply.
+    pub fn applied(&self) -> watch::Receiver<Option<Position>> {
+        self.applied.subscribe()
+    }
+
+    /// Applies committed blocks forever. Returns only on an error that needs an operator.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let last = self.recover().await?;
+        tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
+        self.applied.send_replace(last);
+        let mut heights = self.ledger.subscribe();
+        let (mut height, mut skip) = match last {
+            None => (1, 0),
+            Some(p) => (p.height, p.index as usize + 1),
+        };
+        loop {
+            while self.ledger.height() < height {
+                if heights.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+            let ledger = self.ledger.clone();
+            let block = tokio::task::spawn_blocking(move || ledger.read(height)).await??.block.unwrap_or_default();
+            for (i, op) in block.operations.iter().enumerate().skip(skip) {
+                let pos = Position { height, index: i as u32 };
+                let outcome = self.apply(op, pos).await;
+                self.applied.send_replace(Some(pos));
+                if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
+                    let _ = w.send(outcome);
+                }
+            }
+            height += 1;
+            skip = 0;
+        }
+    }
+
+    /// Where to resume: the later of the position in etcd and the cursor file.
+    async fn recover(&self) -> anyhow::Result<Option<Position>> {
+        let mut warned = false;
+        let in_etcd = loop {
+            match self.read_position().await {
+                Ok(p) => break p,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(etcd = %self.etcd.endpoint, error = %e, "apply: waiting for the local etcd");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let in_cursor = match std::fs::read(&self.cursor_path) {
+            Ok(b) => Some(Position::from_bytes(&b).ok_or_else(|| {
+                anyhow::anyhow!("{} is damaged; remove it only if you know the local etcd is current", self.cursor_path.display())
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let last = in_etcd.max(in_cursor);
+        if let Some(p) = last {
+            if p.height > self.ledger.height() {
+                anyhow::bail!(
+                    "the local etcd has applied up to block {} but the ledger {} ends at block {}: \
+                     this etcd's data does not belong to this ledger",
+                    p.height,
+                    self.ledger.path().display(),
+                    self.ledger.height()
+                );
+            }
+        }
+        Ok(last)
+    }
+
+    async fn read_position(&self) -> Result<Option<Position>, Status> {
+        let r = self
+            .etcd
+            .kv()
+            .range(RangeRequest { key: APPLIED_KEY.to_vec(), ..Default::default() })
+            .await?
+            .into_inner();
+        match r.kvs.first() {
+            None => Ok(None),
+            Some(kv) => Position::from_bytes(&kv.value)
+                .map(Some)
+                .ok_or_else(|| Status::data_loss("bftcd: the applied-position key in the local etcd is damaged")),
+        }
+    }
+
+    fn write_cursor(&self, pos: Position) -> std::io::Result<()> {
+        let tmp = self.cursor_path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &pos.to_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.cursor_path)?;
+        if let Some(dir) = self.cursor_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Applies one operation, riding out outages of the local etcd.
+    async fn apply(&self, op: &Operation, pos: Position) -> Outcome {
+        let mut retrying = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.attempt(op, pos, retrying).await {
+                Attempt::Done(r) => return Ok(r),
+                Attempt::Refused(status) => {
+                    while let Err(e) = self.write_cursor(pos) {
+                        tracing::error!(error = %e, "apply: cannot write the apply cursor; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    return Err(status);
+                }
+                Attempt::Transient(status) => {
+                    tracing::warn!(position = %pos, error = %status, "apply: local etcd failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    // The failed call may or may not have landed. The position key says which.
+                    match self.read_position().await {
+                        Ok(Some(p)) if p >= pos => return Err(errors::timeout()),
+                        Ok(_) => retrying = true,
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn bookkeeping(pos: Position) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: APPLIED_KEY.to_vec(),
+                value: pos.to_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    async fn attempt(&self, op: &Operation, pos: Position, retrying: bool) -> Attempt {
+        let Some(request) = &op.request else {
+            // Validated before ordering; an empty operation from the ledger changes nothing.
+            return Attempt::Refused(errors::key_not_found());
+        };
+        match request {
+            Op::Put(p) => {
+                let ops = vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }];
+                self.outer_txn(ops, pos, |header, responses| {
+                    let prev_kv = match responses.next().and_then(|r| r.response) {
+                        Some(Response::ResponsePut(r)) => r.prev_kv,
+                        _ => None,
+                    };
+                    OpResponse::Put(PutResponse { header, prev_kv })
+                })
+                .await
+            }
+            Op::DeleteRange(d) => {
+                let parts = rewrite::delete_parts(d);
+                let n = parts.len();
+                let ops = parts
+                    .into_iter()
+                    .map(|p| RequestOp { request: Some(Request::RequestDeleteRange(p)) })
+                    .collect();
+                self.outer_txn(ops, pos, |header, responses| {
+                    let parts = responses
+                        .take(n)
+                        .filter_map(|r| match r.response {
+                            Some(Response::ResponseDeleteRange(d)) => Some(d),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut merged = rewrite::merge_deletes(parts);
+                    merged.header = header;
+                    OpResponse::DeleteRange(merged)
+                })
+                .await
+            }
+            Op::Txn(t) => {
+                let (t, plan) = rewrite::plan_txn(t);
+                let ops = vec![RequestOp { request: Some(Request::RequestTxn(t)) }];
+                self.outer_txn(ops, pos, |header, responses| {
+                    let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
+                    let inner = match responses.next().and_then(|r| r.response) {
+                        Some(Response::ResponseTxn(t)) => t,
+                        _ => TxnResponse::default(),
+                    };
+                    let mut restored = rewrite::restore_txn(&plan, inner, revision);
+                    restored.header = header;
+                    OpResponse::Txn(restored)
+                })
+                .await
+            }
+            Op::Compact(c) => match self.etcd.kv().compact(c.clone()).await {
+                Ok(r) => Attempt::Done(OpResponse::Compact(CompactionResponse { header: self.identity.header(r.into_inner().header) })),
+                Err(s) if is_transient(&s) => Attempt::Transient(s),
+                // A compaction that already happened before the outage.
+                Err(s) if retrying && s.message() == errors::compacted().message() => Attempt::Refused(errors::timeout()),
+                Err(s) => Attempt::Refused(errors::from_etcd(s)),
+            },
+            Op::LeaseGrant(g) => {
+                let id = if g.id == 0 { self.lease_id(pos) } else { g.id };
+                match self.etcd.lease().lease_grant(LeaseGrantRequest { ttl: g.ttl, id }).await {
+                    Ok(r) => {
+                        let mut r = r.into_inner();
+                        r.header = self.identity.header(r.header);
+                        Attempt::Done(OpResponse::LeaseGrant(r))
+                    }
+                    Err(s) if is_transient(&s) => Attempt::Transient(s),
+                    Err(s) if retrying && s.message() == errors::lease_exists().message() => Attempt::Refused(errors::timeout()),
+                    Err(s) => Attempt::Refused(errors::from_etcd(s)),
+                }
+            }
+            Op::LeaseRevoke(r) => match self.etcd.lease().lease_revoke(r.clone()).await {
+                Ok(resp) => Attempt::Done(OpResponse::LeaseRevoke(LeaseRevokeResponse {
+                    header: self.identity.header(resp.into_inner().header),
+                })),
+                Err(s) if is_transient(&s) => Attempt::Transient(s),
+                Err(s) if retrying && s.message() == errors::lease_not_found().message() => Attempt::Refused(errors::timeout()),
+                Err(s) => Attempt::Refused(errors::from_etcd(s)),
+            },
+            Op::LeaseKeepAlive(k) => {
+                let once = tokio_stream::once(k.clone());
+                let reply = async {
+                    let mut stream = self.etcd.lease().lease_keep_alive(once).await?.into_inner();
+                    stream.message().await?.ok_or_else(|| Status::unavailable("keepalive stream closed"))
+                };
+                match reply.await {
+                    Ok(mut r) => {
+                        r.header = self.identity.header(r.header);
+                        Attempt::Done(OpResponse::LeaseKeepAlive(r))
+                    }
+                    Err(s) if is_transient(&s) => Attempt::Transient(s),
+                    Err(s) => Attempt::Refused(errors::from_etcd(s)),
+                }
+            }
+        }
+    }
+
+    /// Sends `ops` and the position Put as one etcd Txn; `finish` builds the client's response
+    /// from the header and the responses to `ops`.
+    async fn outer_txn(
+        &self,
+        mut ops: Vec<RequestOp>,
+        pos: Position,
+        finish: impl FnOnce(Option<bftcd_proto::etcdserverpb::ResponseHeader>, &mut dyn Iterator<Item = ResponseOp>) -> OpResponse,
+    ) -> Attempt {
+        ops.push(Self::bookkeeping(pos));
+        let txn = TxnRequest { compare: vec![], success: ops, failure: vec![] };
+        match self.etcd.kv().txn(txn).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let header = self.identity.header(r.header);
+                let mut it = r.responses.into_iter();
+                Attempt::Done(finish(header, &mut it))
+            }
+            Err(s) if is_transient(&s) => Attempt::Transient(s),
+            Err(s) => Attempt::Refused(errors::from_etcd(s)),
+        }
+    }
+
+    /// A lease ID for a grant that asked for 0: a function of the chain and the position only,
+    /// so every bank picks the same one. Positive, never 0 (etcd's "pick one for me").
+    fn lease_id(&self, pos: Position) -> i64 {
+        let mut h = Sha256::new();
+        h.update(b"bftcd.lease\0");
+        h.update(self.ledger.genesis().chain_id.as_bytes());
+        h.update([0u8]);
+        h.update(pos.to_bytes());
+        let d = h.finalize();
+        let id = (u64::from_be_bytes(d[..8].try_into().unwrap()) >> 1) as i64;
+        id.max(1)
+    }
+}

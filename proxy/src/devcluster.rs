@@ -1,0 +1,180 @@
+//! `bftcd dev-cluster`: a whole local deployment on loopback for trying BFTcd and for tests.
+//!
+//! Port layout for `--base-port P` and bank i (1-based):
+//!   P+i      the bank's etcd v3 client endpoint (the sidecar)
+//!   P+100+i  the bank's stock etcd, client URL (only the sidecar talks to it)
+//!   P+200+i  the bank's stock etcd, peer URL (a single-member etcd; nothing connects)
+//! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/}.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::etcd::LocalEtcd;
+
+#[derive(clap::Args, Debug)]
+pub struct DevClusterArgs {
+    /// Number of banks (this version: 1).
+    #[arg(long, default_value_t = 1)]
+    pub banks: u32,
+    /// Directory for every bank's data and logs (created; reused across runs).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Bank i serves clients on 127.0.0.1:(base-port + i).
+    #[arg(long, default_value_t = 2379)]
+    pub base_port: u16,
+    /// Stock etcd binary (default: $BFTCD_ETCD_BIN, tools/bin, PATH).
+    #[arg(long)]
+    pub etcd_bin: Option<PathBuf>,
+    /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--max-txn-ops=256.
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+async fn wait_etcd(endpoint: &str, child: &mut Child, log: &std::path::Path) -> anyhow::Result<()> {
+    let etcd = LocalEtcd::connect_lazy(endpoint)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if etcd.maintenance().status(bftcd_proto::etcdserverpb::StatusRequest {}).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("etcd exited ({status}) before serving; see {}", log.display());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "etcd at {endpoint} did not serve within 30 s; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_all(procs: &mut [Proc]) {
+    // Sidecars first (they were started last), then their etcds.
+    for p in procs.iter_mut().rev() {
+        if let Some(pid) = p.child.id() {
+            // SAFETY: plain kill(2) on a child we own.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.is_err() {
+            eprintln!("dev-cluster: {} did not stop in 10 s; killing it", p.what);
+            let _ = p.child.kill().await;
+        }
+    }
+}
+
+pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.banks >= 1, "--banks must be at least 1");
+    anyhow::ensure!(
+        args.banks == 1,
+        "--banks {}: this version orders writes with a single replica; more banks come with the HotStuff-2 sequencer",
+        args.banks
+    );
+    anyhow::ensure!((args.base_port as u32) + 200 + args.banks < 65536, "--base-port too high for {} banks", args.banks);
+    let etcd_bin = crate::tools::find("etcd", args.etcd_bin.as_deref())?;
+    let bftcd_bin = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut endpoints = Vec::new();
+    let started = async {
+        for i in 1..=args.banks {
+            let name = format!("bank{i}");
+            let bank_dir = dir.join(&name);
+            std::fs::create_dir_all(&bank_dir)?;
+            let client = args.base_port as u32 + i;
+            let etcd_client = format!("http://127.0.0.1:{}", args.base_port as u32 + 100 + i);
+            let etcd_peer = format!("http://127.0.0.1:{}", args.base_port as u32 + 200 + i);
+
+            let etcd_log_path = bank_dir.join("etcd.log");
+            let etcd_log = std::fs::File::create(&etcd_log_path)?;
+            let mut etcd = Command::new(&etcd_bin)
+                .arg(format!("--name={name}"))
+                .arg(format!("--data-dir={}", bank_dir.join("etcd").display()))
+                .arg(format!("--listen-client-urls={etcd_client}"))
+                .arg(format!("--advertise-client-urls={etcd_client}"))
+                .arg(format!("--listen-peer-urls={etcd_peer}"))
+                .arg(format!("--initial-advertise-peer-urls={etcd_peer}"))
+                .arg(format!("--initial-cluster={name}={etcd_peer}"))
+                // Room for the sidecar's bookkeeping on top of a client's largest request.
+                .arg("--max-request-bytes=10485760")
+                .arg("--max-txn-ops=10240")
+                .arg("--experimental-watch-progress-notify-interval=5s")
+                .stdout(etcd_log.try_clone()?)
+                .stderr(etcd_log)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", etcd_bin.display()))?;
+            wait_etcd(&etcd_client, &mut etcd, &etcd_log_path).await?;
+            procs.push(Proc { what: format!("{name} etcd"), child: etcd });
+
+            let log_path = bank_dir.join("bftcd.log");
+            let log = std::fs::File::create(&log_path)?;
+            let mut sidecar = Command::new(&bftcd_bin)
+                .arg("serve")
+                .arg(format!("--name={name}"))
+                .arg(format!("--data-dir={}", bank_dir.join("sidecar").display()))
+                .arg(format!("--listen-client=127.0.0.1:{client}"))
+                .arg(format!("--etcd-endpoint={etcd_client}"))
+                .args(&args.serve_args)
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdout = sidecar.stdout.take().expect("piped stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(line) = lines.next_line().await? {
+                    if let Some(ep) = line.strip_prefix("READY ") {
+                        return Ok::<_, anyhow::Error>(ep.to_string());
+                    }
+                }
+                anyhow::bail!("{name} sidecar exited before serving; see {}", log_path.display())
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("{name} sidecar did not serve within 60 s; see {}", log_path.display()))??;
+            procs.push(Proc { what: format!("{name} sidecar"), child: sidecar });
+            eprintln!("dev-cluster: {name} serves on {ready} (etcd {etcd_client}, logs in {})", bank_dir.display());
+            endpoints.push(ready);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = started {
+        stop_all(&mut procs).await;
+        return Err(e);
+    }
+    println!("READY {}", endpoints.join(","));
+    use std::io::Write;
+    std::io::stdout().flush()?;
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let died = async {
+        loop {
+            for p in procs.iter_mut() {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    return format!("{} exited ({status})", p.what);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        what = died => Err(anyhow::anyhow!("{what}; stopping the cluster (logs in {})", dir.display())),
+    };
+    eprintln!("dev-cluster: stopping");
+    stop_all(&mut procs).await;
+    outcome
+}

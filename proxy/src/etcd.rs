@@ -1,0 +1,47 @@
+//! The connection to this bank's own stock etcd. One HTTP/2 channel carries every call; tonic
+//! reconnects it by itself when etcd restarts.
+
+use bftcd_proto::etcdserverpb::{
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone)]
+pub struct LocalEtcd {
+    channel: Channel,
+    pub endpoint: String,
+}
+
+/// Ranges and snapshot chunks from etcd may be large; the client-facing limits are enforced on
+/// the way in, not here.
+const MAX_MESSAGE: usize = 512 << 20;
+
+impl LocalEtcd {
+    pub fn connect_lazy(endpoint: &str) -> anyhow::Result<Self> {
+        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let channel = Endpoint::from_shared(url.clone())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(LocalEtcd { channel, endpoint: url })
+    }
+
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+
+    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+}

@@ -1,0 +1,112 @@
+//! KV: reads from the local etcd, writes through ordering.
+
+use std::sync::Arc;
+
+use bftcd_proto::bftcd::operation::Request as Op;
+use bftcd_proto::etcdserverpb::{
+    kv_server::Kv, request_op::Request as ReqOp, response_op::Response as RespOp, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::Front;
+use crate::apply::OpResponse;
+use crate::reserved::{self, APPLIED_KEY};
+use crate::{errors, rewrite, validate};
+
+pub struct KvFront(pub Arc<Front>);
+
+fn unexpected() -> Status {
+    Status::internal("bftcd: apply engine returned a response of the wrong kind")
+}
+
+impl Front {
+    /// A Range as the client sees it: reserved keys never appear in kvs, count or more.
+    pub async fn read_range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
+        if !reserved::overlaps(&r.key, &r.range_end) {
+            let mut resp = self.etcd.kv().range(r).await.map_err(errors::from_etcd)?.into_inner();
+            resp.header = self.identity.header(resp.header);
+            return Ok(resp);
+        }
+        let parts = rewrite::range_parts(&r);
+        if parts.is_empty() {
+            // Nothing the client may see; still answer at (and check) the asked revision.
+            let probe = RangeRequest {
+                key: APPLIED_KEY.to_vec(),
+                count_only: true,
+                revision: r.revision,
+                serializable: r.serializable,
+                ..Default::default()
+            };
+            let resp = self.etcd.kv().range(probe).await.map_err(errors::from_etcd)?.into_inner();
+            return Ok(RangeResponse { header: self.identity.header(resp.header), ..Default::default() });
+        }
+        // All parts in one Txn: one revision for all of them.
+        let success = parts.into_iter().map(|p| RequestOp { request: Some(ReqOp::RequestRange(p)) }).collect();
+        let txn = TxnRequest { compare: vec![], success, failure: vec![] };
+        let resp = self.etcd.kv().txn(txn).await.map_err(errors::from_etcd)?.into_inner();
+        let ranges = resp
+            .responses
+            .into_iter()
+            .filter_map(|op| match op.response {
+                Some(RespOp::ResponseRange(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let mut merged = rewrite::merge_ranges(&r, ranges);
+        merged.header = self.identity.header(resp.header);
+        Ok(merged)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvFront {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::check_range(&r)?;
+        Ok(Response::new(self.0.read_range(r).await?))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = request.into_inner();
+        validate::check_put(&r)?;
+        match self.0.writes.submit(Op::Put(r)).await? {
+            OpResponse::Put(resp) => Ok(Response::new(resp)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::check_delete(&r)?;
+        match self.0.writes.submit(Op::DeleteRange(r)).await? {
+            OpResponse::DeleteRange(resp) => Ok(Response::new(resp)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = request.into_inner();
+        validate::check_txn(&r, self.0.max_txn_ops)?;
+        if validate::txn_writes(&r) {
+            return match self.0.writes.submit(Op::Txn(r)).await? {
+                OpResponse::Txn(resp) => Ok(Response::new(resp)),
+                _ => Err(unexpected()),
+            };
+        }
+        let (t, plan) = rewrite::plan_txn(&r);
+        let resp = self.0.etcd.kv().txn(t).await.map_err(errors::from_etcd)?.into_inner();
+        let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
+        let mut restored = rewrite::restore_txn(&plan, resp, revision);
+        restored.header = self.0.identity.header(restored.header);
+        Ok(Response::new(restored))
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        match self.0.writes.submit(Op::Compact(request.into_inner())).await? {
+            OpResponse::Compact(resp) => Ok(Response::new(resp)),
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Maintenance: per-bank operations pass to the local etcd (alarms, defragment, hashes,
+//! snapshots); Status reports the emulated etcd version and BFTcd's own positions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bftcd_proto::etcdserverpb::{
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::Front;
+use crate::errors;
+
+pub struct MaintenanceFront(pub Arc<Front>);
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceFront {
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let mut r = self.0.etcd.maintenance().alarm(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        r.header = self.0.identity.header(r.header);
+        // The hidden etcd's member id means nothing to clients; alarms belong to this bank.
+        for a in &mut r.alarms {
+            a.member_id = self.0.identity.member_id;
+        }
+        Ok(Response::new(r))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let up = self.0.etcd.maintenance().status(StatusRequest {}).await.map_err(errors::from_etcd)?.into_inner();
+        let applied = (*self.0.applier.applied().borrow()).map(|p| p.height).unwrap_or_default();
+        Ok(Response::new(StatusResponse {
+            header: self.0.identity.header(up.header),
+            // Kubernetes gates features on this version; BFTcd honours the semantics it promises.
+            version: self.0.emulated_version.clone(),
+            db_size: up.db_size,
+            db_size_in_use: up.db_size_in_use,
+            // With one bank it leads itself; HotStuff-2 reports the current view's leader.
+            leader: self.0.identity.member_id,
+            raft_index: self.0.ledger.height(),
+            raft_term: self.0.identity.term,
+            raft_applied_index: applied,
+            errors: up.errors,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        let mut r = self.0.etcd.maintenance().defragment(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        r.header = self.0.identity.header(r.header);
+        Ok(Response::new(r))
+    }
+
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let mut r = self.0.etcd.maintenance().hash(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        r.header = self.0.identity.header(r.header);
+        Ok(Response::new(r))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let mut r = self.0.etcd.maintenance().hash_kv(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        r.header = self.0.identity.header(r.header);
+        Ok(Response::new(r))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let upstream = self.0.etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        let identity = self.0.identity.clone();
+        let out = upstream.map(move |item| {
+            item.map(|mut r| {
+                r.header = identity.header(r.header);
+                r
+            })
+            .map_err(errors::from_etcd)
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(errors::unsupported("leaders rotate every view under HotStuff-2; MoveLeader has nothing to move"))
+    }
+
+    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(errors::unsupported("downgrade is done per bank on its stock etcd, not through the sidecar"))
+    }
+}

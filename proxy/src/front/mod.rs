@@ -1,0 +1,52 @@
+//! The etcd v3 gRPC front: every service a stock etcd client calls.
+//!
+//! Writes are validated here and then go through [`Writes::submit`]; reads, watches and
+//! maintenance go to the local etcd, with reserved keys hidden and headers rewritten.
+
+mod auth;
+mod cluster;
+mod kv;
+mod lease;
+mod maintenance;
+mod watch;
+
+use std::sync::Arc;
+
+use bftcd_proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use bftcd_sequencer::Ledger;
+use tonic::service::RoutesBuilder;
+
+use crate::apply::Applier;
+use crate::etcd::LocalEtcd;
+use crate::identity::Identity;
+use crate::writes::Writes;
+
+/// What every service of the front shares.
+pub struct Front {
+    pub etcd: LocalEtcd,
+    pub writes: Writes,
+    pub identity: Arc<Identity>,
+    pub ledger: Arc<Ledger>,
+    pub applier: Arc<Applier>,
+    pub max_txn_ops: usize,
+    pub emulated_version: String,
+    /// gRPC's own receive limit; etcd allows 512 KiB of framing on top of max-request-bytes.
+    pub max_recv_bytes: usize,
+}
+
+impl Front {
+    pub fn routes(self: Arc<Self>) -> tonic::service::Routes {
+        let max = self.max_recv_bytes;
+        let mut b = RoutesBuilder::default();
+        b.add_service(KvServer::new(kv::KvFront(self.clone())).max_decoding_message_size(max).max_encoding_message_size(usize::MAX))
+            .add_service(WatchServer::new(watch::WatchFront(self.clone())).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(lease::LeaseFront(self.clone())).max_decoding_message_size(max))
+            .add_service(ClusterServer::new(cluster::ClusterFront(self.clone())).max_decoding_message_size(max))
+            .add_service(MaintenanceServer::new(maintenance::MaintenanceFront(self.clone())).max_decoding_message_size(max))
+            .add_service(AuthServer::new(auth::AuthFront).max_decoding_message_size(max));
+        b.routes()
+    }
+}

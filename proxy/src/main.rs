@@ -1,0 +1,55 @@
+//! `bftcd`: the BFTcd sidecar and its operator commands.
+
+mod apply;
+mod devcluster;
+mod errors;
+mod etcd;
+mod front;
+mod identity;
+mod reserved;
+mod rewrite;
+mod serve;
+mod tools;
+mod validate;
+mod writes;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bftcd", version, about = "Byzantine-fault-tolerant sidecar for stock etcd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the etcd v3 API for one bank, in front of that bank's stock etcd.
+    Serve(serve::ServeArgs),
+    /// Start a local cluster on loopback: N stock etcds and N sidecars, until SIGINT/SIGTERM.
+    DevCluster(devcluster::DevClusterArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BFTCD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::DevCluster(args) => devcluster::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bftcd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

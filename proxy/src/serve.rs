@@ -1,0 +1,182 @@
+//! `bftcd serve`: one bank's sidecar.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bftcd_proto::bftcd::{Genesis, Validator};
+use bftcd_proto::Message;
+use bftcd_sequencer::{single::BlockLimits, Ledger, SingleReplica};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::apply::Applier;
+use crate::etcd::LocalEtcd;
+use crate::front::Front;
+use crate::identity::Identity;
+use crate::writes::Writes;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// This bank's name; must be a validator in the genesis.
+    #[arg(long)]
+    pub name: String,
+    /// Where the ledger and this bank's small state files live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address clients (kube-apiserver, etcdctl) connect to.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+    /// This bank's own stock etcd; only the sidecar should be able to reach it.
+    #[arg(long, default_value = "http://127.0.0.1:12379")]
+    pub etcd_endpoint: String,
+    /// Genesis file (protobuf `bftcd.v1.Genesis`). Default: <data-dir>/genesis.pb, created for a
+    /// single-bank chain on first start.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+    /// Chain id used when a single-bank genesis is created.
+    #[arg(long, default_value = "bftcd-local")]
+    pub chain_id: String,
+    /// etcd version reported by Status (Kubernetes enables features from it).
+    #[arg(long, default_value = "3.5.16")]
+    pub emulated_etcd_version: String,
+    /// Largest write request accepted, as etcd's --max-request-bytes. The local etcd must allow
+    /// a little more, since the sidecar adds its bookkeeping to every write.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Most operations in one Txn level, as etcd's --max-txn-ops.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Reads the genesis, or creates a single-bank one when this bank starts for the first time.
+fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
+    let path = args.genesis.clone().unwrap_or_else(|| args.data_dir.join("genesis.pb"));
+    match std::fs::read(&path) {
+        Ok(bytes) => Genesis::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.genesis.is_none() => {
+            let genesis = Genesis {
+                chain_id: args.chain_id.clone(),
+                epoch: 1,
+                validators: vec![Validator {
+                    name: args.name.clone(),
+                    client_address: args.listen_client.to_string(),
+                    ..Default::default()
+                }],
+                initial_state_digest: vec![],
+                genesis_time_ms: now_ms(),
+            };
+            write_atomically(&path, &genesis.encode_to_vec())?;
+            tracing::info!(path = %path.display(), chain_id = %genesis.chain_id, "created a single-bank genesis");
+            Ok(genesis)
+        }
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let genesis = load_genesis(&args)?;
+    anyhow::ensure!(
+        genesis.validators.len() == 1,
+        "the genesis lists {} banks; this version orders with a single replica (n = 1)",
+        genesis.validators.len()
+    );
+    let identity = Arc::new(Identity::new(&genesis, &args.name)?);
+    let ledger_path = args.data_dir.join("ledger.log");
+    let ledger = {
+        let (p, g) = (ledger_path.clone(), genesis.clone());
+        Arc::new(tokio::task::spawn_blocking(move || Ledger::open(&p, &g)).await??)
+    };
+    tracing::info!(
+        bank = %args.name, chain_id = %genesis.chain_id, ledger = %ledger_path.display(),
+        height = ledger.height(), etcd = %args.etcd_endpoint, "starting"
+    );
+    let etcd = LocalEtcd::connect_lazy(&args.etcd_endpoint)?;
+    let sequencer = Arc::new(SingleReplica::start(ledger.clone(), BlockLimits::default()));
+    let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir));
+    let mut apply_task = tokio::spawn(applier.clone().run());
+
+    // Serve only once the local etcd reflects every committed block, so the first read after a
+    // restart is not older than writes acknowledged before it.
+    let last_op = last_operation(&ledger);
+    let mut applied = applier.applied();
+    while !last_op.is_none_or(|last| applied.borrow().is_some_and(|a| a >= last)) {
+        tokio::select! {
+            r = applied.changed() => { if r.is_err() { break; } }
+            r = &mut apply_task => { return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))); }
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                tracing::info!(applied = ?applied.borrow().map(|p| p.to_string()), target = ?last_op.map(|p| p.to_string()), "replaying the ledger into the local etcd");
+            }
+        }
+    }
+
+    let writes = Writes::new(sequencer, applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes)?;
+    let front = Arc::new(Front {
+        etcd,
+        writes,
+        identity,
+        ledger,
+        applier,
+        max_txn_ops: args.max_txn_ops,
+        emulated_version: args.emulated_etcd_version.clone(),
+        max_recv_bytes: args.max_request_bytes + 512 * 1024,
+    });
+    let listener = TcpListener::bind(args.listen_client)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client))?;
+    let local = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        // etcd's server keepalive: ping idle clients every 2 h, tolerate client pings (5 s and up).
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_routes(front.routes())
+        .serve_with_incoming_shutdown(incoming, shutdown_signal());
+    println!("READY {local}");
+    std::io::stdout().flush()?;
+    tracing::info!(client = %local, "serving the etcd v3 API");
+    tokio::select! {
+        r = server => r?,
+        r = apply_task => return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Position of the last operation in the ledger (blocks may be empty).
+fn last_operation(ledger: &Ledger) -> Option<bftcd_sequencer::Position> {
+    (1..=ledger.height()).rev().find_map(|h| {
+        let n = ledger.read(h).ok()?.block?.operations.len();
+        (n > 0).then_some(bftcd_sequencer::Position { height: h, index: n as u32 - 1 })
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,104 @@
+//! The narrow path every client write takes: `submit(op) -> committed result`.
+//!
+//! The op gets an id unique across banks and restarts, is handed to the sequencer, and its
+//! result comes back from the apply engine once the local etcd has applied it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
+use bftcd_proto::Message;
+use bftcd_sequencer::{Sequencer, SequencerError};
+use tonic::Status;
+
+use crate::apply::{Applier, OpResponse};
+use crate::errors;
+
+pub struct Writes {
+    sequencer: Arc<dyn Sequencer>,
+    applier: Arc<Applier>,
+    bank: u32,
+    incarnation: u64,
+    counter: AtomicU64,
+    max_request_bytes: usize,
+}
+
+/// Forgets the waiter if the op never reached the sequencer (client gone, sequencer stopped).
+struct Pending<'a> {
+    applier: &'a Applier,
+    id: OperationId,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.applier.forget(&self.id);
+        }
+    }
+}
+
+impl Writes {
+    pub fn new(
+        sequencer: Arc<dyn Sequencer>,
+        applier: Arc<Applier>,
+        bank: u32,
+        data_dir: &Path,
+        max_request_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(Writes {
+            sequencer,
+            applier,
+            bank,
+            incarnation: next_incarnation(data_dir)?,
+            counter: AtomicU64::new(0),
+            max_request_bytes,
+        })
+    }
+
+    pub async fn submit(&self, request: Op) -> Result<OpResponse, Status> {
+        let size = match &request {
+            Op::Put(r) => r.encoded_len(),
+            Op::DeleteRange(r) => r.encoded_len(),
+            Op::Txn(r) => r.encoded_len(),
+            Op::Compact(r) => r.encoded_len(),
+            Op::LeaseGrant(r) => r.encoded_len(),
+            Op::LeaseRevoke(r) => r.encoded_len(),
+            Op::LeaseKeepAlive(r) => r.encoded_len(),
+        };
+        if size > self.max_request_bytes {
+            return Err(errors::request_too_large());
+        }
+        // The incarnation in the high bits keeps ids unique across restarts of this bank.
+        let nonce = (self.incarnation << 40) | self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = OperationId { bank: self.bank, nonce };
+        let outcome = self.applier.register(&id);
+        let mut pending = Pending { applier: &self.applier, id, armed: true };
+        let op = Operation { id: Some(id), request: Some(request), bank_signature: vec![] };
+        match self.sequencer.submit(op).await {
+            Ok(_) => pending.armed = false,
+            Err(SequencerError::Stopped) => return Err(errors::no_leader()),
+            Err(e) => return Err(Status::unavailable(format!("bftcd: {e}"))),
+        }
+        outcome.await.map_err(|_| errors::timeout())?
+    }
+}
+
+/// Reads, increments and durably stores this bank's restart counter.
+fn next_incarnation(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("incarnation");
+    let last = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let next = last + 1;
+    anyhow::ensure!(next < (1 << 23), "{}: restart counter exhausted", path.display());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{next}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(next)
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what BFTcd's cluster and tests need into the project-local folder `tools/`:
+# stock etcd, etcdctl and etcdutl 3.5.16 from Debian trixie (statically linked Go binaries,
+# so the system's libc is never touched). protoc comes from a vendored crate at build time.
+#
+# Idempotent: a second run with the binaries in place does nothing.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/tools"
+want_version="${BFTCD_ETCD_VERSION:-3.5.16}"
+
+have_etcd() {
+  [ -x "$tools/bin/etcd" ] && [ -x "$tools/bin/etcdctl" ] && [ -x "$tools/bin/etcdutl" ] &&
+    "$tools/bin/etcd" --version 2>/dev/null | grep -q "etcd Version: $want_version"
+}
+
+if have_etcd; then
+  echo "setup: stock etcd $want_version already in $tools/bin"
+  exit 0
+fi
+
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+
+# Make trixie's package lists visible to apt without letting it upgrade anything: priority 1
+# means a trixie package is only taken when asked for by name (`pkg/trixie`).
+src=/etc/apt/sources.list.d/bftcd-trixie.sources
+if [ ! -f "$src" ]; then
+  echo "setup: adding Debian trixie package lists (pinned low, nothing upgrades from it)"
+  $sudo_cmd tee "$src" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  $sudo_cmd tee /etc/apt/preferences.d/bftcd-trixie >/dev/null <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 1
+PIN
+fi
+echo "setup: apt-get update"
+$sudo_cmd apt-get update -qq
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "setup: downloading etcd-server and etcd-client from trixie"
+chmod 777 "$work"  # apt drops to user _apt for downloads
+(cd "$work" && apt-get download -qq etcd-server/trixie etcd-client/trixie)
+mkdir -p "$tools/etcd" "$tools/bin"
+for deb in "$work"/*.deb; do
+  dpkg -x "$deb" "$tools/etcd"
+done
+for bin in etcd etcdctl etcdutl; do
+  found="$tools/etcd/usr/bin/$bin"
+  if [ ! -x "$found" ]; then
+    echo "setup: $bin not found in the downloaded packages" >&2
+    exit 1
+  fi
+  ln -sf "$found" "$tools/bin/$bin"
+done
+if ! have_etcd; then
+  echo "setup: installed etcd is not version $want_version:" >&2
+  "$tools/bin/etcd" --version >&2 || true
+  exit 1
+fi
+"$tools/bin/etcd" --version | head -n 1
+echo "setup: stock etcd installed in $tools/bin"

@@ -1,0 +1,42 @@
+//! Orders BFTcd's writes.
+//!
+//! The proxy hands every validated client write to a [`Sequencer`] and applies what comes out of
+//! the [`Ledger`] in height order. Today the sequencer is [`SingleReplica`] (one bank, n = 1,
+//! f = 0: ordered and ledgered writes, no peers); HotStuff-2 among n = 3f+1 banks replaces it
+//! behind the same interface.
+
+pub mod block;
+pub mod ledger;
+pub mod single;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bftcd_proto::bftcd::Operation;
+
+pub use block::{block_hash, genesis_hash, Position};
+pub use ledger::{Ledger, LedgerError, LedgerFile};
+pub use single::SingleReplica;
+
+/// Why a submitted operation did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// The sequencer stopped (shutdown, or a fatal ledger error was logged).
+    #[error("sequencer stopped")]
+    Stopped,
+    /// The operation could not be made durable.
+    #[error("ledger write failed: {0}")]
+    Ledger(String),
+}
+
+/// The one interface between the etcd front and ordering.
+pub trait Sequencer: Send + Sync + 'static {
+    /// Hands `op` to ordering; resolves once it sits in a committed, durable block.
+    fn submit(
+        &self,
+        op: Operation,
+    ) -> Pin<Box<dyn Future<Output = Result<Position, SequencerError>> + Send + '_>>;
+
+    /// The ledger committed blocks are appended to, in height order.
+    fn ledger(&self) -> &std::sync::Arc<Ledger>;
+}
