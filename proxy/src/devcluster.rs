@@ -24,8 +24,9 @@ pub struct DevClusterArgs {
     /// Directory for every bank's data and logs (created; reused across runs).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Bank i serves clients on 127.0.0.1:(base-port + i).
-    #[arg(long, default_value_t = 2379)]
+    /// Bank i serves clients on 127.0.0.1:(base-port + i); the default puts bank 1 on etcd's
+    /// usual 2379, so a plain `etcdctl` talks to it.
+    #[arg(long, default_value_t = 2378)]
     pub base_port: u16,
     /// Stock etcd binary (default: $BFTCD_ETCD_BIN, tools/bin, PATH).
     #[arg(long)]

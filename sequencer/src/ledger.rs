@@ -64,7 +64,7 @@ impl LedgerFile {
     /// `visit` sees every block in order (the verifier uses it; pass `|_| Ok(())` otherwise).
     pub fn scan(
         path: &Path,
-        mut visit: impl FnMut(&CommittedBlock) -> Result<(), String>,
+        mut visit: impl FnMut(&Genesis, &CommittedBlock) -> Result<(), String>,
     ) -> Result<LedgerFile, LedgerError> {
         let corrupt = |offset: u64, what: String| LedgerError::Corrupt {
             path: path.to_path_buf(),
@@ -122,7 +122,7 @@ impl LedgerFile {
                     tip_timestamp_ms = g.genesis_time_ms;
                     genesis = Some(g);
                 }
-                (Some(ledger_record::Record::Block(cb)), Some(_)) => {
+                (Some(ledger_record::Record::Block(cb)), Some(g)) => {
                     let block = cb.block.as_ref().ok_or_else(|| corrupt(offset, "block record without a block".into()))?;
                     let want = blocks.len() as u64 + 1;
                     if block.height != want {
@@ -131,7 +131,7 @@ impl LedgerFile {
                     if block.parent_hash != tip_hash {
                         return Err(corrupt(offset, format!("block {want} does not chain to its parent")));
                     }
-                    visit(&cb).map_err(|what| corrupt(offset, what))?;
+                    visit(g, &cb).map_err(|what| corrupt(offset, what))?;
                     tip_hash = block_hash(block);
                     tip_timestamp_ms = block.timestamp_ms;
                     blocks.push((offset, len));
@@ -207,7 +207,7 @@ impl Ledger {
             std::fs::rename(&tmp, path).map_err(io_err(path))?;
             sync_dir(path).map_err(io_err(path))?;
         }
-        let scanned = LedgerFile::scan(path, |_| Ok(()))?;
+        let scanned = LedgerFile::scan(path, |_, _| Ok(()))?;
         if scanned.genesis != *genesis {
             return Err(LedgerError::WrongGenesis {
                 path: path.to_path_buf(),

@@ -1,14 +1,20 @@
 //! The apply engine: committed operations from the ledger, applied to the local etcd in commit
 //! order, each exactly once.
 //!
-//! A Put, DeleteRange or Txn is sent as one outer etcd Txn holding the client's operation and a
-//! Put of the reserved applied-position key, so the position moves atomically with the data.
-//! LeaseGrant, LeaseRevoke, LeaseKeepAlive and Compact cannot sit inside an etcd Txn: they are
-//! their own calls, their replay after a crash is harmless (a grant of an existing ID, a revoke
-//! of a missing lease, a repeated keepalive or compaction all leave the same state), and the
-//! position moves with the next Txn. An operation that etcd refuses (a Put naming a lease that
-//! does not exist, say) is refused the same way on every bank; its position is kept in a small
-//! cursor file so a replay never runs it again after later operations changed the state.
+//! A Put, DeleteRange or Txn is sent as one etcd Txn that also Puts the reserved applied-position
+//! key whenever the operation changes something ([`wrap`]), so the position moves atomically with
+//! the data and revisions stay exactly those stock etcd would give.
+//!
+//! Operations that change nothing (a failed compare with a read-only branch, a delete of missing
+//! keys, a write etcd refuses) leave no trace; replaying them after a crash sees the same state
+//! and does nothing again. LeaseGrant, LeaseRevoke, LeaseKeepAlive and Compact cannot sit inside
+//! an etcd Txn: they are their own calls, and their replay is harmless too (a grant of an
+//! existing ID, a revoke of a missing lease, a repeated keepalive or compaction leave the same
+//! state). What must not happen is replaying a traceless operation after one of those calls
+//! changed what it sees, so before such a call the position of any traceless operation is
+//! first stored in a small cursor file.
+
+mod wrap;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,8 +24,8 @@ use std::time::Duration;
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
     request_op::Request, response_op::Response, CompactionResponse, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutResponse,
+    RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use bftcd_sequencer::{Ledger, Position};
 use sha2::{Digest, Sha256};
@@ -30,7 +36,6 @@ use crate::errors;
 use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::reserved::APPLIED_KEY;
-use crate::rewrite;
 
 /// What a client gets back for its write.
 #[derive(Debug)]
@@ -47,7 +52,8 @@ pub enum OpResponse {
 pub type Outcome = Result<OpResponse, Status>;
 
 enum Attempt {
-    Done(OpResponse),
+    /// Applied; `true` when the position key moved with it.
+    Done(OpResponse, bool),
     /// etcd refused the operation; every bank refuses it the same way.
     Refused(Status),
     /// The local etcd could not be reached or answered with a local condition; outcome unknown.
@@ -113,6 +119,8 @@ impl Applier {
         tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
         self.applied.send_replace(last);
         let mut heights = self.ledger.subscribe();
+        // The last operation that left no trace in etcd since the position last moved.
+        let mut traceless: Option<Position> = None;
         let (mut height, mut skip) = match last {
             None => (1, 0),
             Some(p) => (p.height, p.index as usize + 1),
@@ -127,7 +135,16 @@ impl Applier {
             let block = tokio::task::spawn_blocking(move || ledger.read(height)).await??.block.unwrap_or_default();
             for (i, op) in block.operations.iter().enumerate().skip(skip) {
                 let pos = Position { height, index: i as u32 };
-                let outcome = self.apply(op, pos).await;
+                let in_txn = matches!(op.request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_)));
+                if !in_txn {
+                    if let Some(p) = traceless.take() {
+                        self.store_cursor(p).await;
+                    }
+                }
+                let (outcome, recorded) = self.apply(op, pos).await;
+                if in_txn {
+                    traceless = (!recorded).then_some(pos);
+                }
                 self.applied.send_replace(Some(pos));
                 if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
                     let _ = w.send(outcome);
@@ -202,42 +219,34 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies one operation, riding out outages of the local etcd.
-    async fn apply(&self, op: &Operation, pos: Position) -> Outcome {
+    async fn store_cursor(&self, pos: Position) {
+        while let Err(e) = self.write_cursor(pos) {
+            tracing::error!(error = %e, path = %self.cursor_path.display(), "apply: cannot write the apply cursor; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Applies one operation, riding out outages of the local etcd. Also says whether the
+    /// position key moved with it.
+    async fn apply(&self, op: &Operation, pos: Position) -> (Outcome, bool) {
         let mut retrying = false;
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.attempt(op, pos, retrying).await {
-                Attempt::Done(r) => return Ok(r),
-                Attempt::Refused(status) => {
-                    while let Err(e) = self.write_cursor(pos) {
-                        tracing::error!(error = %e, "apply: cannot write the apply cursor; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    return Err(status);
-                }
+                Attempt::Done(r, recorded) => return (Ok(r), recorded),
+                Attempt::Refused(status) => return (Err(status), false),
                 Attempt::Transient(status) => {
                     tracing::warn!(position = %pos, error = %status, "apply: local etcd failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     // The failed call may or may not have landed. The position key says which.
                     match self.read_position().await {
-                        Ok(Some(p)) if p >= pos => return Err(errors::timeout()),
+                        Ok(Some(p)) if p >= pos => return (Err(errors::timeout()), true),
                         Ok(_) => retrying = true,
                         Err(_) => {}
                     }
                 }
             }
-        }
-    }
-
-    fn bookkeeping(pos: Position) -> RequestOp {
-        RequestOp {
-            request: Some(Request::RequestPut(PutRequest {
-                key: APPLIED_KEY.to_vec(),
-                value: pos.to_bytes().to_vec(),
-                ..Default::default()
-            })),
         }
     }
 
@@ -248,9 +257,9 @@ impl Applier {
         };
         match request {
             Op::Put(p) => {
-                let ops = vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }];
-                self.outer_txn(ops, pos, |header, responses| {
-                    let prev_kv = match responses.next().and_then(|r| r.response) {
+                let t = TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }], failure: vec![] };
+                self.wrapped_txn(&t, pos, |header, mut t| {
+                    let prev_kv = match t.responses.pop().and_then(|r| r.response) {
                         Some(Response::ResponsePut(r)) => r.prev_kv,
                         _ => None,
                     };
@@ -259,43 +268,26 @@ impl Applier {
                 .await
             }
             Op::DeleteRange(d) => {
-                let parts = rewrite::delete_parts(d);
-                let n = parts.len();
-                let ops = parts
-                    .into_iter()
-                    .map(|p| RequestOp { request: Some(Request::RequestDeleteRange(p)) })
-                    .collect();
-                self.outer_txn(ops, pos, |header, responses| {
-                    let parts = responses
-                        .take(n)
-                        .filter_map(|r| match r.response {
-                            Some(Response::ResponseDeleteRange(d)) => Some(d),
-                            _ => None,
-                        })
-                        .collect();
-                    let mut merged = rewrite::merge_deletes(parts);
-                    merged.header = header;
-                    OpResponse::DeleteRange(merged)
+                let t = TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestDeleteRange(d.clone())) }], failure: vec![] };
+                self.wrapped_txn(&t, pos, |header, mut t| {
+                    let mut d = match t.responses.pop().and_then(|r| r.response) {
+                        Some(Response::ResponseDeleteRange(d)) => d,
+                        _ => DeleteRangeResponse::default(),
+                    };
+                    d.header = header;
+                    OpResponse::DeleteRange(d)
                 })
                 .await
             }
             Op::Txn(t) => {
-                let (t, plan) = rewrite::plan_txn(t);
-                let ops = vec![RequestOp { request: Some(Request::RequestTxn(t)) }];
-                self.outer_txn(ops, pos, |header, responses| {
-                    let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
-                    let inner = match responses.next().and_then(|r| r.response) {
-                        Some(Response::ResponseTxn(t)) => t,
-                        _ => TxnResponse::default(),
-                    };
-                    let mut restored = rewrite::restore_txn(&plan, inner, revision);
-                    restored.header = header;
-                    OpResponse::Txn(restored)
+                self.wrapped_txn(t, pos, |header, mut t| {
+                    t.header = header;
+                    OpResponse::Txn(t)
                 })
                 .await
             }
             Op::Compact(c) => match self.etcd.kv().compact(c.clone()).await {
-                Ok(r) => Attempt::Done(OpResponse::Compact(CompactionResponse { header: self.identity.header(r.into_inner().header) })),
+                Ok(r) => Attempt::Done(OpResponse::Compact(CompactionResponse { header: self.identity.header(r.into_inner().header) }), false),
                 Err(s) if is_transient(&s) => Attempt::Transient(s),
                 // A compaction that already happened before the outage.
                 Err(s) if retrying && s.message() == errors::compacted().message() => Attempt::Refused(errors::timeout()),
@@ -307,7 +299,7 @@ impl Applier {
                     Ok(r) => {
                         let mut r = r.into_inner();
                         r.header = self.identity.header(r.header);
-                        Attempt::Done(OpResponse::LeaseGrant(r))
+                        Attempt::Done(OpResponse::LeaseGrant(r), false)
                     }
                     Err(s) if is_transient(&s) => Attempt::Transient(s),
                     Err(s) if retrying && s.message() == errors::lease_exists().message() => Attempt::Refused(errors::timeout()),
@@ -315,9 +307,10 @@ impl Applier {
                 }
             }
             Op::LeaseRevoke(r) => match self.etcd.lease().lease_revoke(r.clone()).await {
-                Ok(resp) => Attempt::Done(OpResponse::LeaseRevoke(LeaseRevokeResponse {
-                    header: self.identity.header(resp.into_inner().header),
-                })),
+                Ok(resp) => Attempt::Done(
+                    OpResponse::LeaseRevoke(LeaseRevokeResponse { header: self.identity.header(resp.into_inner().header) }),
+                    false,
+                ),
                 Err(s) if is_transient(&s) => Attempt::Transient(s),
                 Err(s) if retrying && s.message() == errors::lease_not_found().message() => Attempt::Refused(errors::timeout()),
                 Err(s) => Attempt::Refused(errors::from_etcd(s)),
@@ -331,7 +324,7 @@ impl Applier {
                 match reply.await {
                     Ok(mut r) => {
                         r.header = self.identity.header(r.header);
-                        Attempt::Done(OpResponse::LeaseKeepAlive(r))
+                        Attempt::Done(OpResponse::LeaseKeepAlive(r), false)
                     }
                     Err(s) if is_transient(&s) => Attempt::Transient(s),
                     Err(s) => Attempt::Refused(errors::from_etcd(s)),
@@ -340,22 +333,20 @@ impl Applier {
         }
     }
 
-    /// Sends `ops` and the position Put as one etcd Txn; `finish` builds the client's response
-    /// from the header and the responses to `ops`.
-    async fn outer_txn(
+    /// Applies a client Txn (or a Put or DeleteRange as a one-op Txn) with its bookkeeping;
+    /// `finish` turns the client's TxnResponse and the rewritten header into its response.
+    async fn wrapped_txn(
         &self,
-        mut ops: Vec<RequestOp>,
+        client: &TxnRequest,
         pos: Position,
-        finish: impl FnOnce(Option<bftcd_proto::etcdserverpb::ResponseHeader>, &mut dyn Iterator<Item = ResponseOp>) -> OpResponse,
+        finish: impl FnOnce(Option<ResponseHeader>, TxnResponse) -> OpResponse,
     ) -> Attempt {
-        ops.push(Self::bookkeeping(pos));
-        let txn = TxnRequest { compare: vec![], success: ops, failure: vec![] };
-        match self.etcd.kv().txn(txn).await {
+        let w = wrap::wrap(client, pos);
+        match self.etcd.kv().txn(w.txn.clone()).await {
             Ok(r) => {
-                let r = r.into_inner();
-                let header = self.identity.header(r.header);
-                let mut it = r.responses.into_iter();
-                Attempt::Done(finish(header, &mut it))
+                let (t, recorded) = w.unwrap(r.into_inner());
+                let header = self.identity.header(t.header.clone());
+                Attempt::Done(finish(header, t), recorded)
             }
             Err(s) if is_transient(&s) => Attempt::Transient(s),
             Err(s) => Attempt::Refused(errors::from_etcd(s)),

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, the deterministic tests of the sequencer, and the
+# integration tests that start real stock etcd processes and real sidecars on loopback.
+# Installs stock etcd first (scripts/setup.sh). Extra arguments go to `cargo nextest run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "test: building"
+cargo build --workspace --bins --quiet
+profile=default
+if [ "${CI:-}" = "true" ]; then profile=ci; fi
+exec cargo nextest run --workspace --profile "$profile" "$@"
