@@ -17,7 +17,6 @@ etcd_errors! {
     lease_provided => InvalidArgument, "etcdserver: lease is provided";
     too_many_ops => InvalidArgument, "etcdserver: too many operations in txn request";
     duplicate_key => InvalidArgument, "etcdserver: duplicate key given in txn request";
-    invalid_sort_option => InvalidArgument, "etcdserver: invalid sort option";
     compacted => OutOfRange, "etcdserver: mvcc: required revision has been compacted";
     request_too_large => InvalidArgument, "etcdserver: request is too large";
     lease_not_found => NotFound, "etcdserver: requested lease not found";

@@ -16,10 +16,7 @@ pub fn check_range(r: &RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(errors::empty_key());
     }
-    // Unknown enum values survive decoding as raw integers; etcd refuses them.
-    if !(0..=2).contains(&r.sort_order) || !(0..=4).contains(&r.sort_target) {
-        return Err(errors::invalid_sort_option());
-    }
+    // etcd 3.5 accepts unknown sort enums (an unknown order means no sorting), so do we.
     Ok(())
 }
 
