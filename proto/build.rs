@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/authpb/auth.proto",
                 "proto/etcd/etcdserverpb/rpc.proto",
                 "proto/bftcd/ledger.proto",
+                "proto/bftcd/peer.proto",
             ],
             &includes,
         )?;

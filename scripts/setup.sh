@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what BFTcd's cluster and tests need into the project-local folder `tools/`:
-# stock etcd, etcdctl and etcdutl 3.5.16 from Debian trixie (statically linked Go binaries,
-# so the system's libc is never touched). protoc comes from a vendored crate at build time.
+# Installs what BFTcd's cluster and tests need: stock etcd, etcdctl and etcdutl 3.5.16 from
+# Debian trixie into the project-local folder `tools/` (Go binaries that need only libc, so the
+# system's libc is never touched), and Debian's protoc for the etcd-client crate the tests use
+# (BFTcd's own crates use a vendored protoc).
 #
 # Idempotent: a second run with the binaries in place does nothing.
 set -euo pipefail
@@ -15,13 +16,20 @@ have_etcd() {
     "$tools/bin/etcd" --version 2>/dev/null | grep -q "etcd Version: $want_version"
 }
 
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+
+# The etcd-client crate (an independent client the tests use) runs protoc in its build script.
+if ! command -v protoc >/dev/null 2>&1; then
+  echo "setup: installing protoc (protobuf-compiler)"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 if have_etcd; then
   echo "setup: stock etcd $want_version already in $tools/bin"
   exit 0
 fi
-
-sudo_cmd=""
-if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
 
 # Make trixie's package lists visible to apt without letting it upgrade anything: priority 1
 # means a trixie package is only taken when asked for by name (`pkg/trixie`).

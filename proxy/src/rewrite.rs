@@ -114,8 +114,10 @@ pub fn restore_ops(
                         _ => None,
                     })
                     .collect();
+                // etcd's own header for the part (the revision the read saw inside the Txn).
+                let header = parts.first().and_then(|p| p.header.clone()).or_else(nested_header);
                 let mut merged = merge_ranges(request, parts);
-                merged.header = nested_header();
+                merged.header = header;
                 ResponseOp { response: Some(Response::ResponseRange(merged)) }
             }
             OpPlan::Delete { parts } => {
@@ -126,8 +128,9 @@ pub fn restore_ops(
                         _ => None,
                     })
                     .collect();
+                let header = parts.first().and_then(|p| p.header.clone()).or_else(nested_header);
                 let mut merged = merge_deletes(parts);
-                merged.header = nested_header();
+                merged.header = header;
                 ResponseOp { response: Some(Response::ResponseDeleteRange(merged)) }
             }
             OpPlan::Txn(plan) => match responses.next() {

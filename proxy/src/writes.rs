@@ -75,7 +75,8 @@ impl Writes {
         let id = OperationId { bank: self.bank, nonce };
         let outcome = self.applier.register(&id);
         let mut pending = Pending { applier: &self.applier, id, armed: true };
-        let op = Operation { id: Some(id), request: Some(request), bank_signature: vec![] };
+        // The sequencer stamps and signs it as the submitting bank.
+        let op = Operation { id: Some(id), request: Some(request), submitted_ms: 0, bank_signature: vec![] };
         match self.sequencer.submit(op).await {
             Ok(_) => pending.armed = false,
             Err(SequencerError::Stopped) => return Err(errors::no_leader()),

@@ -1,18 +1,55 @@
 //! Hashes and positions. Every hash binds a domain tag so a block hash can never be confused with
 //! the hash of another kind of message.
 
-use bftcd_proto::bftcd::{Block, Genesis};
+use bftcd_proto::bftcd::{Block, Genesis, Operation};
 use bftcd_proto::Message;
 use sha2::{Digest, Sha256};
 
 const BLOCK_DOMAIN: &[u8] = b"bftcd.block.v1\0";
 const GENESIS_DOMAIN: &[u8] = b"bftcd.genesis.v1\0";
+const OPERATIONS_DOMAIN: &[u8] = b"bftcd.operations.v1\0";
 
-/// SHA-256 over the domain tag and the block's canonical encoding.
+/// SHA-256 over a block's operations, each length-prefixed.
+pub fn operations_digest(ops: &[Operation]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(OPERATIONS_DOMAIN);
+    for op in ops {
+        let bytes = op.encode_to_vec();
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().into()
+}
+
+/// The block without its operations, their digest in their place: what a commit proof carries
+/// for the certified child, and what the block hash covers.
+pub fn header(block: &Block) -> Block {
+    let digest = if block.operations_digest.is_empty() {
+        operations_digest(&block.operations).to_vec()
+    } else {
+        block.operations_digest.clone()
+    };
+    Block {
+        height: block.height,
+        epoch: block.epoch,
+        view: block.view,
+        parent_hash: block.parent_hash.clone(),
+        timestamp_ms: block.timestamp_ms,
+        proposer: block.proposer,
+        operations: Vec::new(),
+        justify: block.justify.clone(),
+        state_digest: block.state_digest.clone(),
+        state_digest_height: block.state_digest_height,
+        operations_digest: digest,
+    }
+}
+
+/// SHA-256 over the domain tag and the canonical encoding of the block's header, so a full block
+/// and its header hash the same.
 pub fn block_hash(block: &Block) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(BLOCK_DOMAIN);
-    h.update(block.encode_to_vec());
+    h.update(header(block).encode_to_vec());
     h.finalize().into()
 }
 
@@ -71,10 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn block_hash_depends_on_every_field() {
-        let b = Block { height: 1, ..Default::default() };
+    fn block_hash_depends_on_every_field_and_matches_the_header() {
+        let b = Block { height: 1, operations: vec![Operation::default()], ..Default::default() };
         let mut c = b.clone();
         c.timestamp_ms = 1;
         assert_ne!(block_hash(&b), block_hash(&c));
+        let mut d = b.clone();
+        d.operations.push(Operation { submitted_ms: 1, ..Default::default() });
+        assert_ne!(block_hash(&b), block_hash(&d));
+        assert_eq!(block_hash(&b), block_hash(&header(&b)));
+        assert!(header(&b).operations.is_empty());
     }
 }

@@ -342,6 +342,7 @@ mod tests {
                 ..Default::default()
             }),
             commit_qc: None,
+            commit_child: None,
         }
     }
 

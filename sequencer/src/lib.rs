@@ -6,7 +6,11 @@
 //! behind the same interface.
 
 pub mod block;
+pub mod consensus;
+pub mod crypto;
 pub mod ledger;
+pub mod net;
+pub mod sim;
 pub mod single;
 
 use std::future::Future;
@@ -14,7 +18,7 @@ use std::pin::Pin;
 
 use bftcd_proto::bftcd::Operation;
 
-pub use block::{block_hash, genesis_hash, Position};
+pub use block::{block_hash, genesis_hash, header, operations_digest, Position};
 pub use ledger::{Ledger, LedgerError, LedgerFile};
 pub use single::SingleReplica;
 

@@ -80,7 +80,7 @@ async fn form_blocks(
             operations,
             ..Default::default()
         };
-        let cb = CommittedBlock { block: Some(block), commit_qc: None };
+        let cb = CommittedBlock { block: Some(block), commit_qc: None, commit_child: None };
         let l = ledger.clone();
         let result = tokio::task::spawn_blocking(move || l.append(&cb)).await;
         match result {

@@ -50,12 +50,18 @@ pub fn try_stock_tool(name: &str) -> Result<PathBuf, String> {
         let candidate = if name == "etcd" {
             etcd.clone()
         } else {
-            etcd.parent().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+            etcd.parent()
+                .map(|d| d.join(name))
+                .unwrap_or_else(|| PathBuf::from(name))
         };
         if is_executable_file(&candidate) {
             return Ok(candidate);
         }
-        tried.push(format!("{} (from {ETCD_BIN_ENV}={})", candidate.display(), etcd.display()));
+        tried.push(format!(
+            "{} (from {ETCD_BIN_ENV}={})",
+            candidate.display(),
+            etcd.display()
+        ));
     }
     let local = tools_bin_dir().join(name);
     if is_executable_file(&local) {
@@ -99,7 +105,10 @@ pub fn try_bftcd_bin() -> Result<PathBuf, String> {
         if is_executable_file(&p) {
             return Ok(p);
         }
-        return Err(format!("{BFTCD_BIN_ENV}={} is not an executable file", p.display()));
+        return Err(format!(
+            "{BFTCD_BIN_ENV}={} is not an executable file",
+            p.display()
+        ));
     }
     let mut tried = Vec::new();
     // Test executables live in target/<profile>/deps/, examples in target/<profile>/examples/:
@@ -113,15 +122,22 @@ pub fn try_bftcd_bin() -> Result<PathBuf, String> {
             tried.push(candidate.display().to_string());
         }
     }
-    let target = env::var_os("CARGO_TARGET_DIR")
+    let mut targets: Vec<PathBuf> = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    for profile in ["debug", "release"] {
-        let candidate = target.join(profile).join("bftcd");
-        if is_executable_file(&candidate) {
-            return Ok(candidate);
+        .into_iter()
+        .collect();
+    targets.push(workspace_root().join("target"));
+    for target in targets {
+        for profile in ["debug", "release"] {
+            let candidate = target.join(profile).join("bftcd");
+            if tried.contains(&candidate.display().to_string()) {
+                continue;
+            }
+            if is_executable_file(&candidate) {
+                return Ok(candidate);
+            }
+            tried.push(candidate.display().to_string());
         }
-        tried.push(candidate.display().to_string());
     }
     Err(format!(
         "the `bftcd` sidecar binary was not found (tried {}). Build it first with \

@@ -23,14 +23,23 @@ impl TestDir {
     pub fn new(name: &str) -> TestDir {
         let clean: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let dir = tempfile::Builder::new()
             .prefix(&format!("bftcd-{clean}-"))
             .tempdir()
             .expect("create a temporary test directory");
         let path = dir.path().to_path_buf();
-        TestDir { dir: Some(dir), path }
+        TestDir {
+            dir: Some(dir),
+            path,
+        }
     }
 
     /// The directory.
@@ -54,13 +63,21 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let keep_env = std::env::var(KEEP_DIRS_ENV).map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+        let keep_env = std::env::var(KEEP_DIRS_ENV)
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false);
         if std::thread::panicking() || keep_env {
             if let Some(d) = self.dir.take() {
                 let p = d.keep();
-                eprintln!("bftcd-tests: test directory kept (logs inside): {}", p.display());
+                eprintln!(
+                    "bftcd-tests: test directory kept (logs inside): {}",
+                    p.display()
+                );
             } else {
-                eprintln!("bftcd-tests: test directory kept (logs inside): {}", self.path.display());
+                eprintln!(
+                    "bftcd-tests: test directory kept (logs inside): {}",
+                    self.path.display()
+                );
             }
         }
         // Otherwise TempDir's own Drop removes it.

@@ -31,7 +31,9 @@ pub struct EtcdProcess {
 }
 
 fn addr_in_use(log: &Path) -> bool {
-    log_of_last_run(log).to_ascii_lowercase().contains("address already in use")
+    log_of_last_run(log)
+        .to_ascii_lowercase()
+        .contains("address already in use")
 }
 
 impl EtcdProcess {
@@ -48,14 +50,25 @@ impl EtcdProcess {
     }
 
     /// Fallible form of [`EtcdProcess::start_with_args`].
-    pub fn try_start_with_args(dir: &TestDir, name: &str, extra_args: &[&str]) -> Result<EtcdProcess, String> {
+    pub fn try_start_with_args(
+        dir: &TestDir,
+        name: &str,
+        extra_args: &[&str],
+    ) -> Result<EtcdProcess, String> {
         let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let mut last_err = String::new();
         for _attempt in 0..START_ATTEMPTS {
             let client_port = ports::free_port();
             let peer_port = ports::free_port();
             let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
-            let mut member = EtcdProcess::configure(dir, name, client_port, peer_port, initial_cluster, extra.clone());
+            let mut member = EtcdProcess::configure(
+                dir,
+                name,
+                client_port,
+                peer_port,
+                initial_cluster,
+                extra.clone(),
+            );
             let _ = fs::remove_dir_all(&member.data_dir);
             member.spawn_child()?;
             match member.wait_ready(ETCD_START_TIMEOUT) {
@@ -70,7 +83,9 @@ impl EtcdProcess {
                 }
             }
         }
-        Err(format!("etcd {name}: gave up after {START_ATTEMPTS} attempts (ports in use): {last_err}"))
+        Err(format!(
+            "etcd {name}: gave up after {START_ATTEMPTS} attempts (ports in use): {last_err}"
+        ))
     }
 
     fn configure(
@@ -120,7 +135,11 @@ impl EtcdProcess {
             .map_err(|e| format!("open {}: {e}", self.log_path.display()))?;
         let args = self.args();
         let bin = bins::etcd_bin();
-        let _ = writeln!(log, "{START_MARKER} {}", process::render_command(&bin.display().to_string(), &args));
+        let _ = writeln!(
+            log,
+            "{START_MARKER} {}",
+            process::render_command(&bin.display().to_string(), &args)
+        );
         let err_log = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bin);
         cmd.args(&args)
@@ -133,7 +152,8 @@ impl EtcdProcess {
                 cmd.env_remove(&k);
             }
         }
-        let child = process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let child =
+            process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -277,7 +297,10 @@ impl Drop for EtcdProcess {
 fn cluster_token(dir: &TestDir, cluster: &str) -> String {
     format!(
         "bftcd-test-{}-{}",
-        dir.path().file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.path()
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         cluster
     )
 }
@@ -295,7 +318,10 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<Str
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -319,7 +345,9 @@ impl EtcdCluster {
         let mut last_err = String::new();
         for _attempt in 0..START_ATTEMPTS {
             let names: Vec<String> = (1..=n).map(|i| format!("{prefix}-{i}")).collect();
-            let ports: Vec<(u16, u16)> = (0..n).map(|_| (ports::free_port(), ports::free_port())).collect();
+            let ports: Vec<(u16, u16)> = (0..n)
+                .map(|_| (ports::free_port(), ports::free_port()))
+                .collect();
             let initial_cluster = names
                 .iter()
                 .zip(&ports)
@@ -330,7 +358,14 @@ impl EtcdCluster {
                 .iter()
                 .zip(&ports)
                 .map(|(name, (client, peer))| {
-                    let mut m = EtcdProcess::configure(dir, name, *client, *peer, initial_cluster.clone(), extra.clone());
+                    let mut m = EtcdProcess::configure(
+                        dir,
+                        name,
+                        *client,
+                        *peer,
+                        initial_cluster.clone(),
+                        extra.clone(),
+                    );
                     m.cluster_token = cluster_token(dir, prefix);
                     m
                 })
@@ -346,7 +381,9 @@ impl EtcdCluster {
             if failure.is_none() {
                 let deadline = Instant::now() + ETCD_START_TIMEOUT;
                 for m in members.iter_mut() {
-                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100));
                     if let Err(e) = m.wait_ready(left) {
                         failure = Some(e);
                         break;

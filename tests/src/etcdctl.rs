@@ -66,7 +66,10 @@ impl Etcdctl {
     fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> (Command, String) {
         let mut all: Vec<String> = vec![format!("--endpoints={}", self.endpoints)];
         all.extend(self.global_args.iter().cloned());
-        all.extend(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()));
+        all.extend(
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned()),
+        );
         let mut cmd = Command::new(&self.bin);
         cmd.args(&all);
         clean_env(&mut cmd);
@@ -80,13 +83,21 @@ impl Etcdctl {
     }
 
     /// Runs `etcdctl <args>` with `stdin` fed to it (e.g. `txn -i`, `put key` reading the value).
-    pub fn run_with_stdin<S: AsRef<OsStr>>(&self, args: &[S], stdin: impl AsRef<[u8]>) -> CmdOutput {
+    pub fn run_with_stdin<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        stdin: impl AsRef<[u8]>,
+    ) -> CmdOutput {
         self.run_inner(args, Some(stdin.as_ref().to_vec()))
     }
 
     /// Runs `etcdctl <args>`, returning the output even when it timed out (then `timed_out` is set
     /// and `status` is `None`).
-    pub fn run_allow_timeout<S: AsRef<OsStr>>(&self, args: &[S], stdin: Option<&[u8]>) -> CmdOutput {
+    pub fn run_allow_timeout<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        stdin: Option<&[u8]>,
+    ) -> CmdOutput {
         let (cmd, rendered) = self.command(args);
         process::run_with_timeout(cmd, rendered, stdin.map(|s| s.to_vec()), self.timeout)
     }
@@ -123,6 +134,13 @@ impl Etcdctl {
         Background::start(cmd, rendered, None, self.timeout)
     }
 
+    /// Starts `etcdctl <args>` in the background with stdin kept open (e.g. `watch -i`); write to
+    /// it with [`Background::send`].
+    pub fn spawn_interactive<S: AsRef<OsStr>>(&self, args: &[S], lifetime: Duration) -> Background {
+        let (cmd, rendered) = self.command(args);
+        Background::start_interactive(cmd, rendered, lifetime)
+    }
+
     /// Like [`Etcdctl::spawn`] with a specific maximum lifetime.
     pub fn spawn_for<S: AsRef<OsStr>>(&self, args: &[S], lifetime: Duration) -> Background {
         let (cmd, rendered) = self.command(args);
@@ -146,16 +164,27 @@ impl Default for Etcdutl {
 impl Etcdutl {
     /// etcdutl found by the project's convention.
     pub fn new() -> Etcdutl {
-        Etcdutl { bin: bins::etcdutl_bin(), timeout: DEFAULT_COMMAND_TIMEOUT }
+        Etcdutl {
+            bin: bins::etcdutl_bin(),
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
     }
 
     /// Runs `etcdutl <args>` to completion. Panics if it runs past the timeout.
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> CmdOutput {
-        let all: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let all: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
         let mut cmd = Command::new(&self.bin);
         cmd.args(&all);
         clean_env(&mut cmd);
-        let out = process::run_with_timeout(cmd, process::render_command("etcdutl", &all), None, self.timeout);
+        let out = process::run_with_timeout(
+            cmd,
+            process::render_command("etcdutl", &all),
+            None,
+            self.timeout,
+        );
         if out.timed_out {
             panic!("etcdutl timed out after {:?}: {out}", self.timeout);
         }

@@ -55,7 +55,11 @@ fn next_random(rng: &mut u64) -> u64 {
 fn port_range() -> (u16, u16) {
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
         .unwrap_or(32768);
     if ephemeral_low > 12_000 {
         (10_000, (ephemeral_low - 1).min(u16::MAX as u32) as u16)
@@ -87,7 +91,11 @@ fn reserve_across_processes(port: u16) -> bool {
     let path = dir.join(port.to_string());
     let me = std::process::id();
     for _ in 0..3 {
-        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut f) => {
                 let _ = write!(f, "{me}");
                 return true;
@@ -156,7 +164,11 @@ pub fn free_port() -> u16 {
     // Last resort: let the kernel choose (an ephemeral port).
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let port = l.local_addr().expect("local_addr").port();
-    state().lock().unwrap_or_else(|e| e.into_inner()).handed_out.insert(port);
+    state()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .handed_out
+        .insert(port);
     port
 }
 

@@ -39,7 +39,14 @@ pub fn spawn(mut cmd: Command) -> std::io::Result<Child> {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before prctl took effect.
@@ -55,7 +62,8 @@ pub fn spawn(mut cmd: Command) -> std::io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((cmd, tx))
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-    rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    rx.recv()
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
 }
 
 /// Sends SIGKILL to `child` and reaps it. Idempotent.
@@ -161,7 +169,10 @@ pub fn render_command(program: &str, args: &[String]) -> String {
     let mut s = program.to_string();
     for a in args {
         s.push(' ');
-        if a.is_empty() || a.chars().any(|c| c.is_whitespace() || "\"'\\$`*?;&|<>(){}".contains(c)) {
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || "\"'\\$`*?;&|<>(){}".contains(c))
+        {
             s.push('\'');
             s.push_str(&a.replace('\'', "'\\''"));
             s.push('\'');
@@ -172,13 +183,19 @@ pub fn render_command(program: &str, args: &[String]) -> String {
     s
 }
 
-fn collector<R: Read + Send + 'static>(mut r: R, buf: Arc<Mutex<Vec<u8>>>) -> thread::JoinHandle<()> {
+fn collector<R: Read + Send + 'static>(
+    mut r: R,
+    buf: Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut chunk = [0u8; 8192];
         loop {
             match r.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]),
+                Ok(n) => buf
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]),
             }
         }
     })
@@ -189,6 +206,7 @@ fn collector<R: Read + Send + 'static>(mut r: R, buf: Arc<Mutex<Vec<u8>>>) -> th
 pub struct Background {
     command: String,
     child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
@@ -199,10 +217,35 @@ pub struct Background {
 impl Background {
     /// Starts `cmd` with stdin closed (or fed `stdin` and then closed) and stdout/stderr captured.
     /// `max_lifetime` bounds every wait on it.
-    pub fn start(mut cmd: Command, command: String, stdin: Option<Vec<u8>>, max_lifetime: Duration) -> Background {
+    pub fn start(
+        cmd: Command,
+        command: String,
+        stdin: Option<Vec<u8>>,
+        max_lifetime: Duration,
+    ) -> Background {
+        Self::start_inner(cmd, command, stdin, false, max_lifetime)
+    }
+
+    /// Starts `cmd` with its stdin kept open for [`Background::send`] (e.g. `etcdctl watch -i`).
+    pub fn start_interactive(cmd: Command, command: String, max_lifetime: Duration) -> Background {
+        Self::start_inner(cmd, command, None, true, max_lifetime)
+    }
+
+    fn start_inner(
+        mut cmd: Command,
+        command: String,
+        stdin: Option<Vec<u8>>,
+        keep_stdin: bool,
+        max_lifetime: Duration,
+    ) -> Background {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() || keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = spawn(cmd).unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let kept_stdin = if keep_stdin { child.stdin.take() } else { None };
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().expect("stdin pipe");
             thread::spawn(move || {
@@ -216,7 +259,32 @@ impl Background {
             collector(child.stdout.take().expect("stdout pipe"), stdout.clone()),
             collector(child.stderr.take().expect("stderr pipe"), stderr.clone()),
         ];
-        Background { command, child: Some(child), stdout, stderr, readers, started: Instant::now(), max_lifetime }
+        Background {
+            command,
+            child: Some(child),
+            stdin: kept_stdin,
+            stdout,
+            stderr,
+            readers,
+            started: Instant::now(),
+            max_lifetime,
+        }
+    }
+
+    /// Writes `text` to the stdin of a command started with [`Background::start_interactive`].
+    pub fn send(&mut self, text: &str) {
+        let pipe = self
+            .stdin
+            .as_mut()
+            .expect("send() needs a command started with start_interactive");
+        pipe.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write to `{}`: {e}", self.command));
+        let _ = pipe.flush();
+    }
+
+    /// Closes stdin (an interactive command then sees end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
     }
 
     /// The process id while it runs.
@@ -284,12 +352,15 @@ impl Background {
             status = child.try_wait().ok().flatten();
             kill_and_wait(&mut child);
         }
+        // Only now: closing stdin first could make an interactive command exit by itself.
+        self.stdin.take();
         self.finish(status, false)
     }
 
     /// Waits for the process to exit by itself, up to `timeout` (bounded by its lifetime); on
     /// timeout it is killed and `timed_out` is set.
     pub fn wait(mut self, timeout: Duration) -> CmdOutput {
+        self.stdin.take();
         let timeout = timeout.min(self.remaining_lifetime());
         let mut child = self.child.take().expect("child present");
         match wait_timeout(&mut child, timeout) {
@@ -307,11 +378,17 @@ impl Drop for Background {
         if let Some(mut child) = self.child.take() {
             kill_and_wait(&mut child);
         }
+        self.stdin.take();
     }
 }
 
 /// Runs `cmd` to completion with a hard timeout; stdin is fed `stdin` (or closed).
 /// On timeout the command is killed and the result has `timed_out` set.
-pub fn run_with_timeout(cmd: Command, command: String, stdin: Option<Vec<u8>>, timeout: Duration) -> CmdOutput {
+pub fn run_with_timeout(
+    cmd: Command,
+    command: String,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> CmdOutput {
     Background::start(cmd, command, stdin, timeout).wait(timeout)
 }

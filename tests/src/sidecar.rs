@@ -19,6 +19,12 @@ use crate::dir::{log_of_last_run, log_tail, TestDir, START_MARKER};
 use crate::ports;
 use crate::process;
 
+/// Flags for a bank's stock etcd behind a sidecar: the sidecar adds its bookkeeping to client
+/// writes and packs several of them into one Txn, so the bank's etcd must accept more than
+/// etcd's defaults (the same values `bftcd dev-cluster` uses). The sidecar itself enforces
+/// etcd's default limits towards clients.
+pub const BANK_ETCD_ARGS: &[&str] = &["--max-request-bytes=10485760", "--max-txn-ops=10240"];
+
 /// How long a sidecar may take to print `READY`.
 pub const SIDECAR_START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 4;
@@ -76,8 +82,14 @@ impl Sidecar {
     }
 
     /// Like [`Sidecar::start`] with extra command-line arguments appended.
-    pub fn start_with_args(dir: &TestDir, name: &str, etcd_endpoint: &str, extra_args: &[&str]) -> Sidecar {
-        Self::try_start_with_args(dir, name, etcd_endpoint, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    pub fn start_with_args(
+        dir: &TestDir,
+        name: &str,
+        etcd_endpoint: &str,
+        extra_args: &[&str],
+    ) -> Sidecar {
+        Self::try_start_with_args(dir, name, etcd_endpoint, extra_args)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Fallible form of [`Sidecar::start_with_args`].
@@ -114,7 +126,9 @@ impl Sidecar {
                 }
             }
         }
-        Err(format!("sidecar {name}: gave up after {START_ATTEMPTS} attempts (port in use): {last_err}"))
+        Err(format!(
+            "sidecar {name}: gave up after {START_ATTEMPTS} attempts (port in use): {last_err}"
+        ))
     }
 
     fn args(&self) -> Vec<String> {
@@ -158,7 +172,8 @@ impl Sidecar {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let mut child = process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut child =
+            process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let stdout = child.stdout.take().expect("stdout pipe");
         self.child = Some(child);
 
@@ -193,9 +208,13 @@ impl Sidecar {
                     self.endpoint = ep;
                     return Ok(());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                Err(mpsc::RecvTimeoutError::Timeout)
+                | Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 // Late READY line still in the pipe?
                 if let Ok(ep) = rx.recv_timeout(Duration::from_millis(200)) {

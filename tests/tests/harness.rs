@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bftcd_tests::{bins, etcdctl_bin, etcdutl_bin, free_port, free_ports, EtcdCluster, EtcdProcess, Etcdctl, Etcdutl, TestDir};
+use bftcd_tests::{
+    bins, etcdctl_bin, etcdutl_bin, free_port, free_ports, EtcdCluster, EtcdProcess, Etcdctl,
+    Etcdutl, TestDir,
+};
 
 fn pid_exists(pid: u32) -> bool {
     // SAFETY: existence check only.
@@ -14,9 +17,15 @@ fn pid_exists(pid: u32) -> bool {
 #[test]
 fn stock_binaries_are_found_and_are_3_5() {
     let etcd = bins::etcd_bin();
-    let out = std::process::Command::new(&etcd).arg("--version").output().expect("run etcd --version");
+    let out = std::process::Command::new(&etcd)
+        .arg("--version")
+        .output()
+        .expect("run etcd --version");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("etcd Version: 3.5."), "unexpected etcd version output: {text}");
+    assert!(
+        text.contains("etcd Version: 3.5."),
+        "unexpected etcd version output: {text}"
+    );
     assert!(etcdctl_bin().exists());
     assert!(etcdutl_bin().exists());
     assert!(bins::workspace_root().join("Cargo.toml").exists());
@@ -28,7 +37,10 @@ fn free_ports_are_distinct_and_bindable() {
     let set: HashSet<u16> = ports.iter().copied().collect();
     assert_eq!(set.len(), ports.len(), "duplicate ports: {ports:?}");
     for p in ports {
-        assert!(std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} not bindable");
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
+            "port {p} not bindable"
+        );
     }
     // Never handed out twice in one process.
     let more = free_ports(50);
@@ -45,7 +57,10 @@ fn test_dir_is_removed_on_success() {
         std::fs::write(dir.join("some.log"), "x").unwrap();
         assert!(path.exists());
     }
-    assert!(!path.exists(), "test dir should be removed after a passing test");
+    assert!(
+        !path.exists(),
+        "test dir should be removed after a passing test"
+    );
 }
 
 #[test]
@@ -60,7 +75,10 @@ fn test_dir_is_kept_when_the_test_panics() {
     .join();
     assert!(joined.is_err());
     let path = rx.recv().unwrap();
-    assert!(path.join("evidence.log").exists(), "test dir should be kept after a panic");
+    assert!(
+        path.join("evidence.log").exists(),
+        "test dir should be kept after a panic"
+    );
     std::fs::remove_dir_all(&path).unwrap();
 }
 
@@ -78,16 +96,26 @@ fn etcd_starts_and_serves_put_get() {
 
     let out = ctl.run(&["put", "", "v"]);
     assert!(!out.success());
-    assert!(out.stderr.contains("Error: etcdserver: key is not provided"), "{out}");
+    assert!(
+        out.stderr
+            .contains("Error: etcdserver: key is not provided"),
+        "{out}"
+    );
 
     // stdin is fed to etcdctl
     let out = ctl.run_with_stdin(&["put", "from-stdin"], "value-from-stdin");
     out.expect_success();
-    assert_eq!(ctl.get_value("from-stdin").as_deref(), Some("value-from-stdin"));
+    assert_eq!(
+        ctl.get_value("from-stdin").as_deref(),
+        Some("value-from-stdin")
+    );
 
     let health = ctl.run(&["endpoint", "health"]);
     assert!(health.stdout.contains("is healthy"), "{health}");
-    assert!(std::fs::metadata(etcd.log_path()).unwrap().len() > 0, "etcd log must be written");
+    assert!(
+        std::fs::metadata(etcd.log_path()).unwrap().len() > 0,
+        "etcd log must be written"
+    );
 }
 
 #[test]
@@ -103,7 +131,10 @@ fn etcd_kill_and_restart_keeps_data() {
     etcd.kill();
     assert!(etcd.pid().is_none());
     assert!(!pid_exists(old_pid), "killed etcd must be reaped");
-    let out = Etcdctl::new(endpoint.clone()).with_global_arg("--dial-timeout=300ms").with_global_arg("--command-timeout=1s").run(&["get", "k1"]);
+    let out = Etcdctl::new(endpoint.clone())
+        .with_global_arg("--dial-timeout=300ms")
+        .with_global_arg("--command-timeout=1s")
+        .run(&["get", "k1"]);
     assert!(!out.success(), "etcd is down, get must fail: {out}");
 
     etcd.restart();
@@ -123,13 +154,20 @@ fn processes_die_when_the_test_panics() {
     let handle = std::thread::spawn(move || {
         let dir = TestDir::new("panic-cleanup");
         let etcd = EtcdProcess::start(&dir, "doomed");
-        tx.send((etcd.pid().unwrap(), dir.path().to_path_buf())).unwrap();
+        tx.send((etcd.pid().unwrap(), dir.path().to_path_buf()))
+            .unwrap();
         panic!("deliberate panic: etcd must be killed by Drop");
     });
     assert!(handle.join().is_err());
     let (pid, path) = rx.recv().unwrap();
-    assert!(!pid_exists(pid), "etcd {pid} still runs after the owning test panicked");
-    assert!(path.join("doomed.etcd.log").exists(), "log kept after the panic");
+    assert!(
+        !pid_exists(pid),
+        "etcd {pid} still runs after the owning test panicked"
+    );
+    assert!(
+        path.join("doomed.etcd.log").exists(),
+        "log kept after the panic"
+    );
     std::fs::remove_dir_all(path).unwrap();
 }
 
@@ -179,14 +217,29 @@ fn three_member_cluster() {
     assert_eq!(eps.iter().collect::<HashSet<_>>().len(), 3);
     Etcdctl::new(eps[0].clone()).put("shared", "value");
     // A linearizable read through another member sees the write.
-    assert_eq!(Etcdctl::new(eps[2].clone()).get_value("shared").as_deref(), Some("value"));
+    assert_eq!(
+        Etcdctl::new(eps[2].clone()).get_value("shared").as_deref(),
+        Some("value")
+    );
     let members = Etcdctl::new(cluster.endpoints_csv()).run(&["member", "list", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(members.expect_success().trim()).unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
 
     // One member down: the other two still serve writes; it catches up after restart.
+    // (If it was the leader, writes fail until a new leader is elected: retry.)
     cluster.member_mut(1).kill();
-    Etcdctl::new(eps[0].clone()).put("while-down", "yes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Etcdctl::new(eps[0].clone()).run(&["put", "while-down", "yes"]);
+        if out.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two of three members did not accept a write: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.member_mut(1).restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let ctl1 = Etcdctl::new(eps[1].clone());
@@ -195,7 +248,10 @@ fn three_member_cluster() {
         if v.stdout == "yes\n" {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted member did not catch up: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "restarted member did not catch up: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -203,9 +259,18 @@ fn three_member_cluster() {
 #[test]
 fn sidecar_ready_line_parsing() {
     use bftcd_tests::sidecar::parse_ready_line;
-    assert_eq!(parse_ready_line("READY 127.0.0.1:1234\n").as_deref(), Some("127.0.0.1:1234"));
-    assert_eq!(parse_ready_line("READY http://127.0.0.1:1234").as_deref(), Some("127.0.0.1:1234"));
-    assert_eq!(parse_ready_line("READY 127.0.0.1:1,127.0.0.1:2").as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(
+        parse_ready_line("READY 127.0.0.1:1234\n").as_deref(),
+        Some("127.0.0.1:1234")
+    );
+    assert_eq!(
+        parse_ready_line("READY http://127.0.0.1:1234").as_deref(),
+        Some("127.0.0.1:1234")
+    );
+    assert_eq!(
+        parse_ready_line("READY 127.0.0.1:1,127.0.0.1:2").as_deref(),
+        Some("127.0.0.1:1")
+    );
     assert_eq!(parse_ready_line("listening on 127.0.0.1:1234"), None);
     assert_eq!(parse_ready_line("READY "), None);
 }

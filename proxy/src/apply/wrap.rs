@@ -6,9 +6,11 @@
 //! have given. The client's compares become the outer Txn's compares, and in each branch:
 //! * a branch with a Put (or a nested Txn that may write) always writes: the bookkeeping Put is
 //!   appended;
-//! * a branch with deletes but no puts writes only if one of its ranges holds a key when the Txn
-//!   starts: a nested check Txn at the head of the branch, `If Version(r) == 0 for every range
-//!   Then nothing Else Put(bookkeeping)`, decides inside the same etcd Txn;
+//! * a branch with deletes but no puts writes only if one of its ranges holds a key: a nested
+//!   check Txn placed just before the first delete, `If Version(r) == 0 for every range Then
+//!   nothing Else Put(bookkeeping)`, decides inside the same etcd Txn (reads before the first
+//!   delete see the old revision, as on etcd; reads between a delete that removed nothing and a
+//!   later one that removes something see the new revision one op early);
 //! * a read-only branch writes nothing and records nothing.
 //!
 //! A nested client Txn that writes only in some branches still records (one extra revision where
@@ -27,8 +29,8 @@ use crate::validate::txn_writes;
 use bftcd_sequencer::Position;
 
 struct Branch {
-    /// A check Txn leads the branch.
-    check: bool,
+    /// Index of the check Txn among the branch's etcd ops (just before its first delete).
+    check_at: Option<usize>,
     /// The bookkeeping Put closes the branch.
     always: bool,
     plan: Vec<OpPlan>,
@@ -81,14 +83,25 @@ fn wrap_branch(ops: &[RequestOp], pos: Position, out: &mut Vec<RequestOp>) -> Br
         }
     }
     let check = !puts && !deletes.is_empty();
-    if check {
-        out.push(check_txn(deletes, pos));
+    let mut check_txn_op = check.then(|| check_txn(deletes, pos));
+    let mut check_at = None;
+    let start = out.len();
+    let mut plan = Vec::with_capacity(ops.len());
+    for op in ops {
+        // Just before the first delete, so reads placed before it see the revision etcd would
+        // show them (the bookkeeping Put raises it).
+        if matches!(op.request, Some(Request::RequestDeleteRange(_))) {
+            if let Some(c) = check_txn_op.take() {
+                check_at = Some(out.len() - start);
+                out.push(c);
+            }
+        }
+        plan.push(plan_op(op, out));
     }
-    let plan = ops.iter().map(|op| plan_op(op, out)).collect();
     if puts {
         out.push(bookkeeping(pos));
     }
-    Branch { check, always: puts, plan }
+    Branch { check_at, always: puts, plan }
 }
 
 /// Wraps a client Txn (a Put or DeleteRange is a Txn with one op and no compares).
@@ -108,8 +121,8 @@ impl Wrapped {
         let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
         let mut responses: Vec<ResponseOp> = resp.responses;
         let mut recorded = branch.always;
-        if branch.check && !responses.is_empty() {
-            if let Some(Response::ResponseTxn(check)) = responses.remove(0).response {
+        if let Some(at) = branch.check_at.filter(|&i| i < responses.len()) {
+            if let Some(Response::ResponseTxn(check)) = responses.remove(at).response {
                 recorded = !check.succeeded;
             }
         }
@@ -131,6 +144,10 @@ mod tests {
         RequestOp { request: Some(r) }
     }
 
+    fn del_again() -> RequestOp {
+        op(Request::RequestDeleteRange(DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() }))
+    }
+
     #[test]
     fn branches_record_exactly_when_they_write() {
         let pos = Position { height: 3, index: 1 };
@@ -143,6 +160,8 @@ mod tests {
         let w = wrap(&TxnRequest { compare: vec![], success: vec![del], failure: vec![] }, pos);
         assert_eq!(w.txn.success.len(), 2); // check txn + delete
         let Some(Request::RequestTxn(check)) = &w.txn.success[0].request else { panic!() };
+        let w2 = wrap(&TxnRequest { compare: vec![], success: vec![get.clone(), del_again()], failure: vec![] }, pos);
+        assert!(matches!(w2.txn.success[1].request, Some(Request::RequestTxn(_))), "check right before the delete");
         assert_eq!(check.compare.len(), 1);
         assert_eq!(check.failure.len(), 1);
         // etcd answers: the check found the key, so bookkeeping was written.

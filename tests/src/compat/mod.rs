@@ -8,16 +8,15 @@
 //!   Used to prove the normaliser makes two stock etcds compare equal, so that any difference
 //!   seen with the sidecar is a real sidecar bug.
 //! - `BFTCD_COMPAT_SIDECAR_ARGS="--flag value ..."`: extra arguments for `bftcd serve`.
-//! - `BFTCD_COMPAT_BANK_ETCD_ARGS="--max-txn-ops=4096 ..."`: extra flags for the etcd behind the
-//!   sidecar only (the reference etcd keeps stock defaults).
+//! - `BFTCD_COMPAT_BANK_ETCD_ARGS="--max-txn-ops=4096 ..."`: flags for the etcd behind the
+//!   sidecar only, replacing the default [`crate::sidecar::BANK_ETCD_ARGS`] (the reference etcd
+//!   keeps stock defaults; the sidecar must enforce them towards clients itself).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use regex::Regex;
 use serde_json::Value;
 
 use crate::dir::TestDir;
@@ -26,6 +25,12 @@ use crate::etcdctl::Etcdctl;
 use crate::process::{Background, CmdOutput};
 use crate::sidecar::Sidecar;
 
+mod normalize;
+pub use normalize::{
+    describe_difference, normalize_json, normalize_output, parse_lease_grant,
+    split_progress_notify, SideContext, REMAINING_TTL_SLACK, VOLATILE_JSON_KEYS,
+};
+
 /// Env switch: compare two stock etcds (no sidecar).
 pub const BOTH_STOCK_ENV: &str = "BFTCD_COMPAT_BOTH_STOCK";
 /// Env: extra `bftcd serve` arguments (whitespace separated).
@@ -33,222 +38,17 @@ pub const SIDECAR_ARGS_ENV: &str = "BFTCD_COMPAT_SIDECAR_ARGS";
 /// Env: extra flags for the etcd behind the sidecar (whitespace separated).
 pub const BANK_ETCD_ARGS_ENV: &str = "BFTCD_COMPAT_BANK_ETCD_ARGS";
 
-/// JSON object keys that differ between any two servers and are removed before comparing.
-pub const VOLATILE_JSON_KEYS: &[&str] = &[
-    "cluster_id",
-    "member_id",
-    "raft_term",
-    "raft_index",
-    "raftTerm",
-    "raftIndex",
-    "raftAppliedIndex",
-    // etcd-client log lines on stderr: timestamp and the client's object address + endpoint
-    "ts",
-    "target",
-    // timing
-    "took",
-];
-
-/// How far below the granted TTL a reported remaining TTL may be and still count as "timing".
-pub const REMAINING_TTL_SLACK: i64 = 30;
-
 /// True when `BFTCD_COMPAT_BOTH_STOCK` asks for two stock etcds.
 pub fn both_stock() -> bool {
-    std::env::var(BOTH_STOCK_ENV).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+    std::env::var(BOTH_STOCK_ENV)
+        .map(|v| !v.is_empty() && v != "0")
+        .unwrap_or(false)
 }
 
 fn env_args(var: &str) -> Vec<String> {
     std::env::var(var)
         .map(|s| s.split_whitespace().map(|a| a.to_string()).collect())
         .unwrap_or_default()
-}
-
-/// What is known about one server while normalising its output.
-#[derive(Clone, Debug, Default)]
-pub struct SideContext {
-    /// The client endpoint etcdctl talked to (`127.0.0.1:port`), replaced by `<endpoint>`.
-    pub endpoint: String,
-    /// Lease ids granted so far on this server, in grant order; lease `i` becomes `<lease#i+1>`.
-    pub leases: Vec<i64>,
-}
-
-impl SideContext {
-    fn lease_placeholder(&self, id: i64) -> Option<String> {
-        self.leases.iter().position(|l| *l == id).map(|i| format!("<lease#{}>", i + 1))
-    }
-}
-
-fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
-    cell.get_or_init(|| Regex::new(pattern).expect("valid regex"))
-}
-
-fn fields_id_line() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    re(&R, r#"^"(ClusterID|MemberID|RaftTerm)" : \d+$"#)
-}
-
-fn took_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    re(&R, r"took = [0-9][0-9A-Za-zµ.]*")
-}
-
-fn remaining_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    re(&R, r"TTL\((-?\d+)s\), remaining\((-?\d+)s\)")
-}
-
-fn replace_endpoint(text: &str, endpoint: &str) -> String {
-    if endpoint.is_empty() {
-        return text.to_string();
-    }
-    // Only whole endpoints: 127.0.0.1:2379 must not match inside 127.0.0.1:23790.
-    let pat = format!(r"{}\b", regex::escape(endpoint));
-    match Regex::new(&pat) {
-        Ok(r) => r.replace_all(text, "<endpoint>").into_owned(),
-        Err(_) => text.replace(endpoint, "<endpoint>"),
-    }
-}
-
-fn replace_leases_in_text(text: &str, ctx: &SideContext) -> String {
-    let mut out = text.to_string();
-    for (i, id) in ctx.leases.iter().enumerate() {
-        let ph = format!("<lease#{}>", i + 1);
-        // etcdctl prints lease ids as %016x in simple output and as decimal in `-w fields`.
-        for form in [format!("{:016x}", id), format!("{:x}", id), id.to_string()] {
-            if let Ok(r) = Regex::new(&format!(r"\b{}\b", regex::escape(&form))) {
-                out = r.replace_all(&out, ph.as_str()).into_owned();
-            }
-        }
-    }
-    out
-}
-
-fn normalize_remaining(text: &str) -> String {
-    remaining_re()
-        .replace_all(text, |c: &regex::Captures| {
-            let granted: i64 = c[1].parse().unwrap_or(0);
-            let remaining: i64 = c[2].parse().unwrap_or(i64::MIN);
-            if remaining <= granted && remaining >= granted - REMAINING_TTL_SLACK {
-                format!("TTL({granted}s), remaining(<ttl>)")
-            } else {
-                c[0].to_string() // implausible: leave it so the difference shows
-            }
-        })
-        .into_owned()
-}
-
-/// Normalises one JSON value in place (see the module docs).
-pub fn normalize_json(v: &mut Value, ctx: &SideContext) {
-    match v {
-        Value::Object(map) => {
-            for k in VOLATILE_JSON_KEYS {
-                map.remove(*k);
-            }
-            // lease timetolive: "ttl" is the remaining time, "granted-ttl" the granted one.
-            if let (Some(granted), Some(ttl)) =
-                (map.get("granted-ttl").and_then(|g| g.as_i64()), map.get("ttl").and_then(|t| t.as_i64()))
-            {
-                if granted > 0 && ttl <= granted && ttl >= granted - REMAINING_TTL_SLACK {
-                    map.insert("ttl".to_string(), Value::String("<ttl>".to_string()));
-                }
-            }
-            for (_, child) in map.iter_mut() {
-                normalize_json(child, ctx);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                normalize_json(item, ctx);
-            }
-        }
-        Value::Number(n) => {
-            if let Some(id) = n.as_i64() {
-                if let Some(ph) = ctx.lease_placeholder(id) {
-                    *v = Value::String(ph);
-                }
-            }
-        }
-        Value::String(s) => {
-            let replaced = replace_endpoint(s, &ctx.endpoint);
-            if replaced != *s {
-                *s = replaced;
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Normalises one line of text output.
-fn normalize_text_line(line: &str, ctx: &SideContext) -> String {
-    if let Some(c) = fields_id_line().captures(line) {
-        return format!("\"{}\" : <id>", &c[1]);
-    }
-    let mut s = replace_endpoint(line, &ctx.endpoint);
-    s = replace_leases_in_text(&s, ctx);
-    s = took_re().replace_all(&s, "took = <took>").into_owned();
-    normalize_remaining(&s)
-}
-
-/// Normalises a whole stdout or stderr text: every line that is a JSON document is parsed,
-/// normalised and re-serialised (with sorted keys); other lines get the text rules.
-pub fn normalize_output(text: &str, ctx: &SideContext) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        let t = line.trim();
-        let parsed = if t.starts_with('{') || t.starts_with('[') {
-            serde_json::from_str::<Value>(t).ok()
-        } else {
-            None
-        };
-        match parsed {
-            Some(mut v) => {
-                normalize_json(&mut v, ctx);
-                out.push_str(&serde_json::to_string(&v).expect("serialise json"));
-            }
-            None => out.push_str(&normalize_text_line(line, ctx)),
-        }
-    }
-    out
-}
-
-/// Splits watch output into the event part and the revisions of `progress notify: N` lines.
-pub fn split_progress_notify(stdout: &str) -> (String, Vec<i64>) {
-    let mut events = String::new();
-    let mut revs = Vec::new();
-    for line in stdout.split_inclusive('\n') {
-        if let Some(rest) = line.trim_end().strip_prefix("progress notify: ") {
-            revs.push(rest.trim().parse().unwrap_or(-1));
-            continue;
-        }
-        // -w json prints the progress response itself as an event-less document.
-        if line.contains("\"Events\":[]") && line.contains("\"Canceled\":false") {
-            continue;
-        }
-        events.push_str(line);
-    }
-    (events, revs)
-}
-
-/// A line-oriented description of the first difference between two texts.
-pub fn describe_difference(a: &str, b: &str) -> String {
-    let al: Vec<&str> = a.split('\n').collect();
-    let bl: Vec<&str> = b.split('\n').collect();
-    for i in 0..al.len().max(bl.len()) {
-        let x = al.get(i).copied();
-        let y = bl.get(i).copied();
-        if x != y {
-            return format!(
-                "first difference at line {}:\n  reference: {}\n  subject:   {}",
-                i + 1,
-                x.map(|s| format!("{s:?}")).unwrap_or_else(|| "<no line>".into()),
-                y.map(|s| format!("{s:?}")).unwrap_or_else(|| "<no line>".into())
-            );
-        }
-    }
-    "no line differs".to_string()
 }
 
 /// How two outputs are compared.
@@ -284,7 +84,10 @@ impl Side {
             label: label.to_string(),
             kind: kind.to_string(),
             ctl: Etcdctl::new(endpoint.clone()),
-            ctx: SideContext { endpoint, leases: Vec::new() },
+            ctx: SideContext {
+                endpoint,
+                leases: Vec::new(),
+            },
             vars: BTreeMap::new(),
         }
     }
@@ -306,12 +109,16 @@ impl Side {
         }
     }
 
-    /// The store revision seen by a serializable-free (linearizable) read.
+    /// The current store revision (header of a linearizable read).
     pub fn revision(&self) -> i64 {
-        let out = self.ctl.run(&["get", "bftcd-tests/revision-probe", "-w", "json"]);
+        let out = self
+            .ctl
+            .run(&["get", "bftcd-tests/revision-probe", "-w", "json"]);
         let v: Value = serde_json::from_str(out.expect_success().trim())
             .unwrap_or_else(|e| panic!("cannot parse {out}: {e}"));
-        v["header"]["revision"].as_i64().unwrap_or_else(|| panic!("no header.revision in {out}"))
+        v["header"]["revision"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no header.revision in {out}"))
     }
 }
 
@@ -331,15 +138,25 @@ pub struct BothBackground {
     subject: Background,
 }
 
-/// Parses the lease id out of `etcdctl lease grant` output (simple or json).
-pub fn parse_lease_grant(stdout: &str) -> Option<i64> {
-    static SIMPLE: OnceLock<Regex> = OnceLock::new();
-    let simple = re(&SIMPLE, r"lease ([0-9a-f]+) granted with TTL");
-    if let Some(c) = simple.captures(stdout) {
-        return i64::from_str_radix(&c[1], 16).ok();
+impl BothBackground {
+    /// Writes `text` to both commands' stdin (see [`CompatPair::spawn_both_interactive`]).
+    pub fn send(&mut self, text: &str) {
+        self.reference.send(text);
+        self.subject.send(text);
     }
-    let v: Value = serde_json::from_str(stdout.trim()).ok()?;
-    v.get("ID").and_then(|id| id.as_i64())
+
+    /// Waits up to `timeout` until `pred` holds on the reference's stdout and then on the
+    /// subject's; returns (reference ok, subject ok).
+    pub fn wait_for_stdout(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> (bool, bool) {
+        (
+            self.reference.wait_for_stdout(timeout, &pred),
+            self.subject.wait_for_stdout(timeout, &pred),
+        )
+    }
 }
 
 /// The reference etcd, the subject (sidecar + its etcd, or a second stock etcd) and the record
@@ -368,7 +185,13 @@ impl CompatPair {
     /// (followed by `BFTCD_COMPAT_SIDECAR_ARGS`).
     pub fn start(dir: &TestDir, etcd_args: &[&str], sidecar_args: &[&str]) -> CompatPair {
         let stock = both_stock();
-        let bank_extra = env_args(BANK_ETCD_ARGS_ENV);
+        let bank_extra: Vec<String> = match std::env::var_os(BANK_ETCD_ARGS_ENV) {
+            Some(_) => env_args(BANK_ETCD_ARGS_ENV),
+            None => crate::sidecar::BANK_ETCD_ARGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
         let (reference_etcd, bank_etcd) = std::thread::scope(|s| {
             let a = s.spawn(|| EtcdProcess::start_with_args(dir, "reference", etcd_args));
             let b = s.spawn(|| {
@@ -386,7 +209,11 @@ impl CompatPair {
             }
         });
         let (sidecar, subject) = if stock {
-            let side = Side::new("subject", "second stock etcd (BFTCD_COMPAT_BOTH_STOCK=1)", bank_etcd.endpoint());
+            let side = Side::new(
+                "subject",
+                "second stock etcd (BFTCD_COMPAT_BOTH_STOCK=1)",
+                bank_etcd.endpoint(),
+            );
             (None, side)
         } else {
             let mut args: Vec<String> = sidecar_args.iter().map(|s| s.to_string()).collect();
@@ -443,9 +270,16 @@ impl CompatPair {
     }
 
     /// Records a difference unless `reference == subject`.
-    pub fn expect_same<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, reference: T, subject: T) {
+    pub fn expect_same<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: &str,
+        reference: T,
+        subject: T,
+    ) {
         if reference != subject {
-            self.mismatch(format!("{what}: reference {reference:?}, subject {subject:?}"));
+            self.mismatch(format!(
+                "{what}: reference {reference:?}, subject {subject:?}"
+            ));
         }
     }
 
@@ -462,7 +296,10 @@ impl CompatPair {
     }
 
     fn both_stdin(&mut self, args: &[&str], stdin: Option<&str>) -> Both {
-        let both = Both { reference: self.reference.run(args, stdin), subject: self.subject.run(args, stdin) };
+        let both = Both {
+            reference: self.reference.run(args, stdin),
+            subject: self.subject.run(args, stdin),
+        };
         self.log_both(&args.join(" "), &both);
         both
     }
@@ -491,8 +328,11 @@ impl CompatPair {
         if rc.0 != rc.1 {
             problems.push(format!("exit code: reference {}, subject {}", rc.0, rc.1));
         }
-        let streams: &[(&str, fn(&CmdOutput) -> &str)] = match how {
-            Compare::All | Compare::SortedLines => &[("stdout", |o| &o.stdout), ("stderr", |o| &o.stderr)],
+        type Stream = (&'static str, fn(&CmdOutput) -> &str);
+        let streams: &[Stream] = match how {
+            Compare::All | Compare::SortedLines => {
+                &[("stdout", |o| &o.stdout), ("stderr", |o| &o.stderr)]
+            }
             Compare::Stdout => &[("stdout", |o| &o.stdout)],
             Compare::ExitCode => &[],
         };
@@ -522,7 +362,10 @@ impl CompatPair {
     /// are compared.
     pub fn grant_lease(&mut self, var: &str, args: &[&str]) -> Both {
         let both = self.both(args);
-        for (side, out) in [(&mut self.reference, &both.reference), (&mut self.subject, &both.subject)] {
+        for (side, out) in [
+            (&mut self.reference, &both.reference),
+            (&mut self.subject, &both.subject),
+        ] {
             match parse_lease_grant(&out.stdout) {
                 Some(id) => {
                     side.vars.insert(var.to_string(), format!("{id:x}"));
@@ -567,14 +410,33 @@ impl CompatPair {
         }
     }
 
+    /// Starts `etcdctl <args>` (e.g. `watch -i`) on both sides with stdin kept open.
+    pub fn spawn_both_interactive(&mut self, args: &[&str], lifetime: Duration) -> BothBackground {
+        let ra: Vec<String> = args.iter().map(|a| self.reference.substitute(a)).collect();
+        let sa: Vec<String> = args.iter().map(|a| self.subject.substitute(a)).collect();
+        BothBackground {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            reference: self.reference.ctl.spawn_interactive(&ra, lifetime),
+            subject: self.subject.ctl.spawn_interactive(&sa, lifetime),
+        }
+    }
+
     /// Waits (up to `timeout`) until `done` holds for each side's stdout, then kills both and
     /// returns what they printed. A side that never satisfies `done` is recorded as a mismatch.
-    pub fn stop_both(&mut self, mut bg: BothBackground, timeout: Duration, done: impl Fn(&str) -> bool) -> Both {
+    pub fn stop_both(
+        &mut self,
+        mut bg: BothBackground,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Both {
         let ok_a = bg.reference.wait_for_stdout(timeout, &done);
         let ok_b = bg.subject.wait_for_stdout(timeout, &done);
         // A little grace for trailing output that must not be there (or must be equal).
         std::thread::sleep(Duration::from_millis(200));
-        let both = Both { reference: bg.reference.stop(), subject: bg.subject.stop() };
+        let both = Both {
+            reference: bg.reference.stop(),
+            subject: bg.subject.stop(),
+        };
         let what = bg.args.join(" ");
         self.log_both(&format!("(background) {what}"), &both);
         if !ok_a {
@@ -598,13 +460,25 @@ impl CompatPair {
 
     /// Waits for both background commands to exit by themselves (up to `timeout`).
     pub fn wait_both(&mut self, bg: BothBackground, timeout: Duration) -> Both {
-        let both = Both { reference: bg.reference.wait(timeout), subject: bg.subject.wait(timeout) };
-        self.log_both(&format!("(background, waited) {}", bg.args.join(" ")), &both);
+        let both = Both {
+            reference: bg.reference.wait(timeout),
+            subject: bg.subject.wait(timeout),
+        };
+        self.log_both(
+            &format!("(background, waited) {}", bg.args.join(" ")),
+            &both,
+        );
         if both.reference.timed_out {
-            panic!("reference did not exit within {timeout:?} (test bug): {}", both.reference);
+            panic!(
+                "reference did not exit within {timeout:?} (test bug): {}",
+                both.reference
+            );
         }
         if both.subject.timed_out {
-            self.mismatch(format!("`etcdctl {}`: the subject did not exit within {timeout:?}", bg.args.join(" ")));
+            self.mismatch(format!(
+                "`etcdctl {}`: the subject did not exit within {timeout:?}",
+                bg.args.join(" ")
+            ));
         }
         both
     }
@@ -649,68 +523,8 @@ fn sorted_lines(s: &str) -> String {
 }
 
 fn indent(s: &str) -> String {
-    s.split('\n').map(|l| format!("    |{l}")).collect::<Vec<_>>().join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ctx() -> SideContext {
-        SideContext { endpoint: "127.0.0.1:2379".into(), leases: vec![0x694d8b5d7ba5a40b_i64] }
-    }
-
-    #[test]
-    fn removes_ids_from_json_headers() {
-        let a = r#"{"header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":4},"count":1}"#;
-        let b = r#"{"header":{"cluster_id":9,"member_id":8,"revision":3,"raft_term":7},"count":1}"#;
-        let c = SideContext::default();
-        assert_eq!(normalize_output(a, &c), normalize_output(b, &c));
-        let d = r#"{"header":{"cluster_id":9,"member_id":8,"revision":4,"raft_term":7},"count":1}"#;
-        assert_ne!(normalize_output(a, &c), normalize_output(d, &c), "revisions must still be compared");
-    }
-
-    #[test]
-    fn replaces_lease_ids_and_timing() {
-        let c = ctx();
-        assert_eq!(
-            normalize_output("lease 694d8b5d7ba5a40b granted with TTL(60s), remaining(57s), attached keys([a])", &c),
-            "lease <lease#1> granted with TTL(60s), remaining(<ttl>), attached keys([a])"
-        );
-        // implausible remaining TTL is left alone
-        assert!(normalize_output("lease 694d8b5d7ba5a40b granted with TTL(60s), remaining(61s)", &c).contains("61s"));
-        let j = format!(r#"{{"id":{},"ttl":58,"granted-ttl":60,"keys":null}}"#, 0x694d8b5d7ba5a40b_i64);
-        assert_eq!(normalize_output(&j, &c), r#"{"granted-ttl":60,"id":"<lease#1>","keys":null,"ttl":"<ttl>"}"#);
-        assert_eq!(
-            normalize_output("127.0.0.1:2379 is healthy: successfully committed proposal: took = 1.9ms", &c),
-            "<endpoint> is healthy: successfully committed proposal: took = <took>"
-        );
-        assert_eq!(normalize_output("127.0.0.1:23790", &c), "127.0.0.1:23790");
-        assert_eq!(normalize_output("\"ClusterID\" : 123\n\"Revision\" : 5", &c), "\"ClusterID\" : <id>\n\"Revision\" : 5");
-    }
-
-    #[test]
-    fn normalises_client_log_lines() {
-        let a = r#"{"level":"warn","ts":"2026-11-21T11:22:40.234348Z","logger":"etcd-client","caller":"v3/retry_interceptor.go:63","msg":"retrying of unary invoker failed","target":"etcd-endpoints://0xc0003ae1e0/127.0.0.1:22379","attempt":0,"error":"rpc error: code = InvalidArgument desc = etcdserver: key is not provided"}
-Error: etcdserver: key is not provided
-"#;
-        let b = a.replace("0xc0003ae1e0/127.0.0.1:22379", "0xc000111111/127.0.0.1:5555").replace("40.234348Z", "41.0Z");
-        let c = SideContext::default();
-        assert_eq!(normalize_output(a, &c), normalize_output(&b, &c));
-        let d = b.replace("InvalidArgument", "Unknown");
-        assert_ne!(normalize_output(a, &c), normalize_output(&d, &c));
-    }
-
-    #[test]
-    fn splits_progress_notifications() {
-        let (ev, revs) = split_progress_notify("PUT\nk\nv\nprogress notify: 7\nprogress notify: 7\n");
-        assert_eq!(ev, "PUT\nk\nv\n");
-        assert_eq!(revs, vec![7, 7]);
-    }
-
-    #[test]
-    fn parses_lease_grants() {
-        assert_eq!(parse_lease_grant("lease 694d8b5d7ba5a40b granted with TTL(60s)\n"), Some(0x694d8b5d7ba5a40b));
-        assert_eq!(parse_lease_grant(r#"{"cluster_id":1,"ID":7587,"TTL":50,"Error":""}"#), Some(7587));
-    }
+    s.split('\n')
+        .map(|l| format!("    |{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

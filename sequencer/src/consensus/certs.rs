@@ -1,0 +1,217 @@
+//! What validators sign, and how certificates are checked.
+//!
+//! Every signed message starts with a domain tag and the chain id, then the epoch, so a signature
+//! made for one purpose, chain or validator set is worthless for any other.
+
+use std::collections::BTreeMap;
+
+use bftcd_proto::bftcd::{Operation, QuorumCert, TimeoutCert, TimeoutVote};
+use bftcd_proto::Message;
+
+/// The signing capability of one validator and the public keys of all of them. Production uses
+/// BLS12-381 for votes and Ed25519 for operations; the simulator a cheap keyed hash.
+pub trait Crypto: Send + Sync + 'static {
+    /// Signs as this validator (votes and timeouts).
+    fn sign(&self, msg: &[u8]) -> Vec<u8>;
+    fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool;
+    /// Aggregates signatures over one message (for a QC).
+    fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>>;
+    fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool;
+    /// Signs a client operation as the submitting bank.
+    fn sign_operation(&self, msg: &[u8]) -> Vec<u8>;
+    fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool;
+}
+
+/// What a chain's validators agree on before any signature is checked.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub chain_id: String,
+    pub epoch: u64,
+    pub n: usize,
+}
+
+impl Domain {
+    /// f for n = 3f+1 (rounded down for other n).
+    pub fn f(&self) -> usize {
+        (self.n - 1) / 3
+    }
+
+    /// Votes that make a certificate: n - f (2f+1 when n = 3f+1).
+    pub fn quorum(&self) -> usize {
+        self.n - self.f()
+    }
+
+    fn prefix(&self, tag: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(tag);
+        out.extend_from_slice(self.chain_id.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out
+    }
+
+    pub fn vote_bytes(&self, view: u64, block_hash: &[u8], justify_view: u64) -> Vec<u8> {
+        let mut out = self.prefix(b"bftcd.vote.v1\0");
+        out.extend_from_slice(&view.to_be_bytes());
+        out.extend_from_slice(block_hash);
+        out.extend_from_slice(&justify_view.to_be_bytes());
+        out
+    }
+
+    pub fn timeout_bytes(&self, view: u64, high_qc_view: u64) -> Vec<u8> {
+        let mut out = self.prefix(b"bftcd.timeout.v1\0");
+        out.extend_from_slice(&view.to_be_bytes());
+        out.extend_from_slice(&high_qc_view.to_be_bytes());
+        out
+    }
+
+    /// An operation is signed with its signature field empty.
+    pub fn operation_bytes(&self, op: &Operation) -> Vec<u8> {
+        let mut unsigned = op.clone();
+        unsigned.bank_signature.clear();
+        let mut out = self.prefix(b"bftcd.operation.v1\0");
+        out.extend_from_slice(&unsigned.encode_to_vec());
+        out
+    }
+
+    /// The QC that certifies the genesis (view 0): unsigned by definition.
+    pub fn genesis_qc(&self, genesis_hash: &[u8]) -> QuorumCert {
+        QuorumCert {
+            epoch: self.epoch,
+            view: 0,
+            block_hash: genesis_hash.to_vec(),
+            justify_view: 0,
+            signers: Vec::new(),
+            aggregate_signature: Vec::new(),
+        }
+    }
+
+    /// Signer indexes from a bitmap: exactly (n+7)/8 bytes, no bit beyond n.
+    pub fn signers(&self, bitmap: &[u8]) -> Option<Vec<usize>> {
+        if bitmap.len() != self.n.div_ceil(8) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for i in 0..bitmap.len() * 8 {
+            if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                if i >= self.n {
+                    return None;
+                }
+                out.push(i);
+            }
+        }
+        Some(out)
+    }
+
+    pub fn bitmap(&self, signers: impl IntoIterator<Item = usize>) -> Vec<u8> {
+        let mut bm = vec![0u8; self.n.div_ceil(8)];
+        for i in signers {
+            bm[i / 8] |= 1 << (i % 8);
+        }
+        bm
+    }
+
+    /// A QC is valid when it is the genesis QC, or a quorum of distinct validators of this epoch
+    /// signed its (view, block hash, justify view).
+    pub fn verify_qc(&self, qc: &QuorumCert, genesis_hash: &[u8], crypto: &dyn Crypto) -> bool {
+        if qc.epoch != self.epoch || qc.block_hash.len() != 32 {
+            return false;
+        }
+        if qc.view == 0 {
+            return qc.block_hash == genesis_hash && qc.signers.is_empty() && qc.aggregate_signature.is_empty();
+        }
+        if qc.justify_view >= qc.view {
+            return false;
+        }
+        let Some(signers) = self.signers(&qc.signers) else { return false };
+        signers.len() >= self.quorum()
+            && crypto.verify_aggregate(&signers, &self.vote_bytes(qc.view, &qc.block_hash, qc.justify_view), &qc.aggregate_signature)
+    }
+
+    /// A TC is valid when a quorum of distinct validators signed a timeout for its view, and its
+    /// QC is valid and the highest any of them reported.
+    pub fn verify_tc(&self, tc: &TimeoutCert, genesis_hash: &[u8], crypto: &dyn Crypto) -> bool {
+        if tc.epoch != self.epoch || tc.view == 0 {
+            return false;
+        }
+        let Some(high_qc) = &tc.high_qc else { return false };
+        let mut seen = BTreeMap::new();
+        for v in &tc.votes {
+            let s = v.signer as usize;
+            if s >= self.n || seen.insert(s, v.high_qc_view).is_some() || v.high_qc_view >= tc.view {
+                return false;
+            }
+        }
+        if seen.len() < self.quorum() {
+            return false;
+        }
+        let highest = seen.values().copied().max().unwrap_or(0);
+        if high_qc.view != highest || !self.verify_qc(high_qc, genesis_hash, crypto) {
+            return false;
+        }
+        tc.votes.iter().all(|v| {
+            crypto.verify(v.signer as usize, &self.timeout_bytes(tc.view, v.high_qc_view), &v.signature)
+        })
+    }
+
+    /// Builds a TC from collected timeout votes (each already verified) and the highest QC.
+    pub fn make_tc(&self, view: u64, votes: Vec<TimeoutVote>, high_qc: QuorumCert) -> TimeoutCert {
+        TimeoutCert { epoch: self.epoch, view, votes, high_qc: Some(high_qc) }
+    }
+}
+
+/// The simulator's and unit tests' crypto: keyed SHA-256. Not secure against anyone who knows
+/// the keys (everyone in the simulation), but deterministic, fast, and it fails exactly where a
+/// real scheme fails on wrong signers, messages or quorums.
+pub mod sim {
+    use super::Crypto;
+    use sha2::{Digest, Sha256};
+
+    #[derive(Clone)]
+    pub struct SimCrypto {
+        pub me: usize,
+        pub n: usize,
+    }
+
+    fn tag(signer: usize, msg: &[u8]) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update((signer as u64).to_be_bytes());
+        h.update(msg);
+        h.finalize()[..16].to_vec()
+    }
+
+    impl Crypto for SimCrypto {
+        fn sign(&self, msg: &[u8]) -> Vec<u8> {
+            tag(self.me, msg)
+        }
+        fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+            signer < self.n && tag(signer, msg) == sig
+        }
+        fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+            if sigs.is_empty() {
+                return None;
+            }
+            let mut acc = vec![0u8; 16];
+            for s in sigs {
+                if s.len() != 16 {
+                    return None;
+                }
+                for (a, b) in acc.iter_mut().zip(s.iter()) {
+                    *a ^= b;
+                }
+            }
+            Some(acc)
+        }
+        fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+            let sigs: Vec<Vec<u8>> = signers.iter().map(|&s| tag(s, msg)).collect();
+            let refs: Vec<&[u8]> = sigs.iter().map(|s| s.as_slice()).collect();
+            self.aggregate(&refs).as_deref() == Some(agg)
+        }
+        fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+            tag(self.me + 1_000_000, msg)
+        }
+        fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+            bank < self.n && tag(bank + 1_000_000, msg) == sig
+        }
+    }
+}

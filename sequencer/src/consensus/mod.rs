@@ -1,0 +1,910 @@
+//! HotStuff-2 as a pure state machine: [`Input`]s in, [`Output`]s out, no I/O, no clock, no
+//! randomness (time arrives as an argument). The runtime and the simulator drive the same code.
+//!
+//! Protocol (two-phase, chained, pipelined):
+//! * View v's leader is validator v mod n. It proposes a block extending the highest QC it knows,
+//!   justified by that QC, and after a failed view also by a timeout certificate (TC).
+//! * Validators vote ([`safety`]) and send the vote to the leader of v + 1, which aggregates
+//!   2f+1 votes into a QC, enters v + 1 and proposes on top of it.
+//! * A block commits when its direct child in the next view is certified; the child's QC and
+//!   header are the commit proof stored in the ledger.
+//! * A validator whose view makes no progress times out: it broadcasts its highest QC, signed.
+//!   2f+1 timeouts form a TC, everyone enters v + 1, and the new leader must extend the highest
+//!   QC in the TC. That QC is at least every honest lock, so no hidden lock can stall the view
+//!   change (the liveness bug of two-phase HotStuff without it).
+//! * An idle cluster stays quiet: leaders propose only for pending operations or to certify
+//!   blocks that still carry uncommitted operations, and timers run only while something waits.
+
+pub mod certs;
+pub mod mempool;
+pub mod safety;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bftcd_proto::bftcd::{
+    peer_message::Kind, Block, CommittedBlock, Operation, PeerMessage, Proposal, QuorumCert, Submit, SyncRequest,
+    SyncResponse, Timeout, TimeoutCert, TimeoutVote, Vote,
+};
+use bftcd_proto::Message;
+
+use crate::block::{block_hash, header};
+pub use certs::{Crypto, Domain};
+use mempool::{op_id, Mempool, OpId, Recent};
+pub use safety::{SafetyRules, SafetyState};
+
+pub type Hash = [u8; 32];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub me: usize,
+    pub domain: Domain,
+    pub genesis_hash: Hash,
+    /// First view's timeout; doubles per consecutive failed view up to `max_timeout_ms`.
+    pub base_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    /// How far a block's time may be from a validator's clock.
+    pub skew_ms: u64,
+    pub max_block_operations: usize,
+    pub max_block_bytes: usize,
+    /// An operation waiting this long without being proposed makes validators leave the view.
+    pub inclusion_deadline_ms: u64,
+    /// Operations older than this (by their submitted time vs. the block time) are refused.
+    pub operation_ttl_ms: u64,
+    pub max_sync_blocks: usize,
+    /// A validator asks one peer at a time for commits it may have missed: right after start,
+    /// then less and less often, down to once per this interval.
+    pub sync_probe_max_ms: u64,
+}
+
+impl Config {
+    pub fn new(me: usize, domain: Domain, genesis_hash: Hash) -> Self {
+        Config {
+            me,
+            domain,
+            genesis_hash,
+            base_timeout_ms: 1000,
+            max_timeout_ms: 16_000,
+            skew_ms: 2000,
+            max_block_operations: 4096,
+            max_block_bytes: 8 << 20,
+            inclusion_deadline_ms: 5000,
+            operation_ttl_ms: 120_000,
+            max_sync_blocks: 128,
+            sync_probe_max_ms: 30_000,
+        }
+    }
+}
+
+/// Read access to the committed ledger (for answering peers that are behind).
+pub trait CommittedLog {
+    fn read(&self, height: u64) -> Option<CommittedBlock>;
+}
+
+pub enum Input {
+    /// Time passed; check timers.
+    Tick,
+    Message { from: usize, msg: PeerMessage },
+    /// Operations accepted from this bank's clients (unsigned; the core stamps and signs them).
+    Submit(Vec<Operation>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    Send { to: usize, msg: PeerMessage },
+    /// To every other validator.
+    Broadcast(PeerMessage),
+    /// Must be durable before any later output is acted on.
+    Persist(SafetyState),
+    /// Append to the ledger, in order.
+    Commit(CommittedBlock),
+    /// A message was dropped; for logs and counters.
+    Rejected { from: usize, reason: &'static str },
+    /// More than f validators are Byzantine: the committed chain would fork. Stop.
+    SafetyViolation(String),
+}
+
+/// Where the committed chain ends.
+#[derive(Debug, Clone)]
+struct Tip {
+    height: u64,
+    hash: Hash,
+    timestamp_ms: u64,
+}
+
+pub struct Core {
+    cfg: Config,
+    crypto: Box<dyn Crypto>,
+    safety: SafetyRules,
+    now: u64,
+    view: u64,
+    high_qc: QuorumCert,
+    high_tc: Option<TimeoutCert>,
+    /// Blocks above the committed tip (and the tip itself), by hash.
+    blocks: HashMap<Hash, Block>,
+    committed: Tip,
+    votes: HashMap<(u64, Hash, u64), BTreeMap<usize, Vec<u8>>>,
+    timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
+    /// Highest view each validator is known to have timed out in (view synchronisation).
+    gave_up: Vec<u64>,
+    mempool: Mempool,
+    recent: Recent,
+    proposed_view: u64,
+    timed_out_view: u64,
+    my_timeout: Option<Timeout>,
+    /// When this view gives up, if anything is waiting (0: no timer).
+    deadline: u64,
+    view_entered_ms: u64,
+    failed_views: u32,
+    last_voted_block: Option<Hash>,
+    /// View of the QC whose processing last committed operations.
+    news_qc_view: u64,
+    pending: Option<(usize, Proposal)>,
+    sync_asked: HashMap<usize, u64>,
+    next_probe_ms: u64,
+    probe_interval_ms: u64,
+    probes: usize,
+    out: Vec<Output>,
+}
+
+fn hash32(b: &[u8]) -> Option<Hash> {
+    b.try_into().ok()
+}
+
+fn msg(kind: Kind) -> PeerMessage {
+    PeerMessage { kind: Some(kind) }
+}
+
+impl Core {
+    /// `tip` is the last committed block from the ledger (None: only the genesis), with
+    /// `tip_qc` a QC certifying it; `recent` are (block time, op) committed lately.
+    pub fn new(
+        cfg: Config,
+        crypto: Box<dyn Crypto>,
+        safety: SafetyRules,
+        genesis_time_ms: u64,
+        tip: Option<(Block, QuorumCert)>,
+        recent: Vec<(u64, Operation)>,
+    ) -> Core {
+        let genesis_qc = cfg.domain.genesis_qc(&cfg.genesis_hash);
+        let (committed, high_qc, tip_block) = match tip {
+            None => (
+                Tip { height: 0, hash: cfg.genesis_hash, timestamp_ms: genesis_time_ms },
+                genesis_qc,
+                None,
+            ),
+            Some((b, qc)) => {
+                let hash = block_hash(&b);
+                (Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms }, qc, Some(b))
+            }
+        };
+        let mut blocks = HashMap::new();
+        match tip_block {
+            Some(b) => {
+                blocks.insert(committed.hash, b);
+            }
+            None => {
+                blocks.insert(
+                    committed.hash,
+                    Block { height: 0, view: 0, timestamp_ms: genesis_time_ms, epoch: cfg.domain.epoch, ..Default::default() },
+                );
+            }
+        }
+        let mut r = Recent::default();
+        for (ms, op) in &recent {
+            if let Some(id) = op_id(op) {
+                r.insert(*ms, id);
+            }
+        }
+        let view = safety.state().last_voted_view.max(high_qc.view) + 1;
+        let n = cfg.domain.n;
+        Core {
+            cfg,
+            crypto,
+            safety,
+            now: 0,
+            view,
+            high_qc,
+            high_tc: None,
+            blocks,
+            committed,
+            votes: HashMap::new(),
+            timeouts: HashMap::new(),
+            gave_up: vec![0; n],
+            mempool: Mempool::default(),
+            recent: r,
+            proposed_view: 0,
+            timed_out_view: 0,
+            my_timeout: None,
+            deadline: 0,
+            view_entered_ms: 0,
+            failed_views: 0,
+            last_voted_block: None,
+            news_qc_view: 0,
+            pending: None,
+            sync_asked: HashMap::new(),
+            next_probe_ms: 0,
+            probe_interval_ms: 0,
+            probes: 0,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn view(&self) -> u64 {
+        self.view
+    }
+
+    pub fn committed_height(&self) -> u64 {
+        self.committed.height
+    }
+
+    pub fn leader(&self, view: u64) -> usize {
+        (view % self.cfg.domain.n as u64) as usize
+    }
+
+    pub fn mempool_len(&self) -> usize {
+        self.mempool.len()
+    }
+
+    pub fn high_qc(&self) -> &QuorumCert {
+        &self.high_qc
+    }
+
+    /// When the driver should call `Tick` next (None: nothing is waiting).
+    pub fn next_wakeup(&self) -> Option<u64> {
+        let mut next = Some(if self.deadline > 0 { self.deadline.min(self.next_probe_ms) } else { self.next_probe_ms });
+        let waiting = self.waiting_operations();
+        if let Some(seen) = waiting {
+            let t = seen + self.cfg.inclusion_deadline_ms;
+            next = Some(next.map_or(t, |n: u64| n.min(t)));
+        }
+        if self.expecting_progress() && self.deadline == 0 {
+            next = Some(self.now);
+        }
+        next
+    }
+
+    pub fn handle(&mut self, now: u64, input: Input, log: &dyn CommittedLog) -> Vec<Output> {
+        self.now = self.now.max(now);
+        match input {
+            Input::Tick => {}
+            Input::Submit(ops) => self.on_submit_local(ops),
+            Input::Message { from, msg } => self.on_message(from, msg, log),
+        }
+        self.on_tick();
+        std::mem::take(&mut self.out)
+    }
+
+    fn reject(&mut self, from: usize, reason: &'static str) {
+        self.out.push(Output::Rejected { from, reason });
+    }
+
+    fn on_message(&mut self, from: usize, m: PeerMessage, log: &dyn CommittedLog) {
+        if from >= self.cfg.domain.n || from == self.cfg.me {
+            return self.reject(from, "sender is not another validator");
+        }
+        match m.kind {
+            Some(Kind::Proposal(p)) => self.on_proposal(from, p),
+            Some(Kind::Vote(v)) => self.on_vote(from, v),
+            Some(Kind::Timeout(t)) => self.on_timeout_msg(from, t),
+            Some(Kind::Submit(s)) => self.on_submit_remote(from, s),
+            Some(Kind::SyncRequest(r)) => self.on_sync_request(from, r, log),
+            Some(Kind::SyncResponse(r)) => self.on_sync_response(from, r),
+            None => self.reject(from, "empty message"),
+        }
+    }
+
+    // ---- operations -------------------------------------------------------------------------
+
+    fn on_submit_local(&mut self, mut ops: Vec<Operation>) {
+        for op in &mut ops {
+            op.submitted_ms = self.now;
+            op.bank_signature.clear();
+            op.bank_signature = self.crypto.sign_operation(&self.cfg.domain.operation_bytes(op));
+            self.mempool.insert(op.clone(), self.now);
+        }
+        if !ops.is_empty() {
+            self.out.push(Output::Broadcast(msg(Kind::Submit(Submit { operations: ops }))));
+        }
+    }
+
+    fn operation_valid(&self, op: &Operation, at_ms: u64) -> bool {
+        let Some(id) = op_id(op) else { return false };
+        (id.0 as usize) < self.cfg.domain.n
+            && op.request.is_some()
+            && op.submitted_ms + self.cfg.operation_ttl_ms >= at_ms
+            && op.submitted_ms <= at_ms + self.cfg.skew_ms
+            && self.crypto.verify_operation(id.0 as usize, &self.cfg.domain.operation_bytes(op), &op.bank_signature)
+    }
+
+    fn on_submit_remote(&mut self, from: usize, s: Submit) {
+        for op in s.operations {
+            let Some(id) = op_id(&op) else { return self.reject(from, "operation without id") };
+            if id.0 as usize != from {
+                return self.reject(from, "forwarded another bank's operation");
+            }
+            if self.recent.contains(&id) || self.mempool.contains(&id) {
+                continue;
+            }
+            if !self.operation_valid(&op, self.now) {
+                return self.reject(from, "invalid operation");
+            }
+            self.mempool.insert(op, self.now);
+        }
+    }
+
+    /// Ids of operations in blocks above the committed tip, along the chain ending at `from`.
+    fn in_flight(&self, from: &Hash) -> HashSet<OpId> {
+        let mut ids = HashSet::new();
+        let mut cur = *from;
+        while let Some(b) = self.blocks.get(&cur) {
+            if b.height <= self.committed.height {
+                break;
+            }
+            ids.extend(b.operations.iter().filter_map(op_id));
+            match hash32(&b.parent_hash) {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        ids
+    }
+
+    fn waiting_operations(&self) -> Option<u64> {
+        if self.mempool.is_empty() {
+            return None;
+        }
+        let tip = hash32(&self.high_qc.block_hash).unwrap_or_default();
+        let mut exclude = self.in_flight(&tip);
+        if let Some(v) = self.last_voted_block {
+            exclude.extend(self.in_flight(&v));
+        }
+        self.mempool.oldest_waiting(&exclude)
+    }
+
+    /// Does a block above the committed tip, on the chain ending at `hash`, carry operations?
+    fn uncommitted_operations(&self, hash: &Hash) -> bool {
+        let mut cur = *hash;
+        while let Some(b) = self.blocks.get(&cur) {
+            if b.height <= self.committed.height {
+                return false;
+            }
+            if !b.operations.is_empty() {
+                return true;
+            }
+            match hash32(&b.parent_hash) {
+                Some(p) => cur = p,
+                None => return false,
+            }
+        }
+        // An unknown ancestor: we are behind, so something is pending.
+        cur != self.committed.hash
+    }
+
+    /// Is this validator waiting for the current view to produce something?
+    fn expecting_progress(&self) -> bool {
+        if self.waiting_operations().is_some() {
+            return true;
+        }
+        let newest = self
+            .last_voted_block
+            .filter(|h| self.blocks.get(h).is_some_and(|b| b.view >= self.high_qc.view))
+            .or_else(|| hash32(&self.high_qc.block_hash))
+            .unwrap_or_default();
+        self.uncommitted_operations(&newest)
+    }
+
+    // ---- pacemaker ------------------------------------------------------------------------
+
+    fn timeout_ms(&self) -> u64 {
+        let exp = self.failed_views.min(8);
+        (self.cfg.base_timeout_ms << exp).min(self.cfg.max_timeout_ms)
+    }
+
+    fn probe(&mut self) {
+        if self.now < self.next_probe_ms || self.cfg.domain.n < 2 {
+            return;
+        }
+        let n = self.cfg.domain.n;
+        let peer = (self.cfg.me + 1 + self.probes % (n - 1)) % n;
+        self.probes += 1;
+        self.probe_interval_ms = (self.probe_interval_ms * 2).clamp(self.cfg.base_timeout_ms, self.cfg.sync_probe_max_ms);
+        self.next_probe_ms = self.now + self.probe_interval_ms;
+        let req = SyncRequest { committed_height: self.committed.height, want_block: Vec::new() };
+        self.out.push(Output::Send { to: peer, msg: msg(Kind::SyncRequest(req)) });
+    }
+
+    fn on_tick(&mut self) {
+        self.probe();
+        self.mempool.expire(self.now.saturating_sub(self.cfg.operation_ttl_ms));
+        // An operation waiting past the inclusion deadline means this view's leader ignores it;
+        // give every view one base timeout before blaming its leader.
+        let censored = self.waiting_operations().is_some_and(|seen| self.now >= seen + self.cfg.inclusion_deadline_ms)
+            && self.now >= self.view_entered_ms + self.cfg.base_timeout_ms;
+        if self.deadline == 0 && self.expecting_progress() {
+            self.deadline = self.now + self.timeout_ms();
+        }
+        if (self.deadline > 0 && self.now >= self.deadline) || (censored && self.timed_out_view < self.view) {
+            self.on_local_timeout();
+        }
+        self.try_propose();
+    }
+
+    fn enter_view(&mut self, view: u64, after_failure: bool) {
+        if view <= self.view {
+            return;
+        }
+        self.view = view;
+        self.view_entered_ms = self.now;
+        self.failed_views = if after_failure { self.failed_views + 1 } else { 0 };
+        self.deadline = 0;
+        self.my_timeout = None;
+        let keep = view.saturating_sub(1);
+        self.votes.retain(|(v, _, _), _| *v + 1 >= keep);
+        self.timeouts.retain(|v, _| *v >= keep);
+        self.try_propose();
+    }
+
+    fn on_local_timeout(&mut self) {
+        let view = self.view;
+        if self.timed_out_view < view {
+            let Some(state) = self.safety.timeout(view, self.high_qc.view) else {
+                // Our high QC is below our lock (just restarted): wait to learn a higher one.
+                self.deadline = self.now + self.timeout_ms();
+                return;
+            };
+            self.out.push(Output::Persist(state));
+            self.timed_out_view = view;
+            let signature = self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view));
+            let t = Timeout {
+                epoch: self.cfg.domain.epoch,
+                view,
+                high_qc: Some(self.high_qc.clone()),
+                signer: self.cfg.me as u32,
+                signature,
+            };
+            // Send before recording: recording may complete a TC and move to the next view.
+            self.out.push(Output::Broadcast(msg(Kind::Timeout(t.clone()))));
+            self.my_timeout = Some(t.clone());
+            self.record_timeout(self.cfg.me, t);
+        } else if let Some(t) = self.my_timeout.clone() {
+            // Resend: before the network stabilises a timeout may be lost.
+            self.out.push(Output::Broadcast(msg(Kind::Timeout(t))));
+        }
+        // Our own operations may never have reached the others.
+        let exclude = self.in_flight(&hash32(&self.high_qc.block_hash).unwrap_or_default());
+        let own = self.mempool.own(self.cfg.me as u32, &exclude);
+        if !own.is_empty() {
+            self.out.push(Output::Broadcast(msg(Kind::Submit(Submit { operations: own }))));
+        }
+        if self.view == view {
+            self.failed_views = self.failed_views.saturating_add(1);
+            self.deadline = self.now + self.timeout_ms();
+            // Alone in giving up? Then perhaps we missed commits: ask someone (a different peer
+            // each time) for what we lack.
+            let n = self.cfg.domain.n;
+            let peer = (self.cfg.me + 1 + self.failed_views as usize % (n - 1)) % n;
+            let want = hash32(&self.high_qc.block_hash).unwrap_or_default();
+            self.sync_asked.remove(&peer);
+            self.ask_sync(peer, &want);
+        }
+    }
+
+    fn on_timeout_msg(&mut self, from: usize, t: Timeout) {
+        if t.signer as usize != from || t.epoch != self.cfg.domain.epoch {
+            return self.reject(from, "timeout signer or epoch mismatch");
+        }
+        let Some(qc) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
+        if qc.view >= t.view || !self.cfg.domain.verify_qc(&qc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+            return self.reject(from, "timeout with an invalid QC");
+        }
+        if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
+            return self.reject(from, "timeout with a bad signature");
+        }
+        self.process_qc(&qc, from);
+        self.gave_up[from] = self.gave_up[from].max(t.view);
+        if t.view >= self.view {
+            self.record_timeout(from, t);
+        }
+        self.synchronise_view();
+    }
+
+    /// When f+1 validators gave up on views at or above w, at least one honest one did: move
+    /// to w and give up there too, so validators scattered over views meet in one.
+    fn synchronise_view(&mut self) {
+        let mut views = self.gave_up.clone();
+        views.sort_unstable_by(|a, b| b.cmp(a));
+        let w = views[self.cfg.domain.f()];
+        if w > self.view || (w == self.view && w > 0 && self.timed_out_view < w) {
+            if w > self.view {
+                self.view = w;
+                self.view_entered_ms = self.now;
+                self.deadline = 0;
+                self.my_timeout = None;
+            }
+            self.on_local_timeout();
+        }
+    }
+
+    fn record_timeout(&mut self, from: usize, t: Timeout) {
+        let view = t.view;
+        let qc = t.high_qc.clone().unwrap_or_default();
+        self.timeouts.entry(view).or_default().insert(from, (qc, t.signature));
+        self.gave_up[from] = self.gave_up[from].max(view);
+        let entry = &self.timeouts[&view];
+        if entry.len() >= self.cfg.domain.quorum() && view >= self.view {
+            let votes: Vec<TimeoutVote> = entry
+                .iter()
+                .map(|(s, (qc, sig))| TimeoutVote { signer: *s as u32, high_qc_view: qc.view, signature: sig.clone() })
+                .collect();
+            let high = entry.values().map(|(qc, _)| qc.clone()).max_by_key(|qc| qc.view).unwrap_or_default();
+            let tc = self.cfg.domain.make_tc(view, votes, high);
+            self.high_tc = Some(tc);
+            self.enter_view(view + 1, true);
+        }
+    }
+
+    fn process_tc(&mut self, tc: &TimeoutCert, from: usize) {
+        if let Some(qc) = &tc.high_qc {
+            self.process_qc(qc, from);
+        }
+        if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
+            self.high_tc = Some(tc.clone());
+        }
+        self.enter_view(tc.view + 1, true);
+    }
+
+    // ---- certificates and commits ---------------------------------------------------------
+
+    fn process_qc(&mut self, qc: &QuorumCert, from: usize) {
+        let Some(hash) = hash32(&qc.block_hash) else { return };
+        if qc.view > self.high_qc.view {
+            self.high_qc = qc.clone();
+        }
+        match self.blocks.get(&hash).cloned() {
+            Some(b) => {
+                if let Some(parent) = hash32(&b.parent_hash).and_then(|p| self.blocks.get(&p)).cloned() {
+                    if b.view == parent.view + 1 && b.justify.as_ref().is_some_and(|j| j.view == parent.view) {
+                        self.commit(&parent, qc, &b, from);
+                    }
+                }
+            }
+            None if qc.view > 0 => self.ask_sync(from, &hash),
+            None => {}
+        }
+        self.enter_view(qc.view + 1, false);
+    }
+
+    /// Commits `block` and every uncommitted ancestor; `qc` certifies `child`, its direct child
+    /// in the next view.
+    fn commit(&mut self, block: &Block, qc: &QuorumCert, child: &Block, from: usize) {
+        if block.height <= self.committed.height {
+            return;
+        }
+        let mut chain = vec![block.clone()];
+        let mut cur = hash32(&block.parent_hash).unwrap_or_default();
+        while chain.last().map(|b| b.height).unwrap_or(0) > self.committed.height + 1 {
+            match self.blocks.get(&cur) {
+                Some(b) => {
+                    chain.push(b.clone());
+                    cur = hash32(&b.parent_hash).unwrap_or_default();
+                }
+                None => return self.ask_sync(from, &cur),
+            }
+        }
+        if cur != self.committed.hash {
+            // Conflicting committed chains: impossible with at most f Byzantine validators.
+            // Refuse to commit and say so loudly; the runtime stops this bank.
+            self.out.push(Output::SafetyViolation(format!(
+                "block {} certified for commit does not extend the committed block {}",
+                block.height, self.committed.height
+            )));
+            return;
+        }
+        chain.reverse();
+        if chain.iter().any(|b| !b.operations.is_empty()) {
+            self.news_qc_view = qc.view;
+        }
+        let last = chain.len() - 1;
+        for (i, b) in chain.into_iter().enumerate() {
+            let hash = block_hash(&b);
+            for op in &b.operations {
+                if let Some(id) = op_id(op) {
+                    self.mempool.remove(&id);
+                    self.recent.insert(b.timestamp_ms, id);
+                }
+            }
+            self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
+            let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(header(child))) } else { (None, None) };
+            self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
+        }
+        self.recent.forget_before(self.committed.timestamp_ms.saturating_sub(self.cfg.operation_ttl_ms + 2 * self.cfg.skew_ms));
+        let floor = self.committed.height;
+        let tip = self.committed.hash;
+        self.blocks.retain(|h, b| b.height > floor || *h == tip);
+    }
+
+    // ---- proposing and voting -------------------------------------------------------------
+
+    fn try_propose(&mut self) {
+        let view = self.view;
+        if self.leader(view) != self.cfg.me || self.proposed_view >= view || self.timed_out_view >= view {
+            return;
+        }
+        let tc = if self.high_qc.view + 1 == view {
+            None
+        } else {
+            match &self.high_tc {
+                Some(tc) if tc.view + 1 == view => Some(tc.clone()),
+                _ => return,
+            }
+        };
+        let Some(parent_hash) = hash32(&self.high_qc.block_hash) else { return };
+        let Some(parent) = self.blocks.get(&parent_hash).cloned() else { return };
+        let exclude = self.in_flight(&parent_hash);
+        let ops: Vec<Operation> = self
+            .mempool
+            .take(self.cfg.max_block_operations, self.cfg.max_block_bytes, &exclude)
+            .into_iter()
+            .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms + 1)))
+            .collect();
+        // Propose also when blocks above the tip carry operations (they need certifying), or when
+        // our high QC just committed operations the others have not heard of yet.
+        let news = self.news_qc_view == self.high_qc.view;
+        if ops.is_empty() && !self.uncommitted_operations(&parent_hash) && !news {
+            return; // nothing to order and nothing left to certify: an idle cluster stays quiet
+        }
+        let block = Block {
+            height: parent.height + 1,
+            epoch: self.cfg.domain.epoch,
+            view,
+            parent_hash: parent_hash.to_vec(),
+            timestamp_ms: self.now.max(parent.timestamp_ms + 1),
+            proposer: self.cfg.me as u32,
+            operations: ops,
+            justify: Some(self.high_qc.clone()),
+            ..Default::default()
+        };
+        self.proposed_view = view;
+        let p = Proposal { block: Some(block), tc };
+        self.out.push(Output::Broadcast(msg(Kind::Proposal(p.clone()))));
+        self.on_proposal(self.cfg.me, p);
+    }
+
+    fn operation_valid_in_block(&self, op: &Operation, block_ms: u64) -> bool {
+        op.submitted_ms + self.cfg.operation_ttl_ms >= block_ms
+            && op.submitted_ms <= block_ms + self.cfg.skew_ms
+            && op_id(op).is_some_and(|id| !self.recent.contains(&id))
+    }
+
+    fn on_proposal(&mut self, from: usize, p: Proposal) {
+        let Some(block) = p.block.clone() else { return self.reject(from, "proposal without block") };
+        let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
+        if block.epoch != self.cfg.domain.epoch
+            || block.proposer as usize != from
+            || self.leader(block.view) != from
+            || block.view <= justify.view
+            || !block.operations_digest.is_empty()
+            || block.parent_hash != justify.block_hash
+        {
+            return self.reject(from, "malformed proposal");
+        }
+        let me = from == self.cfg.me;
+        if !me && !self.cfg.domain.verify_qc(&justify, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+            return self.reject(from, "proposal with an invalid QC");
+        }
+        if let Some(tc) = &p.tc {
+            if !me && !self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+                return self.reject(from, "proposal with an invalid TC");
+            }
+            self.process_tc(tc, from);
+        }
+        self.process_qc(&justify, from);
+        if block.view != self.view {
+            return; // stale (its certificates were still useful), or claims a view not reached
+        }
+        let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
+        let Some(parent) = self.blocks.get(&parent_hash).cloned() else {
+            self.pending = Some((from, p));
+            return self.ask_sync(from, &parent_hash);
+        };
+        if block.height != parent.height + 1 || block.timestamp_ms <= parent.timestamp_ms {
+            return self.reject(from, "block height or time does not follow its parent");
+        }
+        if !me && (block.timestamp_ms > self.now + self.cfg.skew_ms || block.timestamp_ms + 3 * self.cfg.skew_ms < self.now) {
+            return self.reject(from, "block time too far from this validator's clock");
+        }
+        if block.operations.len() > self.cfg.max_block_operations || block.encoded_len() > self.cfg.max_block_bytes + 4096 {
+            return self.reject(from, "block too large");
+        }
+        if !me && !self.operations_acceptable(&block, &parent_hash) {
+            return self.reject(from, "block carries invalid or repeated operations");
+        }
+        let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
+        let hash = block_hash(&block);
+        self.blocks.insert(hash, block.clone());
+        let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
+        self.out.push(Output::Persist(state));
+        self.last_voted_block = Some(hash);
+        let vote = Vote {
+            epoch: self.cfg.domain.epoch,
+            view: block.view,
+            block_hash: hash.to_vec(),
+            justify_view: justify.view,
+            signer: self.cfg.me as u32,
+            signature: self.crypto.sign(&self.cfg.domain.vote_bytes(block.view, &hash, justify.view)),
+        };
+        let next = self.leader(block.view + 1);
+        if next == self.cfg.me {
+            self.on_vote(self.cfg.me, vote);
+        } else {
+            self.out.push(Output::Send { to: next, msg: msg(Kind::Vote(vote)) });
+        }
+    }
+
+    fn operations_acceptable(&self, block: &Block, parent: &Hash) -> bool {
+        let ancestors = self.in_flight(parent);
+        let mut seen = HashSet::new();
+        block.operations.iter().all(|op| {
+            let Some(id) = op_id(op) else { return false };
+            seen.insert(id)
+                && !ancestors.contains(&id)
+                && !self.recent.contains(&id)
+                && (self.mempool.contains(&id) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms
+                    || self.operation_valid(op, block.timestamp_ms))
+        })
+    }
+
+    fn on_vote(&mut self, from: usize, v: Vote) {
+        if v.signer as usize != from || v.epoch != self.cfg.domain.epoch || self.leader(v.view + 1) != self.cfg.me {
+            return self.reject(from, "vote not for this leader");
+        }
+        let Some(hash) = hash32(&v.block_hash) else { return self.reject(from, "vote with a bad hash") };
+        if v.view + 1 < self.view || v.justify_view >= v.view {
+            return; // late
+        }
+        if from != self.cfg.me && !self.crypto.verify(from, &self.cfg.domain.vote_bytes(v.view, &hash, v.justify_view), &v.signature) {
+            return self.reject(from, "vote with a bad signature");
+        }
+        let key = (v.view, hash, v.justify_view);
+        let entry = self.votes.entry(key).or_default();
+        entry.insert(from, v.signature);
+        if entry.len() != self.cfg.domain.quorum() {
+            return;
+        }
+        let signers: Vec<usize> = entry.keys().copied().collect();
+        let sigs: Vec<&[u8]> = entry.values().map(|s| s.as_slice()).collect();
+        let Some(aggregate_signature) = self.crypto.aggregate(&sigs) else { return };
+        let qc = QuorumCert {
+            epoch: self.cfg.domain.epoch,
+            view: v.view,
+            block_hash: hash.to_vec(),
+            justify_view: v.justify_view,
+            signers: self.cfg.domain.bitmap(signers),
+            aggregate_signature,
+        };
+        self.process_qc(&qc, from);
+    }
+
+    // ---- catching up ----------------------------------------------------------------------
+
+    fn ask_sync(&mut self, to: usize, want: &Hash) {
+        if to == self.cfg.me {
+            return;
+        }
+        let last = self.sync_asked.get(&to).copied().unwrap_or(0);
+        if last > 0 && self.now < last + 200 {
+            return;
+        }
+        self.sync_asked.insert(to, self.now.max(1));
+        let req = SyncRequest { committed_height: self.committed.height, want_block: want.to_vec() };
+        self.out.push(Output::Send { to, msg: msg(Kind::SyncRequest(req)) });
+    }
+
+    fn on_sync_request(&mut self, from: usize, r: SyncRequest, log: &dyn CommittedLog) {
+        let mut committed = Vec::new();
+        let end = self.committed.height.min(r.committed_height + self.cfg.max_sync_blocks as u64);
+        for h in r.committed_height + 1..=end {
+            match log.read(h) {
+                Some(cb) => committed.push(cb),
+                None => break,
+            }
+        }
+        // End on a block that carries its commit proof.
+        while committed.last().is_some_and(|cb| cb.commit_qc.is_none()) {
+            committed.pop();
+        }
+        let mut uncommitted = Vec::new();
+        if let Some(mut cur) = hash32(&r.want_block) {
+            while let Some(b) = self.blocks.get(&cur) {
+                if b.height <= self.committed.height {
+                    break;
+                }
+                uncommitted.push(b.clone());
+                match hash32(&b.parent_hash) {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+                if uncommitted.len() >= self.cfg.max_sync_blocks {
+                    break;
+                }
+            }
+            uncommitted.reverse();
+        }
+        if committed.is_empty() && uncommitted.is_empty() {
+            return;
+        }
+        self.out.push(Output::Send { to: from, msg: msg(Kind::SyncResponse(SyncResponse { committed, uncommitted })) });
+    }
+
+    fn on_sync_response(&mut self, from: usize, r: SyncResponse) {
+        let before = self.committed.height;
+        self.apply_sync_response(from, r);
+        if self.committed.height > before {
+            // There was something to catch up on; there may be more.
+            self.probe_interval_ms = 0;
+            self.next_probe_ms = self.now;
+        }
+    }
+
+    fn apply_sync_response(&mut self, from: usize, r: SyncResponse) {
+        // Committed blocks: a hash chain from our tip to a block with a valid commit proof.
+        let mut run: Vec<Block> = Vec::new();
+        let mut expect_parent = self.committed.hash;
+        let mut expect_height = self.committed.height + 1;
+        for cb in r.committed {
+            let Some(b) = cb.block else { return self.reject(from, "sync block missing") };
+            if b.height < expect_height && run.is_empty() {
+                continue; // we already have it
+            }
+            if b.height != expect_height || b.parent_hash != expect_parent {
+                return self.reject(from, "sync blocks do not chain");
+            }
+            expect_parent = block_hash(&b);
+            expect_height += 1;
+            run.push(b);
+            if let (Some(qc), Some(child)) = (cb.commit_qc, cb.commit_child) {
+                let last = run.last().unwrap().clone();
+                let proven = child.parent_hash == expect_parent.to_vec()
+                    && child.view == last.view + 1
+                    && qc.block_hash == block_hash(&child).to_vec()
+                    && child.justify.as_ref().is_some_and(|j| j.view == last.view && j.block_hash == expect_parent.to_vec())
+                    && self.cfg.domain.verify_qc(&qc, &self.cfg.genesis_hash, self.crypto.as_ref());
+                if !proven {
+                    return self.reject(from, "sync commit proof invalid");
+                }
+                for b in run.drain(..) {
+                    self.blocks.insert(block_hash(&b), b);
+                }
+                self.commit(&last, &qc, &child, from);
+                if let Some(j) = child.justify.clone() {
+                    if j.view > self.high_qc.view {
+                        self.high_qc = j;
+                    }
+                }
+                if qc.view > self.high_qc.view {
+                    self.high_qc = qc.clone();
+                }
+                // A higher QC always moves the view on.
+                let next = self.high_qc.view + 1;
+                self.enter_view(next, false);
+            }
+        }
+        // Uncommitted blocks: each must chain and carry a valid QC for its parent.
+        for b in r.uncommitted {
+            let Some(parent) = hash32(&b.parent_hash) else { return };
+            if !self.blocks.contains_key(&parent) {
+                continue;
+            }
+            let Some(j) = &b.justify else { return self.reject(from, "sync block without QC") };
+            if j.block_hash != b.parent_hash || !self.cfg.domain.verify_qc(j, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+                return self.reject(from, "sync block with an invalid QC");
+            }
+            let j = j.clone();
+            self.blocks.insert(block_hash(&b), b);
+            self.process_qc(&j, from);
+        }
+        if let Some((from, p)) = self.pending.take() {
+            self.on_proposal(from, p);
+        }
+    }
+}

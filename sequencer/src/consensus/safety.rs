@@ -1,0 +1,163 @@
+//! The voting rule, alone with the state it needs, so it can be read and tested in one place.
+//!
+//! A validator votes for a block of view v extending a QC of view q when
+//!   v > last voted view, and either q = v - 1 (the happy path) or the block carries a timeout
+//!   certificate for view v - 1 and q is at least the highest QC that certificate reports.
+//! It times out in view v only with a high QC at least as high as its lock, the highest QC it
+//! ever voted on top of, so a timeout certificate always reports any QC a commit may rest on.
+//! The state is persisted (atomic replace + fsync) before the vote or timeout leaves: a
+//! restarted validator never votes twice in a view nor reports a lower lock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SafetyState {
+    /// Highest view this validator voted or timed out in.
+    pub last_voted_view: u64,
+    /// Highest QC view this validator voted on top of.
+    pub locked_view: u64,
+}
+
+#[derive(Debug)]
+pub struct SafetyRules {
+    state: SafetyState,
+    /// Test-only: votes again in a view already voted in. The simulator must catch it.
+    broken: bool,
+}
+
+impl SafetyRules {
+    pub fn new(state: SafetyState) -> Self {
+        SafetyRules { state, broken: false }
+    }
+
+    /// The deliberately broken rule for the simulator's self-test. Never set in production.
+    pub fn broken_for_tests(state: SafetyState) -> Self {
+        SafetyRules { state, broken: true }
+    }
+
+    pub fn state(&self) -> SafetyState {
+        self.state
+    }
+
+    /// May this validator vote for a block of `view` whose justify QC has `qc_view`, given the
+    /// timeout certificate `(tc_view, tc_high_qc_view)` it carries? On yes, returns the state to
+    /// persist before the vote is sent.
+    pub fn vote(&mut self, view: u64, qc_view: u64, tc: Option<(u64, u64)>) -> Option<SafetyState> {
+        let fresh = view > self.state.last_voted_view || self.broken;
+        let extends = view == qc_view + 1
+            || tc.is_some_and(|(tc_view, tc_high)| view == tc_view + 1 && qc_view >= tc_high && view > qc_view);
+        if !(fresh && extends) {
+            return None;
+        }
+        self.state.last_voted_view = self.state.last_voted_view.max(view);
+        self.state.locked_view = self.state.locked_view.max(qc_view);
+        Some(self.state)
+    }
+
+    /// May this validator time out in `view` reporting a high QC of `high_qc_view`?
+    pub fn timeout(&mut self, view: u64, high_qc_view: u64) -> Option<SafetyState> {
+        if high_qc_view < self.state.locked_view || view < self.state.last_voted_view || high_qc_view >= view {
+            return None;
+        }
+        self.state.last_voted_view = view;
+        Some(self.state)
+    }
+}
+
+/// Where a validator keeps its safety state.
+pub struct SafetyFile {
+    path: PathBuf,
+}
+
+const MAGIC: &[u8; 8] = b"BFTCDSR1";
+
+impl SafetyFile {
+    pub fn new(path: &Path) -> Self {
+        SafetyFile { path: path.to_path_buf() }
+    }
+
+    /// The stored state, or the initial one when the file does not exist. A damaged file is an
+    /// error: guessing could mean voting twice.
+    pub fn load(&self) -> std::io::Result<SafetyState> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SafetyState::default()),
+            Err(e) => return Err(e),
+        };
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is damaged", self.path.display()));
+        if bytes.len() != 28 || &bytes[..8] != MAGIC {
+            return Err(bad());
+        }
+        if crc32c::crc32c(&bytes[..24]).to_le_bytes() != bytes[24..28] {
+            return Err(bad());
+        }
+        Ok(SafetyState {
+            last_voted_view: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            locked_view: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+        })
+    }
+
+    pub fn store(&self, s: &SafetyState) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(28);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&s.last_voted_view.to_le_bytes());
+        bytes.extend_from_slice(&s.locked_view.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_vote_per_view_and_only_on_a_justified_parent() {
+        let mut s = SafetyRules::new(SafetyState::default());
+        assert!(s.vote(1, 0, None).is_some());
+        assert!(s.vote(1, 0, None).is_none(), "second vote in view 1");
+        assert!(s.vote(3, 1, None).is_none(), "gap without a TC");
+        assert!(s.vote(3, 1, Some((2, 1))).is_some());
+        assert!(s.vote(5, 2, Some((4, 3))).is_none(), "below the TC's highest QC");
+        assert_eq!(s.state(), SafetyState { last_voted_view: 3, locked_view: 1 });
+    }
+
+    #[test]
+    fn timeouts_never_report_below_the_lock_and_block_votes_in_that_view() {
+        let mut s = SafetyRules::new(SafetyState { last_voted_view: 4, locked_view: 3 });
+        assert!(s.timeout(5, 2).is_none());
+        assert!(s.timeout(5, 3).is_some());
+        assert!(s.vote(5, 4, None).is_none(), "voted (timed out) in view 5 already");
+    }
+
+    #[test]
+    fn broken_rule_votes_twice() {
+        let mut s = SafetyRules::broken_for_tests(SafetyState::default());
+        assert!(s.vote(1, 0, None).is_some());
+        assert!(s.vote(1, 0, None).is_some());
+    }
+
+    #[test]
+    fn file_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = SafetyFile::new(&dir.path().join("safety"));
+        assert_eq!(f.load().unwrap(), SafetyState::default());
+        let s = SafetyState { last_voted_view: 9, locked_view: 7 };
+        f.store(&s).unwrap();
+        assert_eq!(f.load().unwrap(), s);
+        let mut b = std::fs::read(dir.path().join("safety")).unwrap();
+        b[10] ^= 1;
+        std::fs::write(dir.path().join("safety"), b).unwrap();
+        assert!(f.load().is_err());
+    }
+}

@@ -1,0 +1,811 @@
+//! BLS12-381 signatures for votes and quorum certificates.
+//!
+//! The "minimal public key size" variant: public keys are G1 points (48 bytes compressed) and
+//! signatures are G2 points (96 bytes compressed). Keys sit in genesis and in every QC check, so
+//! the smaller side goes there; the one aggregate signature per QC is the bigger one.
+//!
+//! The scheme is the IETF proof-of-possession variant: ordinary signatures and proofs of
+//! possession are hashed to G2 with different domain separation tags, so neither can stand in for
+//! the other. With every validator key's proof of possession checked once (at genesis and at
+//! admission), a QC is checked with one "fast aggregate verify": the signers' keys are summed and
+//! the aggregate signature is checked against that sum with one pairing equation.
+//!
+//! Invariant kept by this module: every [`PublicKey`] and every [`Signature`] value is a point in
+//! the prime-order subgroup and is not the identity. Values enter only through `from_bytes` (which
+//! checks), key derivation from a non-zero scalar, signing, or aggregation (which rejects an
+//! identity result). So verification skips repeated group checks without losing safety.
+
+use std::fmt;
+
+use blst::min_pk;
+use blst::BLST_ERROR;
+
+/// Length of a compressed G1 public key.
+pub const PUBLIC_KEY_BYTES: usize = 48;
+/// Length of a compressed G2 signature.
+pub const SIGNATURE_BYTES: usize = 96;
+/// Length of a serialized secret scalar (big-endian, as blst writes it).
+pub const SECRET_KEY_BYTES: usize = 32;
+
+/// Domain separation tag for ordinary signatures (IETF BLS, proof-of-possession ciphersuite).
+pub const SIGNATURE_DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
+/// Domain separation tag for proofs of possession: a different tag, so that a proof of possession
+/// is never a valid signature over the key bytes and vice versa.
+pub const POP_DST: &[u8] = b"BLS_POP_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
+
+/// Why key material, a signature or a signer bitmap was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// Not a canonical, compressed, non-identity G1 point in the prime-order subgroup.
+    #[error("invalid BLS public key")]
+    BadPublicKey,
+    /// Not a canonical, compressed, non-identity G2 point in the prime-order subgroup.
+    #[error("invalid BLS signature")]
+    BadSignature,
+    /// Not 32 bytes, zero, or not below the group order.
+    #[error("invalid BLS secret key")]
+    BadSecretKey,
+    /// The proof of possession does not verify for the key it accompanies.
+    #[error("invalid proof of possession")]
+    BadProofOfPossession,
+    /// Aggregation needs at least one signature.
+    #[error("cannot aggregate an empty set of signatures")]
+    EmptyAggregate,
+    /// A signer bitmap whose length does not match the validator set.
+    #[error("signer bitmap has {got} bytes, expected {expected}")]
+    BadBitmapLength {
+        /// `(n + 7) / 8` for a set of `n` validators.
+        expected: usize,
+        /// The length received.
+        got: usize,
+    },
+    /// A signer bitmap naming a validator index outside the set (padding bits must be zero so that
+    /// one signer set has exactly one encoding).
+    #[error("signer bitmap sets bit {index}, but the validator set has {n} members")]
+    BitmapIndexOutOfRange {
+        /// The first offending bit.
+        index: usize,
+        /// The size of the validator set.
+        n: usize,
+    },
+}
+
+/// A validator's signing key.
+///
+/// `Debug` never prints the scalar, so keys cannot leak through logs.
+#[derive(Clone)]
+pub struct SecretKey(min_pk::SecretKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl SecretKey {
+    /// A fresh key from 32 bytes of operating-system randomness (IETF KeyGen).
+    pub fn generate() -> SecretKey {
+        use rand::RngCore;
+        let mut ikm = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut ikm);
+        let sk = Self::from_seed(&ikm);
+        ikm.fill(0);
+        sk
+    }
+
+    /// The key IETF KeyGen derives from `seed` (empty key info). Deterministic, for the simulator
+    /// and tests; a production key must come from [`SecretKey::generate`] or a secret seed.
+    pub fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        // key_gen only fails for key material shorter than 32 bytes; ours is exactly 32.
+        SecretKey(min_pk::SecretKey::key_gen(seed, &[]).expect("32-byte IKM is accepted"))
+    }
+
+    /// Parses a 32-byte big-endian scalar; refuses zero and values not below the group order.
+    pub fn from_bytes(b: &[u8]) -> Result<SecretKey, CryptoError> {
+        if b.len() != SECRET_KEY_BYTES {
+            return Err(CryptoError::BadSecretKey);
+        }
+        min_pk::SecretKey::from_bytes(b)
+            .map(SecretKey)
+            .map_err(|_| CryptoError::BadSecretKey)
+    }
+
+    /// The 32-byte big-endian scalar, readable by [`SecretKey::from_bytes`].
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> PublicKey {
+        // The scalar is non-zero (KeyGen never yields zero and from_bytes refuses it), so the key
+        // is a non-identity subgroup point.
+        PublicKey::from_point(self.0.sk_to_pk())
+    }
+
+    /// Signs `msg` under the ordinary signature tag. Callers put their own domain, epoch, view
+    /// and so on into `msg`; this layer only separates signatures from proofs of possession.
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        Signature::from_point(self.0.sign(msg, SIGNATURE_DST, &[]))
+    }
+
+    /// Signs this key's own compressed public key under the proof-of-possession tag, proving
+    /// knowledge of the secret key. Required at genesis and admission so that nobody can register
+    /// a "rogue" key chosen to cancel out honest keys in an aggregate.
+    pub fn proof_of_possession(&self) -> Signature {
+        let pk = self.public_key().to_bytes();
+        Signature::from_point(self.0.sign(&pk, POP_DST, &[]))
+    }
+}
+
+/// A validator's public key: a G1 point, 48 bytes compressed.
+///
+/// Equality and hashing use the canonical compressed bytes, kept next to the point so that lookups
+/// in validator tables need no curve arithmetic.
+#[derive(Clone)]
+pub struct PublicKey {
+    point: min_pk::PublicKey,
+    bytes: [u8; PUBLIC_KEY_BYTES],
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(self.bytes))
+    }
+}
+
+impl PublicKey {
+    fn from_point(point: min_pk::PublicKey) -> PublicKey {
+        PublicKey {
+            bytes: point.to_bytes(),
+            point,
+        }
+    }
+
+    /// Parses a compressed key. Refuses a wrong length, the uncompressed form, non-canonical
+    /// encodings (coordinate not below p, stray flag bits), points off the curve or outside the
+    /// prime-order subgroup, and the identity: a key must be a real signer, never a neutral one.
+    pub fn from_bytes(b: &[u8]) -> Result<PublicKey, CryptoError> {
+        if b.len() != PUBLIC_KEY_BYTES {
+            return Err(CryptoError::BadPublicKey);
+        }
+        // uncompress (not from_bytes) so the 96-byte uncompressed form is never accepted.
+        let point = min_pk::PublicKey::uncompress(b).map_err(|_| CryptoError::BadPublicKey)?;
+        // validate() refuses the identity and points outside the subgroup.
+        point.validate().map_err(|_| CryptoError::BadPublicKey)?;
+        let pk = PublicKey::from_point(point);
+        // One key, one encoding: the bytes must be exactly what we would write.
+        if pk.bytes[..] != b[..] {
+            return Err(CryptoError::BadPublicKey);
+        }
+        Ok(pk)
+    }
+
+    /// The 48-byte compressed encoding.
+    pub fn to_bytes(&self) -> [u8; 48] {
+        self.bytes
+    }
+
+    /// Whether `sig` is this key's ordinary signature over `msg`.
+    pub fn verify(&self, msg: &[u8], sig: &Signature) -> bool {
+        // Both points were group-checked on the way in (module invariant).
+        sig.point
+            .verify(false, msg, SIGNATURE_DST, &[], &self.point, false)
+            == BLST_ERROR::BLST_SUCCESS
+    }
+
+    /// Whether `pop` proves possession of this key's secret (a signature over the compressed key
+    /// under the proof-of-possession tag). Check once per key before it may join any aggregate.
+    pub fn verify_proof_of_possession(&self, pop: &Signature) -> bool {
+        pop.point
+            .verify(false, &self.bytes, POP_DST, &[], &self.point, false)
+            == BLST_ERROR::BLST_SUCCESS
+    }
+
+    /// Like [`PublicKey::verify_proof_of_possession`], as a `Result` for admission code paths.
+    pub fn check_proof_of_possession(&self, pop: &Signature) -> Result<(), CryptoError> {
+        if self.verify_proof_of_possession(pop) {
+            Ok(())
+        } else {
+            Err(CryptoError::BadProofOfPossession)
+        }
+    }
+}
+
+/// A signature or an aggregate of signatures: a G2 point, 96 bytes compressed.
+#[derive(Clone)]
+pub struct Signature {
+    point: min_pk::Signature,
+    bytes: [u8; SIGNATURE_BYTES],
+}
+
+impl PartialEq for Signature {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for Signature {}
+
+impl std::hash::Hash for Signature {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state)
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", hex::encode(self.bytes))
+    }
+}
+
+impl Signature {
+    fn from_point(point: min_pk::Signature) -> Signature {
+        Signature {
+            bytes: point.to_bytes(),
+            point,
+        }
+    }
+
+    /// Parses a compressed signature. Refuses a wrong length, the uncompressed form, non-canonical
+    /// encodings, points off the curve or outside the prime-order subgroup, and the identity
+    /// (which would "verify" against an identity key and carries no signer's work).
+    pub fn from_bytes(b: &[u8]) -> Result<Signature, CryptoError> {
+        if b.len() != SIGNATURE_BYTES {
+            return Err(CryptoError::BadSignature);
+        }
+        let point = min_pk::Signature::uncompress(b).map_err(|_| CryptoError::BadSignature)?;
+        point
+            .validate(true)
+            .map_err(|_| CryptoError::BadSignature)?;
+        let sig = Signature::from_point(point);
+        if sig.bytes[..] != b[..] {
+            return Err(CryptoError::BadSignature);
+        }
+        Ok(sig)
+    }
+
+    /// The 96-byte compressed encoding.
+    pub fn to_bytes(&self) -> [u8; 96] {
+        self.bytes
+    }
+
+    /// Sums signatures into one. Verify the individual signatures first (a leader aggregates only
+    /// votes it checked): the sum of an invalid vote with valid ones is simply invalid, so one bad
+    /// vote would spoil the whole QC. Errors on empty input, and on an identity result (only
+    /// reachable with a signature and its negation, never from honest signers).
+    pub fn aggregate(sigs: &[&Signature]) -> Result<Signature, CryptoError> {
+        if sigs.is_empty() {
+            return Err(CryptoError::EmptyAggregate);
+        }
+        let points: Vec<&min_pk::Signature> = sigs.iter().map(|s| &s.point).collect();
+        // Inputs are already group-checked (module invariant), and sums stay in the subgroup.
+        let agg = min_pk::AggregateSignature::aggregate(&points, false)
+            .map_err(|_| CryptoError::BadSignature)?;
+        let sig = Signature::from_point(agg.to_signature());
+        // A sum of subgroup points stays in the subgroup, so only the identity needs refusing;
+        // its canonical encoding is the only one with the infinity flag (0x40) set.
+        if sig.bytes[0] & 0x40 != 0 {
+            return Err(CryptoError::BadSignature);
+        }
+        Ok(sig)
+    }
+}
+
+/// Verifies one aggregate signature by several keys over the SAME message (fast aggregate verify).
+/// The keys must each have had their proof of possession checked once (at genesis), since the
+/// aggregated key is not group-checked: that is what makes rogue-key attacks impossible.
+///
+/// Returns false on an empty key list. Keys are summed as given: the caller derives them from a
+/// signer bitmap, which makes each signer count once.
+pub fn verify_aggregate(keys: &[&PublicKey], msg: &[u8], agg: &Signature) -> bool {
+    if keys.is_empty() {
+        return false;
+    }
+    let points: Vec<&min_pk::PublicKey> = keys.iter().map(|k| &k.point).collect();
+    // blst refuses an identity aggregated key, so keys that cancel out cannot sign for anything.
+    agg.point
+        .fast_aggregate_verify(false, msg, SIGNATURE_DST, &points)
+        == BLST_ERROR::BLST_SUCCESS
+}
+
+// Signer sets travel as bitmaps: bit i (byte i/8, bit i%8, least significant first) set means
+// validator i signed. A QC thus names its signers in (n+7)/8 bytes instead of a list of keys.
+
+/// An empty signer bitmap for a validator set of `n`: `(n + 7) / 8` zero bytes.
+pub fn bitmap_new(n: usize) -> Vec<u8> {
+    vec![0u8; n.div_ceil(8)]
+}
+
+/// Marks validator `i` as a signer, growing the bitmap if `i` lies past its end (such a bitmap is
+/// then refused by [`bitmap_signers`] for a smaller set, so a bad index cannot go unnoticed).
+pub fn bitmap_set(bm: &mut Vec<u8>, i: usize) {
+    let byte = i / 8;
+    if byte >= bm.len() {
+        bm.resize(byte + 1, 0);
+    }
+    bm[byte] |= 1 << (i % 8);
+}
+
+/// Whether validator `i` is marked; false for indices past the end of the bitmap.
+pub fn bitmap_get(bm: &[u8], i: usize) -> bool {
+    bm.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// The signer indices in ascending order, for a validator set of `n`. Refuses a bitmap of the
+/// wrong length or with any bit set at index `n` or above, so that every signer set has exactly
+/// one encoding and a peer cannot name validators that do not exist.
+pub fn bitmap_signers(bm: &[u8], n: usize) -> Result<Vec<usize>, CryptoError> {
+    let expected = n.div_ceil(8);
+    if bm.len() != expected {
+        return Err(CryptoError::BadBitmapLength {
+            expected,
+            got: bm.len(),
+        });
+    }
+    let mut signers = Vec::new();
+    for (byte_index, &byte) in bm.iter().enumerate() {
+        let mut bits = byte;
+        while bits != 0 {
+            let bit = bits.trailing_zeros() as usize;
+            let index = byte_index * 8 + bit;
+            if index >= n {
+                return Err(CryptoError::BitmapIndexOutOfRange { index, n });
+            }
+            signers.push(index);
+            bits &= bits - 1;
+        }
+    }
+    Ok(signers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> SecretKey {
+        SecretKey::from_seed(&[i; 32])
+    }
+
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn types_are_send_sync_clone() {
+        assert_send_sync_clone::<SecretKey>();
+        assert_send_sync_clone::<PublicKey>();
+        assert_send_sync_clone::<Signature>();
+        assert_send_sync_clone::<CryptoError>();
+    }
+
+    #[test]
+    fn sign_verify_round_trip() {
+        let sk = key(1);
+        let pk = sk.public_key();
+        let sig = sk.sign(b"block 7");
+        assert!(pk.verify(b"block 7", &sig));
+
+        // Through the wire encodings too.
+        let pk2 = PublicKey::from_bytes(&pk.to_bytes()).unwrap();
+        let sig2 = Signature::from_bytes(&sig.to_bytes()).unwrap();
+        assert_eq!(pk, pk2);
+        assert_eq!(sig, sig2);
+        assert!(pk2.verify(b"block 7", &sig2));
+
+        // BLS signing is deterministic.
+        assert_eq!(sk.sign(b"block 7"), sig);
+        assert!(pk.verify(b"", &sk.sign(b"")));
+    }
+
+    #[test]
+    fn wrong_message_or_key_fails() {
+        let sk = key(1);
+        let sig = sk.sign(b"block 7");
+        assert!(!sk.public_key().verify(b"block 8", &sig));
+        assert!(!key(2).public_key().verify(b"block 7", &sig));
+    }
+
+    #[test]
+    fn secret_key_bytes() {
+        let sk = key(3);
+        let back = SecretKey::from_bytes(&sk.to_bytes()).unwrap();
+        assert_eq!(back.public_key(), sk.public_key());
+        assert_eq!(back.to_bytes(), sk.to_bytes());
+
+        assert!(matches!(
+            SecretKey::from_bytes(&[]),
+            Err(CryptoError::BadSecretKey)
+        ));
+        assert!(matches!(
+            SecretKey::from_bytes(&[1u8; 31]),
+            Err(CryptoError::BadSecretKey)
+        ));
+        assert!(matches!(
+            SecretKey::from_bytes(&[1u8; 33]),
+            Err(CryptoError::BadSecretKey)
+        ));
+        // Zero is not a key.
+        assert!(matches!(
+            SecretKey::from_bytes(&[0u8; 32]),
+            Err(CryptoError::BadSecretKey)
+        ));
+        // The group order r is not below r.
+        let r = hex::decode("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001")
+            .unwrap();
+        assert!(matches!(
+            SecretKey::from_bytes(&r),
+            Err(CryptoError::BadSecretKey)
+        ));
+        assert!(matches!(
+            SecretKey::from_bytes(&[0xff; 32]),
+            Err(CryptoError::BadSecretKey)
+        ));
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        SecretKey::from_bytes(&one).unwrap();
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let sk = key(4);
+        assert_eq!(format!("{sk:?}"), "SecretKey(..)");
+        let pk = sk.public_key();
+        assert_eq!(
+            format!("{pk:?}"),
+            format!("PublicKey({})", hex::encode(pk.to_bytes()))
+        );
+    }
+
+    #[test]
+    fn from_seed_is_deterministic() {
+        assert_eq!(key(5).to_bytes(), key(5).to_bytes());
+        assert_eq!(key(5).public_key(), key(5).public_key());
+        assert_ne!(key(5).public_key(), key(6).public_key());
+        // generate() draws fresh keys.
+        assert_ne!(
+            SecretKey::generate().public_key(),
+            SecretKey::generate().public_key()
+        );
+    }
+
+    #[test]
+    fn public_key_from_bytes_rejects() {
+        let pk = key(1).public_key();
+        let good = pk.to_bytes();
+
+        // Wrong lengths, including the 96-byte uncompressed form of a valid key.
+        assert!(PublicKey::from_bytes(&[]).is_err());
+        assert!(PublicKey::from_bytes(&good[..47]).is_err());
+        let mut long = good.to_vec();
+        long.push(0);
+        assert!(PublicKey::from_bytes(&long).is_err());
+        let uncompressed = pk.point.serialize();
+        assert_eq!(uncompressed.len(), 96);
+        assert!(PublicKey::from_bytes(&uncompressed).is_err());
+
+        // Garbage.
+        assert!(PublicKey::from_bytes(&[0u8; 48]).is_err());
+        assert!(PublicKey::from_bytes(&[0xff; 48]).is_err());
+        assert!(PublicKey::from_bytes(&[0xab; 48]).is_err());
+
+        // The identity, and identity encodings with stray bits.
+        let mut inf = [0u8; 48];
+        inf[0] = 0xc0;
+        assert!(matches!(
+            PublicKey::from_bytes(&inf),
+            Err(CryptoError::BadPublicKey)
+        ));
+        inf[0] = 0xe0;
+        assert!(PublicKey::from_bytes(&inf).is_err());
+        inf[0] = 0xc0;
+        inf[47] = 1;
+        assert!(PublicKey::from_bytes(&inf).is_err());
+
+        // Compressed flag missing.
+        let mut no_flag = good;
+        no_flag[0] &= 0x7f;
+        assert!(PublicKey::from_bytes(&no_flag).is_err());
+
+        // Non-canonical: x = p (the field modulus), with the compression flag.
+        let mut p = hex::decode(
+            "1a0111ea397fe69a4b1ba7b6434bacd764774b84f38512bf6730d2a0f6b0f6241eabfffeb153ffffb9feffffffffaaab",
+        )
+        .unwrap();
+        p[0] |= 0x80;
+        assert!(PublicKey::from_bytes(&p).is_err());
+
+        // On the curve but outside the prime-order subgroup: the first small x with a curve point
+        // that blst decodes (it does not group-check on decode) must still be refused.
+        let mut found = false;
+        for x in 1u8..=255 {
+            let mut b = [0u8; 48];
+            b[0] = 0x80;
+            b[47] = x;
+            if min_pk::PublicKey::uncompress(&b).is_ok() {
+                found = true;
+                assert!(PublicKey::from_bytes(&b).is_err(), "x = {x} accepted");
+            }
+        }
+        assert!(found, "no on-curve test point found");
+
+        // The good key still parses.
+        assert_eq!(PublicKey::from_bytes(&good).unwrap(), pk);
+    }
+
+    #[test]
+    fn signature_from_bytes_rejects() {
+        let sig = key(1).sign(b"m");
+        let good = sig.to_bytes();
+
+        assert!(Signature::from_bytes(&[]).is_err());
+        assert!(Signature::from_bytes(&good[..95]).is_err());
+        let mut long = good.to_vec();
+        long.push(0);
+        assert!(Signature::from_bytes(&long).is_err());
+        assert!(Signature::from_bytes(&sig.point.serialize()).is_err());
+
+        assert!(Signature::from_bytes(&[0u8; 96]).is_err());
+        assert!(Signature::from_bytes(&[0xff; 96]).is_err());
+        assert!(Signature::from_bytes(&[0xab; 96]).is_err());
+
+        let mut inf = [0u8; 96];
+        inf[0] = 0xc0;
+        assert!(matches!(
+            Signature::from_bytes(&inf),
+            Err(CryptoError::BadSignature)
+        ));
+        inf[0] = 0xe0;
+        assert!(Signature::from_bytes(&inf).is_err());
+
+        let mut no_flag = good;
+        no_flag[0] &= 0x7f;
+        assert!(Signature::from_bytes(&no_flag).is_err());
+
+        // On the twist curve but outside the subgroup: x = (c0 = k, c1 = 0), encoded c1 || c0.
+        let mut found = false;
+        for k in 1u8..=255 {
+            let mut b = [0u8; 96];
+            b[0] = 0x80;
+            b[95] = k;
+            if min_pk::Signature::uncompress(&b).is_ok() {
+                found = true;
+                assert!(Signature::from_bytes(&b).is_err(), "k = {k} accepted");
+            }
+        }
+        assert!(found, "no on-curve test point found");
+
+        assert_eq!(Signature::from_bytes(&good).unwrap(), sig);
+    }
+
+    #[test]
+    fn proof_of_possession() {
+        let a = key(1);
+        let b = key(2);
+        let pa = a.public_key();
+        let pb = b.public_key();
+        let pop_a = a.proof_of_possession();
+        let pop_b = b.proof_of_possession();
+
+        assert!(pa.verify_proof_of_possession(&pop_a));
+        assert!(pb.verify_proof_of_possession(&pop_b));
+        assert!(!pa.verify_proof_of_possession(&pop_b));
+        assert!(!pb.verify_proof_of_possession(&pop_a));
+        assert!(pa.check_proof_of_possession(&pop_a).is_ok());
+        assert!(matches!(
+            pa.check_proof_of_possession(&pop_b),
+            Err(CryptoError::BadProofOfPossession)
+        ));
+
+        // Different tags: a PoP is not a signature over the key bytes, and a signature over the
+        // key bytes is not a PoP.
+        assert!(!pa.verify(&pa.to_bytes(), &pop_a));
+        let plain = a.sign(&pa.to_bytes());
+        assert_ne!(plain, pop_a);
+        assert!(pa.verify(&pa.to_bytes(), &plain));
+        assert!(!pa.verify_proof_of_possession(&plain));
+    }
+
+    #[test]
+    fn aggregate_three_of_four() {
+        let sks: Vec<SecretKey> = (10..14).map(key).collect();
+        let pks: Vec<PublicKey> = sks.iter().map(|k| k.public_key()).collect();
+        for (sk, pk) in sks.iter().zip(&pks) {
+            assert!(pk.verify_proof_of_possession(&sk.proof_of_possession()));
+        }
+        let msg = b"vote: view 3, block abc";
+        let sigs: Vec<Signature> = sks.iter().map(|k| k.sign(msg)).collect();
+
+        let agg = Signature::aggregate(&[&sigs[0], &sigs[1], &sigs[3]]).unwrap();
+        // Order of aggregation does not matter.
+        assert_eq!(
+            agg,
+            Signature::aggregate(&[&sigs[3], &sigs[0], &sigs[1]]).unwrap()
+        );
+        // Survives the wire.
+        let agg = Signature::from_bytes(&agg.to_bytes()).unwrap();
+
+        assert!(verify_aggregate(&[&pks[0], &pks[1], &pks[3]], msg, &agg));
+        assert!(verify_aggregate(&[&pks[3], &pks[1], &pks[0]], msg, &agg));
+        // A different signer set.
+        assert!(!verify_aggregate(&[&pks[0], &pks[1], &pks[2]], msg, &agg));
+        assert!(!verify_aggregate(&[&pks[0], &pks[1]], msg, &agg));
+        assert!(!verify_aggregate(
+            &[&pks[0], &pks[1], &pks[2], &pks[3]],
+            msg,
+            &agg
+        ));
+        // A different message.
+        assert!(!verify_aggregate(
+            &[&pks[0], &pks[1], &pks[3]],
+            b"vote: view 4",
+            &agg
+        ));
+        // No keys.
+        assert!(!verify_aggregate(&[], msg, &agg));
+        // A single signature is an aggregate of one.
+        assert!(verify_aggregate(&[&pks[2]], msg, &sigs[2]));
+        assert_eq!(Signature::aggregate(&[&sigs[2]]).unwrap(), sigs[2]);
+
+        assert!(matches!(
+            Signature::aggregate(&[]),
+            Err(CryptoError::EmptyAggregate)
+        ));
+    }
+
+    #[test]
+    fn aggregate_to_identity_is_refused() {
+        // sk and -sk: both have valid proofs of possession (their owner knows both scalars), their
+        // keys sum to the identity, and their signatures sum to the identity.
+        let r = hex::decode("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001")
+            .unwrap();
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let mut r_minus_one = r.clone();
+        r_minus_one[31] -= 1; // r ends in 0x01
+        let a = SecretKey::from_bytes(&one).unwrap();
+        let b = SecretKey::from_bytes(&r_minus_one).unwrap();
+        let (pa, pb) = (a.public_key(), b.public_key());
+        assert!(pa.verify_proof_of_possession(&a.proof_of_possession()));
+        assert!(pb.verify_proof_of_possession(&b.proof_of_possession()));
+        let (sa, sb) = (a.sign(b"m"), b.sign(b"m"));
+        assert!(matches!(
+            Signature::aggregate(&[&sa, &sb]),
+            Err(CryptoError::BadSignature)
+        ));
+        // And a cancelling key pair verifies nothing, not even a real signature.
+        assert!(!verify_aggregate(&[&pa, &pb], b"m", &sa));
+    }
+
+    #[test]
+    fn bitmaps() {
+        let mut bm = bitmap_new(10);
+        assert_eq!(bm.len(), 2);
+        assert_eq!(bitmap_new(0).len(), 0);
+        assert_eq!(bitmap_new(8).len(), 1);
+        assert_eq!(bitmap_new(9).len(), 2);
+        assert_eq!(bitmap_signers(&bm, 10).unwrap(), Vec::<usize>::new());
+
+        bitmap_set(&mut bm, 0);
+        bitmap_set(&mut bm, 3);
+        bitmap_set(&mut bm, 9);
+        bitmap_set(&mut bm, 3); // idempotent
+        assert_eq!(bm, vec![0b0000_1001, 0b0000_0010]);
+        assert!(bitmap_get(&bm, 0));
+        assert!(!bitmap_get(&bm, 1));
+        assert!(bitmap_get(&bm, 3));
+        assert!(bitmap_get(&bm, 9));
+        assert!(!bitmap_get(&bm, 10));
+        assert!(!bitmap_get(&bm, 1000));
+        assert_eq!(bitmap_signers(&bm, 10).unwrap(), vec![0, 3, 9]);
+
+        // Wrong length for the set size.
+        assert_eq!(
+            bitmap_signers(&bm, 8),
+            Err(CryptoError::BadBitmapLength {
+                expected: 1,
+                got: 2
+            })
+        );
+        assert_eq!(
+            bitmap_signers(&bm, 17),
+            Err(CryptoError::BadBitmapLength {
+                expected: 3,
+                got: 2
+            })
+        );
+        assert!(bitmap_signers(&[], 1).is_err());
+        assert_eq!(bitmap_signers(&[], 0).unwrap(), Vec::<usize>::new());
+
+        // A bit in the padding (index >= n).
+        assert_eq!(
+            bitmap_signers(&bm, 9),
+            Err(CryptoError::BitmapIndexOutOfRange { index: 9, n: 9 })
+        );
+        assert_eq!(
+            bitmap_signers(&[0b1000_0000], 7),
+            Err(CryptoError::BitmapIndexOutOfRange { index: 7, n: 7 })
+        );
+        assert_eq!(bitmap_signers(&[0b0100_0000], 7).unwrap(), vec![6]);
+        assert_eq!(
+            bitmap_signers(&[0xff, 0xff], 16).unwrap(),
+            (0..16).collect::<Vec<_>>()
+        );
+
+        // Setting past the end grows the bitmap; the signer check then notices.
+        let mut small = bitmap_new(4);
+        bitmap_set(&mut small, 12);
+        assert_eq!(small.len(), 2);
+        assert!(bitmap_get(&small, 12));
+        assert!(bitmap_signers(&small, 4).is_err());
+    }
+
+    /// Rough cost of the checks a replica runs per vote and per QC. Run with
+    /// `cargo test --release -p bftcd-sequencer crypto -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        use std::time::Instant;
+        const ROUNDS: u32 = 200;
+        let sks: Vec<SecretKey> = (0..7).map(|i| key(100 + i)).collect();
+        let pks: Vec<PublicKey> = sks.iter().map(|k| k.public_key()).collect();
+        let key_refs: Vec<&PublicKey> = pks.iter().collect();
+        let msg = [7u8; 80];
+        let sigs: Vec<Signature> = sks.iter().map(|k| k.sign(&msg)).collect();
+        let sig_refs: Vec<&Signature> = sigs.iter().collect();
+        let agg = Signature::aggregate(&sig_refs).unwrap();
+
+        let per = |start: Instant| start.elapsed() / ROUNDS;
+
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(sks[0].sign(std::hint::black_box(&msg)));
+        }
+        println!("sign:                        {:?}", per(t));
+
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            assert!(pks[0].verify(&msg, std::hint::black_box(&sigs[0])));
+        }
+        println!("verify:                      {:?}", per(t));
+
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            assert!(verify_aggregate(
+                &key_refs,
+                &msg,
+                std::hint::black_box(&agg)
+            ));
+        }
+        println!("verify_aggregate (7 keys):   {:?}", per(t));
+
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(Signature::aggregate(&sig_refs).unwrap());
+        }
+        println!("aggregate (7 signatures):    {:?}", per(t));
+
+        let bytes = agg.to_bytes();
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(Signature::from_bytes(std::hint::black_box(&bytes)).unwrap());
+        }
+        println!("Signature::from_bytes:       {:?}", per(t));
+
+        let bytes = pks[0].to_bytes();
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(PublicKey::from_bytes(std::hint::black_box(&bytes)).unwrap());
+        }
+        println!("PublicKey::from_bytes:       {:?}", per(t));
+    }
+}

@@ -1,0 +1,417 @@
+//! Peer transport among validators: TCP with rustls mutual TLS 1.3 and length-prefixed frames.
+//!
+//! Each node dials every other validator and sends to it only over that outbound connection;
+//! connections a node accepts are only read from. A peer's identity is the exact leaf
+//! certificate listed for it in genesis ([`PeerInfo::cert_der`]), never anything it claims.
+//!
+//! Outbound messages wait in a bounded per-peer queue that survives reconnects; when it is full,
+//! [`Network::send`] drops and counts. Inbound frames are delivered as `(from_index, payload)`
+//! through the receiver returned by [`Network::start`]; readers apply back-pressure to the TCP
+//! connection when that receiver is not drained.
+
+mod conn;
+mod frame;
+pub mod pki;
+mod stats;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+pub use frame::{decode_frame, encode_header, FrameDecode, FrameError, HEADER_LEN};
+pub use pki::{DevCa, Issued, PkiError};
+pub use stats::{NetStats, PeerStats};
+
+/// Default [`NetConfig::max_frame_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+/// Default [`NetConfig::queue_per_peer`].
+pub const DEFAULT_QUEUE_PER_PEER: usize = 4096;
+/// Limit for TCP connect plus TLS handshake, both directions.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Inbound handshakes in progress at once; further connections are refused until one finishes.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// One validator as listed in genesis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub index: u32,
+    /// `host:port` to dial.
+    pub address: String,
+    /// The validator's leaf certificate (DER); its identity on the wire.
+    pub cert_der: Vec<u8>,
+}
+
+/// Transport configuration.
+#[derive(Clone)]
+pub struct NetConfig {
+    /// My validator index.
+    pub me: u32,
+    /// Where I accept peers (ignored by [`Network::start_with_listener`]).
+    pub listen: SocketAddr,
+    /// All validators including me.
+    pub peers: Vec<PeerInfo>,
+    /// Trust anchor(s) for peer certificates (PEM).
+    pub ca_cert_pem: String,
+    /// My leaf certificate (PEM; may be followed by intermediates) and private key (PEM).
+    pub my_cert_pem: String,
+    pub my_key_pem: String,
+    /// Largest accepted or sent payload.
+    pub max_frame_bytes: usize,
+    /// Outbound messages buffered per peer before dropping.
+    pub queue_per_peer: usize,
+}
+
+impl NetConfig {
+    /// A configuration with default limits.
+    pub fn new(
+        me: u32,
+        listen: SocketAddr,
+        peers: Vec<PeerInfo>,
+        ca_cert_pem: String,
+        my_cert_pem: String,
+        my_key_pem: String,
+    ) -> NetConfig {
+        NetConfig {
+            me,
+            listen,
+            peers,
+            ca_cert_pem,
+            my_cert_pem,
+            my_key_pem,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            queue_per_peer: DEFAULT_QUEUE_PER_PEER,
+        }
+    }
+}
+
+impl std::fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetConfig")
+            .field("me", &self.me)
+            .field("listen", &self.listen)
+            .field(
+                "peers",
+                &self
+                    .peers
+                    .iter()
+                    .map(|p| (p.index, &p.address))
+                    .collect::<Vec<_>>(),
+            )
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("queue_per_peer", &self.queue_per_peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid network configuration: {0}")]
+    Config(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// State shared with the background tasks (which never hold the [`Network`] itself, so dropping
+/// every handle aborts them).
+pub(crate) struct Shared {
+    me: u32,
+    max_frame: usize,
+    counters: stats::Counters,
+    /// Position of a validator index in `counters.peers`.
+    slot_of: HashMap<u32, usize>,
+    /// Leaf DER → validator index.
+    by_cert: Arc<HashMap<Vec<u8>, u32>>,
+    acceptor: TlsAcceptor,
+    handshakes: Arc<Semaphore>,
+    /// The live inbound connection per peer: (connection id, kill switch).
+    inbound: Mutex<HashMap<u32, (u64, oneshot::Sender<()>)>>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn peer(&self, index: u32) -> Option<&stats::PeerCounters> {
+        self.slot_of.get(&index).map(|&s| &self.counters.peers[s].1)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    /// Outbound queue per other validator.
+    queues: HashMap<u32, mpsc::Sender<Bytes>>,
+    /// Kept for local delivery; taken at shutdown so that the receiver ends.
+    inbound_tx: Mutex<Option<mpsc::Sender<(u32, Bytes)>>>,
+    tasks: Mutex<Option<JoinSet<()>>>,
+    closed: AtomicBool,
+}
+
+/// Handle to a running transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("me", &self.inner.shared.me)
+            .field("local_addr", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate(cfg: &NetConfig, my_leaf: &[u8]) -> Result<(), NetError> {
+    let bad = |m: String| Err(NetError::Config(m));
+    if cfg.max_frame_bytes == 0 || cfg.max_frame_bytes > u32::MAX as usize {
+        return bad(format!(
+            "max_frame_bytes {} not in 1..=2^32-1",
+            cfg.max_frame_bytes
+        ));
+    }
+    if cfg.queue_per_peer == 0 {
+        return bad("queue_per_peer must be positive".into());
+    }
+    let mut seen_index = std::collections::HashSet::new();
+    let mut seen_cert = std::collections::HashSet::new();
+    for p in &cfg.peers {
+        if !seen_index.insert(p.index) {
+            return bad(format!("validator index {} listed twice", p.index));
+        }
+        if p.cert_der.is_empty() || !seen_cert.insert(p.cert_der.as_slice()) {
+            return bad(format!(
+                "validator {} has an empty or duplicate certificate",
+                p.index
+            ));
+        }
+    }
+    match cfg.peers.iter().find(|p| p.index == cfg.me) {
+        None => bad(format!("my index {} is not among the peers", cfg.me)),
+        Some(p) if p.cert_der != my_leaf => bad(format!(
+            "my certificate differs from the one listed for validator {}",
+            cfg.me
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Network {
+    /// Binds `cfg.listen`, spawns the accept and dial tasks. Returns the handle and a receiver of
+    /// `(from_index, payload)` for every valid frame from an authenticated peer (and for local
+    /// sends to `me`). The receiver ends after [`Network::shutdown`].
+    pub async fn start(
+        cfg: NetConfig,
+    ) -> Result<(Network, mpsc::Receiver<(u32, Bytes)>), NetError> {
+        // Configuration errors win over bind errors.
+        let identity = tls::Identity::from_pem(&cfg.my_cert_pem, &cfg.my_key_pem)?;
+        validate(&cfg, identity.chain[0].as_ref())?;
+        let listener = TcpListener::bind(cfg.listen).await?;
+        Self::start_with_listener(cfg, listener).await
+    }
+
+    /// Like [`Network::start`] with an already bound listener (`cfg.listen` is ignored). Useful
+    /// when listeners are bound to port 0 first and peer addresses are known only afterwards.
+    pub async fn start_with_listener(
+        mut cfg: NetConfig,
+        listener: TcpListener,
+    ) -> Result<(Network, mpsc::Receiver<(u32, Bytes)>), NetError> {
+        let identity = tls::Identity::from_pem(&cfg.my_cert_pem, &cfg.my_key_pem)?;
+        validate(&cfg, identity.chain[0].as_ref())?;
+        cfg.peers.sort_by_key(|p| p.index);
+        let provider = tls::provider();
+        let roots = tls::roots_from_pem(&cfg.ca_cert_pem)?;
+        let by_cert: Arc<HashMap<Vec<u8>, u32>> = Arc::new(
+            cfg.peers
+                .iter()
+                .map(|p| (p.cert_der.clone(), p.index))
+                .collect(),
+        );
+        let server = tls::server_config(&provider, &roots, by_cert.clone(), &identity)?;
+        let local_addr = listener.local_addr()?;
+
+        let shared = Arc::new(Shared {
+            me: cfg.me,
+            max_frame: cfg.max_frame_bytes,
+            counters: stats::Counters::new(cfg.peers.iter().map(|p| p.index)),
+            slot_of: cfg
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(s, p)| (p.index, s))
+                .collect(),
+            by_cert,
+            acceptor: TlsAcceptor::from(server),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            inbound: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.queue_per_peer);
+        let mut tasks = JoinSet::new();
+        let mut queues = HashMap::new();
+        for p in cfg.peers.iter().filter(|p| p.index != cfg.me) {
+            let client = tls::client_config(&provider, &roots, p.cert_der.clone(), &identity)?;
+            let (tx, rx) = mpsc::channel(cfg.queue_per_peer);
+            queues.insert(p.index, tx);
+            tasks.spawn(conn::dial_loop(
+                shared.clone(),
+                p.index,
+                p.address.clone(),
+                TlsConnector::from(client),
+                rx,
+            ));
+        }
+        tasks.spawn(conn::accept_loop(
+            shared.clone(),
+            listener,
+            inbound_tx.clone(),
+        ));
+        info!(me = cfg.me, %local_addr, peers = cfg.peers.len(), "peer transport started");
+        let inner = Inner {
+            shared,
+            local_addr,
+            queues,
+            inbound_tx: Mutex::new(Some(inbound_tx)),
+            tasks: Mutex::new(Some(tasks)),
+            closed: AtomicBool::new(false),
+        };
+        Ok((
+            Network {
+                inner: Arc::new(inner),
+            },
+            inbound_rx,
+        ))
+    }
+
+    fn drop_for(&self, to: u32) {
+        match self.inner.shared.peer(to) {
+            Some(c) => c.dropped.fetch_add(1, Ordering::Relaxed),
+            None => self
+                .inner
+                .shared
+                .counters
+                .dropped_unknown
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Queues `payload` for validator `to`. Never blocks: drops (and counts) when that peer's
+    /// queue is full, the payload is empty or larger than `max_frame_bytes`, or `to` is unknown.
+    /// Sending to `me` delivers locally through the receiver.
+    pub fn send(&self, to: u32, payload: Bytes) {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let shared = &inner.shared;
+        if payload.is_empty() || payload.len() > shared.max_frame {
+            warn!(
+                to,
+                len = payload.len(),
+                max = shared.max_frame,
+                "refusing to send: bad size"
+            );
+            return self.drop_for(to);
+        }
+        if to == shared.me {
+            let tx = inner
+                .inbound_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let len = payload.len();
+            match tx.map(|tx| tx.try_send((to, payload))) {
+                Some(Ok(())) => {
+                    if let Some(c) = shared.peer(to) {
+                        c.sent(len);
+                        c.received(len);
+                    }
+                }
+                _ => {
+                    debug!(to, "local delivery queue full; dropping");
+                    self.drop_for(to);
+                }
+            }
+            return;
+        }
+        match inner.queues.get(&to) {
+            Some(q) => {
+                if q.try_send(payload).is_err() {
+                    debug!(to, "outbound queue full; dropping");
+                    self.drop_for(to);
+                }
+            }
+            None => {
+                debug!(to, "send to unknown validator; dropping");
+                self.drop_for(to);
+            }
+        }
+    }
+
+    /// Queues `payload` for every other validator.
+    pub fn broadcast(&self, payload: Bytes) {
+        for p in &self.inner.shared.counters.peers {
+            if p.0 != self.inner.shared.me {
+                self.send(p.0, payload.clone());
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NetStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// My validator index.
+    pub fn me(&self) -> u32 {
+        self.inner.shared.me
+    }
+
+    /// Stops accepting and dialing, closes every connection and the listener (the port can be
+    /// bound again once this returns), and ends the receiver. Queued messages are discarded.
+    /// Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut tasks) = tasks {
+            tasks.shutdown().await;
+            info!(me = self.inner.shared.me, "peer transport stopped");
+        }
+        self.inner
+            .shared
+            .inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.inner
+            .inbound_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}

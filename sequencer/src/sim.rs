@@ -1,0 +1,409 @@
+//! Deterministic simulation of HotStuff-2 validators: virtual time, a seeded network that delays,
+//! drops, reorders and partitions messages before a global stabilisation time (GST), crashes and
+//! restarts (from the persisted safety state and the ledger, like a real restart), and Twins:
+//! up to f validators run as two instances with the same keys, which is how equivocating leaders
+//! and double votes arise. The same seed always replays the same run.
+//!
+//! The checker: no two honest instances commit different blocks at the same height, no honest
+//! instance reports a safety violation, and every operation submitted to an honest instance
+//! that was not crashed afterwards commits everywhere (after GST).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use bftcd_proto::bftcd::{operation, CommittedBlock, Operation, OperationId, PeerMessage};
+use bftcd_proto::etcdserverpb::PutRequest;
+use bftcd_proto::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::block::block_hash;
+use crate::consensus::certs::sim::SimCrypto;
+use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub n: usize,
+    /// Validators (ids 0..twins) that run as two instances; at most f for a safe setting.
+    pub twins: usize,
+    pub gst_ms: u64,
+    pub end_ms: u64,
+    /// Before GST: probability a message is lost, and the largest delay.
+    pub drop_rate: f64,
+    pub max_delay_ms: u64,
+    /// After GST, delays are 1..=this.
+    pub stable_delay_ms: u64,
+    /// Random two-way partitions before GST.
+    pub partitions: bool,
+    /// Crash-restarts of honest instances before GST.
+    pub crashes: usize,
+    /// Client operations, spread over [0, gst + 2 s].
+    pub operations: usize,
+    /// Every instance uses the deliberately broken voting rule.
+    pub broken_voting_rule: bool,
+}
+
+impl Scenario {
+    /// A random scenario from a seed (n and faults chosen by the seed too).
+    pub fn random(seed: u64, n: usize) -> Scenario {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let f = (n - 1) / 3;
+        let twins = if rng.gen_bool(0.5) { rng.gen_range(0..=f) } else { 0 };
+        let crashes = if twins == 0 { rng.gen_range(0..=2) } else { 0 };
+        Scenario {
+            seed,
+            n,
+            twins,
+            gst_ms: rng.gen_range(1_000..6_000),
+            end_ms: 0,
+            drop_rate: rng.gen_range(0.0..0.3),
+            max_delay_ms: rng.gen_range(5..1_500),
+            stable_delay_ms: 40,
+            partitions: rng.gen_bool(0.5),
+            crashes,
+            operations: rng.gen_range(1..40),
+            broken_voting_rule: false,
+        }
+        .with_end()
+    }
+
+    fn with_end(mut self) -> Self {
+        self.end_ms = self.gst_ms + 40_000;
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    /// Committed height of each honest instance at the end.
+    pub heights: Vec<u64>,
+    pub operations_checked: usize,
+    /// Messages and bytes sent after GST, and blocks committed (by instance 0's view) after GST.
+    pub messages_after_gst: u64,
+    pub bytes_after_gst: u64,
+    pub blocks_after_gst: u64,
+    pub events: u64,
+}
+
+struct Instance {
+    validator: usize,
+    core: Core,
+    ledger: Vec<CommittedBlock>,
+    persisted: SafetyState,
+    up: bool,
+    clock_offset: u64,
+    wake: Option<u64>,
+}
+
+struct Ledger<'a>(&'a [CommittedBlock]);
+
+impl CommittedLog for Ledger<'_> {
+    fn read(&self, height: u64) -> Option<CommittedBlock> {
+        self.0.get((height as usize).checked_sub(1)?).cloned()
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Deliver { to: usize, from: usize, msg: Vec<u8> },
+    Wake { to: usize },
+    Submit { to: usize, nonce: u64 },
+    Crash { to: usize },
+    Restart { to: usize },
+}
+
+const GENESIS_MS: u64 = 1_000_000;
+const GENESIS_HASH: [u8; 32] = [7u8; 32];
+
+fn config(n: usize, me: usize) -> Config {
+    let domain = Domain { chain_id: "sim".into(), epoch: 1, n };
+    let mut cfg = Config::new(me, domain, GENESIS_HASH);
+    cfg.base_timeout_ms = 500;
+    cfg.max_timeout_ms = 4_000;
+    cfg.inclusion_deadline_ms = 3_000;
+    cfg.sync_probe_max_ms = 8_000;
+    cfg
+}
+
+fn new_core(n: usize, validator: usize, broken: bool, persisted: SafetyState, ledger: &[CommittedBlock]) -> Core {
+    let safety = if broken { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
+    let tip = ledger.last().and_then(|cb| {
+        let qc = cb.commit_child.as_ref()?.justify.clone()?;
+        Some((cb.block.clone()?, qc))
+    });
+    let recent = ledger
+        .iter()
+        .rev()
+        .take(256)
+        .flat_map(|cb| {
+            let b = cb.block.clone().unwrap_or_default();
+            b.operations.into_iter().map(move |op| (b.timestamp_ms, op))
+        })
+        .collect();
+    Core::new(config(n, validator), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, recent)
+}
+
+fn kind(m: &PeerMessage) -> String {
+    use bftcd_proto::bftcd::peer_message::Kind;
+    match &m.kind {
+        Some(Kind::Proposal(p)) => {
+            let b = p.block.as_ref().unwrap();
+            format!("proposal(v{} h{} ops{} j{} tc{:?})", b.view, b.height, b.operations.len(), b.justify.as_ref().map(|j| j.view).unwrap_or(0), p.tc.as_ref().map(|t| t.view))
+        }
+        Some(Kind::Vote(v)) => format!("vote(v{})", v.view),
+        Some(Kind::Timeout(t)) => format!("timeout(v{} hqc{})", t.view, t.high_qc.as_ref().map(|q| q.view).unwrap_or(0)),
+        Some(Kind::Submit(s)) => format!("submit({})", s.operations.len()),
+        Some(Kind::SyncRequest(r)) => format!("syncreq(h{})", r.committed_height),
+        Some(Kind::SyncResponse(r)) => format!("syncresp({}c {}u)", r.committed.len(), r.uncommitted.len()),
+        None => "empty".into(),
+    }
+}
+
+pub fn run(s: &Scenario) -> Report {
+    let trace = std::env::var_os("BFTCD_SIM_TRACE").is_some();
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let mut report = Report::default();
+    let instances_n = s.n + s.twins;
+    let validator_of = |i: usize| if i < s.n { i } else { i - s.n };
+    let honest = |i: usize| validator_of(i) >= s.twins;
+    let mut nodes: Vec<Instance> = (0..instances_n)
+        .map(|i| Instance {
+            validator: validator_of(i),
+            core: new_core(s.n, validator_of(i), s.broken_voting_rule, SafetyState::default(), &[]),
+            ledger: Vec::new(),
+            persisted: SafetyState::default(),
+            up: true,
+            clock_offset: rng.gen_range(0..200),
+            wake: None,
+        })
+        .collect();
+
+    let mut queue: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |q: &mut BinaryHeap<Reverse<(u64, u64, Event)>>, t: u64, e: Event| {
+        seq += 1;
+        q.push(Reverse((t, seq, e)));
+    };
+
+    // Client operations: to random honest instances; remember which must commit.
+    let mut must_commit: HashSet<u64> = HashSet::new();
+    let mut submitted_at: HashMap<u64, (usize, u64)> = HashMap::new();
+    let honest_ids: Vec<usize> = (0..instances_n).filter(|&i| honest(i)).collect();
+    for nonce in 0..s.operations as u64 {
+        let to = honest_ids[rng.gen_range(0..honest_ids.len())];
+        let t = rng.gen_range(0..s.gst_ms + 2_000);
+        submitted_at.insert(nonce, (to, t));
+        push(&mut queue, t, Event::Submit { to, nonce });
+    }
+    // Crash-restarts of honest instances, before GST.
+    // Last restart time of each instance that crashes: operations it accepted before then
+    // (or while down) may be lost legitimately, since their clients were never answered.
+    let mut back_up_at: HashMap<usize, u64> = HashMap::new();
+    for _ in 0..s.crashes {
+        let to = honest_ids[rng.gen_range(0..honest_ids.len())];
+        let t = rng.gen_range(0..s.gst_ms.max(1));
+        let back = (t + rng.gen_range(100..3_000)).min(s.gst_ms);
+        let e = back_up_at.entry(to).or_insert(back);
+        *e = (*e).max(back);
+        push(&mut queue, t, Event::Crash { to });
+        push(&mut queue, back, Event::Restart { to });
+    }
+    for (nonce, (to, t)) in &submitted_at {
+        if back_up_at.get(to).is_none_or(|back| back < t) {
+            must_commit.insert(*nonce);
+        }
+    }
+    // Partitions before GST: a new random split every so often.
+    let mut partition_of: Vec<u8> = vec![0; instances_n];
+    let mut next_partition = 0u64;
+    for i in 0..instances_n {
+        push(&mut queue, 0, Event::Wake { to: i });
+    }
+
+    let mut now = 0u64;
+    while let Some(Reverse((t, _, event))) = queue.pop() {
+        if t > s.end_ms {
+            break;
+        }
+        now = t;
+        report.events += 1;
+        if s.partitions && now < s.gst_ms && now >= next_partition {
+            for p in partition_of.iter_mut() {
+                *p = rng.gen_range(0..2);
+            }
+            // Twins: split each pair so each twin talks to a different side.
+            for k in 0..s.twins {
+                partition_of[k] = 0;
+                partition_of[s.n + k] = 1;
+            }
+            next_partition = now + rng.gen_range(200..1_500);
+        } else if now >= s.gst_ms {
+            partition_of.iter_mut().for_each(|p| *p = 0);
+        }
+        let trace_in = match &event {
+            Event::Deliver { from, msg, .. } => format!("from {from} {}", PeerMessage::decode(msg.as_slice()).map(|m| kind(&m)).unwrap_or_default()),
+            Event::Wake { .. } => "tick".into(),
+            Event::Submit { nonce, .. } => format!("submit {nonce}"),
+            Event::Crash { to } => format!("CRASH {to}"),
+            Event::Restart { to } => format!("RESTART {to}"),
+        };
+        if trace && matches!(event, Event::Crash { .. } | Event::Restart { .. }) {
+            eprintln!("t={now} {trace_in}");
+        }
+        let (to, input) = match event {
+            Event::Deliver { to, from, msg } => match PeerMessage::decode(msg.as_slice()) {
+                Ok(m) => (to, Input::Message { from, msg: m }),
+                Err(_) => continue,
+            },
+            Event::Wake { to } => {
+                nodes[to].wake = None;
+                (to, Input::Tick)
+            }
+            Event::Submit { to, nonce } => {
+                let op = Operation {
+                    id: Some(OperationId { bank: nodes[to].validator as u32, nonce }),
+                    request: Some(operation::Request::Put(PutRequest {
+                        key: format!("k{nonce}").into_bytes(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                (to, Input::Submit(vec![op]))
+            }
+            Event::Crash { to } => {
+                nodes[to].up = false;
+                continue;
+            }
+            Event::Restart { to } => {
+                let node = &mut nodes[to];
+                node.core = new_core(s.n, node.validator, s.broken_voting_rule, node.persisted, &node.ledger);
+                node.up = true;
+                push(&mut queue, now, Event::Wake { to });
+                continue;
+            }
+        };
+        if !nodes[to].up {
+            continue;
+        }
+        let node = &mut nodes[to];
+        let local = GENESIS_MS + now + node.clock_offset;
+        let outputs = {
+            let ledger = std::mem::take(&mut node.ledger);
+            let out = node.core.handle(local, input, &Ledger(&ledger));
+            node.ledger = ledger;
+            out
+        };
+        let me_validator = node.validator;
+        if trace {
+            let what: Vec<String> = outputs
+                .iter()
+                .map(|o| match o {
+                    Output::Send { to, msg } => format!("send {to} {}", kind(msg)),
+                    Output::Broadcast(msg) => format!("bcast {}", kind(msg)),
+                    Output::Persist(st) => format!("persist {st:?}"),
+                    Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
+                    Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
+                    Output::SafetyViolation(w) => format!("VIOLATION {w}"),
+                })
+                .collect();
+            eprintln!("t={now} i={to} view={} committed={} {trace_in} -> {what:?}", node.core.view(), node.core.committed_height());
+        }
+        let mut sends: Vec<(usize, PeerMessage)> = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Persist(state) => nodes[to].persisted = state,
+                Output::Commit(cb) => nodes[to].ledger.push(cb),
+                Output::Send { to: v, msg } => sends.push((v, msg)),
+                Output::Broadcast(msg) => {
+                    for v in 0..s.n {
+                        if v != me_validator {
+                            sends.push((v, msg.clone()));
+                        }
+                    }
+                }
+                Output::Rejected { .. } => {}
+                Output::SafetyViolation(what) => {
+                    if honest(to) {
+                        report.violations.push(format!("instance {to}: {what}"));
+                    }
+                }
+            }
+        }
+        for (v, m) in sends {
+            let bytes = m.encode_to_vec();
+            if now >= s.gst_ms {
+                report.messages_after_gst += 1;
+                report.bytes_after_gst += bytes.len() as u64;
+            }
+            // Deliver to every instance of validator v (both twins).
+            for dest in (0..instances_n).filter(|&d| validator_of(d) == v) {
+                let delay = if now < s.gst_ms {
+                    if rng.gen_bool(s.drop_rate) || (s.partitions && partition_of[dest] != partition_of[to]) {
+                        continue;
+                    }
+                    rng.gen_range(1..=s.max_delay_ms)
+                } else {
+                    rng.gen_range(1..=s.stable_delay_ms)
+                };
+                push(&mut queue, now + delay, Event::Deliver { to: dest, from: me_validator, msg: bytes.clone() });
+            }
+        }
+        // Wake again when the core asks, and at least every 250 ms.
+        let node = &mut nodes[to];
+        let want = node.core.next_wakeup().map(|w| w.saturating_sub(GENESIS_MS + node.clock_offset)).unwrap_or(u64::MAX);
+        let at = want.max(now + 1).min(now + 250);
+        if node.wake.is_none_or(|w| at < w) {
+            node.wake = Some(at);
+            push(&mut queue, at, Event::Wake { to });
+        }
+    }
+    let _ = now;
+
+    // Safety: every height agrees across honest instances.
+    let mut by_height: BTreeMap<u64, (usize, [u8; 32])> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| honest(*i)) {
+        for cb in &node.ledger {
+            let b = cb.block.as_ref().unwrap();
+            let h = block_hash(b);
+            match by_height.get(&b.height) {
+                Some((j, other)) if *other != h => {
+                    report.violations.push(format!("height {}: instance {i} and instance {j} committed different blocks", b.height));
+                }
+                Some(_) => {}
+                None => {
+                    by_height.insert(b.height, (i, h));
+                }
+            }
+        }
+        report.heights.push(node.ledger.len() as u64);
+    }
+    // Liveness: every operation that must commit is in every honest ledger, exactly once.
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| honest(*i)) {
+        let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
+        for cb in &node.ledger {
+            for op in &cb.block.as_ref().unwrap().operations {
+                let id = op.id.as_ref().unwrap();
+                *seen.entry((id.bank, id.nonce)).or_default() += 1;
+            }
+        }
+        if seen.values().any(|&c| c > 1) {
+            report.violations.push(format!("instance {i} committed an operation twice"));
+        }
+        let committed: HashSet<u64> = seen.keys().map(|k| k.1).collect();
+        let missing: Vec<_> = must_commit.iter().filter(|n| !committed.contains(n)).collect();
+        if !missing.is_empty() {
+            report.violations.push(format!("instance {i} never committed operations {missing:?}"));
+        }
+    }
+    report.operations_checked = must_commit.len();
+    report.blocks_after_gst = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| honest(*i))
+        .map(|(_, n)| n.ledger.iter().filter(|cb| cb.block.as_ref().unwrap().timestamp_ms >= GENESIS_MS + s.gst_ms).count() as u64)
+        .max()
+        .unwrap_or(0);
+    report
+}
