@@ -217,6 +217,37 @@ impl Ledger {
                 ),
             });
         }
+        let mut scanned = scanned;
+        if genesis.validators.len() > 1 {
+            // A chain committed together is written together; if a crash left its last block
+            // without the commit proof, that write never completed and nothing of it was applied.
+            let reader = File::open(path).map_err(io_err(path))?;
+            while let Some(&(offset, len)) = scanned.blocks.last() {
+                let mut buf = vec![0u8; len as usize];
+                reader.read_exact_at(&mut buf, offset + RECORD_HEADER).map_err(io_err(path))?;
+                let proven = matches!(
+                    LedgerRecord::decode(buf.as_slice()).ok().and_then(|r| r.record),
+                    Some(ledger_record::Record::Block(cb)) if cb.commit_qc.is_some()
+                );
+                if proven {
+                    break;
+                }
+                scanned.blocks.pop();
+                scanned.valid_len = offset;
+            }
+            if let Some(&(offset, len)) = scanned.blocks.last() {
+                let mut buf = vec![0u8; len as usize];
+                reader.read_exact_at(&mut buf, offset + RECORD_HEADER).map_err(io_err(path))?;
+                if let Ok(LedgerRecord { record: Some(ledger_record::Record::Block(cb)) }) = LedgerRecord::decode(buf.as_slice()) {
+                    let b = cb.block.unwrap_or_default();
+                    scanned.tip_hash = block_hash(&b);
+                    scanned.tip_timestamp_ms = b.timestamp_ms;
+                }
+            } else {
+                scanned.tip_hash = genesis_hash(&scanned.genesis);
+                scanned.tip_timestamp_ms = scanned.genesis.genesis_time_ms;
+            }
+        }
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
         if scanned.valid_len < scanned.file_len {
             tracing::warn!(
@@ -270,30 +301,45 @@ impl Ledger {
 
     /// Appends a block and fsyncs it. Blocking: call from a blocking context.
     pub fn append(&self, cb: &CommittedBlock) -> Result<(), LedgerError> {
-        let block: &Block = cb.block.as_ref().ok_or(LedgerError::NotNext {
-            tip: self.height(),
-            got: 0,
-            what: "no block".into(),
-        })?;
+        self.append_all(std::slice::from_ref(cb))
+    }
+
+    /// Appends consecutive blocks with one write and one fsync. A crash in the middle leaves a
+    /// torn tail that `open` removes, so a chain committed together lands together.
+    pub fn append_all(&self, cbs: &[CommittedBlock]) -> Result<(), LedgerError> {
         let mut t = self.tip.lock().unwrap();
         let tip = t.blocks.len() as u64;
-        if block.height != tip + 1 {
-            return Err(LedgerError::NotNext { tip, got: block.height, what: "wrong height".into() });
+        let mut hash = t.hash;
+        let mut bytes = Vec::new();
+        let mut entries = Vec::with_capacity(cbs.len());
+        let mut last = (tip, t.timestamp_ms);
+        for cb in cbs {
+            let block: &Block = cb.block.as_ref().ok_or(LedgerError::NotNext { tip, got: 0, what: "no block".into() })?;
+            if block.height != last.0 + 1 {
+                return Err(LedgerError::NotNext { tip, got: block.height, what: "wrong height".into() });
+            }
+            if block.parent_hash != hash {
+                return Err(LedgerError::NotNext { tip, got: block.height, what: "wrong parent hash".into() });
+            }
+            let record = encode_record(ledger_record::Record::Block(cb.clone()));
+            entries.push((t.len + bytes.len() as u64, (record.len() - 8) as u32));
+            bytes.extend_from_slice(&record);
+            hash = block_hash(block);
+            last = (block.height, block.timestamp_ms);
         }
-        if block.parent_hash != t.hash {
-            return Err(LedgerError::NotNext { tip, got: block.height, what: "wrong parent hash".into() });
+        if cbs.is_empty() {
+            return Ok(());
         }
-        let bytes = encode_record(ledger_record::Record::Block(cb.clone()));
-        let offset = t.len;
         let path = &self.path;
+        let offset = t.len;
         t.file.write_all_at(&bytes, offset).map_err(io_err(path))?;
         t.file.sync_data().map_err(io_err(path))?;
         t.len += bytes.len() as u64;
-        t.blocks.push((offset, (bytes.len() - 8) as u32));
-        t.hash = block_hash(block);
-        t.timestamp_ms = block.timestamp_ms;
+        t.blocks.extend(entries);
+        t.hash = hash;
+        t.timestamp_ms = last.1;
         drop(t);
-        self.height.send_replace(block.height);
+        self.height.send_replace(last.0);
         Ok(())
     }
 

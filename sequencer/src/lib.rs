@@ -6,8 +6,11 @@
 //! behind the same interface.
 
 pub mod block;
+pub mod blockstore;
 pub mod consensus;
+pub mod hotstuff;
 pub mod crypto;
+pub mod keys;
 pub mod ledger;
 pub mod net;
 pub mod sim;

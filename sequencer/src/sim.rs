@@ -92,6 +92,7 @@ struct Instance {
     core: Core,
     ledger: Vec<CommittedBlock>,
     persisted: SafetyState,
+    stored_blocks: Vec<bftcd_proto::bftcd::Block>,
     up: bool,
     clock_offset: u64,
     wake: Option<u64>,
@@ -127,7 +128,14 @@ fn config(n: usize, me: usize) -> Config {
     cfg
 }
 
-fn new_core(n: usize, validator: usize, broken: bool, persisted: SafetyState, ledger: &[CommittedBlock]) -> Core {
+fn new_core(
+    n: usize,
+    validator: usize,
+    broken: bool,
+    persisted: SafetyState,
+    ledger: &[CommittedBlock],
+    stored: &[bftcd_proto::bftcd::Block],
+) -> Core {
     let safety = if broken { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
     let tip = ledger.last().and_then(|cb| {
         let qc = cb.commit_child.as_ref()?.justify.clone()?;
@@ -142,7 +150,7 @@ fn new_core(n: usize, validator: usize, broken: bool, persisted: SafetyState, le
             b.operations.into_iter().map(move |op| (b.timestamp_ms, op))
         })
         .collect();
-    Core::new(config(n, validator), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, recent)
+    Core::new(config(n, validator), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent)
 }
 
 fn kind(m: &PeerMessage) -> String {
@@ -171,9 +179,10 @@ pub fn run(s: &Scenario) -> Report {
     let mut nodes: Vec<Instance> = (0..instances_n)
         .map(|i| Instance {
             validator: validator_of(i),
-            core: new_core(s.n, validator_of(i), s.broken_voting_rule, SafetyState::default(), &[]),
+            core: new_core(s.n, validator_of(i), s.broken_voting_rule, SafetyState::default(), &[], &[]),
             ledger: Vec::new(),
             persisted: SafetyState::default(),
+            stored_blocks: Vec::new(),
             up: true,
             clock_offset: rng.gen_range(0..200),
             wake: None,
@@ -278,7 +287,7 @@ pub fn run(s: &Scenario) -> Report {
             }
             Event::Restart { to } => {
                 let node = &mut nodes[to];
-                node.core = new_core(s.n, node.validator, s.broken_voting_rule, node.persisted, &node.ledger);
+                node.core = new_core(s.n, node.validator, s.broken_voting_rule, node.persisted, &node.ledger, &node.stored_blocks);
                 node.up = true;
                 push(&mut queue, now, Event::Wake { to });
                 continue;
@@ -303,6 +312,7 @@ pub fn run(s: &Scenario) -> Report {
                     Output::Send { to, msg } => format!("send {to} {}", kind(msg)),
                     Output::Broadcast(msg) => format!("bcast {}", kind(msg)),
                     Output::Persist(st) => format!("persist {st:?}"),
+                    Output::PersistBlock(b) => format!("store block {}", b.height),
                     Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
                     Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
@@ -314,6 +324,12 @@ pub fn run(s: &Scenario) -> Report {
         for o in outputs {
             match o {
                 Output::Persist(state) => nodes[to].persisted = state,
+                Output::PersistBlock(b) => {
+                    let committed = nodes[to].ledger.len() as u64;
+                    let store = &mut nodes[to].stored_blocks;
+                    store.retain(|x| x.height > committed);
+                    store.push(b);
+                }
                 Output::Commit(cb) => nodes[to].ledger.push(cb),
                 Output::Send { to: v, msg } => sends.push((v, msg)),
                 Output::Broadcast(msg) => {

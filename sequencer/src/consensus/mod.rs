@@ -95,6 +95,10 @@ pub enum Output {
     Broadcast(PeerMessage),
     /// Must be durable before any later output is acted on.
     Persist(SafetyState),
+    /// A block this validator is about to vote for: durable before the vote leaves, so a
+    /// certified block survives crashes on at least f+1 honest validators. Handed back to
+    /// `Core::new` after a restart.
+    PersistBlock(Block),
     /// Append to the ledger, in order.
     Commit(CommittedBlock),
     /// A message was dropped; for logs and counters.
@@ -155,14 +159,16 @@ fn msg(kind: Kind) -> PeerMessage {
 }
 
 impl Core {
-    /// `tip` is the last committed block from the ledger (None: only the genesis), with
-    /// `tip_qc` a QC certifying it; `recent` are (block time, op) committed lately.
+    /// `tip` is the last committed block from the ledger (None: only the genesis), with a QC
+    /// certifying it; `stored` the blocks persisted by `PersistBlock` before a restart;
+    /// `recent` are (block time, operation) committed lately.
     pub fn new(
         cfg: Config,
         crypto: Box<dyn Crypto>,
         safety: SafetyRules,
         genesis_time_ms: u64,
         tip: Option<(Block, QuorumCert)>,
+        stored: Vec<Block>,
         recent: Vec<(u64, Operation)>,
     ) -> Core {
         let genesis_qc = cfg.domain.genesis_qc(&cfg.genesis_hash);
@@ -188,6 +194,19 @@ impl Core {
                     Block { height: 0, view: 0, timestamp_ms: genesis_time_ms, epoch: cfg.domain.epoch, ..Default::default() },
                 );
             }
+        }
+        // Blocks voted for before a restart; their QCs include our lock.
+        let mut high_qc = high_qc;
+        for b in stored {
+            if b.height <= committed.height {
+                continue;
+            }
+            if let Some(j) = &b.justify {
+                if j.view > high_qc.view {
+                    high_qc = j.clone();
+                }
+            }
+            blocks.insert(block_hash(&b), b);
         }
         let mut r = Recent::default();
         for (ms, op) in &recent {
@@ -723,6 +742,7 @@ impl Core {
         let hash = block_hash(&block);
         self.blocks.insert(hash, block.clone());
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
+        self.out.push(Output::PersistBlock(block.clone()));
         self.out.push(Output::Persist(state));
         self.last_voted_block = Some(hash);
         let vote = Vote {

@@ -77,6 +77,10 @@ impl SafetyFile {
         SafetyFile { path: path.to_path_buf() }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The stored state, or the initial one when the file does not exist. A damaged file is an
     /// error: guessing could mean voting twice.
     pub fn load(&self) -> std::io::Result<SafetyState> {

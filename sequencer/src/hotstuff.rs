@@ -1,0 +1,301 @@
+//! The HotStuff-2 sequencer: the pure [`consensus::Core`] driven by real time, the mTLS peer
+//! network, the ledger, the block store and the safety file.
+//!
+//! One task owns the core. It wakes on a peer message, on client operations, or when the core
+//! asks for a tick, and carries out the core's outputs in order: a block or safety state is
+//! fsynced before anything after it (a vote, a timeout) leaves; committed blocks are appended to
+//! the ledger together; the submitter of each committed operation is answered.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bftcd_proto::bftcd::{CommittedBlock, Genesis, Operation, PeerMessage};
+use bftcd_proto::Message;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::blockstore::BlockStore;
+use crate::consensus::mempool::{op_id, OpId};
+use crate::consensus::safety::SafetyFile;
+use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules};
+use crate::keys::{BankKeys, ChainCrypto};
+use crate::net::{NetConfig, Network, PeerInfo};
+use crate::{genesis_hash, Ledger, Position, Sequencer, SequencerError};
+
+/// What the rest of the bank can see of consensus (metrics, Status, logs).
+#[derive(Debug, Clone, Default)]
+pub struct ConsensusStatus {
+    pub view: u64,
+    pub leader: usize,
+    pub committed_height: u64,
+    pub mempool: usize,
+    pub rejected_messages: u64,
+}
+
+pub struct HotStuffOptions {
+    pub me: usize,
+    pub data_dir: PathBuf,
+    pub listen_peer: std::net::SocketAddr,
+    pub consensus: Option<Config>,
+}
+
+type Waiters = HashMap<OpId, oneshot::Sender<Result<Position, SequencerError>>>;
+
+pub struct HotStuff {
+    ledger: Arc<Ledger>,
+    submit: mpsc::Sender<(Operation, oneshot::Sender<Result<Position, SequencerError>>)>,
+    status: watch::Receiver<ConsensusStatus>,
+    network: Network,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct LedgerLog(Arc<Ledger>);
+
+impl CommittedLog for LedgerLog {
+    fn read(&self, height: u64) -> Option<CommittedBlock> {
+        self.0.read(height).ok()
+    }
+}
+
+impl HotStuff {
+    pub async fn start(
+        genesis: &Genesis,
+        keys: &BankKeys,
+        ledger: Arc<Ledger>,
+        opts: HotStuffOptions,
+    ) -> anyhow::Result<HotStuff> {
+        let crypto = ChainCrypto::new(keys, genesis)?;
+        let n = genesis.validators.len();
+        let domain = Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n };
+        let mut cfg = opts.consensus.unwrap_or_else(|| Config::new(opts.me, domain.clone(), genesis_hash(genesis)));
+        cfg.me = opts.me;
+        cfg.domain = domain;
+        cfg.genesis_hash = genesis_hash(genesis);
+
+        let safety_file = SafetyFile::new(&opts.data_dir.join("safety"));
+        let safety = safety_file.load()?;
+        let (block_store, stored) = BlockStore::open(&opts.data_dir.join("blocks.log"), ledger.height())?;
+        // The committed tip and a QC certifying it (carried by its commit proof).
+        let tip = match ledger.height() {
+            0 => None,
+            h => {
+                let cb = ledger.read(h)?;
+                let qc = cb.commit_child.as_ref().and_then(|c| c.justify.clone());
+                match (cb.block, qc) {
+                    (Some(b), Some(qc)) => Some((b, qc)),
+                    _ => anyhow::bail!("the ledger's last block has no commit proof"),
+                }
+            }
+        };
+        let mut recent = Vec::new();
+        let from = ledger.height().saturating_sub(1024) + 1;
+        for h in from..=ledger.height() {
+            let b = ledger.read(h)?.block.unwrap_or_default();
+            recent.extend(b.operations.into_iter().map(|op| (b.timestamp_ms, op)));
+        }
+        let core = Core::new(
+            cfg,
+            Box::new(crypto),
+            SafetyRules::new(safety),
+            genesis.genesis_time_ms,
+            tip,
+            stored,
+            recent,
+        );
+
+        let peers = genesis
+            .validators
+            .iter()
+            .enumerate()
+            .map(|(i, v)| PeerInfo { index: i as u32, address: v.peer_address.clone(), cert_der: v.tls_certificate.clone() })
+            .collect();
+        let net_cfg = NetConfig::new(
+            opts.me as u32,
+            opts.listen_peer,
+            peers,
+            keys.ca_cert_pem.clone(),
+            keys.tls_cert_pem.clone(),
+            keys.tls_key_pem.clone(),
+        );
+        let (network, incoming) = Network::start(net_cfg).await?;
+        let (submit, submissions) = mpsc::channel(65_536);
+        let (status_tx, status) = watch::channel(ConsensusStatus::default());
+        let driver = Driver {
+            core,
+            network: network.clone(),
+            ledger: ledger.clone(),
+            block_store,
+            safety_file,
+            waiters: HashMap::new(),
+            status: status_tx,
+            rejected: 0,
+        };
+        tokio::spawn(driver.run(incoming, submissions));
+        Ok(HotStuff { ledger, submit, status, network })
+    }
+
+    pub fn status(&self) -> watch::Receiver<ConsensusStatus> {
+        self.status.clone()
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+}
+
+impl Sequencer for HotStuff {
+    fn submit(&self, op: Operation) -> Pin<Box<dyn Future<Output = Result<Position, SequencerError>> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.submit.send((op, tx)).await.map_err(|_| SequencerError::Stopped)?;
+            rx.await.map_err(|_| SequencerError::Stopped)?
+        })
+    }
+
+    fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+}
+
+struct Driver {
+    core: Core,
+    network: Network,
+    ledger: Arc<Ledger>,
+    block_store: BlockStore,
+    safety_file: SafetyFile,
+    waiters: Waiters,
+    status: watch::Sender<ConsensusStatus>,
+    rejected: u64,
+}
+
+/// Bound on any message from a peer, before it is even decoded.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<(u32, Bytes)>,
+        mut submissions: mpsc::Receiver<(Operation, oneshot::Sender<Result<Position, SequencerError>>)>,
+    ) {
+        loop {
+            let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
+            let input = tokio::select! {
+                m = incoming.recv() => match m {
+                    None => return,
+                    Some((from, bytes)) => {
+                        if bytes.len() > MAX_MESSAGE_BYTES {
+                            self.rejected += 1;
+                            continue;
+                        }
+                        match PeerMessage::decode(bytes) {
+                            Ok(msg) => Input::Message { from: from as usize, msg },
+                            Err(e) => {
+                                self.rejected += 1;
+                                tracing::warn!(peer = from, error = %e, "consensus: undecodable message dropped");
+                                continue;
+                            }
+                        }
+                    }
+                },
+                s = submissions.recv() => match s {
+                    None => return,
+                    Some(first) => {
+                        let mut ops = Vec::new();
+                        let mut next = Some(first);
+                        while let Some((op, reply)) = next.take() {
+                            if let Some(id) = op_id(&op) {
+                                self.waiters.insert(id, reply);
+                            }
+                            ops.push(op);
+                            if ops.len() < 4096 {
+                                next = submissions.try_recv().ok();
+                            }
+                        }
+                        Input::Submit(ops)
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_millis(wake)) => Input::Tick,
+            };
+            let log = LedgerLog(self.ledger.clone());
+            let outputs = self.core.handle(now_ms(), input, &log);
+            if let Err(e) = self.carry_out(outputs).await {
+                tracing::error!(error = %e, "consensus: stopping; this bank orders nothing more until restarted");
+                for (_, w) in self.waiters.drain() {
+                    let _ = w.send(Err(SequencerError::Ledger(e.to_string())));
+                }
+                return;
+            }
+            self.status.send_replace(ConsensusStatus {
+                view: self.core.view(),
+                leader: self.core.leader(self.core.view()),
+                committed_height: self.core.committed_height(),
+                mempool: self.core.mempool_len(),
+                rejected_messages: self.rejected,
+            });
+        }
+    }
+
+    async fn carry_out(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
+        let mut commits: Vec<CommittedBlock> = Vec::new();
+        for o in outputs {
+            // Commits are appended together, before anything that follows them is sent.
+            if !matches!(o, Output::Commit(_)) && !commits.is_empty() {
+                self.append(std::mem::take(&mut commits)).await?;
+            }
+            match o {
+                Output::Persist(state) => {
+                    let f = SafetyFile::new(&self.safety_file_path());
+                    tokio::task::spawn_blocking(move || f.store(&state)).await??;
+                }
+                Output::PersistBlock(b) => {
+                    let committed = self.ledger.height();
+                    tokio::task::block_in_place(|| self.block_store.append(&b, committed))?;
+                }
+                Output::Commit(cb) => commits.push(cb),
+                Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
+                Output::Broadcast(msg) => self.network.broadcast(Bytes::from(msg.encode_to_vec())),
+                Output::Rejected { from, reason } => {
+                    self.rejected += 1;
+                    tracing::warn!(peer = from, reason, "consensus: message dropped");
+                }
+                Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
+            }
+        }
+        if !commits.is_empty() {
+            self.append(commits).await?;
+        }
+        Ok(())
+    }
+
+    fn safety_file_path(&self) -> PathBuf {
+        self.safety_file.path().to_path_buf()
+    }
+
+    async fn append(&mut self, commits: Vec<CommittedBlock>) -> anyhow::Result<()> {
+        let ledger = self.ledger.clone();
+        let ids: Vec<(OpId, Position)> = commits
+            .iter()
+            .filter_map(|cb| cb.block.as_ref())
+            .flat_map(|b| {
+                b.operations
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, op)| op_id(op).map(|id| (id, Position { height: b.height, index: i as u32 })))
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || ledger.append_all(&commits)).await??;
+        for (id, pos) in ids {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.send(Ok(pos));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! A bank's keys on disk, its public validator descriptor, the genesis built from descriptors,
+//! and the production [`Crypto`]: BLS12-381 for votes and certificates, Ed25519 for the client
+//! operations a bank signs as their submitter.
+//!
+//! Layout of a key directory (`bftcd keygen`):
+//!   bls.key        BLS secret key, hex (0600)
+//!   operation.key  Ed25519 seed, hex (0600)
+//!   tls.key        TLS private key, PEM (0600)
+//!   tls.crt        TLS certificate signed by the chain's CA, PEM
+//!   ca.crt         the CA certificate every bank trusts for peer TLS, PEM
+//!   validator.pb   the public descriptor (protobuf bftcd.v1.Validator) that goes into a genesis
+
+use std::path::{Path, PathBuf};
+
+use bftcd_proto::bftcd::{Genesis, Validator};
+use bftcd_proto::Message;
+use ed25519_dalek::{Signer, Verifier};
+
+use crate::consensus::Crypto;
+use crate::crypto::{self, PublicKey, SecretKey, Signature};
+use crate::net::pki::DevCa;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {what}")]
+    File { path: PathBuf, what: String },
+    #[error("genesis: {0}")]
+    Genesis(String),
+}
+
+fn file_err(path: &Path, what: impl std::fmt::Display) -> KeyError {
+    KeyError::File { path: path.to_path_buf(), what: what.to_string() }
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| file_err(path, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| file_err(path, e))
+}
+
+fn read_hex32(path: &Path) -> Result<[u8; 32], KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| file_err(path, "not hex"))?;
+    bytes.try_into().map_err(|_| file_err(path, "expected 32 bytes"))
+}
+
+/// The secret half of a bank.
+pub struct BankKeys {
+    pub bls: SecretKey,
+    pub operation: ed25519_dalek::SigningKey,
+    pub tls_cert_pem: String,
+    pub tls_key_pem: String,
+    pub ca_cert_pem: String,
+}
+
+impl BankKeys {
+    pub fn load(dir: &Path) -> Result<BankKeys, KeyError> {
+        let bls_path = dir.join("bls.key");
+        let bls = SecretKey::from_bytes(&read_hex32(&bls_path)?).map_err(|e| file_err(&bls_path, e))?;
+        let operation = ed25519_dalek::SigningKey::from_bytes(&read_hex32(&dir.join("operation.key"))?);
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|e| file_err(&p, e))
+        };
+        Ok(BankKeys { bls, operation, tls_cert_pem: read("tls.crt")?, tls_key_pem: read("tls.key")?, ca_cert_pem: read("ca.crt")? })
+    }
+}
+
+/// Creates a bank's keys in `dir` (which must not hold keys yet), with its TLS certificate
+/// issued by `ca`, and returns its public descriptor (also written to `validator.pb`).
+pub fn generate(dir: &Path, name: &str, ca: &DevCa, peer_address: &str, client_address: &str) -> Result<Validator, KeyError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let bls = SecretKey::generate();
+    let operation = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let tls = ca.try_issue(name).map_err(|e| file_err(dir, e))?;
+    write_secret(&dir.join("bls.key"), &hex::encode(bls.to_bytes()))?;
+    write_secret(&dir.join("operation.key"), &hex::encode(operation.to_bytes()))?;
+    write_secret(&dir.join("tls.key"), &tls.key_pem)?;
+    std::fs::write(dir.join("tls.crt"), &tls.cert_pem).map_err(|e| file_err(dir, e))?;
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).map_err(|e| file_err(dir, e))?;
+    let v = Validator {
+        name: name.to_string(),
+        bls_public_key: bls.public_key().to_bytes().to_vec(),
+        proof_of_possession: bls.proof_of_possession().to_bytes().to_vec(),
+        tls_certificate: tls.cert_der,
+        peer_address: peer_address.to_string(),
+        client_address: client_address.to_string(),
+        operation_key: operation.verifying_key().to_bytes().to_vec(),
+    };
+    std::fs::write(dir.join("validator.pb"), v.encode_to_vec()).map_err(|e| file_err(dir, e))?;
+    Ok(v)
+}
+
+/// A development CA in `dir` (ca.crt, ca.key), created on first use.
+pub fn dev_ca(dir: &Path) -> Result<DevCa, KeyError> {
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if crt.exists() {
+        let c = std::fs::read_to_string(&crt).map_err(|e| file_err(&crt, e))?;
+        let k = std::fs::read_to_string(&key).map_err(|e| file_err(&key, e))?;
+        return DevCa::from_pem(&c, &k).map_err(|e| file_err(&crt, e));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let ca = DevCa::generate("bftcd development CA");
+    write_secret(&key, ca.key_pem())?;
+    std::fs::write(&crt, &ca.cert_pem).map_err(|e| file_err(&crt, e))?;
+    Ok(ca)
+}
+
+/// Checks a genesis: unique names, every BLS key valid with its proof of possession, every
+/// operation key valid. Run at every start, not only when the genesis is made.
+pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
+    if g.validators.is_empty() {
+        return Err(KeyError::Genesis("no validators".into()));
+    }
+    let mut names = std::collections::HashSet::new();
+    for v in &g.validators {
+        if !names.insert(&v.name) {
+            return Err(KeyError::Genesis(format!("validator name {:?} appears twice", v.name)));
+        }
+        if g.validators.len() > 1 {
+            let pk = PublicKey::from_bytes(&v.bls_public_key).map_err(|e| KeyError::Genesis(format!("{}: {e}", v.name)))?;
+            let pop = Signature::from_bytes(&v.proof_of_possession).map_err(|e| KeyError::Genesis(format!("{}: {e}", v.name)))?;
+            pk.check_proof_of_possession(&pop).map_err(|_| KeyError::Genesis(format!("{}: proof of possession does not verify", v.name)))?;
+            let ok: Result<[u8; 32], _> = v.operation_key.clone().try_into();
+            ok.ok()
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                .ok_or_else(|| KeyError::Genesis(format!("{}: bad operation key", v.name)))?;
+            if v.tls_certificate.is_empty() || v.peer_address.is_empty() {
+                return Err(KeyError::Genesis(format!("{}: missing TLS certificate or peer address", v.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Votes with BLS, operations with Ed25519, against the genesis's public keys.
+pub struct ChainCrypto {
+    bls: SecretKey,
+    operation: ed25519_dalek::SigningKey,
+    bls_keys: Vec<PublicKey>,
+    operation_keys: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+impl ChainCrypto {
+    pub fn new(keys: &BankKeys, genesis: &Genesis) -> Result<Self, KeyError> {
+        check_genesis(genesis)?;
+        let bls_keys = genesis
+            .validators
+            .iter()
+            .map(|v| PublicKey::from_bytes(&v.bls_public_key).map_err(|e| KeyError::Genesis(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let operation_keys = genesis
+            .validators
+            .iter()
+            .map(|v| {
+                let b: [u8; 32] = v.operation_key.clone().try_into().map_err(|_| KeyError::Genesis("operation key".into()))?;
+                ed25519_dalek::VerifyingKey::from_bytes(&b).map_err(|e| KeyError::Genesis(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ChainCrypto { bls: keys.bls.clone(), operation: keys.operation.clone(), bls_keys, operation_keys })
+    }
+}
+
+impl Crypto for ChainCrypto {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.bls.sign(msg).to_bytes().to_vec()
+    }
+    fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let (Some(pk), Ok(sig)) = (self.bls_keys.get(signer), Signature::from_bytes(sig)) else { return false };
+        pk.verify(msg, &sig)
+    }
+    fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        let parsed: Vec<Signature> = sigs.iter().map(|s| Signature::from_bytes(s)).collect::<Result<_, _>>().ok()?;
+        let refs: Vec<&Signature> = parsed.iter().collect();
+        Signature::aggregate(&refs).ok().map(|s| s.to_bytes().to_vec())
+    }
+    fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+        let Ok(agg) = Signature::from_bytes(agg) else { return false };
+        let keys: Option<Vec<&PublicKey>> = signers.iter().map(|&i| self.bls_keys.get(i)).collect();
+        keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &agg))
+    }
+    fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+        self.operation.sign(msg).to_bytes().to_vec()
+    }
+    fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let Some(key) = self.operation_keys.get(bank) else { return false };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else { return false };
+        key.verify(msg, &sig).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_genesis_and_crypto_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dev_ca(&dir.path().join("ca")).unwrap();
+        let validators: Vec<Validator> = (0..4)
+            .map(|i| generate(&dir.path().join(format!("b{i}")), &format!("b{i}"), &ca, "127.0.0.1:1", "127.0.0.1:2").unwrap())
+            .collect();
+        let genesis = Genesis { chain_id: "c".into(), epoch: 1, validators, ..Default::default() };
+        check_genesis(&genesis).unwrap();
+        let cryptos: Vec<ChainCrypto> = (0..4)
+            .map(|i| ChainCrypto::new(&BankKeys::load(&dir.path().join(format!("b{i}"))).unwrap(), &genesis).unwrap())
+            .collect();
+        let msg = b"vote";
+        let sigs: Vec<Vec<u8>> = cryptos[..3].iter().map(|c| c.sign(msg)).collect();
+        let refs: Vec<&[u8]> = sigs.iter().map(|s| s.as_slice()).collect();
+        let agg = cryptos[0].aggregate(&refs).unwrap();
+        assert!(cryptos[3].verify_aggregate(&[0, 1, 2], msg, &agg));
+        assert!(!cryptos[3].verify_aggregate(&[0, 1, 3], msg, &agg));
+        let op_sig = cryptos[2].sign_operation(b"op");
+        assert!(cryptos[0].verify_operation(2, b"op", &op_sig));
+        assert!(!cryptos[0].verify_operation(1, b"op", &op_sig));
+        // A forged proof of possession is refused.
+        let mut bad = genesis.clone();
+        bad.validators[1].proof_of_possession = bad.validators[2].proof_of_possession.clone();
+        assert!(check_genesis(&bad).is_err());
+        // Keys are not overwritten.
+        assert!(generate(&dir.path().join("b0"), "b0", &ca, "a", "b").is_err());
+    }
+}
