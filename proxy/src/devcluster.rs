@@ -4,7 +4,9 @@
 //!   P+i      the bank's etcd v3 client endpoint (the sidecar)
 //!   P+100+i  the bank's stock etcd, client URL (only the sidecar talks to it)
 //!   P+200+i  the bank's stock etcd, peer URL (a single-member etcd; nothing connects)
-//! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/}.
+//!   P+300+i  the bank's sidecar peer endpoint (HotStuff-2 over mutual TLS), when N > 1
+//! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/,keys/}; with several
+//! banks the development CA is DIR/ca and the genesis DIR/genesis.pb (made on first run).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,7 +20,7 @@ use crate::etcd::LocalEtcd;
 
 #[derive(clap::Args, Debug)]
 pub struct DevClusterArgs {
-    /// Number of banks (this version: 1).
+    /// Number of banks; 4 (n = 3f+1, f = 1) is the smallest that tolerates a Byzantine bank.
     #[arg(long, default_value_t = 1)]
     pub banks: u32,
     /// Directory for every bank's data and logs (created; reused across runs).
@@ -70,18 +72,53 @@ async fn stop_all(procs: &mut [Proc]) {
     }
 }
 
+/// Keys for every bank and the genesis, made once and reused by later runs.
+fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result<()> {
+    use bftcd_proto::Message;
+    let genesis_path = dir.join("genesis.pb");
+    if genesis_path.exists() {
+        let g = bftcd_proto::bftcd::Genesis::decode(std::fs::read(&genesis_path)?.as_slice())?;
+        anyhow::ensure!(
+            g.validators.len() == args.banks as usize,
+            "{} was made for {} banks, not {}; use another --dir",
+            genesis_path.display(),
+            g.validators.len(),
+            args.banks
+        );
+        return Ok(());
+    }
+    let ca = bftcd_sequencer::keys::dev_ca(&dir.join("ca"))?;
+    let mut validators = Vec::new();
+    for i in 1..=args.banks {
+        let keys = dir.join(format!("bank{i}")).join("keys");
+        let peer = format!("127.0.0.1:{}", args.base_port as u32 + 300 + i);
+        let client = format!("127.0.0.1:{}", args.base_port as u32 + i);
+        let v = if keys.join("validator.pb").exists() {
+            bftcd_proto::bftcd::Validator::decode(std::fs::read(keys.join("validator.pb"))?.as_slice())?
+        } else {
+            bftcd_sequencer::keys::generate(&keys, &format!("bank{i}"), &ca, &peer, &client)?
+        };
+        validators.push(v);
+    }
+    let g = crate::chain::make_genesis("bftcd-dev", validators)?;
+    std::fs::write(&genesis_path, g.encode_to_vec())?;
+    eprintln!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
+    Ok(())
+}
+
 pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.banks >= 1, "--banks must be at least 1");
-    anyhow::ensure!(
-        args.banks == 1,
-        "--banks {}: this version orders writes with a single replica; more banks come with the HotStuff-2 sequencer",
-        args.banks
-    );
-    anyhow::ensure!((args.base_port as u32) + 200 + args.banks < 65536, "--base-port too high for {} banks", args.banks);
+    anyhow::ensure!(args.banks <= 99, "--banks must be at most 99");
+    anyhow::ensure!((args.base_port as u32) + 300 + args.banks < 65536, "--base-port too high for {} banks", args.banks);
     let etcd_bin = crate::tools::find("etcd", args.etcd_bin.as_deref())?;
     let bftcd_bin = std::env::current_exe()?;
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
+
+    let genesis_path = dir.join("genesis.pb");
+    if args.banks > 1 {
+        prepare_chain(&dir, &args)?;
+    }
 
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints = Vec::new();
@@ -125,6 +162,11 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 .arg(format!("--data-dir={}", bank_dir.join("sidecar").display()))
                 .arg(format!("--listen-client=127.0.0.1:{client}"))
                 .arg(format!("--etcd-endpoint={etcd_client}"))
+                .args(if args.banks > 1 {
+                    vec![format!("--genesis={}", genesis_path.display()), format!("--keys={}", bank_dir.join("keys").display())]
+                } else {
+                    vec![]
+                })
                 .args(&args.serve_args)
                 .stdout(Stdio::piped())
                 .stderr(log)

@@ -1,6 +1,7 @@
 //! `bftcd`: the BFTcd sidecar and its operator commands.
 
 mod apply;
+mod chain;
 mod devcluster;
 mod errors;
 mod etcd;
@@ -28,6 +29,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a local cluster on loopback: N stock etcds and N sidecars, until SIGINT/SIGTERM.
     DevCluster(devcluster::DevClusterArgs),
+    /// Create one bank's keys: BLS (votes), Ed25519 (operations), TLS certificate from a CA.
+    Keygen(chain::KeygenArgs),
+    /// Build a chain's genesis from the banks' validator descriptors (checks every key).
+    Genesis(chain::GenesisArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +49,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::DevCluster(args) => devcluster::run(args).await,
+            Command::Keygen(args) => chain::keygen(args),
+            Command::Genesis(args) => chain::genesis(args),
         }
     });
     match result {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bftcd_proto::bftcd::{Genesis, Validator};
 use bftcd_proto::Message;
-use bftcd_sequencer::{single::BlockLimits, Ledger, SingleReplica};
+use bftcd_sequencer::hotstuff::{HotStuff, HotStuffOptions};
+use bftcd_sequencer::keys::BankKeys;
+use bftcd_sequencer::{single::BlockLimits, Ledger, Sequencer, SingleReplica};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -49,6 +51,28 @@ pub struct ServeArgs {
     /// Most operations in one Txn level, as etcd's --max-txn-ops.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// This bank's key directory (`bftcd keygen`); needed when the genesis has several banks.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Address the peer (sidecar-to-sidecar, mutual TLS) listener binds; default: the genesis
+    /// peer address of this bank.
+    #[arg(long)]
+    pub listen_peer: Option<SocketAddr>,
+    /// How long a write waits to be ordered and applied before the client gets etcd's
+    /// "request timed out" (its outcome is then unknown, as with etcd).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(60 * n)),
+        _ => Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -95,11 +119,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let genesis = load_genesis(&args)?;
-    anyhow::ensure!(
-        genesis.validators.len() == 1,
-        "the genesis lists {} banks; this version orders with a single replica (n = 1)",
-        genesis.validators.len()
-    );
     let identity = Arc::new(Identity::new(&genesis, &args.name)?);
     let ledger_path = args.data_dir.join("ledger.log");
     let ledger = {
@@ -111,7 +130,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         height = ledger.height(), etcd = %args.etcd_endpoint, "starting"
     );
     let etcd = LocalEtcd::connect_lazy(&args.etcd_endpoint)?;
-    let sequencer = Arc::new(SingleReplica::start(ledger.clone(), BlockLimits::default()));
+    let mut consensus_status = None;
+    let sequencer: Arc<dyn Sequencer> = if genesis.validators.len() == 1 {
+        Arc::new(SingleReplica::start(ledger.clone(), BlockLimits::default()))
+    } else {
+        let keys_dir = args.keys.clone().ok_or_else(|| anyhow::anyhow!("--keys is required: the genesis lists {} banks", genesis.validators.len()))?;
+        let keys = BankKeys::load(&keys_dir)?;
+        let me = identity.bank as usize;
+        let listen_peer = match args.listen_peer {
+            Some(a) => a,
+            None => genesis.validators[me]
+                .peer_address
+                .parse()
+                .map_err(|e| anyhow::anyhow!("genesis peer address {:?}: {e}; pass --listen-peer", genesis.validators[me].peer_address))?,
+        };
+        let opts = HotStuffOptions { me, data_dir: args.data_dir.clone(), listen_peer, consensus: None };
+        let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
+        tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
+        consensus_status = Some(hs.status());
+        Arc::new(hs)
+    };
     let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir));
     let mut apply_task = tokio::spawn(applier.clone().run());
 
@@ -129,7 +167,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let writes = Writes::new(sequencer, applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes)?;
+    let writes = Writes::new(sequencer, applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes, args.write_timeout)?;
     let front = Arc::new(Front {
         etcd,
         writes,
@@ -139,6 +177,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_txn_ops: args.max_txn_ops,
         emulated_version: args.emulated_etcd_version.clone(),
         max_recv_bytes: args.max_request_bytes + 512 * 1024,
+        consensus: consensus_status,
     });
     let listener = TcpListener::bind(args.listen_client)
         .await

@@ -22,6 +22,7 @@ pub struct Writes {
     incarnation: u64,
     counter: AtomicU64,
     max_request_bytes: usize,
+    timeout: std::time::Duration,
 }
 
 /// Forgets the waiter if the op never reached the sequencer (client gone, sequencer stopped).
@@ -46,6 +47,7 @@ impl Writes {
         bank: u32,
         data_dir: &Path,
         max_request_bytes: usize,
+        timeout: std::time::Duration,
     ) -> anyhow::Result<Self> {
         Ok(Writes {
             sequencer,
@@ -54,6 +56,7 @@ impl Writes {
             incarnation: next_incarnation(data_dir)?,
             counter: AtomicU64::new(0),
             max_request_bytes,
+            timeout,
         })
     }
 
@@ -77,12 +80,16 @@ impl Writes {
         let mut pending = Pending { applier: &self.applier, id, armed: true };
         // The sequencer stamps and signs it as the submitting bank.
         let op = Operation { id: Some(id), request: Some(request), submitted_ms: 0, bank_signature: vec![] };
-        match self.sequencer.submit(op).await {
-            Ok(_) => pending.armed = false,
-            Err(SequencerError::Stopped) => return Err(errors::no_leader()),
-            Err(e) => return Err(Status::unavailable(format!("bftcd: {e}"))),
-        }
-        outcome.await.map_err(|_| errors::timeout())?
+        let ordered = async {
+            match self.sequencer.submit(op).await {
+                Ok(_) => pending.armed = false,
+                Err(SequencerError::Stopped) => return Err(errors::no_leader()),
+                Err(e) => return Err(Status::unavailable(format!("bftcd: {e}"))),
+            }
+            outcome.await.map_err(|_| errors::timeout())?
+        };
+        // Past the deadline the outcome is unknown (it may still commit), exactly as with etcd.
+        tokio::time::timeout(self.timeout, ordered).await.map_err(|_| errors::timeout())?
     }
 }
 

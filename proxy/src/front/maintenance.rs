@@ -38,8 +38,14 @@ impl Maintenance for MaintenanceFront {
             version: self.0.emulated_version.clone(),
             db_size: up.db_size,
             db_size_in_use: up.db_size_in_use,
-            // With one bank it leads itself; HotStuff-2 reports the current view's leader.
-            leader: self.0.identity.member_id,
+            // With one bank it leads itself; with HotStuff-2, the current view's leader.
+            leader: match &self.0.consensus {
+                Some(c) => {
+                    let leader = c.borrow().leader;
+                    self.0.identity.members.get(leader).map(|m| m.id).unwrap_or_default()
+                }
+                None => self.0.identity.member_id,
+            },
             raft_index: self.0.ledger.height(),
             raft_term: self.0.identity.term,
             raft_applied_index: applied,

@@ -35,6 +35,8 @@ pub struct Front {
     pub emulated_version: String,
     /// gRPC's own receive limit; etcd allows 512 KiB of framing on top of max-request-bytes.
     pub max_recv_bytes: usize,
+    /// HotStuff-2's view of things, when ordering with several banks.
+    pub consensus: Option<tokio::sync::watch::Receiver<bftcd_sequencer::hotstuff::ConsensusStatus>>,
 }
 
 impl Front {

@@ -1,0 +1,78 @@
+//! `bftcd keygen` and `bftcd genesis`: the keys of one bank and the chain's genesis.
+
+use std::path::PathBuf;
+
+use bftcd_proto::bftcd::{Genesis, Validator};
+use bftcd_proto::Message;
+use bftcd_sequencer::keys;
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// The bank's name (its validator name in the genesis).
+    #[arg(long)]
+    pub name: String,
+    /// Directory for the bank's keys (created; existing keys are never overwritten).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Directory of the development CA (ca.crt, ca.key), created on first use. Production
+    /// deployments issue TLS certificates from their own CA instead.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// host:port other banks reach this bank's sidecar on.
+    #[arg(long)]
+    pub peer_address: String,
+    /// host:port of this bank's etcd v3 API (shown by MemberList).
+    #[arg(long)]
+    pub client_address: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenesisArgs {
+    #[arg(long)]
+    pub chain_id: String,
+    /// Output file (protobuf bftcd.v1.Genesis).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The banks' validator.pb files, in validator order.
+    #[arg(required = true)]
+    pub validators: Vec<PathBuf>,
+}
+
+pub fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    let ca = keys::dev_ca(&a.ca_dir)?;
+    let v = keys::generate(&a.dir, &a.name, &ca, &a.peer_address, &a.client_address)?;
+    println!("{}: keys in {}, descriptor {}", v.name, a.dir.display(), a.dir.join("validator.pb").display());
+    Ok(())
+}
+
+pub fn make_genesis(chain_id: &str, validators: Vec<Validator>) -> anyhow::Result<Genesis> {
+    let genesis = Genesis {
+        chain_id: chain_id.to_string(),
+        epoch: 1,
+        validators,
+        initial_state_digest: Vec::new(),
+        genesis_time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+    };
+    keys::check_genesis(&genesis)?;
+    let n = genesis.validators.len();
+    if n > 1 && n < 4 {
+        tracing::warn!(n, "fewer than 4 banks tolerate no Byzantine bank (n = 3f+1)");
+    }
+    Ok(genesis)
+}
+
+pub fn genesis(a: GenesisArgs) -> anyhow::Result<()> {
+    let validators = a
+        .validators
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Validator::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a validator descriptor: {e}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let g = make_genesis(&a.chain_id, validators)?;
+    std::fs::write(&a.out, g.encode_to_vec())?;
+    let f = (g.validators.len() - 1) / 3;
+    println!("genesis {} for chain {:?}: {} banks, tolerates f = {f} Byzantine", a.out.display(), g.chain_id, g.validators.len());
+    Ok(())
+}
