@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// "request timed out" (its outcome is then unknown, as with etcd).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
+    /// How long a view may make no progress before validators give up on its leader (doubles
+    /// after repeated failures). Every bank should use the same value.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub view_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,7 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("genesis peer address {:?}: {e}; pass --listen-peer", genesis.validators[me].peer_address))?,
         };
-        let opts = HotStuffOptions { me, data_dir: args.data_dir.clone(), listen_peer, consensus: None };
+        let opts = HotStuffOptions { me, data_dir: args.data_dir.clone(), listen_peer, view_timeout: args.view_timeout };
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
@@ -206,7 +210,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn last_operation(ledger: &Ledger) -> Option<bftcd_sequencer::Position> {
     (1..=ledger.height()).rev().find_map(|h| {
         let n = ledger.read(h).ok()?.block?.operations.len();
-        (n > 0).then_some(bftcd_sequencer::Position { height: h, index: n as u32 - 1 })
+        (n > 0).then(|| bftcd_sequencer::Position { height: h, index: n as u32 - 1 })
     })
 }
 

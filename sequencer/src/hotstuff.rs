@@ -40,7 +40,8 @@ pub struct HotStuffOptions {
     pub me: usize,
     pub data_dir: PathBuf,
     pub listen_peer: std::net::SocketAddr,
-    pub consensus: Option<Config>,
+    /// A view's first timeout (it doubles after repeated failures).
+    pub view_timeout: Duration,
 }
 
 type Waiters = HashMap<OpId, oneshot::Sender<Result<Position, SequencerError>>>;
@@ -74,10 +75,9 @@ impl HotStuff {
         let crypto = ChainCrypto::new(keys, genesis)?;
         let n = genesis.validators.len();
         let domain = Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n };
-        let mut cfg = opts.consensus.unwrap_or_else(|| Config::new(opts.me, domain.clone(), genesis_hash(genesis)));
-        cfg.me = opts.me;
-        cfg.domain = domain;
-        cfg.genesis_hash = genesis_hash(genesis);
+        let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis));
+        cfg.base_timeout_ms = opts.view_timeout.as_millis().max(50) as u64;
+        cfg.max_timeout_ms = cfg.max_timeout_ms.max(cfg.base_timeout_ms * 16);
 
         let safety_file = SafetyFile::new(&opts.data_dir.join("safety"));
         let safety = safety_file.load()?;
@@ -224,7 +224,11 @@ impl Driver {
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => Input::Tick,
             };
             let log = LedgerLog(self.ledger.clone());
+            let view = self.core.view();
             let outputs = self.core.handle(now_ms(), input, &log);
+            if self.core.view() != view {
+                tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
+            }
             if let Err(e) = self.carry_out(outputs).await {
                 tracing::error!(error = %e, "consensus: stopping; this bank orders nothing more until restarted");
                 for (_, w) in self.waiters.drain() {
@@ -260,7 +264,12 @@ impl Driver {
                 }
                 Output::Commit(cb) => commits.push(cb),
                 Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
-                Output::Broadcast(msg) => self.network.broadcast(Bytes::from(msg.encode_to_vec())),
+                Output::Broadcast(msg) => {
+                    if let Some(bftcd_proto::bftcd::peer_message::Kind::Timeout(t)) = &msg.kind {
+                        tracing::info!(view = t.view, leader = self.core.leader(t.view), "consensus: giving up on view");
+                    }
+                    self.network.broadcast(Bytes::from(msg.encode_to_vec()))
+                }
                 Output::Rejected { from, reason } => {
                     self.rejected += 1;
                     tracing::warn!(peer = from, reason, "consensus: message dropped");

@@ -16,6 +16,7 @@
 //! returned `Err` does not unwind and the test directory with the logs would be deleted).
 
 pub mod bins;
+pub mod chain;
 pub mod compat;
 pub mod dir;
 pub mod etcd;
@@ -24,6 +25,7 @@ pub mod ports;
 pub mod process;
 pub mod sidecar;
 
+pub use chain::{Bank, Chain, Deviant};
 pub use bins::{bftcd_bin, etcd_bin, etcdctl_bin, etcdutl_bin, workspace_root};
 pub use dir::{log_tail, TestDir};
 pub use etcd::{EtcdCluster, EtcdProcess};

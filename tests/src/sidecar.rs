@@ -41,6 +41,8 @@ pub struct Sidecar {
     endpoint: String,
     child: Option<Child>,
     stdout_copier: Option<thread::JoinHandle<()>>,
+    /// Another bftcd binary (e.g. the Byzantine test build) instead of the normal one.
+    bin: Option<PathBuf>,
 }
 
 /// Parses a `READY <endpoint>` line into `host:port` (a URL scheme is stripped; with several
@@ -99,15 +101,31 @@ impl Sidecar {
         etcd_endpoint: &str,
         extra_args: &[&str],
     ) -> Result<Sidecar, String> {
-        bins::try_bftcd_bin()?;
+        Self::try_start_spec(dir, name, etcd_endpoint, None, None, extra_args)
+    }
+
+    /// Starts a sidecar on a given client port (one a genesis already names) and/or with
+    /// another bftcd binary.
+    pub fn try_start_spec(
+        dir: &TestDir,
+        name: &str,
+        etcd_endpoint: &str,
+        listen_port: Option<u16>,
+        bin: Option<PathBuf>,
+        extra_args: &[&str],
+    ) -> Result<Sidecar, String> {
+        if bin.is_none() {
+            bins::try_bftcd_bin()?;
+        }
         let mut last_err = String::new();
         for _attempt in 0..START_ATTEMPTS {
             let mut sc = Sidecar {
+                bin: bin.clone(),
                 name: name.to_string(),
                 data_dir: dir.join(name),
                 stdout_log: dir.join(format!("{name}.stdout.log")),
                 stderr_log: dir.join(format!("{name}.stderr.log")),
-                listen_port: ports::free_port(),
+                listen_port: listen_port.unwrap_or_else(ports::free_port),
                 etcd_url: as_url(etcd_endpoint),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
                 endpoint: String::new(),
@@ -148,7 +166,10 @@ impl Sidecar {
     }
 
     fn spawn_and_wait(&mut self, timeout: Duration) -> Result<(), String> {
-        let bin = bins::try_bftcd_bin()?;
+        let bin = match &self.bin {
+            Some(b) => b.clone(),
+            None => bins::try_bftcd_bin()?,
+        };
         let args = self.args();
         let rendered = process::render_command(&bin.display().to_string(), &args);
         let mut err_log = OpenOptions::new()

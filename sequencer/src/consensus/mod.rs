@@ -415,7 +415,9 @@ impl Core {
     // ---- pacemaker ------------------------------------------------------------------------
 
     fn timeout_ms(&self) -> u64 {
-        let exp = self.failed_views.min(8);
+        // One crashed validator costs two consecutive failed views per rotation (its own, and
+        // the one whose votes it should have collected): back off only beyond that.
+        let exp = self.failed_views.saturating_sub(2).min(8);
         (self.cfg.base_timeout_ms << exp).min(self.cfg.max_timeout_ms)
     }
 

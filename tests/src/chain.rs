@@ -1,0 +1,117 @@
+//! A chain of n banks on loopback: per bank a stock etcd and a sidecar, with keys and a genesis
+//! made by the real `bftcd keygen` and `bftcd genesis` commands.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::dir::TestDir;
+use crate::etcd::EtcdProcess;
+use crate::etcdctl::Etcdctl;
+use crate::ports;
+use crate::sidecar::{Sidecar, BANK_ETCD_ARGS};
+
+pub struct Bank {
+    pub name: String,
+    pub etcd: EtcdProcess,
+    pub sidecar: Sidecar,
+}
+
+pub struct Chain {
+    pub banks: Vec<Bank>,
+    pub genesis: PathBuf,
+}
+
+/// One bank run by another binary (the Byzantine test build) with extra arguments.
+pub struct Deviant {
+    pub bank: usize,
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+}
+
+fn bftcd(args: &[String]) {
+    let bin = crate::bins::bftcd_bin();
+    let out = Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(out.status.success(), "bftcd {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Chain {
+    pub fn start(dir: &TestDir, n: usize) -> Chain {
+        Self::start_with(dir, n, None)
+    }
+
+    pub fn start_with(dir: &TestDir, n: usize, deviant: Option<Deviant>) -> Chain {
+        let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
+        let mut descriptors = Vec::new();
+        for i in 0..n {
+            let keys = dir.join(format!("keys/bank{}", i + 1));
+            bftcd(&[
+                "keygen".into(),
+                format!("--name=bank{}", i + 1),
+                format!("--dir={}", keys.display()),
+                format!("--ca-dir={}", dir.join("ca").display()),
+                format!("--peer-address=127.0.0.1:{}", peer_ports[i]),
+                format!("--client-address=127.0.0.1:{}", client_ports[i]),
+            ]);
+            descriptors.push(keys.join("validator.pb").display().to_string());
+        }
+        let genesis = dir.join("genesis.pb");
+        let mut args = vec!["genesis".into(), "--chain-id=test-chain".into(), format!("--out={}", genesis.display())];
+        args.extend(descriptors);
+        bftcd(&args);
+        let mut banks = Vec::new();
+        for i in 0..n {
+            let name = format!("bank{}", i + 1);
+            let etcd = EtcdProcess::start_with_args(dir, &format!("{name}-etcd"), BANK_ETCD_ARGS);
+            let mut extra = vec![
+                format!("--genesis={}", genesis.display()),
+                format!("--keys={}", dir.join(format!("keys/{name}")).display()),
+                format!("--listen-peer=127.0.0.1:{}", peer_ports[i]),
+                "--write-timeout=20s".to_string(),
+            ];
+            let mut bin = None;
+            if let Some(d) = deviant.as_ref().filter(|d| d.bank == i) {
+                bin = Some(d.bin.clone());
+                extra.extend(d.args.iter().cloned());
+            }
+            let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+            let sidecar = Sidecar::try_start_spec(dir, &name, &etcd.endpoint(), Some(client_ports[i]), bin, &extra)
+                .unwrap_or_else(|e| panic!("{e}"));
+            banks.push(Bank { name, etcd, sidecar });
+        }
+        Chain { banks, genesis }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.banks.iter().map(|b| b.sidecar.endpoint()).collect()
+    }
+
+    pub fn etcdctl(&self, bank: usize) -> Etcdctl {
+        Etcdctl::new(self.banks[bank].sidecar.endpoint())
+    }
+
+    /// Waits until every listed bank's etcd is at the same revision (read directly from each
+    /// bank's etcd, serializable) and returns it.
+    pub fn wait_converged(&self, banks: &[usize], timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let revs: Vec<i64> = banks.iter().map(|&b| revision_of(&self.banks[b].etcd.endpoint())).collect();
+            if revs.iter().all(|r| *r == revs[0] && *r > 0) {
+                return revs[0];
+            }
+            assert!(Instant::now() < deadline, "banks {banks:?} did not converge: revisions {revs:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The current revision of an etcd, read directly.
+pub fn revision_of(endpoint: &str) -> i64 {
+    let out = Etcdctl::new(endpoint).run(&["get", "nothing-here", "-w", "json", "--consistency=s"]);
+    if !out.success() {
+        return -1;
+    }
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    v["header"]["revision"].as_i64().unwrap_or(-1)
+}
