@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 echo "test: building"
 cargo build --workspace --bins --quiet
+# The Byzantine-bank tests run a test-only build (never shipped) from its own target dir.
+cargo build -p bftcd-proxy --features byzantine --target-dir target/byzantine --quiet
 profile=default
 if [ "${CI:-}" = "true" ]; then profile=ci; fi
 exec cargo nextest run --workspace --profile "$profile" "$@"

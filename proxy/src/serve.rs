@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// after repeated failures). Every bank should use the same value.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub view_timeout: Duration,
+    /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>).
+    #[cfg(feature = "byzantine")]
+    #[arg(long, default_value = "")]
+    pub byzantine: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -148,7 +152,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("genesis peer address {:?}: {e}; pass --listen-peer", genesis.validators[me].peer_address))?,
         };
-        let opts = HotStuffOptions { me, data_dir: args.data_dir.clone(), listen_peer, view_timeout: args.view_timeout };
+        let opts = HotStuffOptions {
+            me,
+            data_dir: args.data_dir.clone(),
+            listen_peer,
+            view_timeout: args.view_timeout,
+            #[cfg(feature = "byzantine")]
+            misbehaviour: bftcd_sequencer::byzantine::parse(&args.byzantine).map_err(|e| anyhow::anyhow!(e))?,
+        };
+        #[cfg(feature = "byzantine")]
+        if !opts.misbehaviour.is_empty() {
+            tracing::warn!(misbehaviour = ?opts.misbehaviour, "THIS BANK IS BYZANTINE (test build)");
+        }
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());

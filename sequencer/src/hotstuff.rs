@@ -42,6 +42,8 @@ pub struct HotStuffOptions {
     pub listen_peer: std::net::SocketAddr,
     /// A view's first timeout (it doubles after repeated failures).
     pub view_timeout: Duration,
+    #[cfg(feature = "byzantine")]
+    pub misbehaviour: Vec<crate::byzantine::Misbehaviour>,
 }
 
 type Waiters = HashMap<OpId, oneshot::Sender<Result<Position, SequencerError>>>;
@@ -136,6 +138,12 @@ impl HotStuff {
             waiters: HashMap::new(),
             status: status_tx,
             rejected: 0,
+            #[cfg(feature = "byzantine")]
+            misbehaviour: opts.misbehaviour,
+            #[cfg(feature = "byzantine")]
+            n,
+            #[cfg(feature = "byzantine")]
+            me: opts.me,
         };
         tokio::spawn(driver.run(incoming, submissions));
         Ok(HotStuff { ledger, submit, status, network })
@@ -173,6 +181,12 @@ struct Driver {
     waiters: Waiters,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
+    #[cfg(feature = "byzantine")]
+    misbehaviour: Vec<crate::byzantine::Misbehaviour>,
+    #[cfg(feature = "byzantine")]
+    n: usize,
+    #[cfg(feature = "byzantine")]
+    me: usize,
 }
 
 /// Bound on any message from a peer, before it is even decoded.
@@ -226,6 +240,8 @@ impl Driver {
             let log = LedgerLog(self.ledger.clone());
             let view = self.core.view();
             let outputs = self.core.handle(now_ms(), input, &log);
+            #[cfg(feature = "byzantine")]
+            let outputs = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, outputs);
             if self.core.view() != view {
                 tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
             }

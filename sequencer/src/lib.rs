@@ -6,6 +6,8 @@
 //! behind the same interface.
 
 pub mod block;
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod blockstore;
 pub mod consensus;
 pub mod hotstuff;
