@@ -10,6 +10,7 @@ pub mod block;
 pub mod byzantine;
 pub mod blockstore;
 pub mod consensus;
+pub mod fuzzing;
 pub mod hotstuff;
 pub mod crypto;
 pub mod keys;
