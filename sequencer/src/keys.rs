@@ -139,16 +139,25 @@ pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Votes with BLS, operations with Ed25519, against the genesis's public keys.
+/// Votes with BLS, operations with Ed25519, against the genesis's public keys. Built without a
+/// bank's secret keys (`verifier`) it only verifies: what an auditor needs.
 pub struct ChainCrypto {
-    bls: SecretKey,
-    operation: ed25519_dalek::SigningKey,
+    bls: Option<SecretKey>,
+    operation: Option<ed25519_dalek::SigningKey>,
     bls_keys: Vec<PublicKey>,
     operation_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 impl ChainCrypto {
     pub fn new(keys: &BankKeys, genesis: &Genesis) -> Result<Self, KeyError> {
+        let mut c = Self::verifier(genesis)?;
+        c.bls = Some(keys.bls.clone());
+        c.operation = Some(keys.operation.clone());
+        Ok(c)
+    }
+
+    /// Verification only, from the genesis's public keys.
+    pub fn verifier(genesis: &Genesis) -> Result<Self, KeyError> {
         check_genesis(genesis)?;
         let bls_keys = genesis
             .validators
@@ -163,13 +172,14 @@ impl ChainCrypto {
                 ed25519_dalek::VerifyingKey::from_bytes(&b).map_err(|e| KeyError::Genesis(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChainCrypto { bls: keys.bls.clone(), operation: keys.operation.clone(), bls_keys, operation_keys })
+        Ok(ChainCrypto { bls: None, operation: None, bls_keys, operation_keys })
     }
 }
 
 impl Crypto for ChainCrypto {
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.bls.sign(msg).to_bytes().to_vec()
+        // A verifier never signs; an empty signature verifies nowhere.
+        self.bls.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
         let (Some(pk), Ok(sig)) = (self.bls_keys.get(signer), Signature::from_bytes(sig)) else { return false };
@@ -186,7 +196,7 @@ impl Crypto for ChainCrypto {
         keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &agg))
     }
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
-        self.operation.sign(msg).to_bytes().to_vec()
+        self.operation.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
     }
     fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
         let Some(key) = self.operation_keys.get(bank) else { return false };

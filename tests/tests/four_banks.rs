@@ -90,6 +90,7 @@ fn four_banks_hold_identical_state() {
         seen.push(events(&w.stop().stdout));
     }
     assert_eq!(seen[0].len(), 6, "bank 1's watch: {:?}", seen[0]);
+    verify_ledgers(&chain, &dir);
     assert_eq!(seen[0].last().unwrap().0, "DELETE");
     for (b, s) in seen.iter().enumerate() {
         assert_eq!(s, &seen[0], "bank {}'s watch saw different events", b + 1);
@@ -202,4 +203,49 @@ async fn one_sidecar_killed_during_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_etcd_killed_during_load() {
     one_bank_crashes_during_load(Victim::Etcd, "four-banks-kill-etcd").await;
+}
+
+/// Every bank's ledger passes `bftcd-verify`; a copy in which one committed write was rewritten
+/// (with a valid CRC, as a bank covering its tracks would) does not.
+fn verify_ledgers(chain: &Chain, dir: &TestDir) {
+    use bftcd_proto::bftcd::{ledger_record::Record, operation::Request, LedgerRecord};
+    use bftcd_proto::Message;
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(bftcd_tests::bftcd_bin().with_file_name("bftcd-verify"))
+            .args(["ledger", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    for b in &chain.banks {
+        let out = verify(&b.sidecar.data_dir().join("ledger.log"));
+        assert!(out.status.success(), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("commit proofs verified"));
+    }
+    let bytes = std::fs::read(chain.banks[0].sidecar.data_dir().join("ledger.log")).unwrap();
+    let (mut out, mut at, mut tampered) = (bytes[..8].to_vec(), 8, false);
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let mut payload = bytes[at + 8..at + 8 + len].to_vec();
+        let mut rec = LedgerRecord::decode(payload.as_slice()).unwrap();
+        if let Some(Record::Block(cb)) = rec.record.as_mut() {
+            for op in &mut cb.block.as_mut().unwrap().operations {
+                if let (false, Some(Request::Put(p))) = (tampered, op.request.as_mut()) {
+                    p.value = b"forged".to_vec();
+                    tampered = true;
+                    payload = rec.encode_to_vec();
+                    break;
+                }
+            }
+        }
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        at += 8 + len;
+    }
+    assert!(tampered);
+    let forged = dir.join("forged-ledger.log");
+    std::fs::write(&forged, out).unwrap();
+    let res = verify(&forged);
+    assert!(!res.status.success(), "bftcd-verify accepted a rewritten ledger");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("INVALID"));
 }
