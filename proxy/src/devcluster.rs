@@ -21,7 +21,7 @@ use crate::etcd::LocalEtcd;
 #[derive(clap::Args, Debug)]
 pub struct DevClusterArgs {
     /// Number of banks; 4 (n = 3f+1, f = 1) is the smallest that tolerates a Byzantine bank.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 4)]
     pub banks: u32,
     /// Directory for every bank's data and logs (created; reused across runs).
     #[arg(long)]
