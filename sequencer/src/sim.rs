@@ -34,7 +34,7 @@ pub struct Scenario {
     pub max_delay_ms: u64,
     /// After GST, delays are 1..=this.
     pub stable_delay_ms: u64,
-    /// Random two-way partitions before GST.
+    /// Random two-way partitions before GST; messages across one are held until it ends.
     pub partitions: bool,
     /// Crash-restarts of honest instances before GST.
     pub crashes: usize,
@@ -42,6 +42,9 @@ pub struct Scenario {
     pub operations: usize,
     /// Every instance uses the deliberately broken voting rule.
     pub broken_voting_rule: bool,
+    /// A partition held for the whole time before GST instead of random ones: side per
+    /// instance (0, 1, or 2 = hears both sides). Twins tests choose these deliberately.
+    pub fixed_partition: Option<Vec<u8>>,
 }
 
 impl Scenario {
@@ -64,6 +67,7 @@ impl Scenario {
             crashes,
             operations: rng.gen_range(1..40),
             broken_voting_rule: false,
+            fixed_partition: None,
         }
         .with_end()
     }
@@ -116,6 +120,8 @@ enum Event {
 }
 
 const GENESIS_MS: u64 = 1_000_000;
+/// An instance in this partition hears both sides.
+const BRIDGE: u8 = 2;
 const GENESIS_HASH: [u8; 32] = [7u8; 32];
 
 fn config(n: usize, me: usize) -> Config {
@@ -238,14 +244,25 @@ pub fn run(s: &Scenario) -> Report {
         }
         now = t;
         report.events += 1;
-        if s.partitions && now < s.gst_ms && now >= next_partition {
+        if let (Some(fixed), true) = (&s.fixed_partition, now < s.gst_ms) {
+            partition_of.clone_from(fixed);
+            next_partition = s.gst_ms;
+        } else if s.partitions && now < s.gst_ms && now >= next_partition {
             for p in partition_of.iter_mut() {
                 *p = rng.gen_range(0..2);
             }
-            // Twins: split each pair so each twin talks to a different side.
+            // Twins: split each pair so each twin talks to a different side, and let some honest
+            // instances bridge both sides, so they see both twins' proposals in the same view.
             for k in 0..s.twins {
                 partition_of[k] = 0;
                 partition_of[s.n + k] = 1;
+            }
+            if s.twins > 0 {
+                for i in s.twins..s.n {
+                    if rng.gen_bool(0.4) {
+                        partition_of[i] = BRIDGE;
+                    }
+                }
             }
             next_partition = now + rng.gen_range(200..1_500);
         } else if now >= s.gst_ms {
@@ -356,10 +373,17 @@ pub fn run(s: &Scenario) -> Report {
             // Deliver to every instance of validator v (both twins).
             for dest in (0..instances_n).filter(|&d| validator_of(d) == v) {
                 let delay = if now < s.gst_ms {
-                    if rng.gen_bool(s.drop_rate) || (s.partitions && partition_of[dest] != partition_of[to]) {
+                    if rng.gen_bool(s.drop_rate) {
                         continue;
                     }
-                    rng.gen_range(1..=s.max_delay_ms)
+                    let (a, b) = (partition_of[dest], partition_of[to]);
+                    if (s.partitions || s.fixed_partition.is_some()) && a != b && a != BRIDGE && b != BRIDGE {
+                        // Held by the network until this partition ends (as TCP and the peer
+                        // transport's queues would), then delivered.
+                        next_partition.saturating_sub(now) + rng.gen_range(1..=s.max_delay_ms)
+                    } else {
+                        rng.gen_range(1..=s.max_delay_ms)
+                    }
                 } else {
                     rng.gen_range(1..=s.stable_delay_ms)
                 };

@@ -34,33 +34,44 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     eprintln!("{count} scenarios (n = 4 and 7), {events} events, {ops} operations checked, in {:?}", started.elapsed());
 }
 
-/// The checker must catch a safety bug: with the voting rule broken (a validator votes twice in
-/// a view) and Twins equivocating, some seed must end with conflicting commits.
+/// The checker must catch a safety bug. Twins setting (n = 7, f = 2): validators 0 and 1 run
+/// as two instances each, split across a partition held until GST; honest 3 and 4 sit on one
+/// side each; honest 2, 5 and 6 hear both sides, and 2 leads the view after the twins' views.
+/// With the voting rule broken (a validator votes for any proposal: twice in a view, on any
+/// QC), both twins' conflicting blocks get certified and extended, and validator 2 sees both
+/// chains commit: the checker must report it. The correct rule survives the same scenarios.
 #[test]
 fn broken_voting_rule_is_caught() {
-    let mut caught = None;
-    for seed in 0..400 {
-        let mut s = Scenario::random(seed, 4);
-        s.twins = 1;
-        s.crashes = 0;
-        s.partitions = true;
-        s.broken_voting_rule = true;
-        s.operations = 30;
-        let r = run(&s);
-        if r.violations.iter().any(|v| v.contains("different blocks") || v.contains("does not extend")) {
-            caught = Some((seed, r.violations));
-            break;
+    //                     0  1  2  3  4  5  6  0' 1'
+    let partition = vec![0, 0, 2, 0, 1, 2, 2, 1, 1];
+    let scenario = |seed: u64, broken: bool| Scenario {
+        seed,
+        n: 7,
+        twins: 2,
+        gst_ms: 4_000,
+        end_ms: 44_000,
+        drop_rate: 0.0,
+        max_delay_ms: 20,
+        stable_delay_ms: 40,
+        partitions: false,
+        crashes: 0,
+        operations: 40,
+        broken_voting_rule: broken,
+        fixed_partition: Some(partition.clone()),
+    };
+    let mut caught = Vec::new();
+    for seed in 0..200 {
+        let r = run(&scenario(seed, true));
+        if r.violations.iter().any(|v| v.contains("different block") || v.contains("does not extend")) {
+            caught.push(seed);
+        }
+        if seed < 30 {
+            check(&scenario(seed, false));
         }
     }
-    let (seed, violations) = caught.expect("the broken voting rule went unnoticed in 400 seeds");
-    eprintln!("broken voting rule caught at seed {seed}: {}", violations[0]);
-    // And the correct rule survives the very same scenario.
-    let mut s = Scenario::random(seed, 4);
-    s.twins = 1;
-    s.crashes = 0;
-    s.partitions = true;
-    s.operations = 30;
-    check(&s);
+    eprintln!("broken voting rule caught in {} of 200 seeds: {caught:?}", caught.len());
+    // Each seed replays exactly; a fork needs a particular interleaving, so ask for a few.
+    assert!(caught.len() >= 3, "the broken voting rule went unnoticed: caught only in {caught:?}");
 }
 
 /// Messages and bytes per committed block after GST, as n grows: linear in n (leader broadcasts
@@ -82,6 +93,7 @@ fn messages_per_block_grow_linearly() {
             crashes: 0,
             operations: 400,
             broken_voting_rule: false,
+            fixed_partition: None,
         };
         let r = run(&s);
         assert!(r.violations.is_empty(), "{:?}", r.violations);

@@ -126,6 +126,8 @@ pub struct Core {
     /// Blocks above the committed tip (and the tip itself), by hash.
     blocks: HashMap<Hash, Block>,
     committed: Tip,
+    /// Hashes of recently committed blocks by height, to recognise a conflicting commit.
+    committed_hashes: BTreeMap<u64, Hash>,
     votes: HashMap<(u64, Hash, u64), BTreeMap<usize, Vec<u8>>>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
     /// Highest view each validator is known to have timed out in (view synchronisation).
@@ -224,6 +226,7 @@ impl Core {
             view,
             high_qc,
             high_tc: None,
+            committed_hashes: BTreeMap::from([(committed.height, committed.hash)]),
             blocks,
             committed,
             votes: HashMap::new(),
@@ -599,6 +602,14 @@ impl Core {
     /// in the next view.
     fn commit(&mut self, block: &Block, qc: &QuorumCert, child: &Block, from: usize) {
         if block.height <= self.committed.height {
+            // Already committed at that height: it must be the same block, or the chain forked.
+            let hash = block_hash(block);
+            if block.height > 0 && self.committed_hashes.get(&block.height).is_some_and(|h| *h != hash) {
+                self.out.push(Output::SafetyViolation(format!(
+                    "a different block was certified for commit at committed height {}",
+                    block.height
+                )));
+            }
             return;
         }
         let mut chain = vec![block.clone()];
@@ -635,10 +646,14 @@ impl Core {
                 }
             }
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
+            self.committed_hashes.insert(b.height, hash);
             let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(header(child))) } else { (None, None) };
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
         }
         self.recent.forget_before(self.committed.timestamp_ms.saturating_sub(self.cfg.operation_ttl_ms + 2 * self.cfg.skew_ms));
+        while self.committed_hashes.len() > 4096 {
+            self.committed_hashes.pop_first();
+        }
         let floor = self.committed.height;
         let tip = self.committed.hash;
         self.blocks.retain(|h, b| b.height > floor || *h == tip);

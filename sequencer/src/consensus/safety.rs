@@ -22,7 +22,7 @@ pub struct SafetyState {
 #[derive(Debug)]
 pub struct SafetyRules {
     state: SafetyState,
-    /// Test-only: votes again in a view already voted in. The simulator must catch it.
+    /// Test-only: votes for anything (twice in a view, on any QC). The simulator must catch it.
     broken: bool,
 }
 
@@ -44,10 +44,10 @@ impl SafetyRules {
     /// timeout certificate `(tc_view, tc_high_qc_view)` it carries? On yes, returns the state to
     /// persist before the vote is sent.
     pub fn vote(&mut self, view: u64, qc_view: u64, tc: Option<(u64, u64)>) -> Option<SafetyState> {
-        let fresh = view > self.state.last_voted_view || self.broken;
+        let fresh = view > self.state.last_voted_view;
         let extends = view == qc_view + 1
             || tc.is_some_and(|(tc_view, tc_high)| view == tc_view + 1 && qc_view >= tc_high && view > qc_view);
-        if !(fresh && extends) {
+        if !(fresh && extends) && !self.broken {
             return None;
         }
         self.state.last_voted_view = self.state.last_voted_view.max(view);
@@ -145,10 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn broken_rule_votes_twice() {
+    fn broken_rule_votes_for_anything() {
         let mut s = SafetyRules::broken_for_tests(SafetyState::default());
         assert!(s.vote(1, 0, None).is_some());
         assert!(s.vote(1, 0, None).is_some());
+        assert!(s.vote(5, 1, None).is_some());
     }
 
     #[test]
