@@ -66,10 +66,23 @@ pub struct ServeArgs {
     /// after repeated failures). Every bank should use the same value.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub view_timeout: Duration,
+    /// `batched` applies runs of non-conflicting writes as one etcd Txn (they share a revision);
+    /// `exact` gives every write its own revision, as a stock etcd does. See docs/operations.md.
+    #[arg(long, value_enum, default_value = "batched")]
+    pub apply_mode: ApplyMode,
+    /// Most writes in one batch; the local etcd's --max-txn-ops must be larger.
+    #[arg(long, default_value_t = 100)]
+    pub apply_batch_max: usize,
     /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
     pub byzantine: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    Batched,
+    Exact,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -169,7 +182,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         consensus_status = Some(hs.status());
         Arc::new(hs)
     };
-    let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir));
+    let batching = match args.apply_mode {
+        ApplyMode::Batched => Some(crate::apply::BatchLimits { max_operations: args.apply_batch_max, ..Default::default() }),
+        ApplyMode::Exact => None,
+    };
+    let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching));
     let mut apply_task = tokio::spawn(applier.clone().run());
 
     // Serve only once the local etcd reflects every committed block, so the first read after a

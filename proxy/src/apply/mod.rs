@@ -14,7 +14,10 @@
 //! changed what it sees, so before such a call the position of any traceless operation is
 //! first stored in a small cursor file.
 
+mod batch;
 mod wrap;
+
+pub use batch::BatchLimits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +39,7 @@ use crate::errors;
 use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::reserved::APPLIED_KEY;
+use crate::rewrite;
 
 /// What a client gets back for its write.
 #[derive(Debug)]
@@ -73,6 +77,8 @@ pub struct Applier {
     waiters: Mutex<HashMap<Key, oneshot::Sender<Outcome>>>,
     applied: watch::Sender<Option<Position>>,
     cursor_path: PathBuf,
+    /// None: `exact` mode, one etcd Txn (and revision) per operation.
+    batching: Option<BatchLimits>,
 }
 
 /// Errors that say something about this bank's etcd, not about the operation.
@@ -85,7 +91,13 @@ fn is_transient(s: &Status) -> bool {
 }
 
 impl Applier {
-    pub fn new(etcd: LocalEtcd, ledger: Arc<Ledger>, identity: Arc<Identity>, data_dir: &std::path::Path) -> Self {
+    pub fn new(
+        etcd: LocalEtcd,
+        ledger: Arc<Ledger>,
+        identity: Arc<Identity>,
+        data_dir: &std::path::Path,
+        batching: Option<BatchLimits>,
+    ) -> Self {
         let (applied, _) = watch::channel(None);
         Applier {
             etcd,
@@ -94,6 +106,7 @@ impl Applier {
             waiters: Mutex::new(HashMap::new()),
             applied,
             cursor_path: data_dir.join("apply-cursor"),
+            batching,
         }
     }
 
@@ -133,7 +146,32 @@ impl Applier {
             }
             let ledger = self.ledger.clone();
             let block = tokio::task::spawn_blocking(move || ledger.read(height)).await??.block.unwrap_or_default();
-            for (i, op) in block.operations.iter().enumerate().skip(skip) {
+            let runs = match self.batching {
+                Some(limits) => batch::split(&block.operations, limits),
+                None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
+            };
+            for run in runs {
+                if run.end <= skip {
+                    continue;
+                }
+                // A batch is applied atomically, so a restart resumes at a run boundary.
+                if run.len() > 1 && run.start >= skip {
+                    let first = Position { height, index: run.start as u32 };
+                    if let Some(outcomes) = self.apply_batch(&block.operations[run.clone()], first).await {
+                        for (op, outcome) in block.operations[run.clone()].iter().zip(outcomes) {
+                            if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
+                                let _ = w.send(outcome);
+                            }
+                        }
+                        self.applied.send_replace(Some(Position { height, index: run.end as u32 - 1 }));
+                        traceless = None;
+                        continue;
+                    }
+                    // etcd refused the batch: some operation in it fails. Apply them one by one,
+                    // which fails the same way on every bank.
+                }
+                for i in run.start.max(skip)..run.end {
+                let op = &block.operations[i];
                 let pos = Position { height, index: i as u32 };
                 let in_txn = matches!(op.request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_)));
                 if !in_txn {
@@ -148,6 +186,7 @@ impl Applier {
                 self.applied.send_replace(Some(pos));
                 if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
                     let _ = w.send(outcome);
+                }
                 }
             }
             height += 1;
@@ -351,6 +390,82 @@ impl Applier {
             Err(s) if is_transient(&s) => Attempt::Transient(s),
             Err(s) => Attempt::Refused(errors::from_etcd(s)),
         }
+    }
+
+    /// Applies several non-conflicting Put/DeleteRange/Txn operations as nested Txns of one etcd
+    /// Txn with the bookkeeping; they share one revision. None when etcd refuses the batch.
+    async fn apply_batch(&self, ops: &[Operation], first: Position) -> Option<Vec<Outcome>> {
+        let last = Position { height: first.height, index: first.index + ops.len() as u32 - 1 };
+        let mut plans = Vec::with_capacity(ops.len());
+        let mut success = Vec::with_capacity(ops.len() + 1);
+        for op in ops {
+            let client = match &op.request {
+                Some(Op::Put(p)) => TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }], failure: vec![] },
+                Some(Op::DeleteRange(d)) => TxnRequest {
+                    compare: vec![],
+                    success: vec![RequestOp { request: Some(Request::RequestDeleteRange(d.clone())) }],
+                    failure: vec![],
+                },
+                Some(Op::Txn(t)) => t.clone(),
+                _ => return None,
+            };
+            let (rewritten, plan) = rewrite::plan_txn(&client);
+            success.push(RequestOp { request: Some(Request::RequestTxn(rewritten)) });
+            plans.push(plan);
+        }
+        success.push(wrap::bookkeeping(last));
+        let outer = TxnRequest { compare: vec![], success, failure: vec![] };
+        let mut backoff = Duration::from_millis(50);
+        let resp = loop {
+            match self.etcd.kv().txn(outer.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if is_transient(&s) => {
+                    tracing::warn!(position = %last, error = %s, "apply: local etcd failed during a batch; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    if let Ok(Some(p)) = self.read_position().await {
+                        if p >= last {
+                            return Some(ops.iter().map(|_| Err(errors::timeout())).collect());
+                        }
+                    }
+                }
+                Err(_) => return None,
+            }
+        };
+        let header = self.identity.header(resp.header);
+        let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
+        let outcomes = ops
+            .iter()
+            .zip(plans)
+            .zip(resp.responses)
+            .map(|((op, plan), r)| {
+                let inner = match r.response {
+                    Some(Response::ResponseTxn(t)) => t,
+                    _ => TxnResponse::default(),
+                };
+                let mut t = rewrite::restore_txn(&plan, inner, revision);
+                t.header = header.clone();
+                Ok(match &op.request {
+                    Some(Op::Put(_)) => OpResponse::Put(PutResponse {
+                        header: header.clone(),
+                        prev_kv: match t.responses.pop().and_then(|r| r.response) {
+                            Some(Response::ResponsePut(p)) => p.prev_kv,
+                            _ => None,
+                        },
+                    }),
+                    Some(Op::DeleteRange(_)) => {
+                        let mut d = match t.responses.pop().and_then(|r| r.response) {
+                            Some(Response::ResponseDeleteRange(d)) => d,
+                            _ => DeleteRangeResponse::default(),
+                        };
+                        d.header = header.clone();
+                        OpResponse::DeleteRange(d)
+                    }
+                    _ => OpResponse::Txn(t),
+                })
+            })
+            .collect();
+        Some(outcomes)
     }
 
     /// A lease ID for a grant that asked for 0: a function of the chain and the position only,

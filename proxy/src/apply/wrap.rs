@@ -43,7 +43,7 @@ pub struct Wrapped {
     failure: Branch,
 }
 
-fn bookkeeping(pos: Position) -> RequestOp {
+pub fn bookkeeping(pos: Position) -> RequestOp {
     RequestOp {
         request: Some(Request::RequestPut(PutRequest {
             key: APPLIED_KEY.to_vec(),
