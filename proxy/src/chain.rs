@@ -33,6 +33,9 @@ pub struct GenesisArgs {
     /// Output file (protobuf bftcd.v1.Genesis).
     #[arg(long)]
     pub out: PathBuf,
+    /// How every bank applies committed writes: `batched` or `exact` (see docs/operations.md).
+    #[arg(long, value_enum, default_value = "batched")]
+    pub apply_mode: crate::serve::ApplyMode,
     /// The banks' validator.pb files, in validator order.
     #[arg(required = true)]
     pub validators: Vec<PathBuf>,
@@ -45,13 +48,14 @@ pub fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn make_genesis(chain_id: &str, validators: Vec<Validator>) -> anyhow::Result<Genesis> {
+pub fn make_genesis(chain_id: &str, validators: Vec<Validator>, apply_mode: crate::serve::ApplyMode) -> anyhow::Result<Genesis> {
     let genesis = Genesis {
         chain_id: chain_id.to_string(),
         epoch: 1,
         validators,
         initial_state_digest: Vec::new(),
         genesis_time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        apply_batch_max: apply_mode.batch_max(),
     };
     keys::check_genesis(&genesis)?;
     let n = genesis.validators.len();
@@ -70,7 +74,7 @@ pub fn genesis(a: GenesisArgs) -> anyhow::Result<()> {
             Validator::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a validator descriptor: {e}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let g = make_genesis(&a.chain_id, validators)?;
+    let g = make_genesis(&a.chain_id, validators, a.apply_mode)?;
     std::fs::write(&a.out, g.encode_to_vec())?;
     let f = (g.validators.len() - 1) / 3;
     println!("genesis {} for chain {:?}: {} banks, tolerates f = {f} Byzantine", a.out.display(), g.chain_id, g.validators.len());

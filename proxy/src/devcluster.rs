@@ -100,7 +100,7 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         };
         validators.push(v);
     }
-    let g = crate::chain::make_genesis("bftcd-dev", validators)?;
+    let g = crate::chain::make_genesis("bftcd-dev", validators, crate::serve::ApplyMode::Batched)?;
     std::fs::write(&genesis_path, g.encode_to_vec())?;
     eprintln!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
     Ok(())

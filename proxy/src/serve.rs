@@ -66,13 +66,10 @@ pub struct ServeArgs {
     /// after repeated failures). Every bank should use the same value.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub view_timeout: Duration,
-    /// `batched` applies runs of non-conflicting writes as one etcd Txn (they share a revision);
-    /// `exact` gives every write its own revision, as a stock etcd does. See docs/operations.md.
+    /// Apply mode written into a single-bank genesis this sidecar creates (a multi-bank chain
+    /// fixes it in `bftcd genesis`): `batched` or `exact`. See docs/operations.md.
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: ApplyMode,
-    /// Most writes in one batch; the local etcd's --max-txn-ops must be larger.
-    #[arg(long, default_value_t = 100)]
-    pub apply_batch_max: usize,
     /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
@@ -83,6 +80,17 @@ pub struct ServeArgs {
 pub enum ApplyMode {
     Batched,
     Exact,
+}
+
+impl ApplyMode {
+    /// The genesis's `apply_batch_max`: 100 keeps a batch inside a stock etcd's default
+    /// `--max-txn-ops` (128) with room for the bookkeeping Put.
+    pub fn batch_max(self) -> u32 {
+        match self {
+            ApplyMode::Batched => 100,
+            ApplyMode::Exact => 0,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,6 +124,7 @@ fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
                 }],
                 initial_state_digest: vec![],
                 genesis_time_ms: now_ms(),
+                apply_batch_max: args.apply_mode.batch_max(),
             };
             write_atomically(&path, &genesis.encode_to_vec())?;
             tracing::info!(path = %path.display(), chain_id = %genesis.chain_id, "created a single-bank genesis");
@@ -182,10 +191,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         consensus_status = Some(hs.status());
         Arc::new(hs)
     };
-    let batching = match args.apply_mode {
-        ApplyMode::Batched => Some(crate::apply::BatchLimits { max_operations: args.apply_batch_max, ..Default::default() }),
-        ApplyMode::Exact => None,
-    };
+    // From the genesis: every bank must batch identically, or revisions would differ.
+    let batching = (genesis.apply_batch_max > 0)
+        .then(|| crate::apply::BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
     let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching));
     let mut apply_task = tokio::spawn(applier.clone().run());
 

@@ -142,6 +142,10 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     println!("epoch       {}", g.epoch);
     let names: Vec<&str> = g.validators.iter().map(|v| v.name.as_str()).collect();
     println!("validators  {} ({})", g.validators.len(), names.join(", "));
+    match g.apply_batch_max {
+        0 => println!("apply mode  exact (one etcd Txn per write)"),
+        n => println!("apply mode  batched (up to {n} writes per etcd Txn)"),
+    }
     println!("blocks      {}", file.blocks.len());
     println!("operations  {operations}");
     println!("tip hash    {}", hex::encode(file.tip_hash));
