@@ -109,3 +109,60 @@ async fn random_concurrent_workload_leaves_all_banks_identical() {
         states[0].0, states[0].3.len(), states[0].1, states[0].2
     );
 }
+
+/// The same workload while a random bank's sidecar or etcd is killed with -9 (and restarted)
+/// every few seconds: same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workload_with_crashes_leaves_all_banks_identical() {
+    let dir = TestDir::new("workload-crashes");
+    let (mut chain, _dir) = tokio::task::spawn_blocking(move || (Chain::start(&dir, 4), dir)).await.unwrap();
+    let endpoints = chain.endpoints();
+    let tasks: Vec<_> = (0..12u64).map(|c| tokio::spawn(client(endpoints[(c % 4) as usize].clone(), 100 + c, 80))).collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
+        let b = rng.gen_range(0..4);
+        let etcd = round % 2 == 1;
+        eprintln!("killing bank {} {}", b + 1, if etcd { "etcd" } else { "sidecar" });
+        chain = tokio::task::spawn_blocking(move || {
+            let bank = &mut chain.banks[b];
+            if etcd {
+                bank.etcd.kill();
+                std::thread::sleep(Duration::from_millis(500));
+                bank.etcd.restart();
+            } else {
+                bank.sidecar.kill();
+                std::thread::sleep(Duration::from_millis(500));
+                bank.sidecar.restart();
+            }
+            chain
+        })
+        .await
+        .unwrap();
+    }
+    let mut succeeded = 0;
+    for t in tasks {
+        succeeded += t.await.unwrap();
+    }
+    assert!(succeeded > 300, "too few operations succeeded ({succeeded})");
+    let chain = tokio::task::spawn_blocking(move || {
+        chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(90));
+        chain
+    })
+    .await
+    .unwrap();
+    let mut states = Vec::new();
+    for b in &chain.banks {
+        let mut kv = KvClient::new(channel(&b.etcd.endpoint()));
+        let all = kv.range(RangeRequest { key: b"wl/".to_vec(), range_end: b"wl0".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+        let rev = all.header.as_ref().unwrap().revision;
+        let kvs: Vec<_> = all.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect();
+        let mut m = MaintenanceClient::new(channel(&b.etcd.endpoint()));
+        let hash = m.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
+        states.push((rev, hash.hash, kvs));
+    }
+    for (b, s) in states.iter().enumerate() {
+        assert_eq!(s, &states[0], "bank {} differs from bank 1 after the crashes", b + 1);
+    }
+    eprintln!("{succeeded} operations succeeded across crashes; all banks at revision {} with {} keys", states[0].0, states[0].2.len());
+}
