@@ -115,7 +115,7 @@ pub fn restore_ops(
                     })
                     .collect();
                 // etcd's own header for the part (the revision the read saw inside the Txn).
-                let header = parts.first().and_then(|p| p.header.clone()).or_else(nested_header);
+                let header = parts.first().and_then(|p| p.header).or_else(nested_header);
                 let mut merged = merge_ranges(request, parts);
                 merged.header = header;
                 ResponseOp { response: Some(Response::ResponseRange(merged)) }
@@ -128,7 +128,7 @@ pub fn restore_ops(
                         _ => None,
                     })
                     .collect();
-                let header = parts.first().and_then(|p| p.header.clone()).or_else(nested_header);
+                let header = parts.first().and_then(|p| p.header).or_else(nested_header);
                 let mut merged = merge_deletes(parts);
                 merged.header = header;
                 ResponseOp { response: Some(Response::ResponseDeleteRange(merged)) }
@@ -167,7 +167,7 @@ pub fn merge_ranges(request: &RangeRequest, parts: Vec<RangeResponse>) -> RangeR
     if order == SortOrder::None && target != SortTarget::Key {
         order = SortOrder::Ascend;
     }
-    let header = parts.first().and_then(|p| p.header.clone());
+    let header = parts.first().and_then(|p| p.header);
     let count = parts.iter().map(|p| p.count).sum();
     let mut more = parts.iter().any(|p| p.more);
     let mut kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
@@ -185,7 +185,7 @@ pub fn merge_ranges(request: &RangeRequest, parts: Vec<RangeResponse>) -> RangeR
 }
 
 pub fn merge_deletes(parts: Vec<DeleteRangeResponse>) -> DeleteRangeResponse {
-    let header = parts.first().and_then(|p| p.header.clone());
+    let header = parts.first().and_then(|p| p.header);
     let deleted = parts.iter().map(|p| p.deleted).sum();
     let prev_kvs = parts.into_iter().flat_map(|p| p.prev_kvs).collect();
     DeleteRangeResponse { header, deleted, prev_kvs }

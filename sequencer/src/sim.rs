@@ -258,9 +258,9 @@ pub fn run(s: &Scenario) -> Report {
                 partition_of[s.n + k] = 1;
             }
             if s.twins > 0 {
-                for i in s.twins..s.n {
+                for p in partition_of.iter_mut().take(s.n).skip(s.twins) {
                     if rng.gen_bool(0.4) {
-                        partition_of[i] = BRIDGE;
+                        *p = BRIDGE;
                     }
                 }
             }

@@ -325,7 +325,7 @@ impl Applier {
                 })
                 .await
             }
-            Op::Compact(c) => match self.etcd.kv().compact(c.clone()).await {
+            Op::Compact(c) => match self.etcd.kv().compact(*c).await {
                 Ok(r) => Attempt::Done(OpResponse::Compact(CompactionResponse { header: self.identity.header(r.into_inner().header) }), false),
                 Err(s) if is_transient(&s) => Attempt::Transient(s),
                 // A compaction that already happened before the outage.
@@ -345,7 +345,7 @@ impl Applier {
                     Err(s) => Attempt::Refused(errors::from_etcd(s)),
                 }
             }
-            Op::LeaseRevoke(r) => match self.etcd.lease().lease_revoke(r.clone()).await {
+            Op::LeaseRevoke(r) => match self.etcd.lease().lease_revoke(*r).await {
                 Ok(resp) => Attempt::Done(
                     OpResponse::LeaseRevoke(LeaseRevokeResponse { header: self.identity.header(resp.into_inner().header) }),
                     false,
@@ -355,7 +355,7 @@ impl Applier {
                 Err(s) => Attempt::Refused(errors::from_etcd(s)),
             },
             Op::LeaseKeepAlive(k) => {
-                let once = tokio_stream::once(k.clone());
+                let once = tokio_stream::once(*k);
                 let reply = async {
                     let mut stream = self.etcd.lease().lease_keep_alive(once).await?.into_inner();
                     stream.message().await?.ok_or_else(|| Status::unavailable("keepalive stream closed"))
@@ -384,7 +384,7 @@ impl Applier {
         match self.etcd.kv().txn(w.txn.clone()).await {
             Ok(r) => {
                 let (t, recorded) = w.unwrap(r.into_inner());
-                let header = self.identity.header(t.header.clone());
+                let header = self.identity.header(t.header);
                 Attempt::Done(finish(header, t), recorded)
             }
             Err(s) if is_transient(&s) => Attempt::Transient(s),
@@ -444,10 +444,10 @@ impl Applier {
                     _ => TxnResponse::default(),
                 };
                 let mut t = rewrite::restore_txn(&plan, inner, revision);
-                t.header = header.clone();
+                t.header = header;
                 Ok(match &op.request {
                     Some(Op::Put(_)) => OpResponse::Put(PutResponse {
-                        header: header.clone(),
+                        header,
                         prev_kv: match t.responses.pop().and_then(|r| r.response) {
                             Some(Response::ResponsePut(p)) => p.prev_kv,
                             _ => None,
@@ -458,7 +458,7 @@ impl Applier {
                             Some(Response::ResponseDeleteRange(d)) => d,
                             _ => DeleteRangeResponse::default(),
                         };
-                        d.header = header.clone();
+                        d.header = header;
                         OpResponse::DeleteRange(d)
                     }
                     _ => OpResponse::Txn(t),

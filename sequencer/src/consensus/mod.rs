@@ -80,6 +80,7 @@ pub trait CommittedLog {
     fn read(&self, height: u64) -> Option<CommittedBlock>;
 }
 
+#[allow(clippy::large_enum_variant)] // one input at a time; boxing buys nothing
 pub enum Input {
     /// Time passed; check timers.
     Tick,

@@ -47,7 +47,8 @@ impl SafetyRules {
         let fresh = view > self.state.last_voted_view;
         let extends = view == qc_view + 1
             || tc.is_some_and(|(tc_view, tc_high)| view == tc_view + 1 && qc_view >= tc_high && view > qc_view);
-        if !(fresh && extends) && !self.broken {
+        let allowed = (fresh && extends) || self.broken;
+        if !allowed {
             return None;
         }
         self.state.last_voted_view = self.state.last_voted_view.max(view);
