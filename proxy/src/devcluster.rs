@@ -33,6 +33,10 @@ pub struct DevClusterArgs {
     /// Stock etcd binary (default: $BFTCD_ETCD_BIN, tools/bin, PATH).
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
+    /// Interval of periodic watch progress notifications (the banks' etcds serve watches;
+    /// Kubernetes clusters commonly use 5s, etcd's own default is 10m).
+    #[arg(long, default_value = "5s")]
+    pub watch_progress_notify_interval: String,
     /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--max-txn-ops=256.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -144,7 +148,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 // Room for the sidecar's bookkeeping on top of a client's largest request.
                 .arg("--max-request-bytes=10485760")
                 .arg("--max-txn-ops=10240")
-                .arg("--experimental-watch-progress-notify-interval=5s")
+                .arg(format!("--experimental-watch-progress-notify-interval={}", args.watch_progress_notify_interval))
                 .stdout(etcd_log.try_clone()?)
                 .stderr(etcd_log)
                 .stdin(Stdio::null())
