@@ -71,6 +71,24 @@ async fn client(endpoint: String, seed: u64, ops: usize) -> usize {
     ok
 }
 
+/// Each bank's own etcd, read directly: (revision, HashKV, compact revision, every workload key
+/// with value, create and mod revision, version and lease).
+type BankState = (i64, u32, i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>);
+
+async fn bank_states(chain: &Chain) -> Vec<BankState> {
+    let mut states = Vec::new();
+    for b in &chain.banks {
+        let mut kv = KvClient::new(channel(&b.etcd.endpoint()));
+        let all = kv.range(RangeRequest { key: b"wl/".to_vec(), range_end: b"wl0".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+        let rev = all.header.as_ref().unwrap().revision;
+        let kvs = all.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect();
+        let mut m = MaintenanceClient::new(channel(&b.etcd.endpoint()));
+        let hash = m.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
+        states.push((rev, hash.hash, hash.compact_revision, kvs));
+    }
+    states
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_concurrent_workload_leaves_all_banks_identical() {
     let dir = TestDir::new("workload");
@@ -90,17 +108,7 @@ async fn random_concurrent_workload_leaves_all_banks_identical() {
     .await
     .unwrap();
 
-    // Every bank's own etcd, read directly.
-    let mut states = Vec::new();
-    for b in &chain.banks {
-        let mut kv = KvClient::new(channel(&b.etcd.endpoint()));
-        let all = kv.range(RangeRequest { key: b"wl/".to_vec(), range_end: b"wl0".to_vec(), ..Default::default() }).await.unwrap().into_inner();
-        let rev = all.header.as_ref().unwrap().revision;
-        let kvs: Vec<_> = all.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect();
-        let mut m = MaintenanceClient::new(channel(&b.etcd.endpoint()));
-        let hash = m.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
-        states.push((rev, hash.hash, hash.compact_revision, kvs));
-    }
+    let states = bank_states(&chain).await;
     for (b, s) in states.iter().enumerate() {
         assert_eq!(s, &states[0], "bank {} differs from bank 1", b + 1);
     }
@@ -151,18 +159,9 @@ async fn random_workload_with_crashes_leaves_all_banks_identical() {
     })
     .await
     .unwrap();
-    let mut states = Vec::new();
-    for b in &chain.banks {
-        let mut kv = KvClient::new(channel(&b.etcd.endpoint()));
-        let all = kv.range(RangeRequest { key: b"wl/".to_vec(), range_end: b"wl0".to_vec(), ..Default::default() }).await.unwrap().into_inner();
-        let rev = all.header.as_ref().unwrap().revision;
-        let kvs: Vec<_> = all.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect();
-        let mut m = MaintenanceClient::new(channel(&b.etcd.endpoint()));
-        let hash = m.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
-        states.push((rev, hash.hash, kvs));
-    }
+    let states = bank_states(&chain).await;
     for (b, s) in states.iter().enumerate() {
         assert_eq!(s, &states[0], "bank {} differs from bank 1 after the crashes", b + 1);
     }
-    eprintln!("{succeeded} operations succeeded across crashes; all banks at revision {} with {} keys", states[0].0, states[0].2.len());
+    eprintln!("{succeeded} operations succeeded across crashes; all banks at revision {} with {} keys", states[0].0, states[0].3.len());
 }
