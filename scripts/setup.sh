@@ -11,9 +11,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/tools"
 want_version="${BFTCD_ETCD_VERSION:-3.5.16}"
 
+# The version text is captured before matching: `etcd --version | grep -q` under pipefail fails
+# whenever grep exits first and etcd's later lines hit a closed pipe (SIGPIPE).
 have_etcd() {
-  [ -x "$tools/bin/etcd" ] && [ -x "$tools/bin/etcdctl" ] && [ -x "$tools/bin/etcdutl" ] &&
-    "$tools/bin/etcd" --version 2>/dev/null | grep -q "etcd Version: $want_version"
+  [ -x "$tools/bin/etcd" ] && [ -x "$tools/bin/etcdctl" ] && [ -x "$tools/bin/etcdutl" ] || return 1
+  local text
+  text=$("$tools/bin/etcd" --version 2>/dev/null) || return 1
+  case "$text" in
+    *"etcd Version: $want_version"*) return 0 ;;
+    *) return 1 ;;
+  esac
 }
 
 sudo_cmd=""
@@ -74,5 +81,6 @@ if ! have_etcd; then
   "$tools/bin/etcd" --version >&2 || true
   exit 1
 fi
-"$tools/bin/etcd" --version | head -n 1
+version_text=$("$tools/bin/etcd" --version)
+echo "${version_text%%$'\n'*}"
 echo "setup: stock etcd installed in $tools/bin"
