@@ -5,6 +5,7 @@ mod chain;
 mod devcluster;
 mod errors;
 mod etcd;
+mod expiry;
 mod front;
 mod identity;
 mod reserved;

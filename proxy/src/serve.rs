@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub listen_peer: Option<SocketAddr>,
     /// How long a write waits to be ordered and applied before the client gets etcd's
-    /// "request timed out" (its outcome is then unknown, as with etcd).
+    /// "request timed out" (its outcome is then unknown, as with etcd); also how long a
+    /// linearizable read waits for its read index and the local apply.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
     /// How long a view may make no progress before validators give up on its leader (doubles
@@ -70,7 +71,7 @@ pub struct ServeArgs {
     /// fixes it in `bftcd genesis`): `batched` or `exact`. See docs/operations.md.
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: ApplyMode,
-    /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>).
+    /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>, stale-reads).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
     pub byzantine: String,
@@ -104,8 +105,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Test builds only: `--byzantine stale-reads` (the front's own misbehaviour).
+fn stale_reads_requested(_args: &ServeArgs) -> bool {
+    #[cfg(feature = "byzantine")]
+    return _args.byzantine.split(',').any(|m| m.trim() == "stale-reads");
+    #[cfg(not(feature = "byzantine"))]
+    false
 }
 
 /// Reads the genesis, or creates a single-bank one when this bank starts for the first time.
@@ -123,7 +128,7 @@ fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
                     ..Default::default()
                 }],
                 initial_state_digest: vec![],
-                genesis_time_ms: now_ms(),
+                genesis_time_ms: crate::front::now_ms(),
                 apply_batch_max: args.apply_mode.batch_max(),
             };
             write_atomically(&path, &genesis.encode_to_vec())?;
@@ -180,7 +185,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             listen_peer,
             view_timeout: args.view_timeout,
             #[cfg(feature = "byzantine")]
-            misbehaviour: bftcd_sequencer::byzantine::parse(&args.byzantine).map_err(|e| anyhow::anyhow!(e))?,
+            // `stale-reads` is the front's own misbehaviour (above).
+            misbehaviour: bftcd_sequencer::byzantine::parse(
+                &args.byzantine.split(',').filter(|m| m.trim() != "stale-reads").collect::<Vec<_>>().join(","),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
         };
         #[cfg(feature = "byzantine")]
         if !opts.misbehaviour.is_empty() {
@@ -194,7 +203,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // From the genesis: every bank must batch identically, or revisions would differ.
     let batching = (genesis.apply_batch_max > 0)
         .then(|| crate::apply::BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
-    let applier = Arc::new(Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching));
+    let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching);
+    let stale_reads = stale_reads_requested(&args);
+    if stale_reads {
+        tracing::warn!("THIS BANK SERVES STALE READS (test build): no read index, apply 300 ms late");
+        applier.lag = Duration::from_millis(300);
+    }
+    let applier = Arc::new(applier);
     let mut apply_task = tokio::spawn(applier.clone().run());
 
     // Serve only once the local etcd reflects every committed block, so the first read after a
@@ -211,28 +226,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let writes = Writes::new(sequencer, applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes, args.write_timeout)?;
+    let writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes, args.write_timeout)?;
     let front = Arc::new(Front {
         etcd,
         writes,
         identity,
         ledger,
         applier,
+        sequencer,
+        read_timeout: args.write_timeout,
+        stale_reads,
+        keep_alives: Default::default(),
         max_txn_ops: args.max_txn_ops,
         emulated_version: args.emulated_etcd_version.clone(),
         max_recv_bytes: args.max_request_bytes + 512 * 1024,
         consensus: consensus_status,
     });
+    tokio::spawn(crate::expiry::run(front.clone()));
     let listener = TcpListener::bind(args.listen_client)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client))?;
     let local = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic applies no socket options to an incoming stream it is handed, so Nagle is switched off
+    // here: left on, every small response waits for the client's delayed ACK (about 40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         // etcd's server keepalive: ping idle clients every 2 h, tolerate client pings (5 s and up).
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
         .add_routes(front.routes())
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
     println!("READY {local}");

@@ -69,6 +69,7 @@ impl Writes {
             Op::LeaseGrant(r) => r.encoded_len(),
             Op::LeaseRevoke(r) => r.encoded_len(),
             Op::LeaseKeepAlive(r) => r.encoded_len(),
+            Op::LeaseExpire(r) => r.encoded_len(),
         };
         if size > self.max_request_bytes {
             return Err(errors::request_too_large());

@@ -21,10 +21,15 @@ fn core() -> Core {
     Core::new(cfg, Box::new(SimCrypto { me: 0, n: 4 }), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![])
 }
 
-/// A peer message: decoded, then handled by a consensus core as if from each peer.
+/// A peer message: decoded, then handled by a consensus core as if from each peer. The core has
+/// a read-index round open, and a read-index reply is aimed at it, so replies reach the checks.
 pub fn peer_message(data: &[u8]) {
-    if let Ok(msg) = PeerMessage::decode(data) {
+    if let Ok(mut msg) = PeerMessage::decode(data) {
         let mut c = core();
+        let _ = c.handle(1_000, Input::ReadIndex, &NoLog);
+        if let Some(bftcd_proto::bftcd::peer_message::Kind::ReadIndexReply(r)) = msg.kind.as_mut() {
+            r.round = c.read_round();
+        }
         for from in [1usize, 2, 3, 9] {
             let _ = c.handle(1_000, Input::Message { from, msg: msg.clone() }, &NoLog);
         }

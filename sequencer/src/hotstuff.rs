@@ -51,6 +51,7 @@ type Waiters = HashMap<OpId, oneshot::Sender<Result<Position, SequencerError>>>;
 pub struct HotStuff {
     ledger: Arc<Ledger>,
     submit: mpsc::Sender<(Operation, oneshot::Sender<Result<Position, SequencerError>>)>,
+    reads: mpsc::Sender<oneshot::Sender<u64>>,
     status: watch::Receiver<ConsensusStatus>,
     network: Network,
 }
@@ -97,12 +98,24 @@ impl HotStuff {
             }
         };
         let mut recent = Vec::new();
+        let mut last_operations = 0;
         let from = ledger.height().saturating_sub(1024) + 1;
         for h in from..=ledger.height() {
             let b = ledger.read(h)?.block.unwrap_or_default();
+            if !b.operations.is_empty() {
+                last_operations = h;
+            }
             recent.extend(b.operations.into_iter().map(|op| (b.timestamp_ms, op)));
         }
-        let core = Core::new(
+        if last_operations == 0 {
+            for h in (1..from).rev() {
+                if !ledger.read(h)?.block.unwrap_or_default().operations.is_empty() {
+                    last_operations = h;
+                    break;
+                }
+            }
+        }
+        let mut core = Core::new(
             cfg,
             Box::new(crypto),
             SafetyRules::new(safety),
@@ -111,6 +124,7 @@ impl HotStuff {
             stored,
             recent,
         );
+        core.set_last_committed_operations(last_operations);
 
         let peers = genesis
             .validators
@@ -128,6 +142,7 @@ impl HotStuff {
         );
         let (network, incoming) = Network::start(net_cfg).await?;
         let (submit, submissions) = mpsc::channel(65_536);
+        let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
         let driver = Driver {
             core,
@@ -136,6 +151,8 @@ impl HotStuff {
             block_store,
             safety_file,
             waiters: HashMap::new(),
+            reads_unassigned: Vec::new(),
+            reads_assigned: Vec::new(),
             status: status_tx,
             rejected: 0,
             #[cfg(feature = "byzantine")]
@@ -145,8 +162,8 @@ impl HotStuff {
             #[cfg(feature = "byzantine")]
             me: opts.me,
         };
-        tokio::spawn(driver.run(incoming, submissions));
-        Ok(HotStuff { ledger, submit, status, network })
+        tokio::spawn(driver.run(incoming, submissions, read_requests));
+        Ok(HotStuff { ledger, submit, reads, status, network })
     }
 
     pub fn status(&self) -> watch::Receiver<ConsensusStatus> {
@@ -170,6 +187,14 @@ impl Sequencer for HotStuff {
     fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
     }
+
+    fn read_index(&self) -> Pin<Box<dyn Future<Output = Result<u64, SequencerError>> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.reads.send(tx).await.map_err(|_| SequencerError::Stopped)?;
+            rx.await.map_err(|_| SequencerError::Stopped)
+        })
+    }
 }
 
 struct Driver {
@@ -179,6 +204,9 @@ struct Driver {
     block_store: BlockStore,
     safety_file: SafetyFile,
     waiters: Waiters,
+    /// Reads waiting for the next read-index round to start, and reads in a round.
+    reads_unassigned: Vec<oneshot::Sender<u64>>,
+    reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
     #[cfg(feature = "byzantine")]
@@ -197,6 +225,7 @@ impl Driver {
         mut self,
         mut incoming: mpsc::Receiver<(u32, Bytes)>,
         mut submissions: mpsc::Receiver<(Operation, oneshot::Sender<Result<Position, SequencerError>>)>,
+        mut read_requests: mpsc::Receiver<oneshot::Sender<u64>>,
     ) {
         loop {
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
@@ -233,6 +262,17 @@ impl Driver {
                             }
                         }
                         Input::Submit(ops)
+                    }
+                },
+                r = read_requests.recv() => match r {
+                    None => return,
+                    Some(first) => {
+                        self.reads_unassigned.push(first);
+                        while let Ok(more) = read_requests.try_recv() {
+                            self.reads_unassigned.push(more);
+                        }
+                        self.reads_unassigned.retain(|r| !r.is_closed());
+                        Input::ReadIndex
                     }
                 },
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => Input::Tick,
@@ -291,6 +331,16 @@ impl Driver {
                     tracing::warn!(peer = from, reason, "consensus: message dropped");
                 }
                 Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
+                Output::ReadRoundStarted(round) => {
+                    self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
+                }
+                Output::ReadIndex { round, height } => {
+                    let (done, waiting): (Vec<_>, Vec<_>) = self.reads_assigned.drain(..).partition(|(r, _)| *r <= round);
+                    self.reads_assigned = waiting;
+                    for (_, r) in done {
+                        let _ = r.send(height);
+                    }
+                }
             }
         }
         if !commits.is_empty() {

@@ -49,4 +49,9 @@ pub trait Sequencer: Send + Sync + 'static {
 
     /// The ledger committed blocks are appended to, in height order.
     fn ledger(&self) -> &std::sync::Arc<Ledger>;
+
+    /// A read index: a height such that every write acknowledged anywhere before this call is
+    /// in a block at or below it (see [`consensus::read_index`]). A linearizable read waits
+    /// until its bank has applied every block up to it. Resolves only once a quorum answered.
+    fn read_index(&self) -> Pin<Box<dyn Future<Output = Result<u64, SequencerError>> + Send + '_>>;
 }

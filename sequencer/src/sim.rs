@@ -5,8 +5,10 @@
 //! and double votes arise. The same seed always replays the same run.
 //!
 //! The checker: no two honest instances commit different blocks at the same height, no honest
-//! instance reports a safety violation, and every operation submitted to an honest instance
-//! that was not crashed afterwards commits everywhere (after GST).
+//! instance reports a safety violation, every operation submitted to an honest instance
+//! that was not crashed afterwards commits everywhere (after GST), every read index covers every
+//! block with operations any honest instance had committed when the read began, and reads
+//! begun after GST get their index.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -45,6 +47,10 @@ pub struct Scenario {
     /// A partition held for the whole time before GST instead of random ones: side per
     /// instance (0, 1, or 2 = hears both sides). Twins tests choose these deliberately.
     pub fixed_partition: Option<Vec<u8>>,
+    /// Linearizable reads at random honest instances, spread over [0, end - 10 s].
+    pub reads: usize,
+    /// Every instance answers reads from its own state alone (the checker must notice).
+    pub broken_read_index: bool,
 }
 
 impl Scenario {
@@ -68,6 +74,9 @@ impl Scenario {
             operations: rng.gen_range(1..40),
             broken_voting_rule: false,
             fixed_partition: None,
+            // From the seed alone, so adding reads left the other draws (and old seeds) as they were.
+            reads: (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 59) as usize,
+            broken_read_index: false,
         }
         .with_end()
     }
@@ -89,6 +98,8 @@ pub struct Report {
     pub bytes_after_gst: u64,
     pub blocks_after_gst: u64,
     pub events: u64,
+    /// Read indexes checked (completed reads).
+    pub reads_checked: usize,
 }
 
 struct Instance {
@@ -115,6 +126,7 @@ enum Event {
     Deliver { to: usize, from: usize, msg: Vec<u8> },
     Wake { to: usize },
     Submit { to: usize, nonce: u64 },
+    Read { to: usize },
     Crash { to: usize },
     Restart { to: usize },
 }
@@ -123,26 +135,29 @@ const GENESIS_MS: u64 = 1_000_000;
 /// An instance in this partition hears both sides.
 const BRIDGE: u8 = 2;
 const GENESIS_HASH: [u8; 32] = [7u8; 32];
+/// After GST, how long a read may wait between getting its index and its instance committing
+/// that far (a few message delays and one view, not a sync probe interval).
+const READ_SERVE_MS: u64 = 3_000;
 
-fn config(n: usize, me: usize) -> Config {
+fn config(n: usize, me: usize, broken_read_index: bool) -> Config {
     let domain = Domain { chain_id: "sim".into(), epoch: 1, n };
     let mut cfg = Config::new(me, domain, GENESIS_HASH);
     cfg.base_timeout_ms = 500;
     cfg.max_timeout_ms = 4_000;
     cfg.inclusion_deadline_ms = 3_000;
     cfg.sync_probe_max_ms = 8_000;
+    cfg.broken_read_index = broken_read_index;
     cfg
 }
 
 fn new_core(
-    n: usize,
+    s: &Scenario,
     validator: usize,
-    broken: bool,
     persisted: SafetyState,
     ledger: &[CommittedBlock],
     stored: &[bftcd_proto::bftcd::Block],
 ) -> Core {
-    let safety = if broken { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
+    let safety = if s.broken_voting_rule { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
     let tip = ledger.last().and_then(|cb| {
         let qc = cb.commit_child.as_ref()?.justify.clone()?;
         Some((cb.block.clone()?, qc))
@@ -156,7 +171,11 @@ fn new_core(
             b.operations.into_iter().map(move |op| (b.timestamp_ms, op))
         })
         .collect();
-    Core::new(config(n, validator), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent)
+    let n = s.n;
+    let mut core = Core::new(config(n, validator, s.broken_read_index), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
+    let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
+    core.set_last_committed_operations(last_operations);
+    core
 }
 
 fn kind(m: &PeerMessage) -> String {
@@ -171,6 +190,8 @@ fn kind(m: &PeerMessage) -> String {
         Some(Kind::Submit(s)) => format!("submit({})", s.operations.len()),
         Some(Kind::SyncRequest(r)) => format!("syncreq(h{})", r.committed_height),
         Some(Kind::SyncResponse(r)) => format!("syncresp({}c {}u)", r.committed.len(), r.uncommitted.len()),
+        Some(Kind::ReadIndexRequest(r)) => format!("readreq({})", r.round),
+        Some(Kind::ReadIndexReply(r)) => format!("readreply({} h{})", r.round, r.height),
         None => "empty".into(),
     }
 }
@@ -185,7 +206,7 @@ pub fn run(s: &Scenario) -> Report {
     let mut nodes: Vec<Instance> = (0..instances_n)
         .map(|i| Instance {
             validator: validator_of(i),
-            core: new_core(s.n, validator_of(i), s.broken_voting_rule, SafetyState::default(), &[], &[]),
+            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[]),
             ledger: Vec::new(),
             persisted: SafetyState::default(),
             stored_blocks: Vec::new(),
@@ -230,6 +251,24 @@ pub fn run(s: &Scenario) -> Report {
             must_commit.insert(*nonce);
         }
     }
+    // Reads, from their own generator so the other draws stay as they were.
+    let mut read_rng = StdRng::seed_from_u64(s.seed ^ 0x7ead);
+    for _ in 0..s.reads {
+        let to = honest_ids[read_rng.gen_range(0..honest_ids.len())];
+        let t = read_rng.gen_range(0..s.end_ms.saturating_sub(10_000).max(1));
+        push(&mut queue, t, Event::Read { to });
+    }
+    // Per instance: reads waiting (what they must cover, their round once one starts, when issued).
+    let mut reads: Vec<Vec<(u64, Option<u64>, u64)>> = vec![Vec::new(); instances_n];
+    // Highest block with operations that an honest instance has committed (and so could have
+    // acknowledged to a client).
+    let mut acknowledged = 0u64;
+    let mut last_crash: HashMap<usize, u64> = HashMap::new();
+    // Reads that got their index and wait for their instance to commit that far:
+    // (instance, index, issued, indexed at). After GST, once any honest instance committed that
+    // far, the reader must follow within READ_SERVE_MS.
+    let mut indexed: Vec<(usize, u64, u64, u64)> = Vec::new();
+    let mut first_commit_ms: HashMap<u64, u64> = HashMap::new();
     // Partitions before GST: a new random split every so often.
     let mut partition_of: Vec<u8> = vec![0; instances_n];
     let mut next_partition = 0u64;
@@ -272,6 +311,7 @@ pub fn run(s: &Scenario) -> Report {
             Event::Deliver { from, msg, .. } => format!("from {from} {}", PeerMessage::decode(msg.as_slice()).map(|m| kind(&m)).unwrap_or_default()),
             Event::Wake { .. } => "tick".into(),
             Event::Submit { nonce, .. } => format!("submit {nonce}"),
+            Event::Read { .. } => "read".into(),
             Event::Crash { to } => format!("CRASH {to}"),
             Event::Restart { to } => format!("RESTART {to}"),
         };
@@ -298,13 +338,23 @@ pub fn run(s: &Scenario) -> Report {
                 };
                 (to, Input::Submit(vec![op]))
             }
+            Event::Read { to } => {
+                if !nodes[to].up {
+                    continue;
+                }
+                reads[to].push((acknowledged, None, now));
+                (to, Input::ReadIndex)
+            }
             Event::Crash { to } => {
                 nodes[to].up = false;
+                // Its clients' reads are gone with it.
+                reads[to].clear();
+                last_crash.insert(to, now);
                 continue;
             }
             Event::Restart { to } => {
                 let node = &mut nodes[to];
-                node.core = new_core(s.n, node.validator, s.broken_voting_rule, node.persisted, &node.ledger, &node.stored_blocks);
+                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks);
                 node.up = true;
                 push(&mut queue, now, Event::Wake { to });
                 continue;
@@ -333,6 +383,8 @@ pub fn run(s: &Scenario) -> Report {
                     Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
                     Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
+                    Output::ReadRoundStarted(r) => format!("read round {r}"),
+                    Output::ReadIndex { round, height } => format!("read index {round} -> {height}"),
                 })
                 .collect();
             eprintln!("t={now} i={to} view={} committed={} {trace_in} -> {what:?}", node.core.view(), node.core.committed_height());
@@ -347,7 +399,34 @@ pub fn run(s: &Scenario) -> Report {
                     store.retain(|x| x.height > committed);
                     store.push(b);
                 }
-                Output::Commit(cb) => nodes[to].ledger.push(cb),
+                Output::Commit(cb) => {
+                    let b = cb.block.as_ref().unwrap();
+                    if honest(to) && !b.operations.is_empty() {
+                        acknowledged = acknowledged.max(b.height);
+                    }
+                    if honest(to) {
+                        first_commit_ms.entry(b.height).or_insert(now);
+                    }
+                    nodes[to].ledger.push(cb)
+                }
+                Output::ReadRoundStarted(round) => {
+                    for r in reads[to].iter_mut().filter(|r| r.1.is_none()) {
+                        r.1 = Some(round);
+                    }
+                }
+                Output::ReadIndex { round, height } => {
+                    let (done, waiting): (Vec<_>, Vec<_>) = reads[to].drain(..).partition(|r| r.1.is_some_and(|x| x <= round));
+                    reads[to] = waiting;
+                    for (needed, _, issued) in done {
+                        report.reads_checked += 1;
+                        indexed.push((to, height, issued, now));
+                        if height < needed {
+                            report.violations.push(format!(
+                                "instance {to}: read issued at {issued} ms got index {height}, but block {needed} with operations was already committed"
+                            ));
+                        }
+                    }
+                }
                 Output::Send { to: v, msg } => sends.push((v, msg)),
                 Output::Broadcast(msg) => {
                     for v in 0..s.n {
@@ -390,6 +469,21 @@ pub fn run(s: &Scenario) -> Report {
                 push(&mut queue, now + delay, Event::Deliver { to: dest, from: me_validator, msg: bytes.clone() });
             }
         }
+        // Reads served (their instance committed far enough), or waiting too long.
+        indexed.retain(|(i, index, issued, at)| {
+            if (nodes[*i].ledger.len() as u64) >= *index || last_crash.get(i).is_some_and(|c| c >= issued) {
+                return false;
+            }
+            let Some(&committed_at) = first_commit_ms.get(index) else { return true };
+            if now > (*at).max(s.gst_ms).max(committed_at) + READ_SERVE_MS {
+                report.violations.push(format!(
+                    "instance {i}: read issued at {issued} ms still waits for block {index} at {now} ms (committed: {})",
+                    nodes[*i].ledger.len()
+                ));
+                return false;
+            }
+            true
+        });
         // Wake again when the core asks, and at least every 250 ms.
         let node = &mut nodes[to];
         let want = node.core.next_wakeup().map(|w| w.saturating_sub(GENESIS_MS + node.clock_offset)).unwrap_or(u64::MAX);
@@ -438,6 +532,19 @@ pub fn run(s: &Scenario) -> Report {
         }
     }
     report.operations_checked = must_commit.len();
+    for (i, index, issued, _) in &indexed {
+        if *issued + 10_000 <= s.end_ms {
+            report.violations.push(format!("instance {i}: read issued at {issued} ms never reached its index {index}"));
+        }
+    }
+    // Liveness of reads: one begun after GST (and after its instance's last crash) is answered.
+    for (i, waiting) in reads.iter().enumerate() {
+        for (_, _, issued) in waiting {
+            if *issued >= s.gst_ms && last_crash.get(&i).is_none_or(|c| c < issued) && *issued + 10_000 <= s.end_ms {
+                report.violations.push(format!("instance {i}: read issued at {issued} ms never got its index"));
+            }
+        }
+    }
     report.blocks_after_gst = nodes
         .iter()
         .enumerate()

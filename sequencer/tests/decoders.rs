@@ -2,7 +2,10 @@
 //! inputs, so every CI run exercises the decoders; `fuzz/` runs the same entry points under
 //! libFuzzer for as long as one likes.
 
-use bftcd_proto::bftcd::{peer_message::Kind, Block, Operation, OperationId, PeerMessage, Proposal, QuorumCert, Timeout, Vote};
+use bftcd_proto::bftcd::{
+    peer_message::Kind, Block, Operation, OperationId, PeerMessage, Proposal, QuorumCert, ReadIndexReply, ReadIndexRequest,
+    Timeout, Vote,
+};
 use bftcd_proto::Message;
 use bftcd_sequencer::fuzzing;
 use rand::rngs::StdRng;
@@ -25,7 +28,9 @@ fn seeds() -> Vec<Vec<u8>> {
     let msgs = vec![
         Kind::Proposal(Proposal { block: Some(block.clone()), tc: None }),
         Kind::Vote(Vote { epoch: 1, view: 4, block_hash: vec![2; 32], justify_view: 3, signer: 1, signature: vec![0; 16] }),
-        Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc), signer: 2, signature: vec![0; 16] }),
+        Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc.clone()), signer: 2, signature: vec![0; 16] }),
+        Kind::ReadIndexRequest(ReadIndexRequest { round: 77 }),
+        Kind::ReadIndexReply(ReadIndexReply { round: 0, height: 2, high_qc: Some(qc), header: Some(bftcd_sequencer::header(&block)) }),
     ];
     let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|k| PeerMessage { kind: Some(k) }.encode_to_vec()).collect();
     out.push(block.encode_to_vec());

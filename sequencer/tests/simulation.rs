@@ -23,6 +23,7 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     let started = std::time::Instant::now();
     let mut events = 0;
     let mut ops = 0;
+    let mut reads = 0;
     for seed in 0..count {
         let n = if seed % 3 == 0 { 7 } else { 4 };
         let s = Scenario::random(seed, n);
@@ -30,8 +31,10 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
         assert!(r.violations.is_empty(), "seed {seed} failed: {:?}\nscenario: {s:?}\nheights: {:?}", r.violations, r.heights);
         events += r.events;
         ops += r.operations_checked;
+        reads += r.reads_checked;
     }
-    eprintln!("{count} scenarios (n = 4 and 7), {events} events, {ops} operations checked, in {:?}", started.elapsed());
+    eprintln!("{count} scenarios (n = 4 and 7), {events} events, {ops} operations and {reads} read indexes checked, in {:?}", started.elapsed());
+    assert!(count < 100 || reads > count as usize, "too few reads exercised: {reads}");
 }
 
 /// The checker must catch a safety bug. Twins setting (n = 7, f = 2): validators 0 and 1 run
@@ -58,6 +61,8 @@ fn broken_voting_rule_is_caught() {
         operations: 40,
         broken_voting_rule: broken,
         fixed_partition: Some(partition.clone()),
+        reads: 0,
+        broken_read_index: false,
     };
     let mut caught = Vec::new();
     for seed in 0..200 {
@@ -94,6 +99,8 @@ fn messages_per_block_grow_linearly() {
             operations: 400,
             broken_voting_rule: false,
             fixed_partition: None,
+            reads: 0,
+            broken_read_index: false,
         };
         let r = run(&s);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
@@ -106,4 +113,41 @@ fn messages_per_block_grow_linearly() {
         // Proposal broadcast (n-1) + votes (n-1) + operation forwarding; far below n^2.
         assert!(per_block < 6.0 * n as f64, "n = {n}: {per_block:.1} messages per block is not linear");
     }
+}
+
+/// The read-index check must catch stale reads: with every validator answering reads from its
+/// own state alone (no quorum), reads miss writes another validator already committed. A busy
+/// chain (many operations and reads, some message delay) makes the window common; the correct
+/// read index survives the same scenarios.
+#[test]
+fn broken_read_index_is_caught() {
+    let mut caught = Vec::new();
+    for seed in 0..20 {
+        let mut s = Scenario {
+            seed,
+            n: 4,
+            twins: 0,
+            gst_ms: 1_000,
+            end_ms: 21_000,
+            drop_rate: 0.0,
+            max_delay_ms: 100,
+            stable_delay_ms: 60,
+            partitions: false,
+            crashes: 0,
+            operations: 300,
+            broken_voting_rule: false,
+            fixed_partition: None,
+            reads: 200,
+            broken_read_index: true,
+        };
+        if run(&s).violations.iter().any(|v| v.contains("got index")) {
+            caught.push(seed);
+        }
+        s.broken_read_index = false;
+        let r = run(&s);
+        assert!(r.violations.is_empty(), "seed {seed} with the correct read index: {:?}", r.violations);
+        assert!(r.reads_checked >= 150, "seed {seed}: only {} of 200 reads answered", r.reads_checked);
+    }
+    eprintln!("broken read index caught in {} of 20 seeds: {caught:?}", caught.len());
+    assert!(caught.len() >= 10, "the checker caught the stale read index in only {} of 20 seeds", caught.len());
 }

@@ -1,12 +1,13 @@
-//! Write throughput, latency and CPU cost: stock etcd used directly, stock etcd behind one bftcd
-//! sidecar, a 4-bank BFTcd chain (HotStuff-2) and a 3-member stock etcd Raft cluster, measured in
-//! the same run on the same machine (design.md §7: ratios, never absolute numbers).
+//! Write and read throughput, latency and CPU cost: stock etcd used directly, stock etcd behind one
+//! bftcd sidecar, a 4-bank BFTcd chain (HotStuff-2) and a 3-member stock etcd Raft cluster,
+//! measured in the same run on the same machine (design.md §7: ratios, never absolute numbers).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
-//! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64] [--duration 10]
-//!     [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]] [--workload put|txn|both]
-//!     [--op-timeout 10] [--sidecar-arg ARG]... [--keep]
+//! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64[,256...]]
+//!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]]
+//!     [--workload put,txn,range-lin,range-ser|both|all] [--range-keys 1000]
+//!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep]
 //! ```
 //!
 //! Targets (all started up front, so every phase runs under the same conditions):
@@ -17,47 +18,81 @@
 //! - `raft3` (alias `cluster3`): a 3-member stock etcd Raft cluster; client `i` talks to member
 //!   `i mod 3`.
 //!
-//! Workloads, each on distinct keys:
-//! - `put`: a Put of a `--value-size` (256-byte) value;
-//! - `txn`: the conditional create kube-apiserver issues for every new object:
-//!   `Txn If ModRevision(key) == 0 Then Put(key, value) Else Get(key)`.
+//! Workloads (`--workload`: a comma list; `both` = `put,txn`, the default; `all` = all four):
+//! - `put`: a Put of a `--value-size` (256-byte) value, on distinct keys;
+//! - `txn`: the conditional create kube-apiserver issues for every new object, on distinct keys:
+//!   `Txn If ModRevision(key) == 0 Then Put(key, value) Else Get(key)`;
+//! - `range-lin`: a linearizable (default consistency) Range (Get) of one existing key, picked at
+//!   random among `--range-keys` (1000) keys of `--value-size` bytes;
+//! - `range-ser`: the same with serializable consistency.
 //!
-//! For every workload × target it runs two phases, each ending after `--ops` operations or
+//! Before the first range phase on a target, the `--range-keys` keys are written through it by 16
+//! concurrent clients (not timed) and the benchmark waits until every endpoint of the target
+//! serves all of them (serializable count); `range-lin` and `range-ser` read the same keys.
+//!
+//! For every workload × target it runs these phases, each ending after `--ops` operations or
 //! `--duration` seconds, whichever comes first (operations still in flight get at most 5 s more):
 //! - `sequential`: one client, one operation at a time;
-//! - `concurrent`: `--clients` clients, each with its own connection, one operation at a time each.
+//! - `concurrent`: once per client count of `--clients` (e.g. `--clients 64,256`): that many
+//!   clients, each with its own connection, one operation at a time each.
 //!
 //! During every phase it reads utime+stime of the target's processes from `/proc/<pid>/stat`, split
 //! into sidecar and etcd processes, and reports CPU-ms per 1000 committed operations. It prints
-//! progress every 2 s, a results table, a CPU table, the sidecar/direct and bft4/raft3 ratios and,
-//! last, one JSON line with everything.
+//! progress every 2 s, a results table, a CPU table (both with workload and client count in every
+//! row), the sidecar/direct and bft4/raft3 ratios per workload, phase and client count and, last,
+//! one JSON line with everything (ratio keys: `sequential`, `concurrent-<clients>`).
+//!
+//! With `--check-perf LOAD`, after all phases it runs the stock `etcdctl check perf --load LOAD`
+//! (about 60 s each, keys under `/etcdctl-check-perf/`, deleted by etcdctl afterwards) against all
+//! client endpoints of each target in turn, prints etcdctl's output prefixed with
+//! `[check-perf/<target>]`, and reports PASS (exit status 0 and a final `PASS` line) or FAIL per
+//! target in the summary and in the JSON line (`check_perf`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bftcd_tests::sidecar::BANK_ETCD_ARGS;
-use bftcd_tests::{bins, Chain, EtcdCluster, EtcdProcess, Sidecar, TestDir};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use bftcd_tests::{bins, Chain, EtcdCluster, EtcdProcess, Etcdctl, Sidecar, TestDir};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// How long operations still in flight at the end of a phase may take before they are abandoned
 /// (and counted as errors).
 const PHASE_GRACE: Duration = Duration::from_secs(5);
 
+/// Concurrent clients writing the keys the range workloads read (not timed).
+const PRELOAD_CLIENTS: usize = 16;
+
+/// Prefix of the keys the range workloads read.
+const RANGE_PREFIX: &str = "bench/range/";
+
+/// How long the preloaded keys may take to be visible at every endpoint of a target.
+const PRELOAD_VISIBLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Hard limit of one `etcdctl check perf` run (it runs 60 s plus setup and cleanup).
+const CHECK_PERF_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Set by Ctrl-C: phases end early, the remaining ones are skipped, processes are stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 const KNOWN_TARGETS: &[&str] = &["direct", "sidecar", "bft4", "raft3", "cluster3"];
 
+const CHECK_PERF_LOADS: &[&str] = &["s", "m", "l", "xl"];
+
 struct Args {
     ops: u64,
-    clients: usize,
+    /// Client counts of the concurrent phases, in the order given, without duplicates.
+    clients: Vec<usize>,
     duration: Duration,
     op_timeout: Duration,
     value_size: usize,
+    range_keys: usize,
     targets: Vec<String>,
     workloads: Vec<Workload>,
+    check_perf: Option<String>,
     sidecar_args: Vec<String>,
     keep: bool,
 }
@@ -66,25 +101,51 @@ struct Args {
 enum Workload {
     Put,
     Txn,
+    RangeLin,
+    RangeSer,
 }
+
+const ALL_WORKLOADS: &[Workload] = &[
+    Workload::Put,
+    Workload::Txn,
+    Workload::RangeLin,
+    Workload::RangeSer,
+];
 
 impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Put => "put",
             Workload::Txn => "txn",
+            Workload::RangeLin => "range-lin",
+            Workload::RangeSer => "range-ser",
         }
+    }
+
+    fn parse(s: &str) -> Option<Workload> {
+        ALL_WORKLOADS.iter().copied().find(|w| w.name() == s)
+    }
+
+    /// Reads of preloaded keys (instead of writes of distinct keys).
+    fn is_range(self) -> bool {
+        matches!(self, Workload::RangeLin | Workload::RangeSer)
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--ops N (default 50000)] [--clients C (default 64)] [--duration SECS (default 10)]\n\
+        "usage: bench [--ops N (default 50000)] [--clients C[,C...] (default 64)] [--duration SECS (default 10)]\n\
          \x20            [--value-size BYTES (default 256)] [--targets direct,sidecar,bft4,raft3 (default direct,sidecar)]\n\
-         \x20            [--workload put|txn|both (default both)] [--op-timeout SECS (default 10)]\n\
-         \x20            [--sidecar-arg ARG]... [--keep]\n\
+         \x20            [--workload put,txn,range-lin,range-ser|both|all (default both = put,txn)]\n\
+         \x20            [--range-keys N (default 1000)] [--op-timeout SECS (default 10)]\n\
+         \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep]\n\
          targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 = 4 banks ordering with\n\
          HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
+         workloads: put, txn (create-if-absent) on distinct keys; range-lin / range-ser = linearizable /\n\
+         serializable Get of one of --range-keys preloaded keys.\n\
+         --clients: one concurrent phase per client count (each client has its own connection).\n\
+         --check-perf: after the phases, run `etcdctl check perf --load LOAD` (about 60 s) against\n\
+         every target's endpoints and report PASS/FAIL.\n\
          --sidecar-arg applies to the `sidecar` target only."
     );
     std::process::exit(2)
@@ -93,12 +154,14 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut a = Args {
         ops: 50_000,
-        clients: 64,
+        clients: vec![64],
         duration: Duration::from_secs(10),
         op_timeout: Duration::from_secs(10),
         value_size: 256,
+        range_keys: 1000,
         targets: vec!["direct".into(), "sidecar".into()],
         workloads: vec![Workload::Put, Workload::Txn],
+        check_perf: None,
         sidecar_args: Vec::new(),
         keep: false,
     };
@@ -121,30 +184,67 @@ fn parse_args() -> Args {
             }
             Duration::from_secs_f64(s)
         };
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
         match name.as_str() {
             "--ops" => a.ops = value().parse().unwrap_or_else(|_| usage()),
-            "--clients" => a.clients = value().parse().unwrap_or_else(|_| usage()),
+            "--clients" => {
+                a.clients = Vec::new();
+                for c in list(value()) {
+                    let c: usize = c.parse().unwrap_or_else(|_| usage());
+                    if c == 0 {
+                        usage()
+                    }
+                    if !a.clients.contains(&c) {
+                        a.clients.push(c);
+                    }
+                }
+            }
             "--duration" => a.duration = secs(value()),
             "--op-timeout" => a.op_timeout = secs(value()),
             "--value-size" => a.value_size = value().parse().unwrap_or_else(|_| usage()),
+            "--range-keys" => a.range_keys = value().parse().unwrap_or_else(|_| usage()),
             "--targets" => {
                 a.targets = Vec::new();
-                for t in value().split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if !a.targets.iter().any(|x| x == t) {
-                        a.targets.push(t.to_string());
+                for t in list(value()) {
+                    if !a.targets.contains(&t) {
+                        a.targets.push(t);
                     }
                 }
             }
             "--workload" | "--workloads" => {
-                a.workloads = match value().as_str() {
-                    "put" => vec![Workload::Put],
-                    "txn" => vec![Workload::Txn],
-                    "both" | "put,txn" => vec![Workload::Put, Workload::Txn],
-                    other => {
-                        eprintln!("unknown workload {other}");
-                        usage()
+                a.workloads = Vec::new();
+                for w in list(value()) {
+                    let add: Vec<Workload> = match w.as_str() {
+                        "both" => vec![Workload::Put, Workload::Txn],
+                        "all" => ALL_WORKLOADS.to_vec(),
+                        other => match Workload::parse(other) {
+                            Some(w) => vec![w],
+                            None => {
+                                eprintln!("unknown workload {other}");
+                                usage()
+                            }
+                        },
+                    };
+                    for w in add {
+                        if !a.workloads.contains(&w) {
+                            a.workloads.push(w);
+                        }
                     }
                 }
+            }
+            "--check-perf" => {
+                let load = value();
+                if !CHECK_PERF_LOADS.contains(&load.as_str()) {
+                    eprintln!("unknown check perf load {load} (s, m, l or xl)");
+                    usage()
+                }
+                a.check_perf = Some(load);
             }
             "--sidecar-arg" => a.sidecar_args.push(value()),
             "--keep" => a.keep = true,
@@ -155,7 +255,11 @@ fn parse_args() -> Args {
             }
         }
     }
-    if a.ops == 0 || a.clients == 0 || a.targets.is_empty() {
+    if a.ops == 0 || a.clients.is_empty() || a.targets.is_empty() || a.workloads.is_empty() {
+        usage()
+    }
+    if a.range_keys == 0 && a.workloads.iter().any(|w| w.is_range()) {
+        eprintln!("--range-keys must be at least 1 for the range workloads");
         usage()
     }
     for t in &a.targets {
@@ -255,6 +359,15 @@ fn cpu_delta(before: CpuTicks, after: CpuTicks) -> CpuMs {
 // ---------------------------------------------------------------------------------------------
 // Phases.
 
+/// `sequential`, or `concurrent-<clients>`: names a phase in labels, keys and the ratio JSON.
+fn phase_tag(phase: &str, clients: usize) -> String {
+    if phase == "sequential" {
+        phase.to_string()
+    } else {
+        format!("{phase}-{clients}")
+    }
+}
+
 #[derive(Clone)]
 struct PhaseResult {
     target: String,
@@ -263,8 +376,9 @@ struct PhaseResult {
     clients: usize,
     ops: u64,
     errors: u64,
-    /// txn only: how many took the Else branch (the key existed; never expected on distinct keys).
-    else_branch: u64,
+    /// Answers that were not the expected ones: for txn the Else branch ran (the key existed;
+    /// never expected on distinct keys), for range the key was not found.
+    unexpected: u64,
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -349,11 +463,107 @@ async fn wait_writable(target: &Target, timeout: Duration) {
     }
 }
 
+fn range_key(i: usize) -> String {
+    format!("{RANGE_PREFIX}{i:06}")
+}
+
+/// Writes the `n` keys the range workloads read, with [`PRELOAD_CLIENTS`] concurrent clients
+/// (client `i` on endpoint `i mod n`), then waits until every endpoint of the target serves all
+/// of them (serializable count, so a bank or follower that still applies is waited for).
+/// Returns the seconds it took.
+async fn preload_range_keys(
+    target: &Target,
+    n: usize,
+    value: Arc<Vec<u8>>,
+    op_timeout: Duration,
+) -> f64 {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for ci in 0..PRELOAD_CLIENTS.min(n) {
+        let ep = target.endpoints[ci % target.endpoints.len()].clone();
+        let mut conn = connect(std::slice::from_ref(&ep)).await;
+        let next = next.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if STOP.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok(());
+                }
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let r = tokio::time::timeout(
+                        op_timeout,
+                        conn.put(range_key(i), value.as_slice(), None),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) if attempt >= 5 => {
+                            return Err(format!("put {} via {ep}: {e}", range_key(i)))
+                        }
+                        Err(_) if attempt >= 5 => {
+                            return Err(format!(
+                                "put {} via {ep}: no answer within {op_timeout:?}",
+                                range_key(i)
+                            ))
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        if let Err(e) = t.await.expect("preload task") {
+            panic!("{}: writing the range keys failed: {e}", target.name);
+        }
+    }
+    let deadline = Instant::now() + PRELOAD_VISIBLE_TIMEOUT;
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_count_only()
+        .with_serializable();
+    for ep in &target.endpoints {
+        let mut c = connect(std::slice::from_ref(ep)).await;
+        loop {
+            if STOP.load(Ordering::Relaxed) {
+                return started.elapsed().as_secs_f64();
+            }
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.get(RANGE_PREFIX, Some(opts.clone())),
+            )
+            .await;
+            let count = match &r {
+                Ok(Ok(resp)) => resp.count(),
+                _ => -1,
+            };
+            if count >= n as i64 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: {ep} serves {count} of the {n} range keys after {PRELOAD_VISIBLE_TIMEOUT:?}",
+                    target.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    started.elapsed().as_secs_f64()
+}
+
 /// Outcome of one operation.
 enum OpOutcome {
     Done,
-    /// A txn whose compare failed (the Else branch ran).
-    DoneElse,
+    /// A txn whose compare failed (the Else branch ran), or a range that found no key.
+    Unexpected,
 }
 
 async fn one_op(
@@ -377,7 +587,17 @@ async fn one_op(
             Ok(if resp.succeeded() {
                 OpOutcome::Done
             } else {
-                OpOutcome::DoneElse
+                OpOutcome::Unexpected
+            })
+        }
+        Workload::RangeLin | Workload::RangeSer => {
+            // Default consistency is linearizable.
+            let opts = (workload == Workload::RangeSer).then(|| GetOptions::new().with_serializable());
+            let resp = conn.get(key, opts).await?;
+            Ok(if resp.kvs().is_empty() {
+                OpOutcome::Unexpected
+            } else {
+                OpOutcome::Done
             })
         }
     }
@@ -394,6 +614,8 @@ struct PhaseSpec<'a> {
     duration: Duration,
     op_timeout: Duration,
     value: Arc<Vec<u8>>,
+    /// Number of preloaded keys (range workloads).
+    range_keys: usize,
 }
 
 /// Runs one phase: `clients` connections (client `i` on endpoint `i mod n`) issuing operations
@@ -409,20 +631,34 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
         duration,
         op_timeout,
         value,
+        range_keys,
     } = spec;
+    let tag = phase_tag(phase, clients);
     let mut conns = Vec::with_capacity(clients);
     for ci in 0..clients {
         let ep = &target.endpoints[ci % target.endpoints.len()];
         conns.push(connect(std::slice::from_ref(ep)).await);
     }
-    // Warm-up: every connection established and the server's caches hot.
-    for (i, c) in conns.iter_mut().enumerate() {
-        let _ = tokio::time::timeout(
-            op_timeout,
-            c.put(format!("bench/warmup/{i}"), value.as_slice(), None),
-        )
-        .await;
-    }
+    // Warm-up, all connections at once: every connection established and the server's caches
+    // hot. Writes warm up with a put of their own key, reads with one read of the workload.
+    futures::future::join_all(conns.iter_mut().enumerate().map(|(i, c)| {
+        let value = value.clone();
+        async move {
+            let _ = if workload.is_range() {
+                tokio::time::timeout(op_timeout, one_op(c, workload, range_key(i % range_keys), &value))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            } else {
+                tokio::time::timeout(
+                    op_timeout,
+                    c.put(format!("bench/warmup/{i}"), value.as_slice(), None),
+                )
+                .await
+                .map(|r| r.map(|_| ()))
+            };
+        }
+    }))
+    .await;
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -434,7 +670,7 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
     let progress = {
         let done = done.clone();
         let errors = errors.clone();
-        let label = format!("{}/{}/{phase}", target.name, workload.name());
+        let label = format!("{}/{}/{tag}", target.name, workload.name());
         tokio::spawn(async move {
             let mut last = 0u64;
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -454,16 +690,18 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
     };
 
     let mut tasks = Vec::with_capacity(clients);
-    for mut conn in conns.into_iter() {
+    for (ci, mut conn) in conns.into_iter().enumerate() {
         let issued = issued.clone();
         let done = done.clone();
         let errors = errors.clone();
         let value = value.clone();
         let wl = workload.name();
+        let tag = tag.clone();
         tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(0x5eed_0000 + ci as u64);
             let mut lat: Vec<u32> = Vec::new();
             let mut first_error = None;
-            let mut else_branch = 0u64;
+            let mut unexpected = 0u64;
             loop {
                 let now = Instant::now();
                 if now >= deadline || STOP.load(Ordering::Relaxed) {
@@ -473,8 +711,13 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
                 if i >= ops {
                     break;
                 }
-                // Distinct keys: one per operation of the phase.
-                let key = format!("bench/{wl}/{phase}/{i:09}");
+                let key = if workload.is_range() {
+                    // One random preloaded key.
+                    range_key(rng.gen_range(0..range_keys))
+                } else {
+                    // Distinct keys: one per operation of the phase (and client count).
+                    format!("bench/{wl}/{tag}/{i:09}")
+                };
                 let limit = op_timeout.min(hard_stop.saturating_duration_since(now));
                 let t0 = Instant::now();
                 let r = tokio::time::timeout(limit, one_op(&mut conn, workload, key, &value)).await;
@@ -482,8 +725,8 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
                     Ok(Ok(outcome)) => {
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         done.fetch_add(1, Ordering::Relaxed);
-                        if let OpOutcome::DoneElse = outcome {
-                            else_branch += 1;
+                        if let OpOutcome::Unexpected = outcome {
+                            unexpected += 1;
                         }
                     }
                     Ok(Err(e)) => {
@@ -500,16 +743,16 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
                     }
                 }
             }
-            (lat, first_error, else_branch)
+            (lat, first_error, unexpected)
         }));
     }
     let mut all: Vec<u32> = Vec::new();
     let mut first_error = None;
-    let mut else_branch = 0;
+    let mut unexpected = 0;
     for t in tasks {
-        let (lat, err, el) = t.await.expect("client task");
+        let (lat, err, un) = t.await.expect("client task");
         all.extend(lat);
-        else_branch += el;
+        unexpected += un;
         if first_error.is_none() {
             first_error = err;
         }
@@ -525,13 +768,130 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
         clients,
         ops: all.len() as u64,
         errors: errors.load(Ordering::Relaxed),
-        else_branch,
+        unexpected,
         seconds,
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         max_ms: all.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
         cpu,
         first_error,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcdctl check perf.
+
+struct CheckPerf {
+    target: String,
+    endpoints: String,
+    load: String,
+    pass: bool,
+    /// Exit code (see `CmdOutput::code`); None when the harness killed it (timeout, Ctrl-C).
+    exit_code: Option<i32>,
+    timed_out: bool,
+    seconds: f64,
+    /// etcdctl's output without the progress bar (the PASS / FAIL / "too long" lines, errors).
+    lines: Vec<String>,
+}
+
+/// The complete lines of `text[*from..]`, advancing `from` past them; a line rewritten with `\r`
+/// (etcdctl's progress bar) is reduced to its last version.
+fn take_lines(text: &str, from: &mut usize) -> Vec<String> {
+    let rest = &text[(*from).min(text.len())..];
+    let Some(end) = rest.rfind('\n') else {
+        return Vec::new();
+    };
+    *from += end + 1;
+    rest[..end]
+        .split('\n')
+        .filter_map(|l| {
+            let l = l.split('\r').map(str::trim).rfind(|s| !s.is_empty())?;
+            Some(l.to_string())
+        })
+        .collect()
+}
+
+/// etcdctl's progress bar (` 60 / 60 Booo...! 100.00% 1m0s`).
+fn is_progress_bar(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    matches!(
+        (words.next(), words.next(), words.next()),
+        (Some(a), Some("/"), Some(b)) if a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok()
+    )
+}
+
+/// Runs `etcdctl --endpoints=<all of the target's> check perf --load=<load>`, printing its output
+/// as it comes with a `[check-perf/<target>]` prefix.
+fn run_check_perf(target: &Target, load: &str) -> CheckPerf {
+    let endpoints = target.endpoints.join(",");
+    let label = format!("check-perf/{}", target.name);
+    eprintln!(
+        "bench: {label}: etcdctl --endpoints={endpoints} check perf --load={load} (about 60 s) ..."
+    );
+    let ctl = Etcdctl::new(endpoints.clone());
+    let started = Instant::now();
+    let load_arg = format!("--load={load}");
+    let mut bg = ctl.spawn_for(&["check", "perf", load_arg.as_str()], CHECK_PERF_TIMEOUT);
+    let (mut out_at, mut err_at) = (0usize, 0usize);
+    let mut lines: Vec<String> = Vec::new();
+    let mut emit = |stdout: &str, stderr: &str, out_at: &mut usize, err_at: &mut usize| {
+        for l in take_lines(stdout, out_at)
+            .into_iter()
+            .chain(take_lines(stderr, err_at))
+        {
+            eprintln!("  [{label}] {l}");
+            if !is_progress_bar(&l) {
+                lines.push(l);
+            }
+        }
+    };
+    let mut next_note = Duration::from_secs(15);
+    let mut interrupted = false;
+    while bg.is_running() && started.elapsed() < CHECK_PERF_TIMEOUT {
+        if STOP.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        emit(&bg.stdout_so_far(), &bg.stderr_so_far(), &mut out_at, &mut err_at);
+        if started.elapsed() >= next_note {
+            eprintln!("  [{label}] running, {:.0} s elapsed", started.elapsed().as_secs_f64());
+            next_note += Duration::from_secs(15);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = if interrupted {
+        bg.stop()
+    } else {
+        bg.wait(Duration::from_secs(5))
+    };
+    // Whatever is left, including a last line without a newline.
+    emit(
+        &format!("{}\n", out.stdout),
+        &format!("{}\n", out.stderr),
+        &mut out_at,
+        &mut err_at,
+    );
+    let final_pass = lines.iter().any(|l| l == "PASS");
+    let any_fail = lines.iter().any(|l| {
+        l.starts_with("FAIL") || l.contains("too long") || l.contains("too high")
+    });
+    let pass = out.success() && final_pass && !any_fail;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: {label}: {} (exit {}{}) after {seconds:.0} s",
+        if pass { "PASS" } else { "FAIL" },
+        out.status.map(|_| out.code().to_string()).unwrap_or_else(|| "none".into()),
+        if out.timed_out { ", timed out" } else { "" }
+    );
+    CheckPerf {
+        target: target.name.clone(),
+        endpoints,
+        load: load.to_string(),
+        pass,
+        exit_code: out.status.map(|_| out.code()),
+        timed_out: out.timed_out,
+        seconds,
+        lines,
     }
 }
 
@@ -554,18 +914,19 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into())
 }
 
-/// Prints `a / b` ratios for every workload and phase where both ran; returns them as JSON
-/// (`{workload: {phase: {...}}}`).
+/// Prints `a / b` ratios for every workload, phase and client count where both ran; returns them
+/// as JSON (`{workload: {"sequential" | "concurrent-<clients>": {...}}}`).
 fn print_ratios(
     results: &[PhaseResult],
     workloads: &[Workload],
+    clients: &[usize],
     a: &str,
     b: &[&str],
 ) -> serde_json::Map<String, serde_json::Value> {
-    let find = |t: &str, w: Workload, p: &str| {
+    let find = |t: &str, w: Workload, p: &str, c: usize| {
         results
             .iter()
-            .find(|r| r.target == t && r.workload == w && r.phase == p)
+            .find(|r| r.target == t && r.workload == w && r.phase == p && r.clients == c)
     };
     let mut out = serde_json::Map::new();
     let Some(b) = b
@@ -578,9 +939,11 @@ fn print_ratios(
     if !results.iter().any(|r| r.target == a) {
         return out;
     }
+    let mut phases = vec![("sequential", 1usize)];
+    phases.extend(clients.iter().map(|&c| ("concurrent", c)));
     println!();
     println!(
-        "{:<23} {:>10}   {:>11}   {:>11}   {:>10}",
+        "{:<28} {:>10}   {:>11}   {:>11}   {:>10}",
         format!("{a} / {b}"),
         "throughput",
         "p50 latency",
@@ -589,8 +952,8 @@ fn print_ratios(
     );
     for &w in workloads {
         let mut per_phase = serde_json::Map::new();
-        for phase in ["sequential", "concurrent"] {
-            let (Some(x), Some(y)) = (find(a, w, phase), find(b, w, phase)) else {
+        for &(phase, c) in &phases {
+            let (Some(x), Some(y)) = (find(a, w, phase, c), find(b, w, phase, c)) else {
                 continue;
             };
             let tp = ratio(x.ops_per_sec(), y.ops_per_sec());
@@ -603,20 +966,23 @@ fn print_ratios(
                 (Some(cx), Some(cy)) => ratio(cx, cy),
                 _ => None,
             };
+            let tag = phase_tag(phase, c);
             println!(
-                "{:<23} {:>10}   {:>11}   {:>11}   {:>10}",
-                format!("{}/{phase}", w.name()),
+                "{:<28} {:>10}   {:>11}   {:>11}   {:>10}",
+                format!("{}/{tag}", w.name()),
                 fmt_ratio(tp),
                 fmt_ratio(p50),
                 fmt_ratio(p99),
                 fmt_ratio(cpu)
             );
             per_phase.insert(
-                phase.to_string(),
-                json!({ "throughput": tp, "p50_latency": p50, "p99_latency": p99, "cpu_per_op": cpu }),
+                tag,
+                json!({ "clients": c, "throughput": tp, "p50_latency": p50, "p99_latency": p99, "cpu_per_op": cpu }),
             );
         }
-        out.insert(w.name().to_string(), serde_json::Value::Object(per_phase));
+        if !per_phase.is_empty() {
+            out.insert(w.name().to_string(), serde_json::Value::Object(per_phase));
+        }
     }
     out
 }
@@ -640,6 +1006,15 @@ fn main() {
             }
         }
     }
+    if args.check_perf.is_some() {
+        match bins::try_stock_tool("etcdctl") {
+            Ok(path) => eprintln!("bench: check perf with {}", path.display()),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if cfg!(debug_assertions) {
         eprintln!("bench: WARNING: the benchmark itself is a debug build; use `cargo run --release`");
     }
@@ -649,13 +1024,14 @@ fn main() {
         eprintln!("bench: logs and data kept in {}", p.display());
     }
     let workload_names: Vec<&str> = args.workloads.iter().map(|w| w.name()).collect();
+    let clients_list: Vec<String> = args.clients.iter().map(|c| c.to_string()).collect();
     eprintln!(
-        "bench: workloads {}, {}-byte values, at most {} ops and {:?} per phase; concurrent phase with {} clients",
+        "bench: workloads {}, {}-byte values, at most {} ops and {:?} per phase; concurrent phases with {} clients",
         workload_names.join(","),
         args.value_size,
         args.ops,
         args.duration,
-        args.clients
+        clients_list.join(", ")
     );
 
     // Start every target up front (same conditions for all phases).
@@ -733,6 +1109,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results: Vec<PhaseResult> = Vec::new();
+    let mut preloads: Vec<(String, f64)> = Vec::new();
     rt.block_on(async {
         tokio::spawn(async {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -743,20 +1120,40 @@ fn main() {
         for t in &targets {
             wait_writable(t, Duration::from_secs(60)).await;
         }
+        let mut phases = vec![("sequential", 1usize)];
+        phases.extend(args.clients.iter().map(|&c| ("concurrent", c)));
         'all: for &workload in &args.workloads {
-            for (phase, clients) in [("sequential", 1usize), ("concurrent", args.clients)] {
+            for &(phase, clients) in &phases {
                 for target in &targets {
                     if STOP.load(Ordering::Relaxed) {
                         break 'all;
+                    }
+                    let name = &target.name;
+                    if workload.is_range() && !preloads.iter().any(|(t, _)| t == name) {
+                        eprintln!(
+                            "bench: {name}: writing {} keys of {} bytes for the range workloads \
+                             ({PRELOAD_CLIENTS} clients, not timed) ...",
+                            args.range_keys, args.value_size
+                        );
+                        let secs =
+                            preload_range_keys(target, args.range_keys, value.clone(), args.op_timeout)
+                                .await;
+                        eprintln!(
+                            "bench: {name}: range keys written and visible at every endpoint after {secs:.1} s"
+                        );
+                        preloads.push((name.clone(), secs));
+                        if STOP.load(Ordering::Relaxed) {
+                            break 'all;
+                        }
                     }
                     let others: Vec<u32> = targets
                         .iter()
                         .filter(|o| o.name != target.name)
                         .flat_map(|o| o.all_pids())
                         .collect();
-                    let name = &target.name;
                     let wl = workload.name();
-                    eprintln!("bench: {name}/{wl}/{phase} ({clients} client(s)) ...");
+                    let tag = phase_tag(phase, clients);
+                    eprintln!("bench: {name}/{wl}/{tag} ({clients} client(s)) ...");
                     let r = run_phase(PhaseSpec {
                         target,
                         others: &others,
@@ -767,10 +1164,11 @@ fn main() {
                         duration: args.duration,
                         op_timeout: args.op_timeout,
                         value: value.clone(),
+                        range_keys: args.range_keys,
                     })
                     .await;
                     eprintln!(
-                        "bench: {name}/{wl}/{phase}: {} ops in {:.1} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
+                        "bench: {name}/{wl}/{tag}: {} ops in {:.1} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
                          CPU ms per 1000 ops: sidecar {}, etcd {}",
                         r.ops,
                         r.seconds,
@@ -782,12 +1180,17 @@ fn main() {
                         fmt_opt(r.per_kop(r.cpu.etcd)),
                     );
                     if let Some(e) = &r.first_error {
-                        eprintln!("bench: {name}/{wl}/{phase}: first error: {e}");
+                        eprintln!("bench: {name}/{wl}/{tag}: first error: {e}");
                     }
-                    if r.else_branch > 0 {
+                    if r.unexpected > 0 {
                         eprintln!(
-                            "bench: {name}/{wl}/{phase}: WARNING: {} txns took the Else branch (key existed)",
-                            r.else_branch
+                            "bench: {name}/{wl}/{tag}: WARNING: {} {}",
+                            r.unexpected,
+                            if workload.is_range() {
+                                "reads found no key (a preloaded key was missing)"
+                            } else {
+                                "txns took the Else branch (key existed)"
+                            }
                         );
                     }
                     results.push(r);
@@ -796,14 +1199,26 @@ fn main() {
         }
     });
 
+    // etcdctl check perf, one target after the other (each writes under /etcdctl-check-perf/
+    // and deletes its keys at the end).
+    let mut check_perf: Vec<CheckPerf> = Vec::new();
+    if let Some(load) = &args.check_perf {
+        for target in &targets {
+            if STOP.load(Ordering::Relaxed) {
+                break;
+            }
+            check_perf.push(run_check_perf(target, load));
+        }
+    }
+
     println!();
     println!(
-        "{:<9} {:<4} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
-        "target", "op", "phase", "clients", "ops", "secs", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "{:<9} {:<9} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "target", "workload", "phase", "clients", "ops", "secs", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
     );
     for r in &results {
         println!(
-            "{:<9} {:<4} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<9} {:<9} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
             r.target,
             r.workload.name(),
             r.phase,
@@ -821,19 +1236,20 @@ fn main() {
     println!();
     println!("CPU during the concurrent phases (utime+stime from /proc/<pid>/stat)");
     println!(
-        "{:<9} {:<4} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
-        "target", "op", "sidecar ms/1k", "etcd ms/1k", "total ms/1k", "sidecar", "etcd", "client", "others"
+        "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
+        "target", "workload", "clients", "sidecar ms/1k", "etcd ms/1k", "total ms/1k", "sidecar", "etcd", "client", "others"
     );
     println!(
-        "{:<9} {:<4} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
-        "", "", "", "", "", "cores", "cores", "cores", "cores"
+        "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
+        "", "", "", "", "", "", "cores", "cores", "cores", "cores"
     );
     for r in results.iter().filter(|r| r.phase == "concurrent") {
         let has_sidecar = r.target == "sidecar" || r.target == "bft4";
         println!(
-            "{:<9} {:<4} {:>14} {:>14} {:>14} {:>8} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8.2} {:>8.2} {:>8.2}",
             r.target,
             r.workload.name(),
+            r.clients,
             if has_sidecar { fmt_opt(r.per_kop(r.cpu.sidecar)) } else { "-".into() },
             fmt_opt(r.per_kop(r.cpu.etcd)),
             fmt_opt(r.per_kop(r.cpu.sidecar + r.cpu.etcd)),
@@ -845,14 +1261,63 @@ fn main() {
     }
     println!("(client = this benchmark process; others = the idle processes of the other targets)");
 
-    let sidecar_direct = print_ratios(&results, &args.workloads, "sidecar", &["direct"]);
-    let bft_raft = print_ratios(&results, &args.workloads, "bft4", &["raft3", "cluster3"]);
+    let sidecar_direct =
+        print_ratios(&results, &args.workloads, &args.clients, "sidecar", &["direct"]);
+    let bft_raft =
+        print_ratios(&results, &args.workloads, &args.clients, "bft4", &["raft3", "cluster3"]);
+
+    if let Some(load) = &args.check_perf {
+        println!();
+        println!("etcdctl check perf --load={load} (all client endpoints of the target)");
+        println!("{:<9} {:<6} {:>5} {:>6}  details", "target", "result", "exit", "secs");
+        for c in &check_perf {
+            let details: Vec<&str> = c
+                .lines
+                .iter()
+                .map(String::as_str)
+                .filter(|l| *l != "PASS" && *l != "FAIL")
+                .collect();
+            println!(
+                "{:<9} {:<6} {:>5} {:>6.0}  {}",
+                c.target,
+                if c.pass { "PASS" } else { "FAIL" },
+                c.exit_code.map(|code| code.to_string()).unwrap_or_else(|| {
+                    if c.timed_out { "timeout".into() } else { "killed".into() }
+                }),
+                c.seconds,
+                details.join("; ")
+            );
+        }
+        if check_perf.len() < targets.len() {
+            println!("(interrupted: not every target was checked)");
+        }
+    }
 
     println!();
+    let check_perf_json: serde_json::Map<String, serde_json::Value> = check_perf
+        .iter()
+        .map(|c| {
+            (
+                c.target.clone(),
+                json!({
+                    "result": if c.pass { "PASS" } else { "FAIL" },
+                    "load": c.load,
+                    "endpoints": c.endpoints,
+                    "exit_code": c.exit_code,
+                    "timed_out": c.timed_out,
+                    "seconds": c.seconds,
+                    "output": c.lines,
+                }),
+            )
+        })
+        .collect();
     let line = json!({
         "bench": "bftcd-write",
         "workloads": workload_names,
+        "concurrent_clients": args.clients,
         "value_size": args.value_size,
+        "range_keys": args.range_keys,
+        "range_preload_seconds": preloads.iter().map(|(t, s)| (t.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "max_ops_per_phase": args.ops,
         "max_seconds_per_phase": args.duration.as_secs_f64(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -864,7 +1329,8 @@ fn main() {
             "clients": r.clients,
             "ops": r.ops,
             "errors": r.errors,
-            "txn_else_branch": r.else_branch,
+            "txn_else_branch": if r.workload == Workload::Txn { r.unexpected } else { 0 },
+            "range_key_missing": if r.workload.is_range() { r.unexpected } else { 0 },
             "seconds": r.seconds,
             "ops_per_sec": r.ops_per_sec(),
             "p50_ms": r.p50_ms,
@@ -884,6 +1350,7 @@ fn main() {
         })).collect::<Vec<_>>(),
         "ratio_sidecar_over_direct": sidecar_direct,
         "ratio_bft4_over_raft3": bft_raft,
+        "check_perf": if args.check_perf.is_some() { serde_json::Value::Object(check_perf_json) } else { serde_json::Value::Null },
     });
     println!("{line}");
     drop(rt);

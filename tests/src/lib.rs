@@ -21,6 +21,7 @@ pub mod compat;
 pub mod dir;
 pub mod etcd;
 pub mod etcdctl;
+pub mod linearizability;
 pub mod ports;
 pub mod process;
 pub mod sidecar;

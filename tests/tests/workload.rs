@@ -1,5 +1,6 @@
 //! A randomized, concurrent workload through all four banks at once (puts, deletes, range
-//! deletes, conditional Txns, reads, compactions). Afterwards every key's value, create and mod
+//! deletes, conditional Txns, reads, compactions, keys on leases of 2 to 4 s that expire during the
+//! run and on 60 s leases that outlive it). Afterwards every key's value, create and mod
 //! revision, version and lease are identical in all four banks' etcds, and so is HashKV: the
 //! apply path, batching included, is a pure function of the committed log.
 
@@ -8,9 +9,11 @@ use std::time::Duration;
 use bftcd_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
+    lease_client::LeaseClient,
     maintenance_client::MaintenanceClient,
     request_op::Request as Req,
-    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseLeasesRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
 use bftcd_tests::{Chain, TestDir};
 use rand::rngs::StdRng;
@@ -24,6 +27,9 @@ fn channel(endpoint: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Longer than the workload's short lease TTLs plus the expiry's own delay.
+const LEASES_GONE: Duration = Duration::from_secs(9);
+
 fn key(rng: &mut StdRng) -> Vec<u8> {
     format!("wl/k{:02}", rng.gen_range(0..24)).into_bytes()
 }
@@ -32,11 +38,20 @@ fn key(rng: &mut StdRng) -> Vec<u8> {
 /// point is what ends up in the banks.
 async fn client(endpoint: String, seed: u64, ops: usize) -> usize {
     let mut kv = KvClient::new(channel(&endpoint));
+    let mut leases = LeaseClient::new(channel(&endpoint));
     let mut rng = StdRng::seed_from_u64(seed);
     let mut ok = 0;
     for _ in 0..ops {
         let r = match rng.gen_range(0..100) {
-            0..=44 => kv.put(PutRequest { key: key(&mut rng), value: format!("v{}", rng.gen::<u32>()).into(), prev_kv: rng.gen(), ..Default::default() }).await.map(|_| ()),
+            // A key on a short lease, which expires during the run.
+            0..=4 => match leases.lease_grant(LeaseGrantRequest { ttl: [2, 3, 4, 60][rng.gen_range(0..4)], id: 0 }).await {
+                Ok(g) => {
+                    let lease = g.into_inner().id;
+                    kv.put(PutRequest { key: key(&mut rng), value: b"leased".to_vec(), lease, ..Default::default() }).await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            },
+            5..=44 => kv.put(PutRequest { key: key(&mut rng), value: format!("v{}", rng.gen::<u32>()).into(), prev_kv: rng.gen(), ..Default::default() }).await.map(|_| ()),
             45..=54 => kv.delete_range(DeleteRangeRequest { key: key(&mut rng), prev_kv: true, ..Default::default() }).await.map(|_| ()),
             55..=59 => {
                 let a = key(&mut rng);
@@ -73,7 +88,9 @@ async fn client(endpoint: String, seed: u64, ops: usize) -> usize {
 
 /// Each bank's own etcd, read directly: (revision, HashKV, compact revision, every workload key
 /// with value, create and mod revision, version and lease).
-type BankState = (i64, u32, i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>);
+/// Revision, HashKV, compact revision, every key (value, create/mod revision, version, lease),
+/// and the leases the sidecar reports.
+type BankState = (i64, u32, i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, Vec<i64>);
 
 async fn bank_states(chain: &Chain) -> Vec<BankState> {
     let mut states = Vec::new();
@@ -84,9 +101,29 @@ async fn bank_states(chain: &Chain) -> Vec<BankState> {
         let kvs = all.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect();
         let mut m = MaintenanceClient::new(channel(&b.etcd.endpoint()));
         let hash = m.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
-        states.push((rev, hash.hash, hash.compact_revision, kvs));
+        let mut l = LeaseClient::new(channel(&b.sidecar.endpoint()));
+        let mut leases: Vec<i64> = l.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner().leases.iter().map(|s| s.id).collect();
+        leases.sort_unstable();
+        states.push((rev, hash.hash, hash.compact_revision, kvs, leases));
     }
     states
+}
+
+/// Lets the short leases expire, waits until every bank is at the same revision, and asserts
+/// that all four banks hold the same state; returns it.
+async fn settle_and_compare(chain: Chain, timeout: Duration, when: &str) -> BankState {
+    tokio::time::sleep(LEASES_GONE).await;
+    let chain = tokio::task::spawn_blocking(move || {
+        chain.wait_converged(&[0, 1, 2, 3], timeout);
+        chain
+    })
+    .await
+    .unwrap();
+    let mut states = bank_states(&chain).await;
+    for (b, s) in states.iter().enumerate() {
+        assert_eq!(s, &states[0], "bank {} differs from bank 1 {when}", b + 1);
+    }
+    states.swap_remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,20 +138,10 @@ async fn random_concurrent_workload_leaves_all_banks_identical() {
         succeeded += t.await.unwrap();
     }
     assert!(succeeded > 400, "too few operations succeeded ({succeeded}) to test anything");
-    let chain = tokio::task::spawn_blocking(move || {
-        chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(60));
-        chain
-    })
-    .await
-    .unwrap();
-
-    let states = bank_states(&chain).await;
-    for (b, s) in states.iter().enumerate() {
-        assert_eq!(s, &states[0], "bank {} differs from bank 1", b + 1);
-    }
+    let s = settle_and_compare(chain, Duration::from_secs(60), "after the workload").await;
     eprintln!(
-        "{succeeded} operations succeeded; all banks at revision {} with {} keys, HashKV {:x}, compacted at {}",
-        states[0].0, states[0].3.len(), states[0].1, states[0].2
+        "{succeeded} operations succeeded; all banks at revision {} with {} keys and {} leases, HashKV {:x}, compacted at {}",
+        s.0, s.3.len(), s.4.len(), s.1, s.2
     );
 }
 
@@ -153,15 +180,6 @@ async fn random_workload_with_crashes_leaves_all_banks_identical() {
         succeeded += t.await.unwrap();
     }
     assert!(succeeded > 300, "too few operations succeeded ({succeeded})");
-    let chain = tokio::task::spawn_blocking(move || {
-        chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(90));
-        chain
-    })
-    .await
-    .unwrap();
-    let states = bank_states(&chain).await;
-    for (b, s) in states.iter().enumerate() {
-        assert_eq!(s, &states[0], "bank {} differs from bank 1 after the crashes", b + 1);
-    }
-    eprintln!("{succeeded} operations succeeded across crashes; all banks at revision {} with {} keys", states[0].0, states[0].3.len());
+    let s = settle_and_compare(chain, Duration::from_secs(90), "after the crashes").await;
+    eprintln!("{succeeded} operations succeeded across crashes; all banks at revision {} with {} keys and {} leases", s.0, s.3.len(), s.4.len());
 }

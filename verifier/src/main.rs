@@ -49,6 +49,7 @@ fn kind_and_key(r: &Option<Request>) -> (&'static str, String) {
         Some(Request::LeaseGrant(g)) => ("lease-grant", format!("{:x}", g.id)),
         Some(Request::LeaseRevoke(l)) => ("lease-revoke", format!("{:x}", l.id)),
         Some(Request::LeaseKeepAlive(k)) => ("lease-keepalive", format!("{:x}", k.id)),
+        Some(Request::LeaseExpire(e)) => ("lease-expire", format!("{:x}", e.id)),
         None => ("empty", String::new()),
     }
 }

@@ -7,17 +7,19 @@
 //!
 //! Operations that change nothing (a failed compare with a read-only branch, a delete of missing
 //! keys, a write etcd refuses) leave no trace; replaying them after a crash sees the same state
-//! and does nothing again. LeaseGrant, LeaseRevoke, LeaseKeepAlive and Compact cannot sit inside
-//! an etcd Txn: they are their own calls, and their replay is harmless too (a grant of an
-//! existing ID, a revoke of a missing lease, a repeated keepalive or compaction leave the same
-//! state). What must not happen is replaying a traceless operation after one of those calls
+//! and does nothing again. Lease operations are decided by the replicated [`leases`] table, then
+//! the local etcd is brought in line with its own lease calls (outside any Txn); Compact is its
+//! own call too. Their replay is harmless (a grant of an existing ID, a revoke of a missing lease
+//! or a repeated compaction leave the same state). What must not happen is replaying a traceless operation after one of those calls
 //! changed what it sees, so before such a call the position of any traceless operation is
 //! first stored in a small cursor file.
 
 mod batch;
+pub mod leases;
 mod wrap;
 
 pub use batch::BatchLimits;
+pub use leases::{Lease, LeaseTable};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,11 +29,10 @@ use std::time::Duration;
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
     request_op::Request, response_op::Response, CompactionResponse, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutResponse,
     RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use bftcd_sequencer::{Ledger, Position};
-use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tonic::{Code, Status};
 
@@ -40,6 +41,7 @@ use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::reserved::APPLIED_KEY;
 use crate::rewrite;
+use leases::LeaseDecision;
 
 /// What a client gets back for its write.
 #[derive(Debug)]
@@ -51,6 +53,8 @@ pub enum OpResponse {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseKeepAlive(LeaseKeepAliveResponse),
+    /// A bank's expiry request: whether the lease ended.
+    LeaseExpire(bool),
 }
 
 pub type Outcome = Result<OpResponse, Status>;
@@ -76,9 +80,15 @@ pub struct Applier {
     identity: Arc<Identity>,
     waiters: Mutex<HashMap<Key, oneshot::Sender<Outcome>>>,
     applied: watch::Sender<Option<Position>>,
+    /// Every block up to this height is applied in full (the read index waits on it).
+    applied_height: watch::Sender<u64>,
+    leases: Mutex<LeaseTable>,
     cursor_path: PathBuf,
     /// None: `exact` mode, one etcd Txn (and revision) per operation.
     batching: Option<BatchLimits>,
+    /// Test builds only (`--byzantine stale-reads`): apply each block this long after its time,
+    /// so the bank is reliably behind.
+    pub lag: Duration,
 }
 
 /// Errors that say something about this bank's etcd, not about the operation.
@@ -99,7 +109,10 @@ impl Applier {
         batching: Option<BatchLimits>,
     ) -> Self {
         let (applied, _) = watch::channel(None);
+        let (applied_height, _) = watch::channel(0);
         Applier {
+            applied_height,
+            leases: Mutex::new(LeaseTable::default()),
             etcd,
             ledger,
             identity,
@@ -107,6 +120,7 @@ impl Applier {
             applied,
             cursor_path: data_dir.join("apply-cursor"),
             batching,
+            lag: Duration::ZERO,
         }
     }
 
@@ -126,6 +140,24 @@ impl Applier {
         self.applied.subscribe()
     }
 
+    /// The height up to which every block is applied; wakes after each block.
+    pub fn applied_height(&self) -> watch::Receiver<u64> {
+        self.applied_height.subscribe()
+    }
+
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.leases.lock().unwrap().get(id)
+    }
+
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.leases.lock().unwrap().ids()
+    }
+
+    /// Leases whose deadline is not after `now_ms`.
+    pub fn leases_due(&self, now_ms: u64) -> Vec<i64> {
+        self.leases.lock().unwrap().due(now_ms)
+    }
+
     /// Applies committed blocks forever. Returns only on an error that needs an operator.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let last = self.recover().await?;
@@ -138,6 +170,8 @@ impl Applier {
             None => (1, 0),
             Some(p) => (p.height, p.index as usize + 1),
         };
+        self.applied_height.send_replace(height - 1);
+        let chain_id = self.ledger.genesis().chain_id.clone();
         loop {
             while self.ledger.height() < height {
                 if heights.changed().await.is_err() {
@@ -146,6 +180,12 @@ impl Applier {
             }
             let ledger = self.ledger.clone();
             let block = tokio::task::spawn_blocking(move || ledger.read(height)).await??.block.unwrap_or_default();
+            if !self.lag.is_zero() {
+                let due = std::time::UNIX_EPOCH + Duration::from_millis(block.timestamp_ms) + self.lag;
+                if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
             let runs = match self.batching {
                 Some(limits) => batch::split(&block.operations, limits),
                 None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
@@ -179,7 +219,8 @@ impl Applier {
                         self.store_cursor(p).await;
                     }
                 }
-                let (outcome, recorded) = self.apply(op, pos).await;
+                let decision = leases::step(&chain_id, &mut self.leases.lock().unwrap(), op, pos, block.timestamp_ms);
+                let (outcome, recorded) = self.apply(op, pos, decision.as_ref()).await;
                 if in_txn {
                     traceless = (!recorded).then_some(pos);
                 }
@@ -189,6 +230,7 @@ impl Applier {
                 }
                 }
             }
+            self.applied_height.send_replace(height);
             height += 1;
             skip = 0;
         }
@@ -227,6 +269,10 @@ impl Applier {
                     self.ledger.height()
                 );
             }
+            let ledger = self.ledger.clone();
+            let table = tokio::task::spawn_blocking(move || replay_leases(&ledger, p)).await??;
+            tracing::info!(leases = table.ids().len(), "apply: lease table rebuilt from the ledger");
+            *self.leases.lock().unwrap() = table;
         }
         Ok(last)
     }
@@ -267,11 +313,11 @@ impl Applier {
 
     /// Applies one operation, riding out outages of the local etcd. Also says whether the
     /// position key moved with it.
-    async fn apply(&self, op: &Operation, pos: Position) -> (Outcome, bool) {
+    async fn apply(&self, op: &Operation, pos: Position, lease: Option<&LeaseDecision>) -> (Outcome, bool) {
         let mut retrying = false;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.attempt(op, pos, retrying).await {
+            match self.attempt(op, pos, lease, retrying).await {
                 Attempt::Done(r, recorded) => return (Ok(r), recorded),
                 Attempt::Refused(status) => return (Err(status), false),
                 Attempt::Transient(status) => {
@@ -289,7 +335,7 @@ impl Applier {
         }
     }
 
-    async fn attempt(&self, op: &Operation, pos: Position, retrying: bool) -> Attempt {
+    async fn attempt(&self, op: &Operation, pos: Position, lease: Option<&LeaseDecision>, retrying: bool) -> Attempt {
         let Some(request) = &op.request else {
             // Validated before ordering; an empty operation from the ledger changes nothing.
             return Attempt::Refused(errors::key_not_found());
@@ -332,44 +378,66 @@ impl Applier {
                 Err(s) if retrying && s.message() == errors::compacted().message() => Attempt::Refused(errors::timeout()),
                 Err(s) => Attempt::Refused(errors::from_etcd(s)),
             },
-            Op::LeaseGrant(g) => {
-                let id = if g.id == 0 { self.lease_id(pos) } else { g.id };
-                match self.etcd.lease().lease_grant(LeaseGrantRequest { ttl: g.ttl, id }).await {
-                    Ok(r) => {
-                        let mut r = r.into_inner();
-                        r.header = self.identity.header(r.header);
-                        Attempt::Done(OpResponse::LeaseGrant(r), false)
-                    }
-                    Err(s) if is_transient(&s) => Attempt::Transient(s),
-                    Err(s) if retrying && s.message() == errors::lease_exists().message() => Attempt::Refused(errors::timeout()),
-                    Err(s) => Attempt::Refused(errors::from_etcd(s)),
-                }
-            }
-            Op::LeaseRevoke(r) => match self.etcd.lease().lease_revoke(*r).await {
-                Ok(resp) => Attempt::Done(
-                    OpResponse::LeaseRevoke(LeaseRevokeResponse { header: self.identity.header(resp.into_inner().header) }),
-                    false,
-                ),
-                Err(s) if is_transient(&s) => Attempt::Transient(s),
-                Err(s) if retrying && s.message() == errors::lease_not_found().message() => Attempt::Refused(errors::timeout()),
-                Err(s) => Attempt::Refused(errors::from_etcd(s)),
+            Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseKeepAlive(_) | Op::LeaseExpire(_) => match lease {
+                Some(d) => self.apply_lease(d).await,
+                None => Attempt::Refused(errors::lease_not_found()),
             },
-            Op::LeaseKeepAlive(k) => {
-                let once = tokio_stream::once(*k);
-                let reply = async {
-                    let mut stream = self.etcd.lease().lease_keep_alive(once).await?.into_inner();
-                    stream.message().await?.ok_or_else(|| Status::unavailable("keepalive stream closed"))
+        }
+    }
+
+    /// Brings the local etcd in line with a lease decision and answers as etcd would.
+    async fn apply_lease(&self, decision: &LeaseDecision) -> Attempt {
+        let result = match decision {
+            LeaseDecision::Grant { result: Err(s), .. } => return Attempt::Refused(s.clone()),
+            LeaseDecision::Grant { id, result: Ok(ttl) } => {
+                let granted = match self.etcd.lease().lease_grant(LeaseGrantRequest { ttl: leases::LOCAL_TTL, id: *id }).await {
+                    Ok(r) => Ok(r.into_inner().header),
+                    // Granted before a crash: the table is what counts.
+                    Err(s) if s.message() == errors::lease_exists().message() => self.current_header().await,
+                    Err(s) => Err(s),
                 };
-                match reply.await {
-                    Ok(mut r) => {
-                        r.header = self.identity.header(r.header);
-                        Attempt::Done(OpResponse::LeaseKeepAlive(r), false)
-                    }
-                    Err(s) if is_transient(&s) => Attempt::Transient(s),
-                    Err(s) => Attempt::Refused(errors::from_etcd(s)),
-                }
+                granted.map(|h| {
+                    OpResponse::LeaseGrant(LeaseGrantResponse { header: self.identity.header(h), id: *id, ttl: *ttl, error: String::new() })
+                })
+            }
+            LeaseDecision::Revoke { found: false, .. } => return Attempt::Refused(errors::lease_not_found()),
+            LeaseDecision::Revoke { id, found: true } => {
+                self.revoke_local(*id).await.map(|h| OpResponse::LeaseRevoke(LeaseRevokeResponse { header: self.identity.header(h) }))
+            }
+            LeaseDecision::Expire { expired: false, .. } => return Attempt::Done(OpResponse::LeaseExpire(false), false),
+            LeaseDecision::Expire { id, expired: true } => {
+                tracing::info!(lease = format!("{id:016x}"), "apply: lease expired at the agreed block time");
+                self.revoke_local(*id).await.map(|_| OpResponse::LeaseExpire(true))
+            }
+            // etcd answers a keepalive of an unknown lease with TTL 0, not an error.
+            LeaseDecision::KeepAlive { id, ttl } => self.current_header().await.map(|h| {
+                OpResponse::LeaseKeepAlive(LeaseKeepAliveResponse { header: self.identity.header(h), id: *id, ttl: ttl.unwrap_or(0) })
+            }),
+        };
+        match result {
+            Ok(r) => Attempt::Done(r, false),
+            Err(s) if is_transient(&s) => Attempt::Transient(s),
+            Err(s) => {
+                tracing::error!(error = %s, "apply: the local etcd refused a lease call the replicated table allowed");
+                Attempt::Refused(errors::from_etcd(s))
             }
         }
+    }
+
+    /// Revokes the local etcd's copy of a lease, deleting its keys in one revision.
+    async fn revoke_local(&self, id: i64) -> Result<Option<ResponseHeader>, Status> {
+        match self.etcd.lease().lease_revoke(LeaseRevokeRequest { id }).await {
+            Ok(r) => Ok(r.into_inner().header),
+            // Revoked before a crash.
+            Err(s) if s.message() == errors::lease_not_found().message() => self.current_header().await,
+            Err(s) => Err(s),
+        }
+    }
+
+    /// The local etcd's header now (as etcd gave it), for answers that change nothing in etcd.
+    pub async fn current_header(&self) -> Result<Option<ResponseHeader>, Status> {
+        let probe = RangeRequest { key: APPLIED_KEY.to_vec(), count_only: true, serializable: true, ..Default::default() };
+        Ok(self.etcd.kv().range(probe).await?.into_inner().header)
     }
 
     /// Applies a client Txn (or a Put or DeleteRange as a one-op Txn) with its bookkeeping;
@@ -467,17 +535,21 @@ impl Applier {
             .collect();
         Some(outcomes)
     }
+}
 
-    /// A lease ID for a grant that asked for 0: a function of the chain and the position only,
-    /// so every bank picks the same one. Positive, never 0 (etcd's "pick one for me").
-    fn lease_id(&self, pos: Position) -> i64 {
-        let mut h = Sha256::new();
-        h.update(b"bftcd.lease\0");
-        h.update(self.ledger.genesis().chain_id.as_bytes());
-        h.update([0u8]);
-        h.update(pos.to_bytes());
-        let d = h.finalize();
-        let id = (u64::from_be_bytes(d[..8].try_into().unwrap()) >> 1) as i64;
-        id.max(1)
+/// The lease table as it stood right after the operation at `last`.
+fn replay_leases(ledger: &Ledger, last: Position) -> anyhow::Result<LeaseTable> {
+    let chain_id = &ledger.genesis().chain_id;
+    let mut table = LeaseTable::default();
+    for height in 1..=last.height {
+        let block = ledger.read(height)?.block.unwrap_or_default();
+        for (i, op) in block.operations.iter().enumerate() {
+            let pos = Position { height, index: i as u32 };
+            if pos > last {
+                break;
+            }
+            leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
+        }
     }
+    Ok(table)
 }

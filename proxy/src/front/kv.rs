@@ -60,11 +60,20 @@ impl Front {
     }
 }
 
+/// etcd's rule: a read-only Txn is served serializably only if every operation in both branches
+/// is a serializable Range.
+fn txn_serializable(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).all(|op| matches!(&op.request, Some(ReqOp::RequestRange(r)) if r.serializable))
+}
+
 #[tonic::async_trait]
 impl Kv for KvFront {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = request.into_inner();
         validate::check_range(&r)?;
+        if !r.serializable {
+            self.0.linearize().await?;
+        }
         Ok(Response::new(self.0.read_range(r).await?))
     }
 
@@ -94,6 +103,9 @@ impl Kv for KvFront {
                 OpResponse::Txn(resp) => Ok(Response::new(resp)),
                 _ => Err(unexpected()),
             };
+        }
+        if !txn_serializable(&r) {
+            self.0.linearize().await?;
         }
         let (t, plan) = rewrite::plan_txn(&r);
         let resp = self.0.etcd.kv().txn(t).await.map_err(errors::from_etcd)?.into_inner();

@@ -1,4 +1,5 @@
-//! Lease: grant, revoke and keepalive are ordered writes; TimeToLive and Leases read the local etcd.
+//! Lease: grant, revoke and keepalive are ordered writes; TimeToLive and Leases answer from the
+//! replicated lease table (see `apply::leases`), the attached keys from the local etcd.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,8 +8,9 @@ use bftcd_proto::bftcd::operation::Request as Op;
 use bftcd_proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseStatus, LeaseTimeToLiveResponse,
 };
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,8 +20,7 @@ use crate::errors;
 
 pub struct LeaseFront(pub Arc<Front>);
 
-/// etcd's upper bound for a lease TTL in seconds.
-const MAX_LEASE_TTL: i64 = 9_000_000_000;
+use crate::apply::leases::MAX_TTL as MAX_LEASE_TTL;
 
 fn unexpected() -> Status {
     Status::internal("bftcd: apply engine returned a response of the wrong kind")
@@ -56,9 +57,8 @@ impl Lease for LeaseFront {
         let out = async_stream::stream! {
             loop {
                 match inbound.message().await {
-                    Ok(Some(req)) => match front.writes.submit(Op::LeaseKeepAlive(req)).await {
-                        Ok(OpResponse::LeaseKeepAlive(resp)) => yield Ok(resp),
-                        Ok(_) => { yield Err(unexpected()); break; }
+                    Ok(Some(req)) => match front.keep_alive(req).await {
+                        Ok(resp) => yield Ok(resp),
                         Err(s) => { yield Err(s); break; }
                     },
                     Ok(None) => break,
@@ -73,14 +73,77 @@ impl Lease for LeaseFront {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let mut r = self.0.etcd.lease().lease_time_to_live(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
-        r.header = self.0.identity.header(r.header);
-        Ok(Response::new(r))
+        let r = request.into_inner();
+        // etcd answers from its leader, so the answer reflects every grant, keepalive and
+        // attachment acknowledged before: the same read index as a linearizable Range.
+        self.0.linearize().await?;
+        let header = self.0.current_header().await?;
+        let Some(lease) = self.0.applier.lease(r.id) else {
+            // etcd's answer for a lease that does not exist (etcdctl prints "already expired").
+            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, ..Default::default() }));
+        };
+        // Remaining time by this bank's clock against the agreed deadline; only expiry itself
+        // needs agreement.
+        let remaining_ms = lease.deadline_ms.saturating_sub(super::now_ms());
+        let mut keys = vec![];
+        if r.keys {
+            // The local etcd's copy of the lease carries the same attachments on every bank.
+            let local = self.0.etcd.lease().lease_time_to_live(r).await.map_err(errors::from_etcd)?.into_inner();
+            keys = local.keys.into_iter().filter(|k| !crate::reserved::is_reserved(k)).collect();
+        }
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: (remaining_ms / 1000) as i64,
+            granted_ttl: lease.granted_ttl,
+            keys,
+        }))
     }
 
-    async fn lease_leases(&self, request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let mut r = self.0.etcd.lease().lease_leases(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
-        r.header = self.0.identity.header(r.header);
-        Ok(Response::new(r))
+    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.0.linearize().await?;
+        let header = self.0.current_header().await?;
+        let leases = self.0.applier.lease_ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        Ok(Response::new(LeaseLeasesResponse { header, leases }))
+    }
+}
+
+/// A keepalive being ordered, shared by every keepalive of the same lease that arrives meanwhile.
+pub type KeepAliveInFlight = Shared<BoxFuture<'static, Result<LeaseKeepAliveResponse, Status>>>;
+
+impl super::Front {
+    /// Renews a lease through ordering. Keepalives of one lease that arrive while one is being
+    /// ordered (several clients, or a client retrying) ride on it instead of each becoming a
+    /// committed operation; the renewal they get is at most one commit older than their arrival.
+    async fn keep_alive(self: &Arc<Self>, req: LeaseKeepAliveRequest) -> Result<LeaseKeepAliveResponse, Status> {
+        let shared = {
+            let mut inflight = self.keep_alives.lock().unwrap();
+            inflight
+                .entry(req.id)
+                .or_insert_with(|| {
+                    let front = self.clone();
+                    async move {
+                        match front.writes.submit(Op::LeaseKeepAlive(req)).await? {
+                            OpResponse::LeaseKeepAlive(resp) => Ok(resp),
+                            _ => Err(unexpected()),
+                        }
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = shared.clone().await;
+        let mut inflight = self.keep_alives.lock().unwrap();
+        if inflight.get(&req.id).is_some_and(|f| f.ptr_eq(&shared)) {
+            inflight.remove(&req.id);
+        }
+        result
+    }
+
+    /// This bank's header at the local etcd's current revision.
+    pub async fn current_header(&self) -> Result<Option<bftcd_proto::etcdserverpb::ResponseHeader>, Status> {
+        let h = self.applier.current_header().await.map_err(errors::from_etcd)?;
+        Ok(self.identity.header(h))
     }
 }

@@ -16,10 +16,12 @@ use bftcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use bftcd_sequencer::Ledger;
+use bftcd_sequencer::{Ledger, Sequencer};
 use tonic::service::RoutesBuilder;
+use tonic::Status;
 
 use crate::apply::Applier;
+use crate::errors;
 use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::writes::Writes;
@@ -31,6 +33,12 @@ pub struct Front {
     pub identity: Arc<Identity>,
     pub ledger: Arc<Ledger>,
     pub applier: Arc<Applier>,
+    pub sequencer: Arc<dyn Sequencer>,
+    /// How long a linearizable read may wait for its read index and the local apply.
+    pub read_timeout: std::time::Duration,
+    /// Test builds only: serve linearizable reads without a read index.
+    pub stale_reads: bool,
+    pub keep_alives: std::sync::Mutex<std::collections::HashMap<i64, lease::KeepAliveInFlight>>,
     pub max_txn_ops: usize,
     pub emulated_version: String,
     /// gRPC's own receive limit; etcd allows 512 KiB of framing on top of max-request-bytes.
@@ -40,6 +48,24 @@ pub struct Front {
 }
 
 impl Front {
+    /// Makes a linearizable read safe to serve from the local etcd: gets a read index agreed
+    /// with a quorum of banks, then waits until this bank has applied every block up to it. A
+    /// bank that is behind waits; one cut off from a quorum times out rather than answer.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        if self.stale_reads {
+            return Ok(());
+        }
+        let wait = async {
+            let index = self.sequencer.read_index().await.map_err(|_| errors::no_leader())?;
+            let mut applied = self.applier.applied_height();
+            while *applied.borrow_and_update() < index {
+                applied.changed().await.map_err(|_| errors::no_leader())?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.read_timeout, wait).await.map_err(|_| errors::timeout())?
+    }
+
     pub fn routes(self: Arc<Self>) -> tonic::service::Routes {
         let max = self.max_recv_bytes;
         let mut b = RoutesBuilder::default();
@@ -51,4 +77,9 @@ impl Front {
             .add_service(AuthServer::new(auth::AuthFront).max_decoding_message_size(max));
         b.routes()
     }
+}
+
+/// This bank's wall clock in ms; used only for answers, never for what is written.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -71,7 +71,9 @@ impl Mempool {
 
     /// When the oldest operation not in `exclude` was first seen.
     pub fn oldest_waiting(&self, exclude: &HashSet<OpId>) -> Option<u64> {
-        self.ops.iter().filter(|(id, _)| !exclude.contains(id)).map(|(_, (_, seen))| *seen).min()
+        // `order` is by arrival and arrival times never decrease, so the first one found is the
+        // oldest (ids whose operation left are skipped).
+        self.order.iter().filter(|id| !exclude.contains(id)).find_map(|id| self.ops.get(id).map(|(_, seen)| *seen))
     }
 
     /// Operations submitted by `bank` not in `exclude` (to forward again after a failed view).

@@ -17,22 +17,29 @@
 
 pub mod certs;
 pub mod mempool;
+pub mod read_index;
 pub mod safety;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bftcd_proto::bftcd::{
-    peer_message::Kind, Block, CommittedBlock, Operation, PeerMessage, Proposal, QuorumCert, Submit, SyncRequest,
-    SyncResponse, Timeout, TimeoutCert, TimeoutVote, Vote,
+    peer_message::Kind, Block, CommittedBlock, Operation, PeerMessage, Proposal, QuorumCert, ReadIndexReply,
+    ReadIndexRequest, Submit, SyncRequest, SyncResponse, Timeout, TimeoutCert, TimeoutVote, Vote,
 };
 use bftcd_proto::Message;
 
 use crate::block::{block_hash, header};
 pub use certs::{Crypto, Domain};
 use mempool::{op_id, Mempool, OpId, Recent};
+use read_index::ReadRounds;
 pub use safety::{SafetyRules, SafetyState};
 
 pub type Hash = [u8; 32];
+
+/// (view, block hash, justify view) of a vote.
+type VoteKey = (u64, Hash, u64);
+/// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
+type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,6 +61,9 @@ pub struct Config {
     /// A validator asks one peer at a time for commits it may have missed: right after start,
     /// then less and less often, down to once per this interval.
     pub sync_probe_max_ms: u64,
+    /// Tests only: answer reads from this validator's own state, skipping the quorum (the
+    /// simulator must catch the stale reads this allows).
+    pub broken_read_index: bool,
 }
 
 impl Config {
@@ -71,6 +81,7 @@ impl Config {
             operation_ttl_ms: 120_000,
             max_sync_blocks: 128,
             sync_probe_max_ms: 30_000,
+            broken_read_index: false,
         }
     }
 }
@@ -87,6 +98,8 @@ pub enum Input {
     Message { from: usize, msg: PeerMessage },
     /// Operations accepted from this bank's clients (unsigned; the core stamps and signs them).
     Submit(Vec<Operation>),
+    /// Linearizable reads are waiting: find the read index ([`read_index`]).
+    ReadIndex,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +119,11 @@ pub enum Output {
     Rejected { from: usize, reason: &'static str },
     /// More than f validators are Byzantine: the committed chain would fork. Stop.
     SafetyViolation(String),
+    /// A read-index round began: it answers every read that arrived before this output.
+    ReadRoundStarted(u64),
+    /// A read-index round ended: reads it answers may be served once every block up to
+    /// `height` is applied.
+    ReadIndex { round: u64, height: u64 },
 }
 
 /// Where the committed chain ends.
@@ -129,7 +147,8 @@ pub struct Core {
     committed: Tip,
     /// Hashes of recently committed blocks by height, to recognise a conflicting commit.
     committed_hashes: BTreeMap<u64, Hash>,
-    votes: HashMap<(u64, Hash, u64), BTreeMap<usize, Vec<u8>>>,
+    /// Votes by (view, block, justify view): signature, and whether it was checked alone.
+    votes: HashMap<VoteKey, BTreeMap<usize, (Vec<u8>, bool)>>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
     /// Highest view each validator is known to have timed out in (view synchronisation).
     gave_up: Vec<u64>,
@@ -150,6 +169,13 @@ pub struct Core {
     next_probe_ms: u64,
     probe_interval_ms: u64,
     probes: usize,
+    read: ReadRounds,
+    /// Height of the last committed block that carries operations.
+    committed_operations: u64,
+    /// Operations in uncommitted blocks, by the chain ends they were collected from (high QC's
+    /// block, last voted block). Chains are content-addressed, so the set only goes stale in
+    /// holding operations that committed since, which have left the mempool anyway.
+    in_flight_cache: std::cell::RefCell<Option<InFlight>>,
     out: Vec<Output>,
 }
 
@@ -248,8 +274,22 @@ impl Core {
             next_probe_ms: 0,
             probe_interval_ms: 0,
             probes: 0,
+            read: ReadRounds::default(),
+            committed_operations: 0,
+            in_flight_cache: Default::default(),
             out: Vec::new(),
         }
+    }
+
+    /// After a restart: the last block with operations in the ledger (the read index needs it;
+    /// `new` only sees the tip).
+    pub fn set_last_committed_operations(&mut self, height: u64) {
+        self.committed_operations = height;
+    }
+
+    /// The current read-index round (fuzzing aims replies at it).
+    pub fn read_round(&self) -> u64 {
+        self.read.round
     }
 
     pub fn view(&self) -> u64 {
@@ -280,6 +320,10 @@ impl Core {
             let t = seen + self.cfg.inclusion_deadline_ms;
             next = Some(next.map_or(t, |n: u64| n.min(t)));
         }
+        if self.read.in_flight {
+            let t = self.read.started_ms + self.cfg.base_timeout_ms;
+            next = Some(next.map_or(t, |n: u64| n.min(t)));
+        }
         if self.expecting_progress() && self.deadline == 0 {
             next = Some(self.now);
         }
@@ -292,6 +336,7 @@ impl Core {
             Input::Tick => {}
             Input::Submit(ops) => self.on_submit_local(ops),
             Input::Message { from, msg } => self.on_message(from, msg, log),
+            Input::ReadIndex => self.on_read_index(),
         }
         self.on_tick();
         std::mem::take(&mut self.out)
@@ -312,6 +357,8 @@ impl Core {
             Some(Kind::Submit(s)) => self.on_submit_remote(from, s),
             Some(Kind::SyncRequest(r)) => self.on_sync_request(from, r, log),
             Some(Kind::SyncResponse(r)) => self.on_sync_response(from, r),
+            Some(Kind::ReadIndexRequest(r)) => self.on_read_index_request(from, r),
+            Some(Kind::ReadIndexReply(r)) => self.on_read_index_reply(from, r),
             None => self.reject(from, "empty message"),
         }
     }
@@ -377,10 +424,17 @@ impl Core {
             return None;
         }
         let tip = hash32(&self.high_qc.block_hash).unwrap_or_default();
-        let mut exclude = self.in_flight(&tip);
-        if let Some(v) = self.last_voted_block {
-            exclude.extend(self.in_flight(&v));
-        }
+        let key = (tip, self.last_voted_block);
+        let cached = self.in_flight_cache.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, set)| set.clone());
+        let exclude = cached.unwrap_or_else(|| {
+            let mut set = self.in_flight(&tip);
+            if let Some(v) = self.last_voted_block {
+                set.extend(self.in_flight(&v));
+            }
+            let set = std::sync::Arc::new(set);
+            *self.in_flight_cache.borrow_mut() = Some((key, set.clone()));
+            set
+        });
         self.mempool.oldest_waiting(&exclude)
     }
 
@@ -440,6 +494,10 @@ impl Core {
 
     fn on_tick(&mut self) {
         self.probe();
+        if self.read.in_flight && self.now >= self.read.started_ms + self.cfg.base_timeout_ms {
+            // No quorum answered in time (partition, crashed peers): ask afresh.
+            self.start_read_round();
+        }
         self.mempool.expire(self.now.saturating_sub(self.cfg.operation_ttl_ms));
         // An operation waiting past the inclusion deadline means this view's leader ignores it;
         // give every view one base timeout before blaming its leader.
@@ -640,6 +698,9 @@ impl Core {
         let last = chain.len() - 1;
         for (i, b) in chain.into_iter().enumerate() {
             let hash = block_hash(&b);
+            if !b.operations.is_empty() {
+                self.committed_operations = b.height;
+            }
             for op in &b.operations {
                 if let Some(id) = op_id(op) {
                     self.mempool.remove(&id);
@@ -800,18 +861,38 @@ impl Core {
         if v.view + 1 < self.view || v.justify_view >= v.view {
             return; // late
         }
-        if from != self.cfg.me && !self.crypto.verify(from, &self.cfg.domain.vote_bytes(v.view, &hash, v.justify_view), &v.signature) {
-            return self.reject(from, "vote with a bad signature");
-        }
+        // Signatures are checked optimistically: once a quorum is in, their aggregate is checked
+        // with one pairing instead of each vote with its own; only when the aggregate fails are
+        // the votes checked one by one and the bad ones dropped.
         let key = (v.view, hash, v.justify_view);
+        let quorum = self.cfg.domain.quorum();
         let entry = self.votes.entry(key).or_default();
-        entry.insert(from, v.signature);
-        if entry.len() != self.cfg.domain.quorum() {
+        if entry.len() >= quorum || entry.contains_key(&from) {
+            return; // the QC is formed (or this validator already voted)
+        }
+        entry.insert(from, (v.signature, from == self.cfg.me));
+        if entry.len() < quorum {
             return;
         }
+        let msg = self.cfg.domain.vote_bytes(v.view, &hash, v.justify_view);
         let signers: Vec<usize> = entry.keys().copied().collect();
-        let sigs: Vec<&[u8]> = entry.values().map(|s| s.as_slice()).collect();
-        let Some(aggregate_signature) = self.crypto.aggregate(&sigs) else { return };
+        let sigs: Vec<&[u8]> = entry.values().map(|(s, _)| s.as_slice()).collect();
+        let aggregate = self.crypto.aggregate(&sigs).filter(|agg| self.crypto.verify_aggregate(&signers, &msg, agg));
+        let Some(aggregate_signature) = aggregate else {
+            let bad: Vec<usize> = entry
+                .iter()
+                .filter(|(signer, (sig, checked))| !*checked && !self.crypto.verify(**signer, &msg, sig))
+                .map(|(signer, _)| *signer)
+                .collect();
+            for (_, checked) in entry.values_mut() {
+                *checked = true;
+            }
+            for signer in bad {
+                entry.remove(&signer);
+                self.out.push(Output::Rejected { from: signer, reason: "vote with a bad signature" });
+            }
+            return;
+        };
         let qc = QuorumCert {
             epoch: self.cfg.domain.epoch,
             view: v.view,
@@ -944,5 +1025,97 @@ impl Core {
         if let Some((from, p)) = self.pending.take() {
             self.on_proposal(from, p);
         }
+    }
+
+    // ---- read index ([`read_index`]) --------------------------------------------------------
+
+    /// This validator's answer: the highest block carrying operations that it knows to be
+    /// certified (on the chain its high QC certifies, or committed), and that QC's block.
+    /// Empty blocks do not count: nothing guarantees they ever commit everywhere, and a read
+    /// waiting for one could wait for good.
+    fn read_answer(&self) -> (u64, Option<&Block>) {
+        let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
+        let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
+        let mut cur = top;
+        let height = loop {
+            match self.blocks.get(&cur) {
+                Some(b) if b.height <= self.committed.height => break self.committed_operations,
+                Some(b) if !b.operations.is_empty() => break b.height,
+                Some(b) => match hash32(&b.parent_hash) {
+                    Some(p) => cur = p,
+                    None => break top_block.height,
+                },
+                // A gap: claim the whole certified chain rather than risk under-reporting.
+                None => break top_block.height,
+            }
+        };
+        (height, Some(top_block))
+    }
+
+    fn on_read_index(&mut self) {
+        if self.read.in_flight {
+            self.read.again = true;
+        } else {
+            self.start_read_round();
+        }
+    }
+
+    fn start_read_round(&mut self) {
+        let own = self.read_answer().0;
+        let round = self.read.start(self.now, own);
+        self.out.push(Output::ReadRoundStarted(round));
+        if self.cfg.domain.quorum() <= 1 || self.cfg.broken_read_index {
+            return self.finish_read_round(own);
+        }
+        self.out.push(Output::Broadcast(msg(Kind::ReadIndexRequest(ReadIndexRequest { round }))));
+    }
+
+    fn finish_read_round(&mut self, height: u64) {
+        self.read.in_flight = false;
+        self.read.replies.clear();
+        self.out.push(Output::ReadIndex { round: self.read.round, height });
+        if self.read.again {
+            self.start_read_round();
+        }
+    }
+
+    fn on_read_index_request(&mut self, from: usize, r: ReadIndexRequest) {
+        let (height, block) = self.read_answer();
+        let Some(block) = block else { return };
+        let reply = ReadIndexReply { round: r.round, height, high_qc: Some(self.high_qc.clone()), header: Some(header(block)) };
+        self.out.push(Output::Send { to: from, msg: msg(Kind::ReadIndexReply(reply)) });
+    }
+
+    fn on_read_index_reply(&mut self, from: usize, r: ReadIndexReply) {
+        if !self.read.in_flight || r.round != self.read.round {
+            return; // an earlier round's, answered or abandoned
+        }
+        self.read.replies.insert(from, r);
+        self.try_finish_read_round();
+    }
+
+    /// With a quorum of answers, the highest one that checks out is the read index.
+    fn try_finish_read_round(&mut self) {
+        loop {
+            if self.read.replies.len() + 1 < self.cfg.domain.quorum() {
+                return;
+            }
+            let own = self.read.own;
+            let best = self.read.by_height().into_iter().find(|(_, h)| *h > own);
+            let Some((from, height)) = best else { return self.finish_read_round(own) };
+            if self.read_reply_valid(&self.read.replies[&from]) {
+                return self.finish_read_round(height);
+            }
+            self.read.replies.remove(&from);
+            self.reject(from, "read index reply not backed by its QC");
+        }
+    }
+
+    fn read_reply_valid(&self, r: &ReadIndexReply) -> bool {
+        let (Some(qc), Some(h)) = (&r.high_qc, &r.header) else { return false };
+        h.operations.is_empty()
+            && r.height <= h.height
+            && qc.block_hash == block_hash(h).to_vec()
+            && self.cfg.domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref())
     }
 }

@@ -5,8 +5,9 @@
 //!   certificate for view v - 1 and q is at least the highest QC that certificate reports.
 //! It times out in view v only with a high QC at least as high as its lock, the highest QC it
 //! ever voted on top of, so a timeout certificate always reports any QC a commit may rest on.
-//! The state is persisted (atomic replace + fsync) before the vote or timeout leaves: a
-//! restarted validator never votes twice in a view nor reports a lower lock.
+//! The state is persisted (in place, in one of two checksummed slots, fdatasync'd) before the
+//! vote or timeout leaves: a restarted validator never votes twice in a view nor reports a
+//! lower lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,7 +72,36 @@ pub struct SafetyFile {
     path: PathBuf,
 }
 
-const MAGIC: &[u8; 8] = b"BFTCDSR1";
+/// The first format: one record, replaced atomically (still read; the next store converts it).
+const MAGIC_V1: &[u8; 8] = b"BFTCDSR1";
+/// Two slots of one record each, written alternately in place: a store costs one write and
+/// one fdatasync instead of a new file, a rename and two fsyncs, and a write torn by a crash
+/// leaves the other slot intact (that store never completed, so its vote never left).
+const MAGIC: &[u8; 8] = b"BFTCDSR2";
+/// magic, last voted view, locked view, CRC32C of the rest.
+const RECORD: usize = 28;
+
+fn encode(magic: &[u8; 8], s: &SafetyState) -> [u8; RECORD] {
+    let mut b = [0u8; RECORD];
+    b[..8].copy_from_slice(magic);
+    b[8..16].copy_from_slice(&s.last_voted_view.to_le_bytes());
+    b[16..24].copy_from_slice(&s.locked_view.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..24]);
+    b[24..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode(magic: &[u8; 8], b: &[u8]) -> Option<SafetyState> {
+    (b.len() == RECORD && &b[..8] == magic && crc32c::crc32c(&b[..24]).to_le_bytes() == b[24..28]).then(|| SafetyState {
+        last_voted_view: u64::from_le_bytes(b[8..16].try_into().unwrap()),
+        locked_view: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+    })
+}
+
+/// Both fields only grow, so the later of two stored states is the larger pair.
+fn key(s: &SafetyState) -> (u64, u64) {
+    (s.last_voted_view, s.locked_view)
+}
 
 impl SafetyFile {
     pub fn new(path: &Path) -> Self {
@@ -91,34 +121,48 @@ impl SafetyFile {
             Err(e) => return Err(e),
         };
         let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is damaged", self.path.display()));
-        if bytes.len() != 28 || &bytes[..8] != MAGIC {
-            return Err(bad());
+        match bytes.len() {
+            RECORD => decode(MAGIC_V1, &bytes).ok_or_else(bad),
+            n if n == 2 * RECORD => {
+                let slots = [decode(MAGIC, &bytes[..RECORD]), decode(MAGIC, &bytes[RECORD..])];
+                slots.into_iter().flatten().max_by_key(key).ok_or_else(bad)
+            }
+            _ => Err(bad()),
         }
-        if crc32c::crc32c(&bytes[..24]).to_le_bytes() != bytes[24..28] {
-            return Err(bad());
-        }
-        Ok(SafetyState {
-            last_voted_view: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
-            locked_view: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
-        })
     }
 
     pub fn store(&self, s: &SafetyState) -> std::io::Result<()> {
-        let mut bytes = Vec::with_capacity(28);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&s.last_voted_view.to_le_bytes());
-        bytes.extend_from_slice(&s.locked_view.to_le_bytes());
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+        use std::os::unix::fs::FileExt;
+        let record = encode(MAGIC, s);
+        match std::fs::read(&self.path) {
+            Ok(bytes) if bytes.len() == 2 * RECORD => {
+                // Overwrite the older (or unreadable) slot; the newer one stays as it is.
+                let first = decode(MAGIC, &bytes[..RECORD]);
+                let second = decode(MAGIC, &bytes[RECORD..]);
+                let slot = match (first, second) {
+                    (None, _) => 0,
+                    (_, None) => 1,
+                    (Some(a), Some(b)) => usize::from(key(&b) < key(&a)),
+                };
+                let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+                f.write_all_at(&record, (slot * RECORD) as u64)?;
+                f.sync_data()
+            }
+            // First store, or the first format: lay out both slots once, atomically.
+            _ => {
+                let mut bytes = record.to_vec();
+                bytes.resize(2 * RECORD, 0);
+                let tmp = self.path.with_extension("tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &self.path)?;
+                if let Some(dir) = self.path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
@@ -165,5 +209,38 @@ mod tests {
         b[10] ^= 1;
         std::fs::write(dir.path().join("safety"), b).unwrap();
         assert!(f.load().is_err());
+    }
+
+    #[test]
+    fn a_torn_slot_leaves_the_other_and_the_first_format_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safety");
+        let f = SafetyFile::new(&path);
+        let (s1, s2, s3) = (
+            SafetyState { last_voted_view: 3, locked_view: 1 },
+            SafetyState { last_voted_view: 4, locked_view: 3 },
+            SafetyState { last_voted_view: 6, locked_view: 3 },
+        );
+        f.store(&s1).unwrap();
+        f.store(&s2).unwrap();
+        f.store(&s3).unwrap();
+        assert_eq!(f.load().unwrap(), s3);
+        // s3 overwrote s1's slot (0); tear it: the load falls back to s2, never to garbage.
+        let mut b = std::fs::read(&path).unwrap();
+        assert_eq!(b.len(), 2 * RECORD);
+        b[20] ^= 0xff;
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(f.load().unwrap(), s2);
+        // The next store replaces the torn slot and keeps s2.
+        f.store(&SafetyState { last_voted_view: 7, locked_view: 6 }).unwrap();
+        assert_eq!(f.load().unwrap(), SafetyState { last_voted_view: 7, locked_view: 6 });
+        let b = std::fs::read(&path).unwrap();
+        assert_eq!(decode(MAGIC, &b[RECORD..]), Some(s2));
+        // A file in the first format loads, and the next store converts it.
+        std::fs::write(&path, encode(MAGIC_V1, &s1)).unwrap();
+        assert_eq!(f.load().unwrap(), s1);
+        f.store(&s2).unwrap();
+        assert_eq!(f.load().unwrap(), s2);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * RECORD);
     }
 }

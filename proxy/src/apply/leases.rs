@@ -1,0 +1,196 @@
+//! Leases as replicated state.
+//!
+//! A stock etcd expires a lease when its own clock says so; four etcds would each decide at a
+//! different moment, and a key could vanish on one bank while another still serves it. Here a
+//! lease's TTL and deadline live in this table, a pure function of the ledger: a grant or a
+//! keepalive sets `deadline = block time + TTL`, and a lease ends only by a revoke or by a
+//! committed [`LeaseExpire`](bftcd_proto::bftcd::LeaseExpire) whose block time is past the
+//! deadline. The local etcd holds each lease under the same ID with a TTL it never reaches
+//! ([`LOCAL_TTL`]), so it attaches and deletes keys but never decides anything by itself.
+//!
+//! The table lives in memory and is rebuilt at start by replaying the ledger up to the applied
+//! position; every bank therefore holds the same table after the same operations.
+
+use std::collections::BTreeMap;
+
+use bftcd_proto::bftcd::{operation::Request as Op, Operation};
+use bftcd_sequencer::Position;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::errors;
+
+/// etcd's upper bound for a lease TTL in seconds.
+pub const MAX_TTL: i64 = 9_000_000_000;
+
+/// The smallest TTL a lease gets, as a stock etcd with its default election timeout (1 s)
+/// rounds up: 1.5 election timeouts, in whole seconds.
+pub const MIN_TTL: i64 = 2;
+
+/// The TTL the local etcd's copy of a lease is granted with: about 95 years, so it cannot expire
+/// on its own, and far enough below etcd's limit that etcd's own renewals cannot overflow it.
+pub const LOCAL_TTL: i64 = 3_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The TTL in seconds the lease was granted with (after rounding up to [`MIN_TTL`]).
+    pub granted_ttl: i64,
+    /// Block time (ms) from which a `LeaseExpire` ends it.
+    pub deadline_ms: u64,
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTable {
+    leases: BTreeMap<i64, Lease>,
+}
+
+fn deadline(block_ms: u64, ttl: i64) -> u64 {
+    block_ms.saturating_add((ttl.max(0) as u64).saturating_mul(1000))
+}
+
+impl LeaseTable {
+    /// Grants `id` (never 0: the caller has picked one) for `ttl` seconds at `block_ms`.
+    /// Returns the TTL the client is told, or etcd's error.
+    pub fn grant(&mut self, id: i64, ttl: i64, block_ms: u64) -> Result<i64, Status> {
+        if ttl > MAX_TTL {
+            return Err(errors::lease_ttl_too_large());
+        }
+        if self.leases.contains_key(&id) {
+            return Err(errors::lease_exists());
+        }
+        let ttl = ttl.max(MIN_TTL);
+        self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms: deadline(block_ms, ttl) });
+        Ok(ttl)
+    }
+
+    /// Ends `id`; false when there is no such lease.
+    pub fn revoke(&mut self, id: i64) -> bool {
+        self.leases.remove(&id).is_some()
+    }
+
+    /// Renews `id` from `block_ms`; its TTL, or None when there is no such lease.
+    pub fn keep_alive(&mut self, id: i64, block_ms: u64) -> Option<i64> {
+        let lease = self.leases.get_mut(&id)?;
+        lease.deadline_ms = lease.deadline_ms.max(deadline(block_ms, lease.granted_ttl));
+        Some(lease.granted_ttl)
+    }
+
+    /// Ends `id` if its deadline is not after `block_ms`; true when it did.
+    pub fn expire(&mut self, id: i64, block_ms: u64) -> bool {
+        match self.leases.get(&id) {
+            Some(l) if l.deadline_ms <= block_ms => {
+                self.leases.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn get(&self, id: i64) -> Option<Lease> {
+        self.leases.get(&id).copied()
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// Every lease ID, soonest deadline first (etcd lists leases by expiry).
+    pub fn ids(&self) -> Vec<i64> {
+        let mut v: Vec<(u64, i64)> = self.leases.iter().map(|(id, l)| (l.deadline_ms, *id)).collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Leases whose deadline is not after `now_ms`.
+    pub fn due(&self, now_ms: u64) -> Vec<i64> {
+        self.leases.iter().filter(|(_, l)| l.deadline_ms <= now_ms).map(|(id, _)| *id).collect()
+    }
+}
+
+/// What a lease operation does to the table, decided once from the table alone; the local
+/// etcd is then brought in line (and a replay after a crash decides the same again).
+#[derive(Debug)]
+pub enum LeaseDecision {
+    Grant { id: i64, result: Result<i64, Status> },
+    Revoke { id: i64, found: bool },
+    KeepAlive { id: i64, ttl: Option<i64> },
+    Expire { id: i64, expired: bool },
+}
+
+/// Applies `op` (committed at `pos`, in a block with time `block_ms`) to the table; None for
+/// operations that are not about leases.
+pub fn step(chain_id: &str, table: &mut LeaseTable, op: &Operation, pos: Position, block_ms: u64) -> Option<LeaseDecision> {
+    Some(match op.request.as_ref()? {
+        Op::LeaseGrant(g) => {
+            let id = if g.id == 0 { pick_id(chain_id, pos, table) } else { g.id };
+            LeaseDecision::Grant { id, result: table.grant(id, g.ttl, block_ms) }
+        }
+        Op::LeaseRevoke(r) => LeaseDecision::Revoke { id: r.id, found: table.revoke(r.id) },
+        Op::LeaseKeepAlive(k) => LeaseDecision::KeepAlive { id: k.id, ttl: table.keep_alive(k.id, block_ms) },
+        Op::LeaseExpire(e) => LeaseDecision::Expire { id: e.id, expired: table.expire(e.id, block_ms) },
+        _ => return None,
+    })
+}
+
+/// The ID for a grant that asked for 0: a function of the chain and the position only, so every
+/// bank picks the same one. Positive and never 0 (etcd's "pick one for me"); on the rare clash
+/// with a live lease the hash is taken again.
+fn pick_id(chain_id: &str, pos: Position, table: &LeaseTable) -> i64 {
+    let mut round = 0u32;
+    loop {
+        let mut h = Sha256::new();
+        h.update(b"bftcd.lease\0");
+        h.update(chain_id.as_bytes());
+        h.update([0u8]);
+        h.update(pos.to_bytes());
+        if round > 0 {
+            h.update(round.to_be_bytes());
+        }
+        let d = h.finalize();
+        let id = ((u64::from_be_bytes(d[..8].try_into().unwrap()) >> 1) as i64).max(1);
+        if !table.contains(id) {
+            return id;
+        }
+        round += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_rounds_up_and_refuses_duplicates_and_huge_ttls() {
+        let mut t = LeaseTable::default();
+        assert_eq!(t.grant(7, 1, 1000).unwrap(), MIN_TTL);
+        assert_eq!(t.get(7).unwrap().deadline_ms, 1000 + 2000);
+        assert_eq!(t.grant(7, 10, 2000).unwrap_err().message(), errors::lease_exists().message());
+        assert_eq!(t.grant(8, MAX_TTL + 1, 0).unwrap_err().message(), errors::lease_ttl_too_large().message());
+        assert_eq!(t.grant(9, MAX_TTL, u64::MAX - 5).unwrap(), MAX_TTL);
+        assert_eq!(t.get(9).unwrap().deadline_ms, u64::MAX);
+    }
+
+    #[test]
+    fn expiry_needs_the_block_time_past_the_deadline() {
+        let mut t = LeaseTable::default();
+        t.grant(1, 5, 10_000).unwrap();
+        assert!(!t.expire(1, 14_999), "a block before the deadline cannot expire the lease");
+        assert!(t.contains(1));
+        assert_eq!(t.keep_alive(1, 14_000), Some(5));
+        assert!(!t.expire(1, 15_000), "the keepalive moved the deadline");
+        assert_eq!(t.due(18_999), Vec::<i64>::new());
+        assert_eq!(t.due(19_000), vec![1]);
+        assert!(t.expire(1, 19_000));
+        assert!(!t.contains(1));
+        assert_eq!(t.keep_alive(1, 19_001), None);
+        assert!(!t.revoke(1));
+    }
+
+    #[test]
+    fn a_keepalive_with_an_older_block_time_never_shortens_a_lease() {
+        let mut t = LeaseTable::default();
+        t.grant(1, 10, 50_000).unwrap();
+        t.keep_alive(1, 40_000);
+        assert_eq!(t.get(1).unwrap().deadline_ms, 60_000);
+    }
+}
