@@ -31,6 +31,12 @@ impl Mempool {
         self.ops.contains_key(id)
     }
 
+    /// Is this exact operation (same id and same bytes) waiting here? Only then may a block's
+    /// copy skip the signature check: a leader could keep an id and change what it asks for.
+    pub fn holds(&self, op: &Operation) -> bool {
+        op_id(op).and_then(|id| self.ops.get(&id)).is_some_and(|(mine, _)| mine == op)
+    }
+
     /// Adds an operation first seen at `now`; false if already present.
     pub fn insert(&mut self, op: Operation, now: u64) -> bool {
         let Some(id) = op_id(&op) else { return false };

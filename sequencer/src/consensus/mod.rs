@@ -19,6 +19,8 @@ pub mod certs;
 pub mod mempool;
 pub mod read_index;
 pub mod safety;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -848,7 +850,7 @@ impl Core {
             seen.insert(id)
                 && !ancestors.contains(&id)
                 && !self.recent.contains(&id)
-                && (self.mempool.contains(&id) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms
+                && (self.mempool.holds(op) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms
                     || self.operation_valid(op, block.timestamp_ms))
         })
     }
