@@ -20,6 +20,11 @@ pub trait Crypto: Send + Sync + 'static {
     /// Signs a client operation as the submitting bank.
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8>;
     fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool;
+    /// Whether every one of `bank`'s signatures verifies. Must agree with checking each with
+    /// [`Crypto::verify_operation`]: an auditor checks them one by one.
+    fn verify_operations(&self, bank: usize, signed: &[(Vec<u8>, &[u8])]) -> bool {
+        signed.iter().all(|(msg, sig)| self.verify_operation(bank, msg, sig))
+    }
 }
 
 /// What a chain's validators agree on before any signature is checked.

@@ -379,16 +379,25 @@ impl Core {
         }
     }
 
-    fn operation_valid(&self, op: &Operation, at_ms: u64) -> bool {
+    /// Everything about an operation but its signature.
+    fn operation_well_formed(&self, op: &Operation, at_ms: u64) -> bool {
         let Some(id) = op_id(op) else { return false };
         (id.0 as usize) < self.cfg.domain.n
             && op.request.is_some()
             && op.submitted_ms + self.cfg.operation_ttl_ms >= at_ms
             && op.submitted_ms <= at_ms + self.cfg.skew_ms
-            && self.crypto.verify_operation(id.0 as usize, &self.cfg.domain.operation_bytes(op), &op.bank_signature)
+    }
+
+    fn operation_valid(&self, op: &Operation, at_ms: u64) -> bool {
+        self.operation_well_formed(op, at_ms)
+            && op_id(op).is_some_and(|id| {
+                self.crypto.verify_operation(id.0 as usize, &self.cfg.domain.operation_bytes(op), &op.bank_signature)
+            })
     }
 
     fn on_submit_remote(&mut self, from: usize, s: Submit) {
+        let mut fresh = Vec::with_capacity(s.operations.len());
+        let mut malformed = false;
         for op in s.operations {
             let Some(id) = op_id(&op) else { return self.reject(from, "operation without id") };
             if id.0 as usize != from {
@@ -397,10 +406,31 @@ impl Core {
             if self.recent.contains(&id) || self.mempool.contains(&id) {
                 continue;
             }
-            if !self.operation_valid(&op, self.now) {
+            if !self.operation_well_formed(&op, self.now) {
+                malformed = true;
+                break;
+            }
+            fresh.push(op);
+        }
+        // One bank signed all of them: check them as one batch, and one by one only if the batch
+        // fails, to keep those that verify.
+        let signed: Vec<(Vec<u8>, &[u8])> =
+            fresh.iter().map(|op| (self.cfg.domain.operation_bytes(op), op.bank_signature.as_slice())).collect();
+        let all_verify = self.crypto.verify_operations(from, &signed);
+        let verified: Vec<bool> = if all_verify {
+            vec![true; signed.len()]
+        } else {
+            signed.iter().map(|(msg, sig)| self.crypto.verify_operation(from, msg, sig)).collect()
+        };
+        drop(signed);
+        for (op, ok) in fresh.into_iter().zip(verified) {
+            if !ok {
                 return self.reject(from, "invalid operation");
             }
             self.mempool.insert(op, self.now);
+        }
+        if malformed {
+            self.reject(from, "invalid operation");
         }
     }
 

@@ -89,3 +89,21 @@ fn leader_cannot_change_an_operation_the_replica_holds() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_bad_signature_in_a_forwarded_batch_drops_only_what_fails() {
+    let mut ops: Vec<Operation> = (0..5u64)
+        .map(|i| {
+            let mut op = signed_op(3, format!("v{i}").as_bytes());
+            op.id = Some(OperationId { bank: 3, nonce: 10 + i });
+            op.bank_signature = SimCrypto { me: 3, n: N }.sign_operation(&domain().operation_bytes(&op));
+            op
+        })
+        .collect();
+    ops[3].bank_signature[0] ^= 1;
+    let mut replica = core(0);
+    let msg = PeerMessage { kind: Some(Kind::Submit(Submit { operations: ops })) };
+    let out = replica.handle(NOW, Input::Message { from: 3, msg }, &NoLog);
+    assert!(out.iter().any(|o| matches!(o, Output::Rejected { from: 3, .. })), "{out:?}");
+    assert_eq!(replica.mempool_len(), 3, "the operations before the bad one are kept");
+}
