@@ -7,8 +7,8 @@
 //! multi-bank chain also: every block's justify QC is a valid BLS quorum certificate for its
 //! parent; every commit proof (the QC of a direct child in the next view, with that child's
 //! header) verifies; every block is covered by a proof at or after it; every operation carries
-//! a valid Ed25519 signature of the bank that submitted it. A single-bank chain (n = 1) has no
-//! certificates.
+//! a valid Ed25519 signature (ZIP 215 rules, as the banks check) of the bank that submitted it.
+//! A single-bank chain (n = 1) has no certificates.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
