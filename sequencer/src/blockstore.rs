@@ -77,13 +77,13 @@ impl BlockStore {
         Ok(BlockStore { path: path.to_path_buf(), file, len })
     }
 
-    /// Durably adds a block; compacts when the file has grown large.
-    pub fn append(&mut self, block: &Block, committed_height: u64) -> std::io::Result<()> {
+    /// Durably adds blocks (one fsync for all); compacts when the file has grown large.
+    pub fn append(&mut self, blocks: &[Block], committed_height: u64) -> std::io::Result<()> {
         if self.len > COMPACT_AT {
             let (store, _) = Self::open(&self.path, committed_height)?;
             *self = store;
         }
-        let bytes = frame(block);
+        let bytes: Vec<u8> = blocks.iter().flat_map(frame).collect();
         self.file.write_all(&bytes)?;
         self.file.sync_data()?;
         self.len += bytes.len() as u64;
@@ -102,7 +102,7 @@ mod tests {
         let (mut s, none) = BlockStore::open(&p, 0).unwrap();
         assert!(none.is_empty());
         for h in 1..=5 {
-            s.append(&Block { height: h, ..Default::default() }, 0).unwrap();
+            s.append(&[Block { height: h, ..Default::default() }], 0).unwrap();
         }
         drop(s);
         let (_, blocks) = BlockStore::open(&p, 3).unwrap();

@@ -66,13 +66,28 @@ fn txn_serializable(t: &TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).all(|op| matches!(&op.request, Some(ReqOp::RequestRange(r)) if r.serializable))
 }
 
+/// Marks every Range of a read-only Txn (nested ones included) serializable, once a read index
+/// has linearized it.
+fn make_serializable(t: &mut TxnRequest) {
+    for op in t.success.iter_mut().chain(t.failure.iter_mut()) {
+        match &mut op.request {
+            Some(ReqOp::RequestRange(r)) => r.serializable = true,
+            Some(ReqOp::RequestTxn(nested)) => make_serializable(nested),
+            _ => {}
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvFront {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
             self.0.linearize().await?;
+            // The read index already made this read linearizable; the local etcd's own read
+            // index would only cost a trip through its raft loop.
+            r.serializable = true;
         }
         Ok(Response::new(self.0.read_range(r).await?))
     }
@@ -104,8 +119,10 @@ impl Kv for KvFront {
                 _ => Err(unexpected()),
             };
         }
+        let mut r = r;
         if !txn_serializable(&r) {
             self.0.linearize().await?;
+            make_serializable(&mut r);
         }
         let (t, plan) = rewrite::plan_txn(&r);
         let resp = self.0.etcd.kv().txn(t).await.map_err(errors::from_etcd)?.into_inner();
@@ -120,5 +137,30 @@ impl Kv for KvFront {
             OpResponse::Compact(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(serializable: bool) -> RequestOp {
+        RequestOp { request: Some(ReqOp::RequestRange(RangeRequest { key: b"k".to_vec(), serializable, ..Default::default() })) }
+    }
+
+    #[test]
+    fn linearized_txn_is_read_serializably_at_every_depth() {
+        let nested = TxnRequest { compare: vec![], success: vec![range(false)], failure: vec![range(false)] };
+        let mut t = TxnRequest {
+            compare: vec![],
+            success: vec![range(false), RequestOp { request: Some(ReqOp::RequestTxn(nested)) }],
+            failure: vec![range(true)],
+        };
+        assert!(!txn_serializable(&t));
+        make_serializable(&mut t);
+        let Some(ReqOp::RequestTxn(inner)) = &t.success[1].request else { panic!("nested txn lost") };
+        assert!(txn_serializable(inner));
+        assert!(matches!(&t.success[0].request, Some(ReqOp::RequestRange(r)) if r.serializable));
+        assert!(matches!(&t.failure[0].request, Some(ReqOp::RequestRange(r)) if r.serializable));
     }
 }
