@@ -119,6 +119,11 @@ async fn kept_alive_leases_survive_leader_changes_and_a_bank_crash() {
     }
     chain.banks[3].sidecar.restart();
     let mut c3 = connect(&chain.banks[3].sidecar.endpoint()).await;
+    // One more renewal now that bank 4 is back: the restart can take seconds on a loaded
+    // machine, and the checks below must run well inside the TTL that follows.
+    keeper.keep_alive().await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message()).await.unwrap().unwrap().unwrap();
+    assert!(ack.ttl() == 8, "keepalive after the restart answered TTL {} (lease lost?)", ack.ttl());
 
     // `dropped` expired long ago, `kept` is alive; all four banks (the restarted one from its
     // replayed ledger) agree on both. Keepalives move no revision, so a write after the last

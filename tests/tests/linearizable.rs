@@ -174,9 +174,10 @@ async fn a_bank_serving_stale_reads_is_caught() {
         .collect();
     let (entries, completed) = workload(chain.endpoints(), roles, 8, |_| {}).await;
     eprintln!("{} operations recorded, {completed} completed", entries.len());
-    assert!(completed > 100, "too few operations completed ({completed})");
+    // No minimum count: a loaded machine completes fewer, and a caught violation is a violation.
+    assert!(completed > 0, "no operation completed");
     match check(&entries) {
-        Ok(stats) => panic!("stale reads went unnoticed: {stats:?}"),
+        Ok(stats) => panic!("stale reads went unnoticed in {completed} completed operations: {stats:?}"),
         Err(v) => {
             assert!(!v.budget_exhausted(), "inconclusive instead of a violation: {v}");
             eprintln!("caught as expected:\n{v}");
