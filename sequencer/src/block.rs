@@ -5,7 +5,7 @@ use bftcd_proto::bftcd::{Block, Genesis, Operation};
 use bftcd_proto::Message;
 use sha2::{Digest, Sha256};
 
-const BLOCK_DOMAIN: &[u8] = b"bftcd.block.v1\0";
+const BLOCK_DOMAIN: &[u8] = b"bftcd.block.v2\0";
 const GENESIS_DOMAIN: &[u8] = b"bftcd.genesis.v1\0";
 const OPERATIONS_DOMAIN: &[u8] = b"bftcd.operations.v1\0";
 
@@ -46,10 +46,20 @@ pub fn header(block: &Block) -> Block {
 
 /// SHA-256 over the domain tag and the canonical encoding of the block's header, so a full block
 /// and its header hash the same.
+///
+/// The justify QC counts by what it certifies (epoch, view, block hash, justify view), not by who
+/// signed it: any quorum's certificate for the parent is as good as any other, so each bank may
+/// keep the certificate it verified or formed itself (votes go to every bank) instead of
+/// verifying the leader's copy again. Each bank's ledger still holds only QCs that verify.
 pub fn block_hash(block: &Block) -> [u8; 32] {
+    let mut head = header(block);
+    if let Some(j) = head.justify.as_mut() {
+        j.signers.clear();
+        j.aggregate_signature.clear();
+    }
     let mut h = Sha256::new();
     h.update(BLOCK_DOMAIN);
-    h.update(header(block).encode_to_vec());
+    h.update(head.encode_to_vec());
     h.finalize().into()
 }
 

@@ -63,9 +63,9 @@ pub fn tamper(me: usize, n: usize, modes: &[Misbehaviour], outputs: Vec<Output>)
                     out.push(Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(p)) }));
                 }
             }
-            Output::Send { to, msg: PeerMessage { kind: Some(Kind::Vote(mut v)) } } if modes.contains(&Misbehaviour::BadSignatures) => {
+            Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(mut v)) }) if modes.contains(&Misbehaviour::BadSignatures) => {
                 spoil(&mut v.signature);
-                out.push(Output::Send { to, msg: PeerMessage { kind: Some(Kind::Vote(v)) } });
+                out.push(Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(v)) }));
             }
             Output::Broadcast(PeerMessage { kind: Some(Kind::Timeout(mut t)) }) if modes.contains(&Misbehaviour::BadSignatures) => {
                 spoil(&mut t.signature);

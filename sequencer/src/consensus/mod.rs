@@ -4,10 +4,14 @@
 //! Protocol (two-phase, chained, pipelined):
 //! * View v's leader is validator v mod n. It proposes a block extending the highest QC it knows,
 //!   justified by that QC, and after a failed view also by a timeout certificate (TC).
-//! * Validators vote ([`safety`]) and send the vote to the leader of v + 1, which aggregates
-//!   2f+1 votes into a QC, enters v + 1 and proposes on top of it.
+//! * Validators vote ([`safety`]) and send the vote to every validator. Each aggregates 2f+1
+//!   votes into a QC itself and enters v + 1; the leader of v + 1 proposes on top of it.
 //! * A block commits when its direct child in the next view is certified; the child's QC and
-//!   header are the commit proof stored in the ledger.
+//!   header are the commit proof stored in the ledger. Since every validator forms that QC from
+//!   the votes, every one learns of the commit in the same message delay as the next leader: no
+//!   block is needed only to announce a commit.
+//! * Each QC is checked once per validator: a certificate for something it already holds a
+//!   verified certificate for (its own, formed from the votes) is replaced by that one.
 //! * A validator whose view makes no progress times out: it broadcasts its highest QC, signed.
 //!   2f+1 timeouts form a TC, everyone enters v + 1, and the new leader must extend the highest
 //!   QC in the TC. That QC is at least every honest lock, so no hidden lock can stall the view
@@ -38,8 +42,13 @@ pub use safety::{SafetyRules, SafetyState};
 
 pub type Hash = [u8; 32];
 
-/// (view, block hash, justify view) of a vote.
+/// (view, block hash, justify view) of a vote, and what a QC certifies.
 type VoteKey = (u64, Hash, u64);
+/// How many verified QCs a validator keeps to recognise them again without a BLS check.
+const VERIFIED_QCS: usize = 64;
+/// Votes for views further ahead than this are dropped: an honest validator only votes in a
+/// view it reached, and one far ahead catches up through QCs, not votes.
+const VOTE_VIEWS_AHEAD: u64 = 64;
 /// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
 type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
@@ -151,6 +160,10 @@ pub struct Core {
     committed_hashes: BTreeMap<u64, Hash>,
     /// Votes by (view, block, justify view): signature, and whether it was checked alone.
     votes: HashMap<VoteKey, BTreeMap<usize, (Vec<u8>, bool)>>,
+    /// (view, signer) of every vote counted: one vote per validator and view.
+    voted: HashSet<(u64, usize)>,
+    /// QCs this validator formed or verified, by what they certify.
+    verified_qcs: BTreeMap<VoteKey, QuorumCert>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
     /// Highest view each validator is known to have timed out in (view synchronisation).
     gave_up: Vec<u64>,
@@ -164,8 +177,6 @@ pub struct Core {
     view_entered_ms: u64,
     failed_views: u32,
     last_voted_block: Option<Hash>,
-    /// View of the QC whose processing last committed operations.
-    news_qc_view: u64,
     pending: Option<(usize, Proposal)>,
     sync_asked: HashMap<usize, u64>,
     next_probe_ms: u64,
@@ -259,6 +270,8 @@ impl Core {
             blocks,
             committed,
             votes: HashMap::new(),
+            voted: HashSet::new(),
+            verified_qcs: BTreeMap::new(),
             timeouts: HashMap::new(),
             gave_up: vec![0; n],
             mempool: Mempool::default(),
@@ -270,7 +283,6 @@ impl Core {
             view_entered_ms: 0,
             failed_views: 0,
             last_voted_block: None,
-            news_qc_view: 0,
             pending: None,
             sync_asked: HashMap::new(),
             next_probe_ms: 0,
@@ -555,6 +567,7 @@ impl Core {
         self.my_timeout = None;
         let keep = view.saturating_sub(1);
         self.votes.retain(|(v, _, _), _| *v + 1 >= keep);
+        self.voted.retain(|(v, _)| *v + 1 >= keep);
         self.timeouts.retain(|v, _| *v >= keep);
         self.try_propose();
     }
@@ -594,10 +607,12 @@ impl Core {
         if self.view == view {
             self.failed_views = self.failed_views.saturating_add(1);
             self.deadline = self.now + self.timeout_ms();
-            // Alone in giving up? Then perhaps we missed commits: ask someone (a different peer
-            // each time) for what we lack.
+            // Alone in giving up? Then perhaps we missed commits (no block announces one): ask
+            // a peer that has not given up on this view, which may have committed, else a
+            // different peer each time.
             let n = self.cfg.domain.n;
-            let peer = (self.cfg.me + 1 + self.failed_views as usize % (n - 1)) % n;
+            let content = (1..n).map(|k| (self.cfg.me + k) % n).find(|p| self.gave_up[*p] < view);
+            let peer = content.unwrap_or((self.cfg.me + 1 + self.failed_views as usize % (n - 1)) % n);
             let want = hash32(&self.high_qc.block_hash).unwrap_or_default();
             self.sync_asked.remove(&peer);
             self.ask_sync(peer, &want);
@@ -609,9 +624,10 @@ impl Core {
             return self.reject(from, "timeout signer or epoch mismatch");
         }
         let Some(qc) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
-        if qc.view >= t.view || !self.cfg.domain.verify_qc(&qc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+        if qc.view >= t.view {
             return self.reject(from, "timeout with an invalid QC");
         }
+        let Some(qc) = self.checked_qc(&qc) else { return self.reject(from, "timeout with an invalid QC") };
         if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
             return self.reject(from, "timeout with a bad signature");
         }
@@ -670,8 +686,41 @@ impl Core {
 
     // ---- certificates and commits ---------------------------------------------------------
 
+    /// The QC as this validator keeps it, if it verifies: one it already holds for the same
+    /// (view, block, justify view) is returned without a BLS check.
+    fn checked_qc(&mut self, qc: &QuorumCert) -> Option<QuorumCert> {
+        let hash = hash32(&qc.block_hash)?;
+        if qc.epoch != self.cfg.domain.epoch {
+            return None;
+        }
+        if let Some(known) = self.verified_qcs.get(&(qc.view, hash, qc.justify_view)) {
+            return Some(known.clone());
+        }
+        if !self.cfg.domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+            return None;
+        }
+        self.remember_qc(qc);
+        Some(qc.clone())
+    }
+
+    /// Does this validator hold a verified QC certifying the same as `qc`?
+    fn known_qc(&self, qc: &QuorumCert) -> bool {
+        qc.epoch == self.cfg.domain.epoch
+            && hash32(&qc.block_hash).is_some_and(|h| self.verified_qcs.contains_key(&(qc.view, h, qc.justify_view)))
+    }
+
+    fn remember_qc(&mut self, qc: &QuorumCert) {
+        let Some(hash) = hash32(&qc.block_hash) else { return };
+        self.verified_qcs.entry((qc.view, hash, qc.justify_view)).or_insert_with(|| qc.clone());
+        while self.verified_qcs.len() > VERIFIED_QCS {
+            self.verified_qcs.pop_first();
+        }
+    }
+
+    /// `qc` has been verified (or formed here).
     fn process_qc(&mut self, qc: &QuorumCert, from: usize) {
         let Some(hash) = hash32(&qc.block_hash) else { return };
+        self.remember_qc(qc);
         if qc.view > self.high_qc.view {
             self.high_qc = qc.clone();
         }
@@ -724,9 +773,6 @@ impl Core {
             return;
         }
         chain.reverse();
-        if chain.iter().any(|b| !b.operations.is_empty()) {
-            self.news_qc_view = qc.view;
-        }
         let last = chain.len() - 1;
         for (i, b) in chain.into_iter().enumerate() {
             let hash = block_hash(&b);
@@ -777,10 +823,9 @@ impl Core {
             .into_iter()
             .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms + 1)))
             .collect();
-        // Propose also when blocks above the tip carry operations (they need certifying), or when
-        // our high QC just committed operations the others have not heard of yet.
-        let news = self.news_qc_view == self.high_qc.view;
-        if ops.is_empty() && !self.uncommitted_operations(&parent_hash) && !news {
+        // Propose also when blocks above the tip carry operations: they need certifying. A commit
+        // needs no announcing: every validator forms the QC that commits from the votes.
+        if ops.is_empty() && !self.uncommitted_operations(&parent_hash) {
             return; // nothing to order and nothing left to certify: an idle cluster stays quiet
         }
         let block = Block {
@@ -807,7 +852,7 @@ impl Core {
     }
 
     fn on_proposal(&mut self, from: usize, p: Proposal) {
-        let Some(block) = p.block.clone() else { return self.reject(from, "proposal without block") };
+        let Some(mut block) = p.block.clone() else { return self.reject(from, "proposal without block") };
         let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
         if block.epoch != self.cfg.domain.epoch
             || block.proposer as usize != from
@@ -819,9 +864,17 @@ impl Core {
             return self.reject(from, "malformed proposal");
         }
         let me = from == self.cfg.me;
-        if !me && !self.cfg.domain.verify_qc(&justify, &self.cfg.genesis_hash, self.crypto.as_ref()) {
-            return self.reject(from, "proposal with an invalid QC");
-        }
+        // Usually this validator formed the same QC from the votes already: keep its own copy
+        // (the block hash does not cover who signed) rather than check the leader's.
+        let justify = if me {
+            justify
+        } else {
+            match self.checked_qc(&justify) {
+                Some(qc) => qc,
+                None => return self.reject(from, "proposal with an invalid QC"),
+            }
+        };
+        block.justify = Some(justify.clone());
         if let Some(tc) = &p.tc {
             if !me && !self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
                 return self.reject(from, "proposal with an invalid TC");
@@ -864,12 +917,9 @@ impl Core {
             signer: self.cfg.me as u32,
             signature: self.crypto.sign(&self.cfg.domain.vote_bytes(block.view, &hash, justify.view)),
         };
-        let next = self.leader(block.view + 1);
-        if next == self.cfg.me {
-            self.on_vote(self.cfg.me, vote);
-        } else {
-            self.out.push(Output::Send { to: next, msg: msg(Kind::Vote(vote)) });
-        }
+        // To every validator: each forms the QC itself, so all learn of a commit at once.
+        self.out.push(Output::Broadcast(msg(Kind::Vote(vote.clone()))));
+        self.on_vote(self.cfg.me, vote);
     }
 
     fn operations_acceptable(&self, block: &Block, parent: &Hash) -> bool {
@@ -886,22 +936,36 @@ impl Core {
     }
 
     fn on_vote(&mut self, from: usize, v: Vote) {
-        if v.signer as usize != from || v.epoch != self.cfg.domain.epoch || self.leader(v.view + 1) != self.cfg.me {
-            return self.reject(from, "vote not for this leader");
+        if v.signer as usize != from || v.epoch != self.cfg.domain.epoch {
+            return self.reject(from, "vote signer or epoch mismatch");
         }
         let Some(hash) = hash32(&v.block_hash) else { return self.reject(from, "vote with a bad hash") };
-        if v.view + 1 < self.view || v.justify_view >= v.view {
+        if v.justify_view >= v.view {
+            return self.reject(from, "vote with a bad justify view");
+        }
+        if v.view + 1 < self.view {
             return; // late
+        }
+        if v.view > self.view + VOTE_VIEWS_AHEAD {
+            return self.reject(from, "vote too far ahead");
         }
         // Signatures are checked optimistically: once a quorum is in, their aggregate is checked
         // with one pairing instead of each vote with its own; only when the aggregate fails are
         // the votes checked one by one and the bad ones dropped.
         let key = (v.view, hash, v.justify_view);
+        if self.verified_qcs.contains_key(&key) {
+            return; // certified already (by our votes, or by a QC a proposal carried)
+        }
         let quorum = self.cfg.domain.quorum();
         let entry = self.votes.entry(key).or_default();
         if entry.len() >= quorum || entry.contains_key(&from) {
             return; // the QC is formed (or this validator already voted)
         }
+        if !self.voted.insert((v.view, from)) {
+            // A vote for another block in the same view: only a Byzantine validator does that.
+            return self.reject(from, "second vote in one view");
+        }
+        let entry = self.votes.entry(key).or_default();
         entry.insert(from, (v.signature, from == self.cfg.me));
         if entry.len() < quorum {
             return;
@@ -1003,26 +1067,37 @@ impl Core {
         let mut expect_parent = self.committed.hash;
         let mut expect_height = self.committed.height + 1;
         for cb in r.committed {
-            let Some(b) = cb.block else { return self.reject(from, "sync block missing") };
+            let Some(mut b) = cb.block else { return self.reject(from, "sync block missing") };
             if b.height < expect_height && run.is_empty() {
                 continue; // we already have it
             }
             if b.height != expect_height || b.parent_hash != expect_parent {
                 return self.reject(from, "sync blocks do not chain");
             }
+            // The hash chain does not cover who signed a justify QC: check each one, so that
+            // this validator's ledger holds only certificates an auditor can verify.
+            match b.justify.as_ref().map(|j| self.checked_qc(j)) {
+                Some(Some(j)) if j.block_hash == b.parent_hash => b.justify = Some(j),
+                _ => return self.reject(from, "sync block with an invalid QC"),
+            }
             expect_parent = block_hash(&b);
             expect_height += 1;
             run.push(b);
-            if let (Some(qc), Some(child)) = (cb.commit_qc, cb.commit_child) {
+            if let (Some(qc), Some(mut child)) = (cb.commit_qc, cb.commit_child) {
                 let last = run.last().unwrap().clone();
-                let proven = child.parent_hash == expect_parent.to_vec()
+                let shape = child.parent_hash == expect_parent.to_vec()
                     && child.view == last.view + 1
                     && qc.block_hash == block_hash(&child).to_vec()
-                    && child.justify.as_ref().is_some_and(|j| j.view == last.view && j.block_hash == expect_parent.to_vec())
-                    && self.cfg.domain.verify_qc(&qc, &self.cfg.genesis_hash, self.crypto.as_ref());
-                if !proven {
+                    && child.justify.as_ref().is_some_and(|j| j.view == last.view && j.block_hash == expect_parent.to_vec());
+                // The child's justify becomes this validator's high QC (and, after a restart,
+                // the QC it proposes on): it must verify too.
+                let checked = shape
+                    .then(|| self.checked_qc(&qc).zip(child.justify.as_ref().and_then(|j| self.checked_qc(j))))
+                    .flatten();
+                let Some((qc, child_justify)) = checked else {
                     return self.reject(from, "sync commit proof invalid");
-                }
+                };
+                child.justify = Some(child_justify);
                 for b in run.drain(..) {
                     self.blocks.insert(block_hash(&b), b);
                 }
@@ -1047,10 +1122,12 @@ impl Core {
                 continue;
             }
             let Some(j) = &b.justify else { return self.reject(from, "sync block without QC") };
-            if j.block_hash != b.parent_hash || !self.cfg.domain.verify_qc(j, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+            if j.block_hash != b.parent_hash {
                 return self.reject(from, "sync block with an invalid QC");
             }
-            let j = j.clone();
+            let Some(j) = self.checked_qc(j) else { return self.reject(from, "sync block with an invalid QC") };
+            let mut b = b;
+            b.justify = Some(j.clone());
             self.blocks.insert(block_hash(&b), b);
             self.process_qc(&j, from);
         }
@@ -1114,7 +1191,13 @@ impl Core {
     fn on_read_index_request(&mut self, from: usize, r: ReadIndexRequest) {
         let (height, block) = self.read_answer();
         let Some(block) = block else { return };
-        let reply = ReadIndexReply { round: r.round, height, high_qc: Some(self.high_qc.clone()), header: Some(header(block)) };
+        let reply = ReadIndexReply {
+            round: r.round,
+            height,
+            high_qc: Some(self.high_qc.clone()),
+            header: Some(header(block)),
+            committed_height: self.committed.height,
+        };
         self.out.push(Output::Send { to: from, msg: msg(Kind::ReadIndexReply(reply)) });
     }
 
@@ -1136,6 +1219,15 @@ impl Core {
             let best = self.read.by_height().into_iter().find(|(_, h)| *h > own);
             let Some((from, height)) = best else { return self.finish_read_round(own) };
             if self.read_reply_valid(&self.read.replies[&from]) {
+                // A quorum certified blocks this validator has not committed: it missed votes
+                // or a commit (no block announces one), so fetch them from that validator now
+                // rather than at the next sync probe.
+                if height > self.committed.height {
+                    let ahead = self.read.replies.iter().max_by_key(|(_, r)| r.committed_height);
+                    let to = ahead.filter(|(_, r)| r.committed_height > self.committed.height).map_or(from, |(p, _)| *p);
+                    let want = self.read.replies[&from].header.as_ref().map(block_hash).unwrap_or_default();
+                    self.ask_sync(to, &want);
+                }
                 return self.finish_read_round(height);
             }
             self.read.replies.remove(&from);
@@ -1148,6 +1240,6 @@ impl Core {
         h.operations.is_empty()
             && r.height <= h.height
             && qc.block_hash == block_hash(h).to_vec()
-            && self.cfg.domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref())
+            && (self.known_qc(qc) || self.cfg.domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref()))
     }
 }

@@ -47,7 +47,7 @@ fn submit(op: &Operation) -> PeerMessage {
 }
 
 fn voted(out: &[Output]) -> bool {
-    out.iter().any(|o| matches!(o, Output::Send { msg: PeerMessage { kind: Some(Kind::Vote(_)) }, .. }))
+    out.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(_)) })))
 }
 
 /// The leader of view 1 proposes a block carrying `op`; returns that proposal.
@@ -106,4 +106,153 @@ fn a_bad_signature_in_a_forwarded_batch_drops_only_what_fails() {
     let out = replica.handle(NOW, Input::Message { from: 3, msg }, &NoLog);
     assert!(out.iter().any(|o| matches!(o, Output::Rejected { from: 3, .. })), "{out:?}");
     assert_eq!(replica.mempool_len(), 3, "the operations before the bad one are kept");
+}
+
+/// Counts aggregate checks, so a test can see each QC checked once.
+struct Counting {
+    inner: SimCrypto,
+    aggregates: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Crypto for Counting {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.inner.sign(msg)
+    }
+    fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        self.inner.verify(signer, msg, sig)
+    }
+    fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        self.inner.aggregate(sigs)
+    }
+    fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+        self.aggregates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.verify_aggregate(signers, msg, agg)
+    }
+    fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+        self.inner.sign_operation(msg)
+    }
+    fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+        self.inner.verify_operation(bank, msg, sig)
+    }
+}
+
+/// Four cores on a lossless in-order network; every output of every step is kept.
+struct Cluster {
+    cores: Vec<Core>,
+    aggregates: Vec<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    outputs: Vec<Vec<Output>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut cores = Vec::new();
+        let mut aggregates = Vec::new();
+        for me in 0..N {
+            let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let crypto = Counting { inner: SimCrypto { me, n: N }, aggregates: count.clone() };
+            let cfg = Config::new(me, domain(), [3; 32]);
+            cores.push(Core::new(cfg, Box::new(crypto), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![]));
+            aggregates.push(count);
+        }
+        Cluster { cores, aggregates, outputs: vec![Vec::new(); N] }
+    }
+
+    /// Hands `input` to core `to`, then delivers every message until none is left.
+    fn run(&mut self, to: usize, input: Input) {
+        let mut queue = std::collections::VecDeque::from([(to, None, Some(input))]);
+        let mut now = NOW;
+        while let Some((to, from, input)) = queue.pop_front() {
+            now += 1;
+            let input = match (from, input) {
+                (_, Some(i)) => i,
+                (Some((from, msg)), None) => Input::Message { from, msg },
+                (None, None) => unreachable!(),
+            };
+            let out = self.cores[to].handle(now, input, &NoLog);
+            for o in &out {
+                match o {
+                    Output::Send { to: peer, msg } => queue.push_back((*peer, Some((to, msg.clone())), None)),
+                    Output::Broadcast(msg) => {
+                        for peer in (0..N).filter(|p| *p != to) {
+                            queue.push_back((peer, Some((to, msg.clone())), None));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.outputs[to].extend(out);
+        }
+    }
+
+    fn count(&self, me: usize, what: impl Fn(&Output) -> bool) -> usize {
+        self.outputs[me].iter().filter(|o| what(o)).count()
+    }
+}
+
+#[test]
+fn every_validator_commits_from_the_votes_without_an_announcing_block() {
+    let mut c = Cluster::new();
+    c.run(3, Input::Submit(vec![Operation { id: Some(OperationId { bank: 3, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() }]));
+    for me in 0..N {
+        assert_eq!(c.cores[me].committed_height(), 1, "validator {me} committed the write's block");
+        let commits = c.count(me, |o| matches!(o, Output::Commit(_)));
+        assert_eq!(commits, 1, "validator {me}");
+    }
+    // The write's block and its certifying child: nothing proposed only to announce the commit.
+    let proposals: usize = (0..N)
+        .map(|me| c.count(me, |o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(_)) }))))
+        .sum();
+    assert_eq!(proposals, 2);
+}
+
+#[test]
+fn each_qc_is_checked_once_per_validator() {
+    let mut c = Cluster::new();
+    c.run(3, Input::Submit(vec![Operation { id: Some(OperationId { bank: 3, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() }]));
+    for me in 0..N {
+        // Two QCs (the write's block and its child): one aggregate check each, whether the QC
+        // was formed from the votes or arrived in a proposal first.
+        let checks = c.aggregates[me].load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(checks, 2, "validator {me} checked {checks} aggregates");
+    }
+}
+
+#[test]
+fn a_second_vote_in_one_view_is_refused() {
+    let mut replica = core(0);
+    let d = domain();
+    let signer = SimCrypto { me: 2, n: N };
+    let vote = |hash: [u8; 32]| {
+        let signature = signer.sign(&d.vote_bytes(1, &hash, 0));
+        PeerMessage {
+            kind: Some(Kind::Vote(bftcd_proto::bftcd::Vote {
+                epoch: 1,
+                view: 1,
+                block_hash: hash.to_vec(),
+                justify_view: 0,
+                signer: 2,
+                signature,
+            })),
+        }
+    };
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: vote([1; 32]) }, &NoLog);
+    assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: vote([2; 32]) }, &NoLog);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Rejected { from: 2, reason } if reason.contains("second vote"))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_vote_far_ahead_is_dropped() {
+    let mut replica = core(0);
+    let d = domain();
+    let view = 10_000;
+    let signature = SimCrypto { me: 2, n: N }.sign(&d.vote_bytes(view, &[1; 32], 0));
+    let msg = PeerMessage {
+        kind: Some(Kind::Vote(bftcd_proto::bftcd::Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: 0, signer: 2, signature })),
+    };
+    let out = replica.handle(NOW, Input::Message { from: 2, msg }, &NoLog);
+    assert!(out.iter().any(|o| matches!(o, Output::Rejected { from: 2, reason } if reason.contains("ahead"))), "{out:?}");
 }
