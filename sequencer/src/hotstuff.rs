@@ -3,8 +3,11 @@
 //!
 //! One task owns the core. It wakes on a peer message, on client operations, or when the core
 //! asks for a tick, and carries out the core's outputs in order: a block or safety state is
-//! fsynced before anything after it (a vote, a timeout) leaves; committed blocks are appended to
-//! the ledger together; the submitter of each committed operation is answered.
+//! fsynced before anything after it (a vote, a timeout) leaves. Committed blocks go to the
+//! ledger's own writer task, which appends them in order and then answers the submitter of each
+//! committed operation: no message waits for the ledger's disk write. (After a crash, commits the
+//! ledger had not stored yet come back from the peers; their blocks are still in the block store,
+//! and nothing in them was acknowledged.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +50,8 @@ pub struct HotStuffOptions {
 }
 
 type Waiters = HashMap<OpId, oneshot::Sender<Result<Position, SequencerError>>>;
+/// Shared by the consensus task (which registers) and the ledger writer (which answers).
+type SharedWaiters = Arc<std::sync::Mutex<Waiters>>;
 
 pub struct HotStuff {
     ledger: Arc<Ledger>,
@@ -144,13 +149,17 @@ impl HotStuff {
         let (submit, submissions) = mpsc::channel(65_536);
         let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
+        let waiters: SharedWaiters = Default::default();
+        let (commits, committed) = mpsc::unbounded_channel();
+        tokio::spawn(write_ledger(ledger.clone(), waiters.clone(), committed));
         let driver = Driver {
             core,
             network: network.clone(),
             ledger: ledger.clone(),
             block_store: Arc::new(std::sync::Mutex::new(block_store)),
             safety_file: Arc::new(safety_file),
-            waiters: HashMap::new(),
+            waiters,
+            commits,
             reads_unassigned: Vec::new(),
             reads_assigned: Vec::new(),
             status: status_tx,
@@ -200,14 +209,55 @@ impl Sequencer for HotStuff {
 /// What the core asked to be on disk before its next message leaves.
 #[derive(Default)]
 struct Durable {
-    commits: Vec<CommittedBlock>,
     blocks: Vec<Block>,
     safety: Option<SafetyState>,
 }
 
 impl Durable {
     fn is_empty(&self) -> bool {
-        self.commits.is_empty() && self.blocks.is_empty() && self.safety.is_none()
+        self.blocks.is_empty() && self.safety.is_none()
+    }
+}
+
+/// The ledger's writer: appends committed blocks in commit order (everything that queued up
+/// while the last write ran goes in one write and one fsync), then answers the submitters. On a
+/// write error it fails every waiting submitter and stops; the consensus task stops with it.
+async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed: mpsc::UnboundedReceiver<CommittedBlock>) {
+    while let Some(first) = committed.recv().await {
+        let mut blocks = vec![first];
+        while let Ok(more) = committed.try_recv() {
+            blocks.push(more);
+        }
+        let answers: Vec<(OpId, Position)> = blocks
+            .iter()
+            .filter_map(|cb| cb.block.as_ref())
+            .flat_map(|b| {
+                b.operations
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, op)| op_id(op).map(|id| (id, Position { height: b.height, index: i as u32 })))
+            })
+            .collect();
+        let l = ledger.clone();
+        let written = tokio::task::spawn_blocking(move || l.append_all(&blocks)).await;
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = error {
+            tracing::error!(error = %e, "ledger: write failed; this bank orders nothing more until restarted");
+            for (_, waiter) in w.drain() {
+                let _ = waiter.send(Err(SequencerError::Ledger(e.clone())));
+            }
+            return;
+        }
+        for (id, pos) in answers {
+            if let Some(waiter) = w.remove(&id) {
+                let _ = waiter.send(Ok(pos));
+            }
+        }
     }
 }
 
@@ -218,7 +268,9 @@ struct Driver {
     /// Shared with the blocking threads that write it; only one write is ever in flight.
     block_store: Arc<std::sync::Mutex<BlockStore>>,
     safety_file: Arc<SafetyFile>,
-    waiters: Waiters,
+    waiters: SharedWaiters,
+    /// To the ledger writer, in commit order.
+    commits: mpsc::UnboundedSender<CommittedBlock>,
     /// Reads waiting for the next read-index round to start, and reads in a round.
     reads_unassigned: Vec<oneshot::Sender<u64>>,
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
@@ -267,15 +319,17 @@ impl Driver {
                     Some(first) => {
                         let mut ops = Vec::new();
                         let mut next = Some(first);
+                        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
                         while let Some((op, reply)) = next.take() {
                             if let Some(id) = op_id(&op) {
-                                self.waiters.insert(id, reply);
+                                waiters.insert(id, reply);
                             }
                             ops.push(op);
                             if ops.len() < 4096 {
                                 next = submissions.try_recv().ok();
                             }
                         }
+                        drop(waiters);
                         Input::Submit(ops)
                     }
                 },
@@ -302,7 +356,7 @@ impl Driver {
             }
             if let Err(e) = self.carry_out(outputs).await {
                 tracing::error!(error = %e, "consensus: stopping; this bank orders nothing more until restarted");
-                for (_, w) in self.waiters.drain() {
+                for (_, w) in self.waiters.lock().unwrap_or_else(|e| e.into_inner()).drain() {
                     let _ = w.send(Err(SequencerError::Ledger(e.to_string())));
                 }
                 return;
@@ -322,7 +376,9 @@ impl Driver {
         for o in outputs {
             let o = match o {
                 Output::Commit(cb) => {
-                    durable.commits.push(cb);
+                    if self.commits.send(cb).is_err() {
+                        anyhow::bail!("the ledger writer stopped");
+                    }
                     continue;
                 }
                 Output::PersistBlock(b) => {
@@ -372,22 +428,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Stores voted blocks, the safety state and commits in one trip to a blocking thread. Each
-    /// trip costs two thread switches; one per step made a vote wait for three. (Running the
-    /// three fsyncs on three threads at once measured slower here: they contend for ext4's
-    /// journal.)
+    /// Stores voted blocks and the safety state in one trip to a blocking thread (each trip
+    /// costs two thread switches). The ledger is not written here: see [`write_ledger`].
     async fn write_durably(&mut self, d: Durable) -> anyhow::Result<()> {
-        let ids: Vec<(OpId, Position)> = d
-            .commits
-            .iter()
-            .filter_map(|cb| cb.block.as_ref())
-            .flat_map(|b| {
-                b.operations
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(i, op)| op_id(op).map(|id| (id, Position { height: b.height, index: i as u32 })))
-            })
-            .collect();
         let ledger = self.ledger.clone();
         let store = self.block_store.clone();
         let safety_file = self.safety_file.clone();
@@ -399,17 +442,9 @@ impl Driver {
             if let Some(state) = &d.safety {
                 safety_file.store(state)?;
             }
-            if !d.commits.is_empty() {
-                ledger.append_all(&d.commits)?;
-            }
             Ok(())
         })
         .await??;
-        for (id, pos) in ids {
-            if let Some(w) = self.waiters.remove(&id) {
-                let _ = w.send(Ok(pos));
-            }
-        }
         Ok(())
     }
 }

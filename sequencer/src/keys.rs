@@ -197,6 +197,10 @@ impl Crypto for ChainCrypto {
         let keys: Option<Vec<&PublicKey>> = signers.iter().map(|&i| self.bls_keys.get(i)).collect();
         keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &agg))
     }
+    fn aggregate_verified(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        let keys: Vec<&PublicKey> = signers.iter().map(|&i| self.bls_keys.get(i)).collect::<Option<_>>()?;
+        crypto::aggregate_and_verify(&keys, msg, sigs).map(|agg| agg.to_bytes().to_vec())
+    }
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
         self.operation.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
     }

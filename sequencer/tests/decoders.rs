@@ -30,7 +30,7 @@ fn seeds() -> Vec<Vec<u8>> {
         Kind::Vote(Vote { epoch: 1, view: 4, block_hash: vec![2; 32], justify_view: 3, signer: 1, signature: vec![0; 16] }),
         Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc.clone()), signer: 2, signature: vec![0; 16] }),
         Kind::ReadIndexRequest(ReadIndexRequest { round: 77 }),
-        Kind::ReadIndexReply(ReadIndexReply { round: 0, height: 2, high_qc: Some(qc), header: Some(bftcd_sequencer::header(&block)) }),
+        Kind::ReadIndexReply(ReadIndexReply { round: 0, height: 2, high_qc: Some(qc), header: Some(bftcd_sequencer::header(&block)), committed_height: 1 }),
     ];
     let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|k| PeerMessage { kind: Some(k) }.encode_to_vec()).collect();
     out.push(block.encode_to_vec());

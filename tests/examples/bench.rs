@@ -7,7 +7,7 @@
 //! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64[,256...]]
 //!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]]
 //!     [--workload put,txn,range-lin,range-ser|both|all] [--range-keys 1000]
-//!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep]
+//!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds 3]
 //! ```
 //!
 //! Targets (all started up front, so every phase runs under the same conditions):
@@ -15,6 +15,7 @@
 //! - `sidecar`: one stock etcd behind one `bftcd serve` (single bank, n = 1);
 //! - `bft4`: four banks (stock etcd + sidecar each) ordering with HotStuff-2, keys and genesis made
 //!   by the real `bftcd keygen` / `bftcd genesis`; client `i` talks to bank `i mod 4`;
+//! - `bft7`: the same with seven banks (f = 2);
 //! - `raft3` (alias `cluster3`): a 3-member stock etcd Raft cluster; client `i` talks to member
 //!   `i mod 3`.
 //!
@@ -29,6 +30,10 @@
 //! Before the first range phase on a target, the `--range-keys` keys are written through it by 16
 //! concurrent clients (not timed) and the benchmark waits until every endpoint of the target
 //! serves all of them (serializable count); `range-lin` and `range-ser` read the same keys.
+//!
+//! With `--rounds N` every phase runs N times, the targets interleaved (bft4, raft3, bft4, raft3,
+//! ...) so that a slow minute of this machine hits both; the tables then show every round, and
+//! the CPU table and the ratios use the median of the rounds for each figure.
 //!
 //! For every workload × target it runs these phases, each ending after `--ops` operations or
 //! `--duration` seconds, whichever comes first (operations still in flight get at most 5 s more):
@@ -78,7 +83,7 @@ const CHECK_PERF_TIMEOUT: Duration = Duration::from_secs(180);
 /// Set by Ctrl-C: phases end early, the remaining ones are skipped, processes are stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-const KNOWN_TARGETS: &[&str] = &["direct", "sidecar", "bft4", "raft3", "cluster3"];
+const KNOWN_TARGETS: &[&str] = &["direct", "sidecar", "bft4", "bft7", "raft3", "cluster3"];
 
 const CHECK_PERF_LOADS: &[&str] = &["s", "m", "l", "xl"];
 
@@ -95,6 +100,7 @@ struct Args {
     check_perf: Option<String>,
     sidecar_args: Vec<String>,
     keep: bool,
+    rounds: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,9 +144,9 @@ fn usage() -> ! {
          \x20            [--value-size BYTES (default 256)] [--targets direct,sidecar,bft4,raft3 (default direct,sidecar)]\n\
          \x20            [--workload put,txn,range-lin,range-ser|both|all (default both = put,txn)]\n\
          \x20            [--range-keys N (default 1000)] [--op-timeout SECS (default 10)]\n\
-         \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep]\n\
-         targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 = 4 banks ordering with\n\
-         HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
+         \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds N (default 1)]\n\
+         targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 / bft7 = 4 / 7 banks ordering\n\
+         with HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
          workloads: put, txn (create-if-absent) on distinct keys; range-lin / range-ser = linearizable /\n\
          serializable Get of one of --range-keys preloaded keys.\n\
          --clients: one concurrent phase per client count (each client has its own connection).\n\
@@ -164,6 +170,7 @@ fn parse_args() -> Args {
         check_perf: None,
         sidecar_args: Vec::new(),
         keep: false,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -248,6 +255,7 @@ fn parse_args() -> Args {
             }
             "--sidecar-arg" => a.sidecar_args.push(value()),
             "--keep" => a.keep = true,
+            "--rounds" => a.rounds = value().parse().ok().filter(|r| *r > 0).unwrap_or_else(|| usage()),
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("unknown argument {arg}");
@@ -370,6 +378,8 @@ fn phase_tag(phase: &str, clients: usize) -> String {
 
 #[derive(Clone)]
 struct PhaseResult {
+    /// 1-based; 0 for a median of rounds.
+    round: usize,
     target: String,
     workload: Workload,
     phase: &'static str,
@@ -413,6 +423,40 @@ impl PhaseResult {
             0.0
         }
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One result per (target, workload, phase, clients): each figure the median of its rounds. The
+/// operation count and duration are those of the round with the median throughput, and the CPU
+/// figures are scaled so that CPU per operation is the median too.
+fn medians(results: &[PhaseResult]) -> Vec<PhaseResult> {
+    let mut out: Vec<PhaseResult> = Vec::new();
+    for r in results {
+        let same = |o: &PhaseResult| o.target == r.target && o.workload == r.workload && o.phase == r.phase && o.clients == r.clients;
+        if out.iter().any(same) {
+            continue;
+        }
+        let rounds: Vec<&PhaseResult> = results.iter().filter(|o| same(o)).collect();
+        let mut by_rate = rounds.clone();
+        by_rate.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
+        let mut m = by_rate[by_rate.len() / 2].clone();
+        m.round = 0;
+        let pick = |f: &dyn Fn(&PhaseResult) -> f64| median(rounds.iter().map(|r| f(r)).collect());
+        m.p50_ms = pick(&|r| r.p50_ms);
+        m.p99_ms = pick(&|r| r.p99_ms);
+        m.max_ms = pick(&|r| r.max_ms);
+        let per_op = |ms: &dyn Fn(&PhaseResult) -> f64| pick(&|r| if r.ops > 0 { ms(r) / r.ops as f64 } else { 0.0 }) * m.ops as f64;
+        m.cpu.sidecar = per_op(&|r| r.cpu.sidecar);
+        m.cpu.etcd = per_op(&|r| r.cpu.etcd);
+        m.cpu.client = per_op(&|r| r.cpu.client);
+        m.cpu.others = per_op(&|r| r.cpu.others);
+        out.push(m);
+    }
+    out
 }
 
 fn percentile(sorted_us: &[u32], p: f64) -> f64 {
@@ -762,6 +806,7 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
     progress.abort();
     all.sort_unstable();
     PhaseResult {
+        round: 0,
         target: target.name.clone(),
         workload,
         phase,
@@ -1040,7 +1085,7 @@ fn main() {
     let mut bank: Option<EtcdProcess> = None;
     let mut sidecar: Option<Sidecar> = None;
     let mut cluster: Option<EtcdCluster> = None;
-    let mut chain: Option<Chain> = None;
+    let mut chains: Vec<Chain> = Vec::new();
     let pid = |p: Option<u32>| p.expect("process is running");
     for t in &args.targets {
         match t.as_str() {
@@ -1084,20 +1129,21 @@ fn main() {
                 });
                 cluster = Some(c);
             }
-            "bft4" => {
-                eprintln!("bench: bft4: bftcd keygen/genesis, starting 4 banks ...");
-                let c = Chain::start(&dir, 4);
+            "bft4" | "bft7" => {
+                let n = if t == "bft4" { 4 } else { 7 };
+                eprintln!("bench: {t}: bftcd keygen/genesis, starting {n} banks ...");
+                let c = Chain::start_named(&dir, n, &format!("{t}-"));
                 eprintln!(
-                    "bench: bft4: 4 banks (stock etcd + bftcd each, HotStuff-2) at {}",
+                    "bench: {t}: {n} banks (stock etcd + bftcd each, HotStuff-2) at {}",
                     c.endpoints().join(",")
                 );
                 targets.push(Target {
-                    name: "bft4".into(),
+                    name: t.clone(),
                     endpoints: c.endpoints(),
                     sidecar_pids: c.banks.iter().map(|b| pid(b.sidecar.pid())).collect(),
                     etcd_pids: c.banks.iter().map(|b| pid(b.etcd.pid())).collect(),
                 });
-                chain = Some(c);
+                chains.push(c);
             }
             _ => unreachable!(),
         }
@@ -1124,7 +1170,7 @@ fn main() {
         phases.extend(args.clients.iter().map(|&c| ("concurrent", c)));
         'all: for &workload in &args.workloads {
             for &(phase, clients) in &phases {
-                for target in &targets {
+                for (round, target) in (1..=args.rounds).flat_map(|r| targets.iter().map(move |t| (r, t))) {
                     if STOP.load(Ordering::Relaxed) {
                         break 'all;
                     }
@@ -1153,8 +1199,9 @@ fn main() {
                         .collect();
                     let wl = workload.name();
                     let tag = phase_tag(phase, clients);
+                    let tag = if args.rounds > 1 { format!("{tag}#{round}") } else { tag };
                     eprintln!("bench: {name}/{wl}/{tag} ({clients} client(s)) ...");
-                    let r = run_phase(PhaseSpec {
+                    let mut r = run_phase(PhaseSpec {
                         target,
                         others: &others,
                         workload,
@@ -1179,6 +1226,7 @@ fn main() {
                         fmt_opt(r.per_kop(r.cpu.sidecar)),
                         fmt_opt(r.per_kop(r.cpu.etcd)),
                     );
+                    r.round = round;
                     if let Some(e) = &r.first_error {
                         eprintln!("bench: {name}/{wl}/{tag}: first error: {e}");
                     }
@@ -1212,14 +1260,23 @@ fn main() {
     }
 
     println!();
+    let rows: Vec<PhaseResult> = if args.rounds > 1 {
+        let mut all = results.clone();
+        all.extend(medians(&results));
+        all
+    } else {
+        results.clone()
+    };
+    let results = if args.rounds > 1 { medians(&results) } else { results };
     println!(
-        "{:<9} {:<9} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
-        "target", "workload", "phase", "clients", "ops", "secs", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "{:<9} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "target", "round", "workload", "phase", "clients", "ops", "secs", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
     );
-    for r in &results {
+    for r in &rows {
         println!(
-            "{:<9} {:<9} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<9} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
             r.target,
+            if r.round == 0 { "median".to_string() } else { r.round.to_string() },
             r.workload.name(),
             r.phase,
             r.clients,
@@ -1234,7 +1291,10 @@ fn main() {
     }
 
     println!();
-    println!("CPU during the concurrent phases (utime+stime from /proc/<pid>/stat)");
+    println!(
+        "CPU during the concurrent phases (utime+stime from /proc/<pid>/stat){}",
+        if args.rounds > 1 { format!("; medians of {} interleaved rounds", args.rounds) } else { String::new() }
+    );
     println!(
         "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
         "target", "workload", "clients", "sidecar ms/1k", "etcd ms/1k", "total ms/1k", "sidecar", "etcd", "client", "others"
@@ -1244,7 +1304,7 @@ fn main() {
         "", "", "", "", "", "", "cores", "cores", "cores", "cores"
     );
     for r in results.iter().filter(|r| r.phase == "concurrent") {
-        let has_sidecar = r.target == "sidecar" || r.target == "bft4";
+        let has_sidecar = r.target == "sidecar" || r.target.starts_with("bft");
         println!(
             "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8.2} {:>8.2} {:>8.2}",
             r.target,
@@ -1265,6 +1325,8 @@ fn main() {
         print_ratios(&results, &args.workloads, &args.clients, "sidecar", &["direct"]);
     let bft_raft =
         print_ratios(&results, &args.workloads, &args.clients, "bft4", &["raft3", "cluster3"]);
+    let bft7_raft =
+        print_ratios(&results, &args.workloads, &args.clients, "bft7", &["raft3", "cluster3"]);
 
     if let Some(load) = &args.check_perf {
         println!();
@@ -1322,7 +1384,8 @@ fn main() {
         "max_seconds_per_phase": args.duration.as_secs_f64(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "interrupted": STOP.load(Ordering::Relaxed),
-        "results": results.iter().map(|r| json!({
+        "results": rows.iter().map(|r| json!({
+            "round": r.round,
             "target": r.target,
             "workload": r.workload.name(),
             "phase": r.phase,
@@ -1350,6 +1413,8 @@ fn main() {
         })).collect::<Vec<_>>(),
         "ratio_sidecar_over_direct": sidecar_direct,
         "ratio_bft4_over_raft3": bft_raft,
+        "ratio_bft7_over_raft3": bft7_raft,
+        "rounds": args.rounds,
         "check_perf": if args.check_perf.is_some() { serde_json::Value::Object(check_perf_json) } else { serde_json::Value::Null },
     });
     println!("{line}");
@@ -1360,7 +1425,7 @@ fn main() {
     if let Some(s) = sidecar.as_mut() {
         s.stop();
     }
-    if let Some(c) = chain.as_mut() {
+    for c in chains.iter_mut() {
         for b in c.banks.iter_mut() {
             b.sidecar.stop();
         }
@@ -1376,7 +1441,7 @@ fn main() {
             c.member_mut(i).stop();
         }
     }
-    drop((sidecar, chain, bank, direct, cluster));
+    drop((sidecar, chains, bank, direct, cluster));
     // The directory is removed unless --keep.
     if !args.keep {
         drop(dir);

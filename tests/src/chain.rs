@@ -41,32 +41,42 @@ impl Chain {
     }
 
     pub fn start_with(dir: &TestDir, n: usize, deviant: Option<Deviant>) -> Chain {
+        Self::start_prefixed(dir, n, deviant, "")
+    }
+
+    /// A chain whose files and process names start with `prefix`, so that several chains can
+    /// share one directory (the benchmark runs four and seven banks side by side).
+    pub fn start_named(dir: &TestDir, n: usize, prefix: &str) -> Chain {
+        Self::start_prefixed(dir, n, None, prefix)
+    }
+
+    fn start_prefixed(dir: &TestDir, n: usize, deviant: Option<Deviant>, prefix: &str) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let mut descriptors = Vec::new();
         for i in 0..n {
-            let keys = dir.join(format!("keys/bank{}", i + 1));
+            let keys = dir.join(format!("{prefix}keys/bank{}", i + 1));
             bftcd(&[
                 "keygen".into(),
                 format!("--name=bank{}", i + 1),
                 format!("--dir={}", keys.display()),
-                format!("--ca-dir={}", dir.join("ca").display()),
+                format!("--ca-dir={}", dir.join(format!("{prefix}ca")).display()),
                 format!("--peer-address=127.0.0.1:{}", peer_ports[i]),
                 format!("--client-address=127.0.0.1:{}", client_ports[i]),
             ]);
             descriptors.push(keys.join("validator.pb").display().to_string());
         }
-        let genesis = dir.join("genesis.pb");
+        let genesis = dir.join(format!("{prefix}genesis.pb"));
         let mut args = vec!["genesis".into(), "--chain-id=test-chain".into(), format!("--out={}", genesis.display())];
         args.extend(descriptors);
         bftcd(&args);
         let mut banks = Vec::new();
         for i in 0..n {
-            let name = format!("bank{}", i + 1);
+            let name = format!("{prefix}bank{}", i + 1);
             let etcd = EtcdProcess::start_with_args(dir, &format!("{name}-etcd"), BANK_ETCD_ARGS);
             let mut extra = vec![
                 format!("--genesis={}", genesis.display()),
-                format!("--keys={}", dir.join(format!("keys/{name}")).display()),
+                format!("--keys={}", dir.join(format!("{prefix}keys/bank{}", i + 1)).display()),
                 format!("--listen-peer=127.0.0.1:{}", peer_ports[i]),
                 "--write-timeout=20s".to_string(),
             ];

@@ -17,6 +17,10 @@ pub trait Crypto: Send + Sync + 'static {
     /// Aggregates signatures over one message (for a QC).
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>>;
     fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool;
+    /// The aggregate of `sigs` (one per signer, in order) if it verifies: a QC's signature.
+    fn aggregate_verified(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        self.aggregate(sigs).filter(|agg| self.verify_aggregate(signers, msg, agg))
+    }
     /// Signs a client operation as the submitting bank.
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8>;
     fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool;

@@ -973,7 +973,7 @@ impl Core {
         let msg = self.cfg.domain.vote_bytes(v.view, &hash, v.justify_view);
         let signers: Vec<usize> = entry.keys().copied().collect();
         let sigs: Vec<&[u8]> = entry.values().map(|(s, _)| s.as_slice()).collect();
-        let aggregate = self.crypto.aggregate(&sigs).filter(|agg| self.crypto.verify_aggregate(&signers, &msg, agg));
+        let aggregate = self.crypto.aggregate_verified(&signers, &msg, &sigs);
         let Some(aggregate_signature) = aggregate else {
             let bad: Vec<usize> = entry
                 .iter()
