@@ -58,7 +58,7 @@ impl Chain {
             let keys = dir.join(format!("{prefix}keys/bank{}", i + 1));
             bftcd(&[
                 "keygen".into(),
-                format!("--name=bank{}", i + 1),
+                format!("--name={prefix}bank{}", i + 1),
                 format!("--dir={}", keys.display()),
                 format!("--ca-dir={}", dir.join(format!("{prefix}ca")).display()),
                 format!("--peer-address=127.0.0.1:{}", peer_ports[i]),
