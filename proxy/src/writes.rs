@@ -90,7 +90,12 @@ impl Writes {
             outcome.await.map_err(|_| errors::timeout())?
         };
         // Past the deadline the outcome is unknown (it may still commit), exactly as with etcd.
-        tokio::time::timeout(self.timeout, ordered).await.map_err(|_| errors::timeout())?
+        let started = bftcd_sequencer::now_us();
+        let result = tokio::time::timeout(self.timeout, ordered).await.map_err(|_| errors::timeout())?;
+        let t_us = bftcd_sequencer::now_us();
+        tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "client-write", nonce = id.nonce,
+            total_us = t_us.saturating_sub(started));
+        result
     }
 }
 

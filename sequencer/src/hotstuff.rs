@@ -164,6 +164,7 @@ impl HotStuff {
             reads_assigned: Vec::new(),
             status: status_tx,
             rejected: 0,
+            disk_us: 0,
             #[cfg(feature = "byzantine")]
             misbehaviour: opts.misbehaviour,
             #[cfg(feature = "byzantine")]
@@ -239,7 +240,11 @@ async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed
             })
             .collect();
         let l = ledger.clone();
+        let (t_us, started) = (crate::now_us(), std::time::Instant::now());
+        let heights = (blocks[0].block.as_ref().map_or(0, |b| b.height), blocks.len());
         let written = tokio::task::spawn_blocking(move || l.append_all(&blocks)).await;
+        tracing::debug!(target: crate::TRACE, t_us, step = "ledger-append", first = heights.0, blocks = heights.1,
+            disk_us = started.elapsed().as_micros() as u64);
         let error = match written {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -276,6 +281,8 @@ struct Driver {
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
+    /// Time this step spent writing the block store and safety file (for trace events).
+    disk_us: u64,
     #[cfg(feature = "byzantine")]
     misbehaviour: Vec<crate::byzantine::Misbehaviour>,
     #[cfg(feature = "byzantine")]
@@ -348,13 +355,23 @@ impl Driver {
             };
             let log = LedgerLog(self.ledger.clone());
             let view = self.core.view();
+            let trace = tracing::enabled!(target: crate::TRACE, tracing::Level::DEBUG);
+            let (t_us, what) = if trace { (crate::now_us(), describe_input(&input)) } else { (0, String::new()) };
+            let started = std::time::Instant::now();
             let outputs = self.core.handle(now_ms(), input, &log);
+            let core_us = started.elapsed().as_micros() as u64;
+            let did = if trace { describe_outputs(&outputs) } else { String::new() };
             #[cfg(feature = "byzantine")]
             let outputs = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, outputs);
             if self.core.view() != view {
                 tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
             }
-            if let Err(e) = self.carry_out(outputs).await {
+            self.disk_us = 0;
+            let carried = self.carry_out(outputs).await;
+            if trace && !did.is_empty() {
+                tracing::debug!(target: crate::TRACE, t_us, step = %what, core_us, disk_us = self.disk_us, out = %did, view = self.core.view());
+            }
+            if let Err(e) = carried {
                 tracing::error!(error = %e, "consensus: stopping; this bank orders nothing more until restarted");
                 for (_, w) in self.waiters.lock().unwrap_or_else(|e| e.into_inner()).drain() {
                     let _ = w.send(Err(SequencerError::Ledger(e.to_string())));
@@ -434,7 +451,8 @@ impl Driver {
         let ledger = self.ledger.clone();
         let store = self.block_store.clone();
         let safety_file = self.safety_file.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let committed = ledger.height();
             if !d.blocks.is_empty() {
                 store.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, committed)?;
@@ -444,7 +462,50 @@ impl Driver {
             }
             Ok(())
         })
-        .await??;
-        Ok(())
+        .await;
+        self.disk_us += started.elapsed().as_micros() as u64;
+        written?
     }
+}
+
+/// A peer message in a few characters, for [`crate::TRACE`] events (no spaces: the benchmark
+/// splits on them).
+fn describe_message(m: &PeerMessage) -> String {
+    use bftcd_proto::bftcd::peer_message::Kind;
+    match &m.kind {
+        Some(Kind::Proposal(p)) => format!("proposal:h{}", p.block.as_ref().map_or(0, |b| b.height)),
+        Some(Kind::Vote(v)) => format!("vote:v{}", v.view),
+        Some(Kind::Timeout(t)) => format!("timeout:v{}", t.view),
+        Some(Kind::Submit(s)) => format!("forward:{}", s.operations.len()),
+        Some(Kind::SyncRequest(_)) => "sync-request".into(),
+        Some(Kind::SyncResponse(_)) => "sync-response".into(),
+        Some(Kind::ReadIndexRequest(_)) => "read-request".into(),
+        Some(Kind::ReadIndexReply(_)) => "read-reply".into(),
+        None => "empty".into(),
+    }
+}
+
+fn describe_input(input: &Input) -> String {
+    match input {
+        Input::Tick => "tick".into(),
+        Input::Submit(ops) => format!("client-writes:{}", ops.len()),
+        Input::ReadIndex => "read".into(),
+        Input::Message { from, msg } => format!("{}<bank{}", describe_message(msg), from + 1),
+    }
+}
+
+/// What a step produced: messages sent, blocks stored, commits.
+fn describe_outputs(outputs: &[Output]) -> String {
+    let parts: Vec<String> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => Some(format!("{}>bank{}", describe_message(msg), to + 1)),
+            Output::Broadcast(msg) => Some(format!("{}>all", describe_message(msg))),
+            Output::PersistBlock(b) => Some(format!("store:h{}", b.height)),
+            Output::Commit(cb) => Some(format!("commit:h{}", cb.block.as_ref().map_or(0, |b| b.height))),
+            Output::ReadIndex { height, .. } => Some(format!("read-index:h{height}")),
+            _ => None,
+        })
+        .collect();
+    parts.join(",")
 }

@@ -163,7 +163,13 @@ struct Tip {
     blocks: Vec<(u64, u32)>,
     hash: [u8; 32],
     timestamp_ms: u64,
+    /// The last blocks appended, newest last: the apply engine and peers catching up read
+    /// these right after the append, so they come from memory, not from the file.
+    recent: std::collections::VecDeque<CommittedBlock>,
 }
+
+/// How many appended blocks the ledger keeps in memory.
+const RECENT_BLOCKS: usize = 64;
 
 /// The live ledger of one bank: appended to by the sequencer, read by the apply engine.
 pub struct Ledger {
@@ -176,6 +182,21 @@ pub struct Ledger {
 
 fn encode_record(record: ledger_record::Record) -> Vec<u8> {
     let payload = LedgerRecord { record: Some(record) }.encode_to_vec();
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The record of one committed block, encoded from a reference (`LedgerRecord.block`, field 2,
+/// written by hand so the block need not be copied into a `LedgerRecord` first).
+fn encode_block_record(cb: &CommittedBlock) -> Vec<u8> {
+    let len = cb.encoded_len();
+    let mut payload = Vec::with_capacity(len + 16);
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut payload);
+    prost::encoding::encode_varint(len as u64, &mut payload);
+    cb.encode_raw(&mut payload);
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -270,6 +291,7 @@ impl Ledger {
                 blocks: scanned.blocks,
                 hash: scanned.tip_hash,
                 timestamp_ms: scanned.tip_timestamp_ms,
+                recent: Default::default(),
             }),
             height,
         })
@@ -321,7 +343,7 @@ impl Ledger {
             if block.parent_hash != hash {
                 return Err(LedgerError::NotNext { tip, got: block.height, what: "wrong parent hash".into() });
             }
-            let record = encode_record(ledger_record::Record::Block(cb.clone()));
+            let record = encode_block_record(cb);
             entries.push((t.len + bytes.len() as u64, (record.len() - 8) as u32));
             bytes.extend_from_slice(&record);
             hash = block_hash(block);
@@ -338,13 +360,30 @@ impl Ledger {
         t.blocks.extend(entries);
         t.hash = hash;
         t.timestamp_ms = last.1;
+        for cb in cbs.iter().skip(cbs.len().saturating_sub(RECENT_BLOCKS)) {
+            if t.recent.len() == RECENT_BLOCKS {
+                t.recent.pop_front();
+            }
+            t.recent.push_back(cb.clone());
+        }
         drop(t);
         self.height.send_replace(last.0);
         Ok(())
     }
 
+    /// The committed block at `height` if it is among the last appended (kept in memory): no
+    /// disk read, so callable from async code.
+    pub fn recent(&self, height: u64) -> Option<CommittedBlock> {
+        let t = self.tip.lock().unwrap();
+        let first = t.recent.front()?.block.as_ref()?.height;
+        t.recent.get(height.checked_sub(first)? as usize).cloned()
+    }
+
     /// Reads the committed block at `height` (1-based).
     pub fn read(&self, height: u64) -> Result<CommittedBlock, LedgerError> {
+        if let Some(cb) = self.recent(height) {
+            return Ok(cb);
+        }
         let (offset, len) = {
             let t = self.tip.lock().unwrap();
             if height == 0 || height > t.blocks.len() as u64 {
@@ -408,6 +447,27 @@ mod tests {
         assert_eq!(l.height(), 5);
         l.append(&next(&l, 1)).unwrap();
         assert_eq!(l.read(6).unwrap().block.unwrap().height, 6);
+    }
+
+    #[test]
+    fn recent_blocks_come_from_memory_and_agree_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.log");
+        let l = Ledger::open(&path, &genesis()).unwrap();
+        let n = RECENT_BLOCKS as u64 + 10;
+        for i in 0..n {
+            l.append(&next(&l, (i % 3) as usize)).unwrap();
+        }
+        assert!(l.recent(1).is_none(), "the oldest blocks left memory");
+        assert!(l.recent(n).is_some() && l.recent(n + 1).is_none());
+        let reopened = Ledger::open(&path, &genesis()).unwrap();
+        for h in 1..=n {
+            // The reopened ledger has nothing in memory: every read is from the file.
+            assert_eq!(l.read(h).unwrap(), reopened.read(h).unwrap(), "height {h}");
+        }
+        // The hand-written record is byte for byte what prost writes for a LedgerRecord.
+        let cb = l.read(n).unwrap();
+        assert_eq!(encode_block_record(&cb), encode_record(ledger_record::Record::Block(cb.clone())));
     }
 
     #[test]

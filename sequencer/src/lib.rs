@@ -19,6 +19,17 @@ pub mod net;
 pub mod sim;
 pub mod single;
 
+/// Tracing target of the per-step timing events (`BFTCD_LOG=info,bftcd::trace=debug`): one
+/// event per consensus step, ledger write, applied block and client write, each with its wall
+/// clock time in microseconds (`t_us`). The benchmark's `--trace-writes` mode reads them to show
+/// where one write's time goes, hop by hop.
+pub const TRACE: &str = "bftcd::trace";
+
+/// Wall clock in microseconds since the Unix epoch, for [`TRACE`] events.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 use std::future::Future;
 use std::pin::Pin;
 

@@ -7,7 +7,7 @@
 //! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64[,256...]]
 //!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]]
 //!     [--workload put,txn,range-lin,range-ser|both|all] [--range-keys 1000]
-//!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds 3]
+//!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds 3] [--trace-writes 50]
 //! ```
 //!
 //! Targets (all started up front, so every phase runs under the same conditions):
@@ -30,6 +30,12 @@
 //! Before the first range phase on a target, the `--range-keys` keys are written through it by 16
 //! concurrent clients (not timed) and the benchmark waits until every endpoint of the target
 //! serves all of them (serializable count); `range-lin` and `range-ser` read the same keys.
+//!
+//! With `--trace-writes N` it runs no phases: it sends N Puts one at a time (30 ms apart, so the
+//! chain is idle each time) through bank 1 of each bft target, with the sidecars' `bftcd::trace`
+//! events on, and prints the median write's timeline step by step across the banks (what each
+//! step received, how long its consensus code and its disk writes took, what it sent) and the
+//! medians of what a write cost in all banks together.
 //!
 //! With `--rounds N` every phase runs N times, the targets interleaved (bft4, raft3, bft4, raft3,
 //! ...) so that a slow minute of this machine hits both; the tables then show every round, and
@@ -101,6 +107,7 @@ struct Args {
     sidecar_args: Vec<String>,
     keep: bool,
     rounds: usize,
+    trace_writes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,7 +151,7 @@ fn usage() -> ! {
          \x20            [--value-size BYTES (default 256)] [--targets direct,sidecar,bft4,raft3 (default direct,sidecar)]\n\
          \x20            [--workload put,txn,range-lin,range-ser|both|all (default both = put,txn)]\n\
          \x20            [--range-keys N (default 1000)] [--op-timeout SECS (default 10)]\n\
-         \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds N (default 1)]\n\
+         \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds N (default 1)] [--trace-writes N]\n\
          targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 / bft7 = 4 / 7 banks ordering\n\
          with HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
          workloads: put, txn (create-if-absent) on distinct keys; range-lin / range-ser = linearizable /\n\
@@ -171,6 +178,7 @@ fn parse_args() -> Args {
         sidecar_args: Vec::new(),
         keep: false,
         rounds: 1,
+        trace_writes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -255,6 +263,7 @@ fn parse_args() -> Args {
             }
             "--sidecar-arg" => a.sidecar_args.push(value()),
             "--keep" => a.keep = true,
+            "--trace-writes" => a.trace_writes = value().parse().ok().filter(|r| *r > 0).unwrap_or_else(|| usage()),
             "--rounds" => a.rounds = value().parse().ok().filter(|r| *r > 0).unwrap_or_else(|| usage()),
             "-h" | "--help" => usage(),
             _ => {
@@ -289,6 +298,8 @@ struct Target {
     endpoints: Vec<String>,
     sidecar_pids: Vec<u32>,
     etcd_pids: Vec<u32>,
+    /// Sidecar logs, bank order (bft targets only; `--trace-writes` reads them).
+    sidecar_logs: Vec<std::path::PathBuf>,
 }
 
 impl Target {
@@ -824,6 +835,139 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where one idle write's time goes (`--trace-writes`).
+
+/// One `bftcd::trace` event from a sidecar log: its bank (1-based), time and fields.
+struct TraceEvent {
+    bank: usize,
+    t_us: u64,
+    fields: Vec<(String, String)>,
+}
+
+impl TraceEvent {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    fn us(&self, key: &str) -> u64 {
+        self.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+fn read_trace_events(logs: &[std::path::PathBuf]) -> Vec<TraceEvent> {
+    let mut events = Vec::new();
+    for (i, path) in logs.iter().enumerate() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let Some((_, rest)) = line.split_once("bftcd::trace: ") else { continue };
+            let fields: Vec<(String, String)> = rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            let mut e = TraceEvent { bank: i + 1, t_us: 0, fields };
+            e.t_us = e.us("t_us");
+            if e.t_us > 0 {
+                events.push(e);
+            }
+        }
+    }
+    events.sort_by_key(|e| e.t_us);
+    events
+}
+
+/// Sends `n` Puts one at a time, 30 ms apart (an idle chain each time), through the target's
+/// first bank, then prints the timeline of the write with the median latency from the sidecars'
+/// trace events, and what every write cost in all banks together.
+async fn trace_writes(target: &Target, n: usize, value: Arc<Vec<u8>>) {
+    eprintln!("bench: {}: tracing {n} idle writes through bank 1 ...", target.name);
+    let mut client = connect(&target.endpoints[..1]).await;
+    let mut writes: Vec<(u64, u64)> = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let t0 = bftcd_sequencer::now_us();
+        if client.put(format!("bench/trace/{i}"), value.as_slice(), None).await.is_ok() {
+            writes.push((t0, bftcd_sequencer::now_us()));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = read_trace_events(&target.sidecar_logs);
+    if writes.is_empty() || events.is_empty() {
+        eprintln!("bench: {}: no traced write (no trace events in the sidecar logs)", target.name);
+        return;
+    }
+    let within = |(t0, t1): (u64, u64)| events.iter().filter(move |e| e.t_us >= t0 && e.t_us <= t1);
+    // What each write cost, summed over every bank: consensus steps (decoding aside, mostly
+    // signatures and their checks), block store and safety file, ledger, etcd.
+    let mut costs: Vec<[f64; 5]> = Vec::new();
+    for &w in &writes {
+        let mut c = [(w.1 - w.0) as f64 / 1000.0, 0.0, 0.0, 0.0, 0.0];
+        for e in within(w) {
+            match e.get("step") {
+                Some("ledger-append") => c[3] += e.us("disk_us") as f64 / 1000.0,
+                Some("apply") => c[4] += e.us("apply_us") as f64 / 1000.0,
+                Some("client-write") => {}
+                _ => {
+                    c[1] += e.us("core_us") as f64 / 1000.0;
+                    c[2] += e.us("disk_us") as f64 / 1000.0;
+                }
+            }
+        }
+        costs.push(c);
+    }
+    let col = |i: usize| median(costs.iter().map(|c| c[i]).collect());
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by(|a, b| costs[*a][0].total_cmp(&costs[*b][0]));
+    let pick = order[order.len() / 2];
+    let (t0, t1) = writes[pick];
+    println!();
+    println!(
+        "{}: one idle Put through bank 1, the median of {} ({:.2} ms); each step starts at +ms, takes core \
+         (consensus code, signatures included) and disk (block store + safety file) time, and sends what follows ->",
+        target.name,
+        writes.len(),
+        (t1 - t0) as f64 / 1000.0
+    );
+    println!("{:>8}  {:<6} {:<28} {:>8} {:>8}  -> out", "+ms", "bank", "step", "core ms", "disk ms");
+    println!("{:>8.2}  {:<6} {:<28}", 0.0, "client", "Put sent");
+    for e in within((t0, t1)) {
+        let step = e.get("step").unwrap_or("?");
+        let (core, disk) = match step {
+            "ledger-append" => (0, e.us("disk_us")),
+            "apply" => (e.us("apply_us"), 0),
+            "client-write" => (0, 0),
+            _ => (e.us("core_us"), e.us("disk_us")),
+        };
+        let out = match step {
+            "ledger-append" => format!("blocks from h{}: {}", e.get("first").unwrap_or("?"), e.get("blocks").unwrap_or("?")),
+            "apply" => format!("h{} applied to etcd ({} operations; etcd time in the core column)", e.get("height").unwrap_or("?"), e.get("operations").unwrap_or("?")),
+            "client-write" => format!("answer leaves the front, {:.2} ms after the Put arrived", e.us("total_us") as f64 / 1000.0),
+            _ => e.get("out").unwrap_or("").to_string(),
+        };
+        println!(
+            "{:>8.2}  {:<6} {:<28} {:>8.2} {:>8.2}  {}",
+            (e.t_us - t0) as f64 / 1000.0,
+            format!("bank{}", e.bank),
+            step,
+            core as f64 / 1000.0,
+            disk as f64 / 1000.0,
+            out
+        );
+    }
+    println!("{:>8.2}  {:<6} {:<28}", (t1 - t0) as f64 / 1000.0, "client", "answer received");
+    println!(
+        "{}: per write (median of {}), summed over all banks: latency {:.2} ms; consensus steps {:.2} ms; \
+         block store + safety file {:.2} ms; ledger {:.2} ms; etcd apply {:.2} ms",
+        target.name,
+        writes.len(),
+        col(0),
+        col(1),
+        col(2),
+        col(3),
+        col(4)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // etcdctl check perf.
 
 struct CheckPerf {
@@ -1034,7 +1178,15 @@ fn print_ratios(
 
 fn main() {
     let args = parse_args();
-    if args.targets.iter().any(|t| t == "sidecar" || t == "bft4") {
+    if args.trace_writes > 0 {
+        if !args.targets.iter().any(|t| t.starts_with("bft")) {
+            eprintln!("--trace-writes needs a bft4 or bft7 target");
+            usage()
+        }
+        // Inherited by every sidecar this run starts.
+        std::env::set_var("BFTCD_LOG", "info,bftcd::trace=debug");
+    }
+    if args.targets.iter().any(|t| t == "sidecar" || t.starts_with("bft")) {
         match bins::try_bftcd_bin() {
             Ok(path) => {
                 eprintln!("bench: sidecar binary {}", path.display());
@@ -1097,6 +1249,7 @@ fn main() {
                     endpoints: vec![e.endpoint()],
                     sidecar_pids: vec![],
                     etcd_pids: vec![pid(e.pid())],
+                    sidecar_logs: vec![],
                 });
                 direct = Some(e);
             }
@@ -1114,6 +1267,7 @@ fn main() {
                     endpoints: vec![s.endpoint()],
                     sidecar_pids: vec![pid(s.pid())],
                     etcd_pids: vec![pid(e.pid())],
+                    sidecar_logs: vec![],
                 });
                 bank = Some(e);
                 sidecar = Some(s);
@@ -1126,6 +1280,7 @@ fn main() {
                     endpoints: c.endpoints(),
                     sidecar_pids: vec![],
                     etcd_pids: c.members().iter().map(|m| pid(m.pid())).collect(),
+                    sidecar_logs: vec![],
                 });
                 cluster = Some(c);
             }
@@ -1142,6 +1297,7 @@ fn main() {
                     endpoints: c.endpoints(),
                     sidecar_pids: c.banks.iter().map(|b| pid(b.sidecar.pid())).collect(),
                     etcd_pids: c.banks.iter().map(|b| pid(b.etcd.pid())).collect(),
+                    sidecar_logs: c.banks.iter().map(|b| b.sidecar.stderr_log().to_path_buf()).collect(),
                 });
                 chains.push(c);
             }
@@ -1165,6 +1321,12 @@ fn main() {
         });
         for t in &targets {
             wait_writable(t, Duration::from_secs(60)).await;
+        }
+        if args.trace_writes > 0 {
+            for t in targets.iter().filter(|t| !t.sidecar_logs.is_empty()) {
+                trace_writes(t, args.trace_writes, value.clone()).await;
+            }
+            return;
         }
         let mut phases = vec![("sequential", 1usize)];
         phases.extend(args.clients.iter().map(|&c| ("concurrent", c)));

@@ -178,8 +178,16 @@ impl Applier {
                     return Ok(());
                 }
             }
-            let ledger = self.ledger.clone();
-            let block = tokio::task::spawn_blocking(move || ledger.read(height)).await??.block.unwrap_or_default();
+            // Just appended, so usually still in memory; only a bank catching up reads the file.
+            let block = match self.ledger.recent(height) {
+                Some(cb) => cb,
+                None => {
+                    let ledger = self.ledger.clone();
+                    tokio::task::spawn_blocking(move || ledger.read(height)).await??
+                }
+            };
+            let block = block.block.unwrap_or_default();
+            let (t_us, started) = (bftcd_sequencer::now_us(), std::time::Instant::now());
             if !self.lag.is_zero() {
                 let due = std::time::UNIX_EPOCH + Duration::from_millis(block.timestamp_ms) + self.lag;
                 if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
@@ -231,6 +239,8 @@ impl Applier {
                 }
             }
             self.applied_height.send_replace(height);
+            tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations = block.operations.len(),
+                apply_us = started.elapsed().as_micros() as u64);
             height += 1;
             skip = 0;
         }

@@ -957,8 +957,7 @@ impl Core {
             return; // certified already (by our votes, or by a QC a proposal carried)
         }
         let quorum = self.cfg.domain.quorum();
-        let entry = self.votes.entry(key).or_default();
-        if entry.len() >= quorum || entry.contains_key(&from) {
+        if self.votes.get(&key).is_some_and(|e| e.len() >= quorum || e.contains_key(&from)) {
             return; // the QC is formed (or this validator already voted)
         }
         if !self.voted.insert((v.view, from)) {
