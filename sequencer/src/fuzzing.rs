@@ -54,15 +54,14 @@ pub fn ledger_file(data: &[u8]) {
     }
 }
 
-/// The block store file.
-pub fn block_store(data: &[u8]) {
-    let dir = std::env::temp_dir().join(format!("bftcd-fuzz-blocks-{}", std::process::id()));
+/// The consensus log file (blocks voted for and the safety state).
+pub fn consensus_log(data: &[u8]) {
+    let dir = std::env::temp_dir().join(format!("bftcd-fuzz-consensus-log-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("blocks.log");
-    let mut bytes = b"BFTCDBS1".to_vec();
+    let mut bytes = b"BFTCDCL1".to_vec();
     bytes.extend_from_slice(data);
-    if std::fs::write(&path, &bytes).is_ok() {
-        let _ = crate::blockstore::BlockStore::open(&path, 0);
+    if std::fs::write(dir.join("consensus.log"), &bytes).is_ok() {
+        let _ = crate::consensus_log::ConsensusLog::open(&dir, 0);
     }
 }
 

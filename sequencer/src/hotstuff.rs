@@ -1,13 +1,13 @@
 //! The HotStuff-2 sequencer: the pure [`consensus::Core`] driven by real time, the mTLS peer
-//! network, the ledger, the block store and the safety file.
+//! network, the ledger, and the consensus log (voted blocks and the safety state).
 //!
 //! One task owns the core. It wakes on a peer message, on client operations, or when the core
-//! asks for a tick, and carries out the core's outputs in order: a block or safety state is
-//! fsynced before anything after it (a vote, a timeout) leaves. Committed blocks go to the
-//! ledger's own writer task, which appends them in order and then answers the submitter of each
-//! committed operation: no message waits for the ledger's disk write. (After a crash, commits the
-//! ledger had not stored yet come back from the peers; their blocks are still in the block store,
-//! and nothing in them was acknowledged.)
+//! asks for a tick, and carries out the core's outputs in order: the blocks and safety state a
+//! step produced go to the [`ConsensusLog`] in one fdatasync before anything after them (a vote,
+//! a timeout) leaves. Committed blocks go to the ledger's own writer task, which appends them in
+//! order and then answers the submitter of each committed operation: no message waits for the
+//! ledger's disk write. (After a crash, commits the ledger had not stored yet come back from the
+//! peers; their blocks are still in the consensus log, and nothing in them was acknowledged.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,9 +21,8 @@ use bftcd_proto::Message;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::blockstore::BlockStore;
 use crate::consensus::mempool::{op_id, OpId};
-use crate::consensus::safety::SafetyFile;
+use crate::consensus_log::ConsensusLog;
 use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
 use crate::keys::{BankKeys, ChainCrypto};
 use crate::net::{NetConfig, Network, PeerInfo};
@@ -87,9 +86,7 @@ impl HotStuff {
         cfg.base_timeout_ms = opts.view_timeout.as_millis().max(50) as u64;
         cfg.max_timeout_ms = cfg.max_timeout_ms.max(cfg.base_timeout_ms * 16);
 
-        let safety_file = SafetyFile::new(&opts.data_dir.join("safety"));
-        let safety = safety_file.load()?;
-        let (block_store, stored) = BlockStore::open(&opts.data_dir.join("blocks.log"), ledger.height())?;
+        let (consensus_log, remembered) = ConsensusLog::open(&opts.data_dir, ledger.height())?;
         // The committed tip and a QC certifying it (carried by its commit proof).
         let tip = match ledger.height() {
             0 => None,
@@ -123,10 +120,10 @@ impl HotStuff {
         let mut core = Core::new(
             cfg,
             Box::new(crypto),
-            SafetyRules::new(safety),
+            SafetyRules::new(remembered.safety),
             genesis.genesis_time_ms,
             tip,
-            stored,
+            remembered.blocks,
             recent,
         );
         core.set_last_committed_operations(last_operations);
@@ -156,8 +153,7 @@ impl HotStuff {
             core,
             network: network.clone(),
             ledger: ledger.clone(),
-            block_store: Arc::new(std::sync::Mutex::new(block_store)),
-            safety_file: Arc::new(safety_file),
+            consensus_log: Arc::new(std::sync::Mutex::new(consensus_log)),
             waiters,
             commits,
             reads_unassigned: Vec::new(),
@@ -271,8 +267,7 @@ struct Driver {
     network: Network,
     ledger: Arc<Ledger>,
     /// Shared with the blocking threads that write it; only one write is ever in flight.
-    block_store: Arc<std::sync::Mutex<BlockStore>>,
-    safety_file: Arc<SafetyFile>,
+    consensus_log: Arc<std::sync::Mutex<ConsensusLog>>,
     waiters: SharedWaiters,
     /// To the ledger writer, in commit order.
     commits: mpsc::UnboundedSender<CommittedBlock>,
@@ -281,7 +276,7 @@ struct Driver {
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
-    /// Time this step spent writing the block store and safety file (for trace events).
+    /// Time this step spent writing the consensus log (for trace events).
     disk_us: u64,
     #[cfg(feature = "byzantine")]
     misbehaviour: Vec<crate::byzantine::Misbehaviour>,
@@ -445,21 +440,16 @@ impl Driver {
         Ok(())
     }
 
-    /// Stores voted blocks and the safety state in one trip to a blocking thread (each trip
-    /// costs two thread switches). The ledger is not written here: see [`write_ledger`].
+    /// Stores voted blocks and the safety state in the consensus log: one write and one
+    /// fdatasync, in one trip to a blocking thread (each trip costs two thread switches). The
+    /// ledger is not written here: see [`write_ledger`].
     async fn write_durably(&mut self, d: Durable) -> anyhow::Result<()> {
         let ledger = self.ledger.clone();
-        let store = self.block_store.clone();
-        let safety_file = self.safety_file.clone();
+        let log = self.consensus_log.clone();
         let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let committed = ledger.height();
-            if !d.blocks.is_empty() {
-                store.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, committed)?;
-            }
-            if let Some(state) = &d.safety {
-                safety_file.store(state)?;
-            }
+            log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, committed)?;
             Ok(())
         })
         .await;

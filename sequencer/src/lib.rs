@@ -8,8 +8,8 @@
 pub mod block;
 #[cfg(feature = "byzantine")]
 pub mod byzantine;
-pub mod blockstore;
 pub mod consensus;
+pub mod consensus_log;
 pub mod fuzzing;
 pub mod hotstuff;
 pub mod crypto;

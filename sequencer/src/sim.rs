@@ -1,6 +1,8 @@
 //! Deterministic simulation of HotStuff-2 validators: virtual time, a seeded network that delays,
 //! drops, reorders and partitions messages before a global stabilisation time (GST), crashes and
-//! restarts (from the persisted safety state and the ledger, like a real restart), and Twins:
+//! restarts (from the persisted safety state and the ledger, like a real restart; half of them
+//! strike in the middle of a step, keeping a prefix of its outputs and none of its ledger
+//! appends), and Twins:
 //! up to f validators run as two instances with the same keys, which is how equivocating leaders
 //! and double votes arise. The same seed always replays the same run.
 //!
@@ -100,6 +102,8 @@ pub struct Report {
     pub events: u64,
     /// Read indexes checked (completed reads).
     pub reads_checked: usize,
+    /// Crashes that struck in the middle of a step.
+    pub crashes_in_step: usize,
 }
 
 struct Instance {
@@ -271,6 +275,10 @@ pub fn run(s: &Scenario) -> Report {
     let mut first_commit_ms: HashMap<u64, u64> = HashMap::new();
     // Partitions before GST: a new random split every so often.
     let mut partition_of: Vec<u8> = vec![0; instances_n];
+    // Crashes that strike in the middle of an instance's next step, drawn from their own
+    // generator so the other draws (and old seeds) stay as they were.
+    let mut crash_rng = StdRng::seed_from_u64(s.seed ^ 0xc4a5);
+    let mut crash_in_step = vec![false; instances_n];
     let mut next_partition = 0u64;
     for i in 0..instances_n {
         push(&mut queue, 0, Event::Wake { to: i });
@@ -346,6 +354,11 @@ pub fn run(s: &Scenario) -> Report {
                 (to, Input::ReadIndex)
             }
             Event::Crash { to } => {
+                if nodes[to].up && crash_rng.gen_bool(0.5) {
+                    // In the middle of its next step instead (see `crash_in_step`).
+                    crash_in_step[to] = true;
+                    continue;
+                }
                 nodes[to].up = false;
                 // Its clients' reads are gone with it.
                 reads[to].clear();
@@ -353,6 +366,11 @@ pub fn run(s: &Scenario) -> Report {
                 continue;
             }
             Event::Restart { to } => {
+                if std::mem::take(&mut crash_in_step[to]) {
+                    // It took no step since: it crashes now, between steps.
+                    reads[to].clear();
+                    last_crash.insert(to, now);
+                }
                 let node = &mut nodes[to];
                 node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks);
                 node.up = true;
@@ -372,6 +390,17 @@ pub fn run(s: &Scenario) -> Report {
             out
         };
         let me_validator = node.validator;
+        // A crash in the middle of this step: the runtime carries out a step's outputs in
+        // order (a message leaves only after the blocks and safety state before it are on disk,
+        // and a torn consensus-log write keeps a prefix of its records), so what survives is a
+        // prefix of the outputs; the step's ledger appends run on their own and are lost.
+        let crashing = std::mem::take(&mut crash_in_step[to]);
+        let outputs = if crashing {
+            let keep = crash_rng.gen_range(0..=outputs.len());
+            outputs.into_iter().take(keep).filter(|o| !matches!(o, Output::Commit(_))).collect()
+        } else {
+            outputs
+        };
         if trace {
             let what: Vec<String> = outputs
                 .iter()
@@ -468,6 +497,12 @@ pub fn run(s: &Scenario) -> Report {
                 };
                 push(&mut queue, now + delay, Event::Deliver { to: dest, from: me_validator, msg: bytes.clone() });
             }
+        }
+        if crashing {
+            report.crashes_in_step += 1;
+            nodes[to].up = false;
+            reads[to].clear();
+            last_crash.insert(to, now);
         }
         // Reads served (their instance committed far enough), or waiting too long.
         indexed.retain(|(i, index, issued, at)| {

@@ -68,7 +68,7 @@ fn decoders_survive_random_and_mutated_input() {
         fuzzing::genesis_and_block(&data);
         if i % 10 == 0 {
             fuzzing::ledger_file(&data);
-            fuzzing::block_store(&data);
+            fuzzing::consensus_log(&data);
         }
     }
 }

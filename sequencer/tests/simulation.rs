@@ -24,6 +24,7 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     let mut events = 0;
     let mut ops = 0;
     let mut reads = 0;
+    let mut crashes_in_step = 0;
     for seed in 0..count {
         let n = if seed % 3 == 0 { 7 } else { 4 };
         let s = Scenario::random(seed, n);
@@ -32,9 +33,15 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
         events += r.events;
         ops += r.operations_checked;
         reads += r.reads_checked;
+        crashes_in_step += r.crashes_in_step;
     }
-    eprintln!("{count} scenarios (n = 4 and 7), {events} events, {ops} operations and {reads} read indexes checked, in {:?}", started.elapsed());
+    eprintln!(
+        "{count} scenarios (n = 4 and 7), {events} events, {ops} operations and {reads} read indexes checked, \
+         {crashes_in_step} crashes in the middle of a step, in {:?}",
+        started.elapsed()
+    );
     assert!(count < 100 || reads > count as usize, "too few reads exercised: {reads}");
+    assert!(count < 100 || crashes_in_step > count as usize / 10, "too few crashes within a step: {crashes_in_step}");
 }
 
 /// The checker must catch a safety bug. Twins setting (n = 7, f = 2): validators 0 and 1 run

@@ -897,7 +897,7 @@ async fn trace_writes(target: &Target, n: usize, value: Arc<Vec<u8>>) {
     }
     let within = |(t0, t1): (u64, u64)| events.iter().filter(move |e| e.t_us >= t0 && e.t_us <= t1);
     // What each write cost, summed over every bank: consensus steps (decoding aside, mostly
-    // signatures and their checks), block store and safety file, ledger, etcd.
+    // signatures and their checks), consensus log, ledger, etcd.
     let mut costs: Vec<[f64; 5]> = Vec::new();
     for &w in &writes {
         let mut c = [(w.1 - w.0) as f64 / 1000.0, 0.0, 0.0, 0.0, 0.0];
@@ -922,7 +922,7 @@ async fn trace_writes(target: &Target, n: usize, value: Arc<Vec<u8>>) {
     println!();
     println!(
         "{}: one idle Put through bank 1, the median of {} ({:.2} ms); each step starts at +ms, takes core \
-         (consensus code, signatures included) and disk (block store + safety file) time, and sends what follows ->",
+         (consensus code, signatures included) and disk (consensus log) time, and sends what follows ->",
         target.name,
         writes.len(),
         (t1 - t0) as f64 / 1000.0
@@ -956,7 +956,7 @@ async fn trace_writes(target: &Target, n: usize, value: Arc<Vec<u8>>) {
     println!("{:>8.2}  {:<6} {:<28}", (t1 - t0) as f64 / 1000.0, "client", "answer received");
     println!(
         "{}: per write (median of {}), summed over all banks: latency {:.2} ms; consensus steps {:.2} ms; \
-         block store + safety file {:.2} ms; ledger {:.2} ms; etcd apply {:.2} ms",
+         consensus log {:.2} ms; ledger {:.2} ms; etcd apply {:.2} ms",
         target.name,
         writes.len(),
         col(0),

@@ -5,9 +5,8 @@
 //!   certificate for view v - 1 and q is at least the highest QC that certificate reports.
 //! It times out in view v only with a high QC at least as high as its lock, the highest QC it
 //! ever voted on top of, so a timeout certificate always reports any QC a commit may rest on.
-//! The state is persisted (in place, in one of two checksummed slots, fdatasync'd) before the
-//! vote or timeout leaves: a restarted validator never votes twice in a view nor reports a
-//! lower lock.
+//! The state is persisted (in the [`crate::consensus_log`], fdatasync'd) before the vote or
+//! timeout leaves: a restarted validator never votes twice in a view nor reports a lower lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,7 +66,8 @@ impl SafetyRules {
     }
 }
 
-/// Where a validator keeps its safety state.
+/// Where a validator kept its safety state before the consensus log (the file `safety`): read
+/// once, to take an old data directory over.
 pub struct SafetyFile {
     path: PathBuf,
 }
