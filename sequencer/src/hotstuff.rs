@@ -388,6 +388,8 @@ impl Driver {
         for o in outputs {
             let o = match o {
                 Output::Commit(cb) => {
+                    // The apply engine may start on it while the ledger writer writes it.
+                    self.ledger.stage(&cb);
                     if self.commits.send(cb).is_err() {
                         anyhow::bail!("the ledger writer stopped");
                     }

@@ -178,6 +178,13 @@ pub struct Ledger {
     reader: File,
     tip: Mutex<Tip>,
     height: watch::Sender<u64>,
+    /// Blocks known committed but not written yet, in height order: with several banks a commit
+    /// is decided in memory, and the ledger's writer makes it durable a moment later. The apply
+    /// engine may apply them meanwhile (a crash loses nothing: peers commit the same blocks
+    /// again); a submitter is answered only once its block is written.
+    staged: Mutex<std::collections::VecDeque<CommittedBlock>>,
+    /// The highest height staged or written.
+    committed: watch::Sender<u64>,
 }
 
 fn encode_record(record: ledger_record::Record) -> Vec<u8> {
@@ -281,7 +288,10 @@ impl Ledger {
         }
         let reader = File::open(path).map_err(io_err(path))?;
         let (height, _) = watch::channel(scanned.blocks.len() as u64);
+        let (committed, _) = watch::channel(scanned.blocks.len() as u64);
         Ok(Ledger {
+            staged: Default::default(),
+            committed,
             path: path.to_path_buf(),
             genesis: scanned.genesis,
             reader,
@@ -367,16 +377,49 @@ impl Ledger {
             t.recent.push_back(cb.clone());
         }
         drop(t);
+        self.staged.lock().unwrap().retain(|cb| cb.block.as_ref().is_some_and(|b| b.height > last.0));
         self.height.send_replace(last.0);
+        self.committed.send_if_modified(|c| {
+            let grew = *c < last.0;
+            *c = (*c).max(last.0);
+            grew
+        });
         Ok(())
     }
 
-    /// The committed block at `height` if it is among the last appended (kept in memory): no
-    /// disk read, so callable from async code.
+    /// Makes a committed block readable (by [`Ledger::recent`] and [`Ledger::read`]) before it is
+    /// written; [`Ledger::subscribe_committed`] wakes. Blocks are staged in height order, each
+    /// then appended.
+    pub fn stage(&self, cb: &CommittedBlock) {
+        let Some(height) = cb.block.as_ref().map(|b| b.height) else { return };
+        if height <= self.committed_height() {
+            return;
+        }
+        self.staged.lock().unwrap().push_back(cb.clone());
+        self.committed.send_replace(height);
+    }
+
+    /// The highest committed height: written, or staged to be.
+    pub fn committed_height(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Wakes whenever the committed height grows (before the blocks are written).
+    pub fn subscribe_committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// The committed block at `height` if it is among the last appended or staged (kept in
+    /// memory): no disk read, so callable from async code.
     pub fn recent(&self, height: u64) -> Option<CommittedBlock> {
-        let t = self.tip.lock().unwrap();
-        let first = t.recent.front()?.block.as_ref()?.height;
-        t.recent.get(height.checked_sub(first)? as usize).cloned()
+        let find = |blocks: &std::collections::VecDeque<CommittedBlock>| {
+            let first = blocks.front()?.block.as_ref()?.height;
+            blocks.get(height.checked_sub(first)? as usize).cloned()
+        };
+        if let Some(cb) = find(&self.tip.lock().unwrap().recent) {
+            return Some(cb);
+        }
+        find(&self.staged.lock().unwrap())
     }
 
     /// Reads the committed block at `height` (1-based).
@@ -468,6 +511,26 @@ mod tests {
         // The hand-written record is byte for byte what prost writes for a LedgerRecord.
         let cb = l.read(n).unwrap();
         assert_eq!(encode_block_record(&cb), encode_record(ledger_record::Record::Block(cb.clone())));
+    }
+
+    #[test]
+    fn a_staged_block_is_readable_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("l"), &genesis()).unwrap();
+        l.append(&next(&l, 1)).unwrap();
+        let staged = next(&l, 2);
+        let mut committed = l.subscribe_committed();
+        committed.mark_unchanged();
+        l.stage(&staged);
+        assert!(committed.has_changed().unwrap());
+        assert_eq!((l.height(), l.committed_height()), (1, 2));
+        assert_eq!(l.read(2).unwrap(), staged, "readable from memory before the write");
+        l.stage(&staged);
+        assert_eq!(l.staged.lock().unwrap().len(), 1, "staging twice keeps one copy");
+        l.append(&staged).unwrap();
+        assert_eq!((l.height(), l.committed_height()), (2, 2));
+        assert!(l.staged.lock().unwrap().is_empty(), "written blocks leave the staging area");
+        assert_eq!(l.read(2).unwrap(), staged);
     }
 
     #[test]

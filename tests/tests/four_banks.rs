@@ -249,3 +249,36 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
     assert!(!res.status.success(), "bftcd-verify accepted a rewritten ledger");
     assert!(String::from_utf8_lossy(&res.stderr).contains("INVALID"));
 }
+
+/// A bank applies a committed block while its ledger writer is still writing it, so a crash can
+/// leave its etcd ahead of its ledger. Restarted, it must take the missing blocks from the peers
+/// and carry on, not refuse to start. The crash is made exact here: the bank is stopped and the
+/// last record of its ledger torn, as a crash in the middle of that write would leave it.
+#[test]
+fn a_bank_whose_etcd_is_ahead_of_its_ledger_catches_up() {
+    let dir = TestDir::new("etcd-ahead-of-ledger");
+    let mut chain = Chain::start(&dir, 4);
+    chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
+    for i in 0..3 {
+        chain.etcdctl(i % 4).run(&["put", &format!("ahead/k{i}"), "v"]).expect_success();
+    }
+    let rev = chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
+    let ledger = chain.banks[1].sidecar.data_dir().join("ledger.log");
+    let before = bftcd_sequencer::LedgerFile::scan(&ledger, |_, _| Ok(())).unwrap().blocks.len();
+    chain.banks[1].sidecar.kill();
+    let len = std::fs::metadata(&ledger).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&ledger).unwrap().set_len(len - 5).unwrap();
+
+    chain.banks[1].sidecar.restart();
+    // Serving again, with the same state as everyone, and ordering new writes.
+    chain.etcdctl(1).run(&["put", "ahead/after", "v"]).expect_success();
+    let after = chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
+    assert_eq!(after, rev + 1);
+    let hashes: Vec<(i64, i64)> = (0..4).map(|b| hashkv(&chain.etcdctl(b))).collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "endpoint hashkv differs between banks: {hashes:?}");
+    let log = std::fs::read_to_string(chain.banks[1].sidecar.stderr_log()).unwrap();
+    assert!(log.contains("the local etcd is ahead of the ledger"), "the crash left etcd ahead: {log}");
+    let now = bftcd_sequencer::LedgerFile::scan(&ledger, |_, _| Ok(())).unwrap().blocks.len();
+    assert!(now > before, "the ledger caught up: {before} blocks before, {now} now");
+    verify_ledgers(&chain, &dir);
+}

@@ -91,6 +91,11 @@ pub struct Applier {
     pub lag: Duration,
 }
 
+/// How far the local etcd may be ahead of the ledger after a crash (blocks applied while the
+/// ledger was writing them) and still be caught up from the peers; beyond it, this etcd's data
+/// belongs to another ledger.
+const MAX_APPLIED_AHEAD: u64 = 4096;
+
 /// Errors that say something about this bank's etcd, not about the operation.
 fn is_transient(s: &Status) -> bool {
     matches!(
@@ -163,7 +168,9 @@ impl Applier {
         let last = self.recover().await?;
         tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
         self.applied.send_replace(last);
-        let mut heights = self.ledger.subscribe();
+        // Committed blocks, as soon as they are decided (with several banks, before the ledger
+        // has written them; see `Ledger::stage`).
+        let mut heights = self.ledger.subscribe_committed();
         // The last operation that left no trace in etcd since the position last moved.
         let mut traceless: Option<Position> = None;
         let (mut height, mut skip) = match last {
@@ -173,12 +180,12 @@ impl Applier {
         self.applied_height.send_replace(height - 1);
         let chain_id = self.ledger.genesis().chain_id.clone();
         loop {
-            while self.ledger.height() < height {
+            while self.ledger.committed_height() < height {
                 if heights.changed().await.is_err() {
                     return Ok(());
                 }
             }
-            // Just appended, so usually still in memory; only a bank catching up reads the file.
+            // Just committed, so usually still in memory; only a bank catching up reads the file.
             let block = match self.ledger.recent(height) {
                 Some(cb) => cb,
                 None => {
@@ -270,6 +277,24 @@ impl Applier {
         };
         let last = in_etcd.max(in_cursor);
         if let Some(p) = last {
+            // With several banks, blocks are applied as soon as they commit, while the ledger
+            // writes them: a crash can leave etcd a few blocks ahead of the ledger. Those blocks
+            // are committed, so the peers hand them over again; wait for them.
+            let several = self.ledger.genesis().validators.len() > 1;
+            if several && p.height > self.ledger.height() && p.height <= self.ledger.height() + MAX_APPLIED_AHEAD {
+                tracing::info!(
+                    applied = p.height,
+                    ledger_height = self.ledger.height(),
+                    "apply: the local etcd is ahead of the ledger (a crash before the ledger write); \
+                     waiting for the ledger to catch up from the peers"
+                );
+                let mut heights = self.ledger.subscribe();
+                while self.ledger.height() < p.height {
+                    if heights.changed().await.is_err() {
+                        anyhow::bail!("the ledger closed while catching up");
+                    }
+                }
+            }
             if p.height > self.ledger.height() {
                 anyhow::bail!(
                     "the local etcd has applied up to block {} but the ledger {} ends at block {}: \
