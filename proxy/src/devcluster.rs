@@ -89,6 +89,14 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
             g.validators.len(),
             args.banks
         );
+        if let Err(e) = bftcd_sequencer::keys::check_genesis(&g) {
+            anyhow::bail!(
+                "{} was made by an older bftcd whose formats this one no longer reads ({e}); \
+                 remove {} or use another --dir",
+                genesis_path.display(),
+                dir.display()
+            );
+        }
         return Ok(());
     }
     let ca = bftcd_sequencer::keys::dev_ca(&dir.join("ca"))?;
