@@ -80,7 +80,7 @@ impl Writes {
         let outcome = self.applier.register(&id);
         let mut pending = Pending { applier: &self.applier, id, armed: true };
         // The sequencer stamps and signs it as the submitting bank.
-        let op = Operation { id: Some(id), request: Some(request), submitted_ms: 0, bank_signature: vec![] };
+        let op = Operation { id: Some(id), request: Some(request), ..Default::default() };
         let ordered = async {
             match self.sequencer.submit(op).await {
                 Ok(_) => pending.armed = false,

@@ -15,6 +15,7 @@ pub mod hotstuff;
 pub mod crypto;
 pub mod keys;
 pub mod ledger;
+pub mod merkle;
 pub mod net;
 pub mod sim;
 pub mod single;

@@ -74,13 +74,54 @@ impl Domain {
         out
     }
 
-    /// An operation is signed with its signature field empty.
-    pub fn operation_bytes(&self, op: &Operation) -> Vec<u8> {
-        let mut unsigned = op.clone();
-        unsigned.bank_signature.clear();
-        let mut out = self.prefix(b"bftcd.operation.v1\0");
-        out.extend_from_slice(&unsigned.encode_to_vec());
+    /// An operation's leaf in its batch's Merkle tree: the operation without its signature and
+    /// its place in the batch.
+    pub fn operation_leaf(&self, op: &Operation) -> crate::merkle::Hash {
+        let mut bare = op.clone();
+        bare.bank_signature.clear();
+        bare.batch_path.clear();
+        bare.batch_index = 0;
+        bare.batch_size = 0;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.prefix(b"bftcd.operation.v2\0"));
+        h.update(bare.encode_to_vec());
+        h.finalize().into()
+    }
+
+    /// What a bank signs for a batch of operations: the root of their tree and their number.
+    pub fn batch_bytes(&self, root: &crate::merkle::Hash, size: u32) -> Vec<u8> {
+        let mut out = self.prefix(b"bftcd.operation-batch.v1\0");
+        out.extend_from_slice(&u64::from(size).to_be_bytes());
+        out.extend_from_slice(root);
         out
+    }
+
+    /// The bytes the named bank signed for `op`: its batch's root and size, recomputed from the
+    /// operation and its path. Empty when the path is malformed (no signature verifies then).
+    pub fn operation_bytes(&self, op: &Operation) -> Vec<u8> {
+        let path: Option<Vec<crate::merkle::Hash>> = op.batch_path.iter().map(|h| h.as_slice().try_into().ok()).collect();
+        let root = path.and_then(|p| {
+            crate::merkle::root_from_path(&self.operation_leaf(op), op.batch_index as usize, op.batch_size as usize, &p)
+        });
+        root.map(|r| self.batch_bytes(&r, op.batch_size)).unwrap_or_default()
+    }
+
+    /// Signs `ops` as one batch with `sign` (the bank's Ed25519 key): one signature, and each
+    /// operation's place and path in the batch's tree.
+    pub fn sign_batch(&self, ops: &mut [Operation], sign: impl FnOnce(&[u8]) -> Vec<u8>) {
+        if ops.is_empty() {
+            return;
+        }
+        let leaves: Vec<crate::merkle::Hash> = ops.iter().map(|op| self.operation_leaf(op)).collect();
+        let (root, paths) = crate::merkle::tree(&leaves);
+        let signature = sign(&self.batch_bytes(&root, ops.len() as u32));
+        for (i, (op, path)) in ops.iter_mut().zip(paths).enumerate() {
+            op.bank_signature = signature.clone();
+            op.batch_index = i as u32;
+            op.batch_size = leaves.len() as u32;
+            op.batch_path = path.iter().map(|h| h.to_vec()).collect();
+        }
     }
 
     /// The QC that certifies the genesis (view 0): unsigned by definition.

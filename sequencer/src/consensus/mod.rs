@@ -382,8 +382,11 @@ impl Core {
     fn on_submit_local(&mut self, mut ops: Vec<Operation>) {
         for op in &mut ops {
             op.submitted_ms = self.now;
-            op.bank_signature.clear();
-            op.bank_signature = self.crypto.sign_operation(&self.cfg.domain.operation_bytes(op));
+        }
+        // One signature for the whole batch (a Merkle root), not one per operation.
+        let crypto = &self.crypto;
+        self.cfg.domain.sign_batch(&mut ops, |bytes| crypto.sign_operation(bytes));
+        for op in &ops {
             self.mempool.insert(op.clone(), self.now);
         }
         if !ops.is_empty() {
@@ -398,13 +401,6 @@ impl Core {
             && op.request.is_some()
             && op.submitted_ms + self.cfg.operation_ttl_ms >= at_ms
             && op.submitted_ms <= at_ms + self.cfg.skew_ms
-    }
-
-    fn operation_valid(&self, op: &Operation, at_ms: u64) -> bool {
-        self.operation_well_formed(op, at_ms)
-            && op_id(op).is_some_and(|id| {
-                self.crypto.verify_operation(id.0 as usize, &self.cfg.domain.operation_bytes(op), &op.bank_signature)
-            })
     }
 
     fn on_submit_remote(&mut self, from: usize, s: Submit) {
@@ -424,16 +420,22 @@ impl Core {
             }
             fresh.push(op);
         }
-        // One bank signed all of them: check them as one batch, and one by one only if the batch
-        // fails, to keep those that verify.
+        // One bank signed all of them, usually with one signature over one batch's root: check
+        // each distinct (root, signature) once, all of them as one Ed25519 batch, and one by one
+        // only if the batch fails, to keep the operations whose signature verifies.
         let signed: Vec<(Vec<u8>, &[u8])> =
             fresh.iter().map(|op| (self.cfg.domain.operation_bytes(op), op.bank_signature.as_slice())).collect();
-        let all_verify = self.crypto.verify_operations(from, &signed);
-        let verified: Vec<bool> = if all_verify {
-            vec![true; signed.len()]
-        } else {
-            signed.iter().map(|(msg, sig)| self.crypto.verify_operation(from, msg, sig)).collect()
-        };
+        let mut distinct: HashMap<(&[u8], &[u8]), bool> = HashMap::new();
+        for (msg, sig) in &signed {
+            distinct.insert((msg.as_slice(), sig), false);
+        }
+        let unique: Vec<(Vec<u8>, &[u8])> = distinct.keys().map(|(m, s)| (m.to_vec(), *s)).collect();
+        let all_verify = self.crypto.verify_operations(from, &unique);
+        for ((msg, sig), ok) in distinct.iter_mut() {
+            *ok = all_verify || self.crypto.verify_operation(from, msg, sig);
+        }
+        let verified: Vec<bool> = signed.iter().map(|(msg, sig)| distinct[&(msg.as_slice(), *sig)]).collect();
+        drop(distinct);
         drop(signed);
         for (op, ok) in fresh.into_iter().zip(verified) {
             if !ok {
@@ -925,14 +927,23 @@ impl Core {
     fn operations_acceptable(&self, block: &Block, parent: &Hash) -> bool {
         let ancestors = self.in_flight(parent);
         let mut seen = HashSet::new();
-        block.operations.iter().all(|op| {
+        // Signatures still to check, each distinct (bank, batch root, signature) once.
+        let mut unchecked: HashSet<(usize, Vec<u8>, &[u8])> = HashSet::new();
+        let fine = block.operations.iter().all(|op| {
             let Some(id) = op_id(op) else { return false };
-            seen.insert(id)
-                && !ancestors.contains(&id)
-                && !self.recent.contains(&id)
-                && (self.mempool.holds(op) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms
-                    || self.operation_valid(op, block.timestamp_ms))
-        })
+            if !seen.insert(id) || ancestors.contains(&id) || self.recent.contains(&id) {
+                return false;
+            }
+            if self.mempool.holds(op) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms {
+                return true;
+            }
+            if !self.operation_well_formed(op, block.timestamp_ms) {
+                return false;
+            }
+            unchecked.insert((id.0 as usize, self.cfg.domain.operation_bytes(op), op.bank_signature.as_slice()));
+            true
+        });
+        fine && unchecked.iter().all(|(bank, msg, sig)| self.crypto.verify_operation(*bank, msg, sig))
     }
 
     fn on_vote(&mut self, from: usize, v: Vote) {

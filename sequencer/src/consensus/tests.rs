@@ -36,9 +36,9 @@ fn signed_op(bank: usize, value: &[u8]) -> Operation {
         id: Some(OperationId { bank: bank as u32, nonce: 1 }),
         request: Some(put(b"k", value)),
         submitted_ms: NOW,
-        bank_signature: Vec::new(),
+        ..Default::default()
     };
-    op.bank_signature = SimCrypto { me: bank, n: N }.sign_operation(&domain().operation_bytes(&op));
+    domain().sign_batch(std::slice::from_mut(&mut op), |b| SimCrypto { me: bank, n: N }.sign_operation(b));
     op
 }
 
@@ -92,11 +92,12 @@ fn leader_cannot_change_an_operation_the_replica_holds() {
 
 #[test]
 fn a_bad_signature_in_a_forwarded_batch_drops_only_what_fails() {
+    // Five operations, each signed as a batch of its own (as after re-forwards).
     let mut ops: Vec<Operation> = (0..5u64)
         .map(|i| {
             let mut op = signed_op(3, format!("v{i}").as_bytes());
             op.id = Some(OperationId { bank: 3, nonce: 10 + i });
-            op.bank_signature = SimCrypto { me: 3, n: N }.sign_operation(&domain().operation_bytes(&op));
+            domain().sign_batch(std::slice::from_mut(&mut op), |b| SimCrypto { me: 3, n: N }.sign_operation(b));
             op
         })
         .collect();
@@ -255,4 +256,41 @@ fn a_vote_far_ahead_is_dropped() {
     };
     let out = replica.handle(NOW, Input::Message { from: 2, msg }, &NoLog);
     assert!(out.iter().any(|o| matches!(o, Output::Rejected { from: 2, reason } if reason.contains("ahead"))), "{out:?}");
+}
+
+#[test]
+fn one_signature_covers_a_batch_and_each_operation_checks_alone() {
+    let d = domain();
+    let crypto = SimCrypto { me: 2, n: N };
+    let mut ops: Vec<Operation> = (0..7u64)
+        .map(|i| Operation {
+            id: Some(OperationId { bank: 2, nonce: i }),
+            request: Some(put(format!("k{i}").as_bytes(), b"v")),
+            submitted_ms: NOW,
+            ..Default::default()
+        })
+        .collect();
+    let mut signatures = 0;
+    d.sign_batch(&mut ops, |b| {
+        signatures += 1;
+        crypto.sign_operation(b)
+    });
+    assert_eq!(signatures, 1);
+    for op in &ops {
+        assert!(crypto.verify_operation(2, &d.operation_bytes(op), &op.bank_signature));
+        assert!(!crypto.verify_operation(1, &d.operation_bytes(op), &op.bank_signature), "another bank's key");
+        // Any change to the operation, its place or the claimed batch size breaks it.
+        let mut changed = op.clone();
+        changed.request = Some(put(b"other", b"v"));
+        assert!(!crypto.verify_operation(2, &d.operation_bytes(&changed), &op.bank_signature));
+        let mut moved = op.clone();
+        moved.batch_index = (op.batch_index + 1) % 7;
+        assert!(!crypto.verify_operation(2, &d.operation_bytes(&moved), &op.bank_signature));
+        let mut resized = op.clone();
+        resized.batch_size = 8;
+        assert!(!crypto.verify_operation(2, &d.operation_bytes(&resized), &op.bank_signature));
+        let mut cut = op.clone();
+        cut.batch_path.pop();
+        assert!(d.operation_bytes(&cut).is_empty(), "a malformed path signs nothing");
+    }
 }
