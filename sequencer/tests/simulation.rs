@@ -144,10 +144,10 @@ fn broken_read_index_is_caught() {
             stable_delay_ms: 60,
             partitions: false,
             crashes: 0,
-            operations: 300,
+            operations: 600,
             broken_voting_rule: false,
             fixed_partition: None,
-            reads: 200,
+            reads: 800,
             broken_read_index: true,
         };
         if run(&s).violations.iter().any(|v| v.contains("got index")) {
@@ -156,7 +156,7 @@ fn broken_read_index_is_caught() {
         s.broken_read_index = false;
         let r = run(&s);
         assert!(r.violations.is_empty(), "seed {seed} with the correct read index: {:?}", r.violations);
-        assert!(r.reads_checked >= 150, "seed {seed}: only {} of 200 reads answered", r.reads_checked);
+        assert!(r.reads_checked >= 600, "seed {seed}: only {} of 800 reads answered", r.reads_checked);
     }
     eprintln!("broken read index caught in {} of 20 seeds: {caught:?}", caught.len());
     assert!(caught.len() >= 10, "the checker caught the stale read index in only {} of 20 seeds", caught.len());

@@ -884,8 +884,21 @@ impl Core {
             self.process_tc(tc, from);
         }
         self.process_qc(&justify, from);
+        if block.view < self.view {
+            // Late: the votes for it arrived first (they travel on other connections), so this
+            // validator already holds its QC and moved on. A certified block is still needed, as
+            // the parent the next leader extends and for the commit its QC may complete.
+            let hash = block_hash(&block);
+            if let Some(qc) = self.verified_qcs.get(&(block.view, hash, justify.view)).cloned() {
+                if !self.blocks.contains_key(&hash) && block.height > self.committed.height {
+                    self.blocks.insert(hash, block);
+                    self.process_qc(&qc, from);
+                }
+            }
+            return;
+        }
         if block.view != self.view {
-            return; // stale (its certificates were still useful), or claims a view not reached
+            return; // claims a view not reached
         }
         let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
         let Some(parent) = self.blocks.get(&parent_hash).cloned() else {

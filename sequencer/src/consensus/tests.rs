@@ -294,3 +294,43 @@ fn one_signature_covers_a_batch_and_each_operation_checks_alone() {
         assert!(d.operation_bytes(&cut).is_empty(), "a malformed path signs nothing");
     }
 }
+
+#[test]
+fn a_leader_that_got_the_votes_before_the_block_still_proposes() {
+    // Bank 1 leads view 1 with a write; bank 2 leads view 2. Bank 2 hears the votes of banks 0,
+    // 1 and 3 for the view-1 block before the block itself: it forms the QC, enters view 2, and
+    // must propose on top of that block as soon as the block arrives, not time out.
+    let op = Operation { id: Some(OperationId { bank: 1, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() };
+    let mut c = Cluster::new();
+    let mut leader_out = c.cores[1].handle(NOW, Input::Submit(vec![op]), &NoLog);
+    leader_out.extend(c.cores[1].handle(NOW, Input::Tick, &NoLog));
+    let proposal = leader_out
+        .iter()
+        .find_map(|o| match o {
+            Output::Broadcast(m @ PeerMessage { kind: Some(Kind::Proposal(_)) }) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("bank 1 proposes");
+    let vote_of = |out: &[Output]| {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Broadcast(m @ PeerMessage { kind: Some(Kind::Vote(_)) }) => Some(m.clone()),
+                _ => None,
+            })
+            .expect("a vote")
+    };
+    let mut votes = vec![(1, vote_of(&leader_out))];
+    for b in [0, 3] {
+        let out = c.cores[b].handle(NOW, Input::Message { from: 1, msg: proposal.clone() }, &NoLog);
+        votes.push((b, vote_of(&out)));
+    }
+    for (from, v) in votes {
+        c.cores[2].handle(NOW + 1, Input::Message { from, msg: v }, &NoLog);
+    }
+    assert_eq!(c.cores[2].view(), 2, "bank 2 formed the QC and entered view 2");
+    let out = c.cores[2].handle(NOW + 2, Input::Message { from: 1, msg: proposal }, &NoLog);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(p)) }) if p.block.as_ref().unwrap().view == 2)),
+        "bank 2 proposes for view 2 once the late block arrives: {out:?}"
+    );
+}
