@@ -8,6 +8,7 @@ mod etcd;
 mod expiry;
 mod front;
 mod identity;
+mod metrics;
 mod reserved;
 mod rewrite;
 mod serve;

@@ -23,9 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::consensus::mempool::{op_id, OpId};
 use crate::consensus_log::ConsensusLog;
+use crate::cpu::{self, AccountedExt, Component};
 use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
 use crate::keys::{BankKeys, ChainCrypto};
 use crate::net::{NetConfig, Network, PeerInfo};
+use crate::stages::{self, Checked, Submission};
 use crate::{genesis_hash, Ledger, Position, Sequencer, SequencerError};
 
 /// What the rest of the bank can see of consensus (metrics, Status, logs).
@@ -60,7 +62,7 @@ pub struct HotStuff {
     network: Network,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -79,7 +81,7 @@ impl HotStuff {
         ledger: Arc<Ledger>,
         opts: HotStuffOptions,
     ) -> anyhow::Result<HotStuff> {
-        let crypto = ChainCrypto::new(keys, genesis)?;
+        let crypto = Arc::new(ChainCrypto::new(keys, genesis)?);
         let n = genesis.validators.len();
         let domain = Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n };
         let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis));
@@ -117,9 +119,10 @@ impl HotStuff {
                 }
             }
         }
+        let stage_domain = cfg.domain.clone();
         let mut core = Core::new(
             cfg,
-            Box::new(crypto),
+            Box::new(crypto.clone()),
             SafetyRules::new(remembered.safety),
             genesis.genesis_time_ms,
             tip,
@@ -142,13 +145,19 @@ impl HotStuff {
             keys.tls_cert_pem.clone(),
             keys.tls_key_pem.clone(),
         );
-        let (network, incoming) = Network::start(net_cfg).await?;
-        let (submit, submissions) = mpsc::channel(65_536);
+        let (network, raw_incoming) = Network::start(net_cfg).await?;
+        let (checked_tx, incoming) = mpsc::channel(1024);
+        tokio::spawn(
+            stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx).accounted(Component::Consensus),
+        );
+        let (submit, raw_submissions) = mpsc::channel(65_536);
+        let (signed_tx, submissions) = mpsc::channel(64);
+        tokio::spawn(stages::sign_submissions(raw_submissions, crypto, stage_domain, signed_tx).accounted(Component::Consensus));
         let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
         let waiters: SharedWaiters = Default::default();
         let (commits, committed) = mpsc::unbounded_channel();
-        tokio::spawn(write_ledger(ledger.clone(), waiters.clone(), committed));
+        tokio::spawn(write_ledger(ledger.clone(), waiters.clone(), committed).accounted(Component::Persistence));
         let driver = Driver {
             core,
             network: network.clone(),
@@ -168,7 +177,7 @@ impl HotStuff {
             #[cfg(feature = "byzantine")]
             me: opts.me,
         };
-        tokio::spawn(driver.run(incoming, submissions, read_requests));
+        tokio::spawn(driver.run(incoming, submissions, read_requests).accounted(Component::Consensus));
         Ok(HotStuff { ledger, submit, reads, status, network })
     }
 
@@ -238,7 +247,7 @@ async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed
         let l = ledger.clone();
         let (t_us, started) = (crate::now_us(), std::time::Instant::now());
         let heights = (blocks[0].block.as_ref().map_or(0, |b| b.height), blocks.len());
-        let written = tokio::task::spawn_blocking(move || l.append_all(&blocks)).await;
+        let written = tokio::task::spawn_blocking(move || cpu::run(Component::Persistence, || l.append_all(&blocks))).await;
         tracing::debug!(target: crate::TRACE, t_us, step = "ledger-append", first = heights.0, blocks = heights.1,
             disk_us = started.elapsed().as_micros() as u64);
         let error = match written {
@@ -261,6 +270,9 @@ async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed
         }
     }
 }
+
+/// Most peer messages handled in one step (one consensus-log write for all of them).
+const GROUP_INPUTS: usize = 64;
 
 struct Driver {
     core: Core,
@@ -286,14 +298,12 @@ struct Driver {
     me: usize,
 }
 
-/// Bound on any message from a peer, before it is even decoded.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 impl Driver {
     async fn run(
         mut self,
-        mut incoming: mpsc::Receiver<(u32, Bytes)>,
-        mut submissions: mpsc::Receiver<(Operation, oneshot::Sender<Result<Position, SequencerError>>)>,
+        mut incoming: mpsc::Receiver<Checked>,
+        mut submissions: mpsc::Receiver<Vec<Submission>>,
         mut read_requests: mpsc::Receiver<oneshot::Sender<u64>>,
     ) {
         loop {
@@ -301,36 +311,26 @@ impl Driver {
             let input = tokio::select! {
                 m = incoming.recv() => match m {
                     None => return,
-                    Some((from, bytes)) => {
-                        if bytes.len() > MAX_MESSAGE_BYTES {
-                            self.rejected += 1;
-                            continue;
-                        }
-                        match PeerMessage::decode(bytes) {
-                            Ok(msg) => Input::Message { from: from as usize, msg },
-                            Err(e) => {
-                                self.rejected += 1;
-                                tracing::warn!(peer = from, error = %e, "consensus: undecodable message dropped");
-                                continue;
-                            }
-                        }
+                    Some(Checked::Message { from, msg }) => Input::Message { from, msg },
+                    Some(Checked::Refused { .. }) => {
+                        self.rejected += 1;
+                        continue;
                     }
                 },
                 s = submissions.recv() => match s {
                     None => return,
-                    Some(first) => {
-                        let mut ops = Vec::new();
-                        let mut next = Some(first);
+                    // Already stamped and signed as one batch (stages::sign_submissions).
+                    Some(batch) => {
                         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                        while let Some((op, reply)) = next.take() {
-                            if let Some(id) = op_id(&op) {
-                                waiters.insert(id, reply);
-                            }
-                            ops.push(op);
-                            if ops.len() < 4096 {
-                                next = submissions.try_recv().ok();
-                            }
-                        }
+                        let ops = batch
+                            .into_iter()
+                            .map(|(op, reply)| {
+                                if let Some(id) = op_id(&op) {
+                                    waiters.insert(id, reply);
+                                }
+                                op
+                            })
+                            .collect();
                         drop(waiters);
                         Input::Submit(ops)
                     }
@@ -351,19 +351,38 @@ impl Driver {
             let log = LedgerLog(self.ledger.clone());
             let view = self.core.view();
             let trace = tracing::enabled!(target: crate::TRACE, tracing::Level::DEBUG);
-            let (t_us, what) = if trace { (crate::now_us(), describe_input(&input)) } else { (0, String::new()) };
-            let started = std::time::Instant::now();
-            let outputs = self.core.handle(now_ms(), input, &log);
-            let core_us = started.elapsed().as_micros() as u64;
-            let did = if trace { describe_outputs(&outputs) } else { String::new() };
-            #[cfg(feature = "byzantine")]
-            let outputs = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, outputs);
+            // Group commit: peer messages already waiting join this step, so that one write of
+            // the consensus log (and one trip to a blocking thread) covers all of them.
+            let mut outputs = Vec::new();
+            let mut traced = Vec::new();
+            let mut next = Some(input);
+            let mut grouped = 0;
+            while let Some(input) = next.take() {
+                let (t_us, what) = if trace { (crate::now_us(), describe_input(&input)) } else { (0, String::new()) };
+                let started = std::time::Instant::now();
+                let out = self.core.handle(now_ms(), input, &log);
+                let core_us = started.elapsed().as_micros() as u64;
+                if trace {
+                    traced.push((t_us, what, core_us, describe_outputs(&out)));
+                }
+                #[cfg(feature = "byzantine")]
+                let out = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out);
+                outputs.extend(out);
+                grouped += 1;
+                while next.is_none() && grouped < GROUP_INPUTS {
+                    match incoming.try_recv() {
+                        Ok(Checked::Message { from, msg }) => next = Some(Input::Message { from, msg }),
+                        Ok(Checked::Refused { .. }) => self.rejected += 1,
+                        Err(_) => break,
+                    }
+                }
+            }
             if self.core.view() != view {
                 tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
             }
             self.disk_us = 0;
             let carried = self.carry_out(outputs).await;
-            if trace && !did.is_empty() {
+            for (t_us, what, core_us, did) in traced.into_iter().filter(|t| !t.3.is_empty()) {
                 tracing::debug!(target: crate::TRACE, t_us, step = %what, core_us, disk_us = self.disk_us, out = %did, view = self.core.view());
             }
             if let Err(e) = carried {
@@ -383,33 +402,33 @@ impl Driver {
         }
     }
 
+    /// Acts on one step's outputs. Everything the step asked to make durable is written first,
+    /// in one write: a message may leave later than the core decided it, never before the state
+    /// it depends on is on disk.
     async fn carry_out(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
         let mut durable = Durable::default();
+        let mut rest = Vec::with_capacity(outputs.len());
         for o in outputs {
-            let o = match o {
+            match o {
                 Output::Commit(cb) => {
                     // The apply engine may start on it while the ledger writer writes it.
                     self.ledger.stage(&cb);
                     if self.commits.send(cb).is_err() {
                         anyhow::bail!("the ledger writer stopped");
                     }
-                    continue;
                 }
-                Output::PersistBlock(b) => {
-                    durable.blocks.push(b);
-                    continue;
-                }
+                Output::PersistBlock(b) => durable.blocks.push(b),
                 // Each state supersedes the ones before it.
-                Output::Persist(state) => {
-                    durable.safety = Some(state);
-                    continue;
-                }
-                o => o,
-            };
-            // Whatever the core decided after these writes must not leave before they are on disk.
-            if !durable.is_empty() {
-                self.write_durably(std::mem::take(&mut durable)).await?;
+                Output::Persist(state) => durable.safety = Some(state),
+                // Nothing after it is acted on, commits included.
+                Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
+                o => rest.push(o),
             }
+        }
+        if !durable.is_empty() {
+            self.write_durably(durable).await?;
+        }
+        for o in rest {
             match o {
                 Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
                 Output::Broadcast(msg) => {
@@ -422,7 +441,6 @@ impl Driver {
                     self.rejected += 1;
                     tracing::warn!(peer = from, reason, "consensus: message dropped");
                 }
-                Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
                 Output::ReadRoundStarted(round) => {
                     self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
                 }
@@ -433,11 +451,10 @@ impl Driver {
                         let _ = r.send(height);
                     }
                 }
-                Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) => unreachable!("collected above"),
+                Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::SafetyViolation(_) => {
+                    unreachable!("collected above")
+                }
             }
-        }
-        if !durable.is_empty() {
-            self.write_durably(durable).await?;
         }
         Ok(())
     }
@@ -450,6 +467,7 @@ impl Driver {
         let log = self.consensus_log.clone();
         let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let _cpu = cpu::section(Component::Persistence);
             let committed = ledger.height();
             log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, committed)?;
             Ok(())

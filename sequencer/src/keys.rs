@@ -17,6 +17,7 @@ use bftcd_proto::Message;
 use ed25519_dalek::Signer;
 
 use crate::consensus::Crypto;
+use crate::cpu;
 use crate::crypto::{self, PublicKey, SecretKey, Signature};
 use crate::net::pki::DevCa;
 
@@ -148,6 +149,43 @@ pub struct ChainCrypto {
     /// Checked under ZIP 215 rules, where one signature alone and a batch agree: replicas check
     /// a peer's forwarded operations as one batch, an auditor each alone.
     operation_keys: Vec<ed25519_zebra::VerificationKey>,
+    /// Operation signatures already found valid (see [`ChainCrypto::precheck_operations`]).
+    checked: std::sync::Mutex<CheckedSignatures>,
+}
+
+/// A bounded set of (bank, signed bytes, signature) digests that verified; oldest forgotten
+/// first. Only valid signatures ever enter, so a peer cannot poison it; a forgotten one is simply
+/// checked again.
+#[derive(Default)]
+struct CheckedSignatures {
+    set: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// Enough for every operation batch of several seconds of full blocks.
+const CHECKED_CAPACITY: usize = 16_384;
+
+impl CheckedSignatures {
+    fn key(bank: usize, msg: &[u8], sig: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((bank as u64).to_le_bytes());
+        h.update((msg.len() as u64).to_le_bytes());
+        h.update(msg);
+        h.update(sig);
+        h.finalize().into()
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > CHECKED_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl ChainCrypto {
@@ -174,43 +212,92 @@ impl ChainCrypto {
                 ed25519_zebra::VerificationKey::try_from(b).map_err(|e| KeyError::Genesis(format!("operation key: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChainCrypto { bls: None, operation: None, bls_keys, operation_keys })
+        Ok(ChainCrypto { bls: None, operation: None, bls_keys, operation_keys, checked: Default::default() })
+    }
+}
+
+impl ChainCrypto {
+    fn is_checked(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).set.contains(&CheckedSignatures::key(bank, msg, sig))
+    }
+
+    fn mark_checked(&self, bank: usize, msg: &[u8], sig: &[u8]) {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).insert(CheckedSignatures::key(bank, msg, sig));
+    }
+
+    /// Checks operation signatures of any banks together (one Ed25519 batch; one by one only
+    /// if the batch fails) and remembers the valid ones, so that the consensus core's own check
+    /// of them is a lookup. Returns how many verified.
+    pub fn precheck_operations(&self, signed: &[(usize, Vec<u8>, Vec<u8>)]) -> usize {
+        let _cpu = cpu::section(cpu::Component::Crypto);
+        let todo: Vec<&(usize, Vec<u8>, Vec<u8>)> =
+            signed.iter().filter(|(bank, msg, sig)| !self.is_checked(*bank, msg, sig)).collect();
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        let mut queued = 0;
+        for (bank, msg, sig) in &todo {
+            let (Some(key), Ok(sig)) = (self.operation_keys.get(*bank), <[u8; 64]>::try_from(sig.as_slice())) else { continue };
+            batch.queue((ed25519_zebra::VerificationKeyBytes::from(*key), ed25519_zebra::Signature::from(sig), msg));
+            queued += 1;
+        }
+        let all_valid = queued == todo.len() && queued > 0 && batch.verify(rand::thread_rng()).is_ok();
+        let mut valid = signed.len() - todo.len();
+        for (bank, msg, sig) in todo {
+            if all_valid || self.verify_one_operation(*bank, msg, sig) {
+                self.mark_checked(*bank, msg, sig);
+                valid += 1;
+            }
+        }
+        valid
+    }
+
+    fn verify_one_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let Some(key) = self.operation_keys.get(bank) else { return false };
+        let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
+        key.verify(&ed25519_zebra::Signature::from(sig), msg).is_ok()
     }
 }
 
 impl Crypto for ChainCrypto {
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         // A verifier never signs; an empty signature verifies nowhere.
         self.bls.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         let (Some(pk), Ok(sig)) = (self.bls_keys.get(signer), Signature::from_bytes(sig)) else { return false };
         pk.verify(msg, &sig)
     }
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         let parsed: Vec<Signature> = sigs.iter().map(|s| Signature::from_bytes(s)).collect::<Result<_, _>>().ok()?;
         let refs: Vec<&Signature> = parsed.iter().collect();
         Signature::aggregate(&refs).ok().map(|s| s.to_bytes().to_vec())
     }
     fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         let Ok(agg) = Signature::from_bytes(agg) else { return false };
         let keys: Option<Vec<&PublicKey>> = signers.iter().map(|&i| self.bls_keys.get(i)).collect();
         keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &agg))
     }
     fn aggregate_verified(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         let keys: Vec<&PublicKey> = signers.iter().map(|&i| self.bls_keys.get(i)).collect::<Option<_>>()?;
         crypto::aggregate_and_verify(&keys, msg, sigs).map(|agg| agg.to_bytes().to_vec())
     }
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         self.operation.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
     }
     fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
-        let Some(key) = self.operation_keys.get(bank) else { return false };
-        let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
-        key.verify(&ed25519_zebra::Signature::from(sig), msg).is_ok()
+        let _cpu = cpu::section(cpu::Component::Crypto);
+        self.is_checked(bank, msg, sig) || self.verify_one_operation(bank, msg, sig)
     }
     fn verify_operations(&self, bank: usize, signed: &[(Vec<u8>, &[u8])]) -> bool {
+        let _cpu = cpu::section(cpu::Component::Crypto);
         let Some(key) = self.operation_keys.get(bank) else { return false };
+        // Those the check stage already verified are lookups.
+        let signed: Vec<&(Vec<u8>, &[u8])> = signed.iter().filter(|(msg, sig)| !self.is_checked(bank, msg, sig)).collect();
         if signed.len() < 2 {
             return signed.iter().all(|(msg, sig)| self.verify_operation(bank, msg, sig));
         }
@@ -268,6 +355,21 @@ mod tests {
         assert!(!cryptos[0].verify_operations(2, &batch(&signed)), "a changed message fails the batch");
         signed[4].1.truncate(63);
         assert!(!cryptos[0].verify_operations(2, &batch(&signed)), "a short signature fails the batch");
+        // The check stage's batch across banks: valid signatures are remembered, a bad one is
+        // neither remembered nor able to spoil the others.
+        let fresh: Vec<(usize, Vec<u8>, Vec<u8>)> =
+            (0..4).map(|b| (b, format!("root {b}").into_bytes(), cryptos[b].sign_operation(format!("root {b}").as_bytes()))).collect();
+        let mut with_bad = fresh.clone();
+        with_bad[2].2[5] ^= 1;
+        assert_eq!(cryptos[0].precheck_operations(&with_bad), 3);
+        assert!(cryptos[0].is_checked(1, &fresh[1].1, &fresh[1].2));
+        assert!(!cryptos[0].is_checked(2, &with_bad[2].1, &with_bad[2].2));
+        assert!(!cryptos[0].verify_operation(2, &with_bad[2].1, &with_bad[2].2));
+        assert!(cryptos[0].verify_operation(3, &fresh[3].1, &fresh[3].2));
+        assert_eq!(cryptos[0].precheck_operations(&fresh), 4);
+        // A remembered signature counts only for the bank and bytes it was checked for.
+        assert!(!cryptos[0].verify_operation(0, &fresh[1].1, &fresh[1].2));
+        assert!(!cryptos[0].verify_operations(0, &[(fresh[1].1.clone(), fresh[1].2.as_slice())]));
         // A forged proof of possession is refused.
         let mut bad = genesis.clone();
         bad.validators[1].proof_of_possession = bad.validators[2].proof_of_possession.clone();

@@ -10,6 +10,7 @@ pub mod block;
 pub mod byzantine;
 pub mod consensus;
 pub mod consensus_log;
+pub mod cpu;
 pub mod fuzzing;
 pub mod hotstuff;
 pub mod crypto;
@@ -19,6 +20,7 @@ pub mod merkle;
 pub mod net;
 pub mod sim;
 pub mod single;
+pub mod stages;
 
 /// Tracing target of the per-step timing events (`BFTCD_LOG=info,bftcd::trace=debug`): one
 /// event per consensus step, ledger write, applied block and client write, each with its wall

@@ -4,6 +4,7 @@
 //! Blocks form by group commit: while one block is being fsynced, new operations queue up and
 //! become the next block, so a busy bank pays one fsync per block, not per operation.
 
+use crate::cpu::{self, AccountedExt, Component};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ impl SingleReplica {
     /// Starts the block-forming task on the current tokio runtime.
     pub fn start(ledger: Arc<Ledger>, limits: BlockLimits) -> Self {
         let (queue, rx) = mpsc::channel(65_536);
-        tokio::spawn(form_blocks(ledger.clone(), rx, limits));
+        tokio::spawn(form_blocks(ledger.clone(), rx, limits).accounted(Component::Consensus));
         SingleReplica { ledger, queue }
     }
 }
@@ -82,7 +83,7 @@ async fn form_blocks(
         };
         let cb = CommittedBlock { block: Some(block), commit_qc: None, commit_child: None };
         let l = ledger.clone();
-        let result = tokio::task::spawn_blocking(move || l.append(&cb)).await;
+        let result = tokio::task::spawn_blocking(move || cpu::run(Component::Persistence, || l.append(&cb))).await;
         match result {
             Ok(Ok(())) => {
                 for (index, reply) in replies.into_iter().enumerate() {

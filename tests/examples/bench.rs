@@ -300,6 +300,8 @@ struct Target {
     etcd_pids: Vec<u32>,
     /// Sidecar logs, bank order (bft targets only; `--trace-writes` reads them).
     sidecar_logs: Vec<std::path::PathBuf>,
+    /// The sidecars' metrics listeners (bft targets), scraped for CPU by component.
+    metrics: Vec<String>,
 }
 
 impl Target {
@@ -345,6 +347,29 @@ struct CpuTicks {
     etcd: u64,
     client: u64,
     others: u64,
+    /// Sidecar CPU nanoseconds by component, summed over the banks (see `COMPONENTS`).
+    components: [u64; COMPONENTS.len()],
+}
+
+/// The sidecar's own split of its CPU time (`bftcd_cpu_nanoseconds_total{component}`).
+const COMPONENTS: [&str; 6] = ["consensus", "crypto", "network", "persistence", "apply", "front"];
+
+/// Reads `bftcd_cpu_nanoseconds_total` from one sidecar's metrics listener.
+fn scrape_components(addr: &str) -> Option<[u64; COMPONENTS.len()]> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let mut out = [0u64; COMPONENTS.len()];
+    for line in text.lines().filter(|l| l.starts_with("bftcd_cpu_nanoseconds_total{")) {
+        let (labels, value) = line.rsplit_once(' ')?;
+        if let Some(i) = COMPONENTS.iter().position(|c| labels.contains(&format!("component=\"{c}\""))) {
+            out[i] = value.parse::<f64>().ok()? as u64;
+        }
+    }
+    Some(out)
 }
 
 fn cpu_snapshot(target: &Target, others: &[u32]) -> CpuTicks {
@@ -353,6 +378,10 @@ fn cpu_snapshot(target: &Target, others: &[u32]) -> CpuTicks {
         etcd: cpu_ticks_sum(target.etcd_pids.iter().copied()),
         client: cpu_ticks(std::process::id()).unwrap_or(0),
         others: cpu_ticks_sum(others.iter().copied()),
+        components: target.metrics.iter().filter_map(|m| scrape_components(m)).fold([0; COMPONENTS.len()], |mut acc, c| {
+            acc.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+            acc
+        }),
     }
 }
 
@@ -363,6 +392,8 @@ struct CpuMs {
     etcd: f64,
     client: f64,
     others: f64,
+    /// Sidecar CPU by component (`COMPONENTS` order); all zero when not measured.
+    components: [f64; COMPONENTS.len()],
 }
 
 fn cpu_delta(before: CpuTicks, after: CpuTicks) -> CpuMs {
@@ -372,6 +403,7 @@ fn cpu_delta(before: CpuTicks, after: CpuTicks) -> CpuMs {
         etcd: ms(before.etcd, after.etcd),
         client: ms(before.client, after.client),
         others: ms(before.others, after.others),
+        components: std::array::from_fn(|i| after.components[i].saturating_sub(before.components[i]) as f64 / 1e6),
     }
 }
 
@@ -465,6 +497,9 @@ fn medians(results: &[PhaseResult]) -> Vec<PhaseResult> {
         m.cpu.etcd = per_op(&|r| r.cpu.etcd);
         m.cpu.client = per_op(&|r| r.cpu.client);
         m.cpu.others = per_op(&|r| r.cpu.others);
+        for i in 0..COMPONENTS.len() {
+            m.cpu.components[i] = per_op(&|r| r.cpu.components[i]);
+        }
         out.push(m);
     }
     out
@@ -1103,6 +1138,31 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into())
 }
 
+/// The sidecars' own split of their CPU (all banks summed), per 1000 operations: the figures a
+/// change to one component should move. "other" is what no component claims: the async runtime,
+/// HTTP/2 framing of client and etcd connections, logging.
+fn print_components(results: &[PhaseResult]) {
+    let measured: Vec<&PhaseResult> = results.iter().filter(|r| r.cpu.components.iter().any(|c| *c > 0.0)).collect();
+    if measured.is_empty() {
+        return;
+    }
+    println!();
+    println!("Sidecar CPU by component, ms per 1000 ops, all banks (bftcd --account-cpu)");
+    print!("{:<9} {:<9} {:<11} {:>7}", "target", "workload", "phase", "clients");
+    for c in COMPONENTS {
+        print!(" {:>11}", c);
+    }
+    println!(" {:>11} {:>11}", "other", "sidecar");
+    for r in measured {
+        print!("{:<9} {:<9} {:<11} {:>7}", r.target, r.workload.name(), r.phase, r.clients);
+        for c in r.cpu.components {
+            print!(" {:>11}", fmt_opt(r.per_kop(c)));
+        }
+        let other = r.cpu.sidecar - r.cpu.components.iter().sum::<f64>();
+        println!(" {:>11} {:>11}", fmt_opt(r.per_kop(other.max(0.0))), fmt_opt(r.per_kop(r.cpu.sidecar)));
+    }
+}
+
 /// Prints `a / b` ratios for every workload, phase and client count where both ran; returns them
 /// as JSON (`{workload: {"sequential" | "concurrent-<clients>": {...}}}`).
 fn print_ratios(
@@ -1250,6 +1310,7 @@ fn main() {
                     sidecar_pids: vec![],
                     etcd_pids: vec![pid(e.pid())],
                     sidecar_logs: vec![],
+                    metrics: vec![],
                 });
                 direct = Some(e);
             }
@@ -1268,6 +1329,7 @@ fn main() {
                     sidecar_pids: vec![pid(s.pid())],
                     etcd_pids: vec![pid(e.pid())],
                     sidecar_logs: vec![],
+                    metrics: vec![],
                 });
                 bank = Some(e);
                 sidecar = Some(s);
@@ -1281,13 +1343,14 @@ fn main() {
                     sidecar_pids: vec![],
                     etcd_pids: c.members().iter().map(|m| pid(m.pid())).collect(),
                     sidecar_logs: vec![],
+                    metrics: vec![],
                 });
                 cluster = Some(c);
             }
             "bft4" | "bft7" => {
                 let n = if t == "bft4" { 4 } else { 7 };
                 eprintln!("bench: {t}: bftcd keygen/genesis, starting {n} banks ...");
-                let c = Chain::start_named(&dir, n, &format!("{t}-"));
+                let c = Chain::start_named(&dir, n, &format!("{t}-"), true);
                 eprintln!(
                     "bench: {t}: {n} banks (stock etcd + bftcd each, HotStuff-2) at {}",
                     c.endpoints().join(",")
@@ -1298,6 +1361,7 @@ fn main() {
                     sidecar_pids: c.banks.iter().map(|b| pid(b.sidecar.pid())).collect(),
                     etcd_pids: c.banks.iter().map(|b| pid(b.etcd.pid())).collect(),
                     sidecar_logs: c.banks.iter().map(|b| b.sidecar.stderr_log().to_path_buf()).collect(),
+                    metrics: c.banks.iter().filter_map(|b| b.metrics.clone()).collect(),
                 });
                 chains.push(c);
             }
@@ -1482,6 +1546,7 @@ fn main() {
         );
     }
     println!("(client = this benchmark process; others = the idle processes of the other targets)");
+    print_components(&results);
 
     let sidecar_direct =
         print_ratios(&results, &args.workloads, &args.clients, "sidecar", &["direct"]);
@@ -1571,6 +1636,7 @@ fn main() {
                 "sidecar": r.per_kop(r.cpu.sidecar),
                 "etcd": r.per_kop(r.cpu.etcd),
                 "total": r.per_kop(r.cpu.sidecar + r.cpu.etcd),
+                "sidecar_components": COMPONENTS.iter().zip(r.cpu.components).map(|(c, ms)| (c.to_string(), json!(r.per_kop(ms)))).collect::<serde_json::Map<_, _>>(),
             },
         })).collect::<Vec<_>>(),
         "ratio_sidecar_over_direct": sidecar_direct,

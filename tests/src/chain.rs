@@ -15,6 +15,8 @@ pub struct Bank {
     pub name: String,
     pub etcd: EtcdProcess,
     pub sidecar: Sidecar,
+    /// `IP:PORT` of the sidecar's metrics listener, when it was started with one.
+    pub metrics: Option<String>,
 }
 
 pub struct Chain {
@@ -41,16 +43,17 @@ impl Chain {
     }
 
     pub fn start_with(dir: &TestDir, n: usize, deviant: Option<Deviant>) -> Chain {
-        Self::start_prefixed(dir, n, deviant, "")
+        Self::start_prefixed(dir, n, deviant, "", false)
     }
 
     /// A chain whose files and process names start with `prefix`, so that several chains can
-    /// share one directory (the benchmark runs four and seven banks side by side).
-    pub fn start_named(dir: &TestDir, n: usize, prefix: &str) -> Chain {
-        Self::start_prefixed(dir, n, None, prefix)
+    /// share one directory (the benchmark runs four and seven banks side by side). With
+    /// `account_cpu`, every sidecar serves metrics and accounts its CPU by component.
+    pub fn start_named(dir: &TestDir, n: usize, prefix: &str, account_cpu: bool) -> Chain {
+        Self::start_prefixed(dir, n, None, prefix, account_cpu)
     }
 
-    fn start_prefixed(dir: &TestDir, n: usize, deviant: Option<Deviant>, prefix: &str) -> Chain {
+    fn start_prefixed(dir: &TestDir, n: usize, deviant: Option<Deviant>, prefix: &str, account_cpu: bool) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let mut descriptors = Vec::new();
@@ -80,6 +83,11 @@ impl Chain {
                 format!("--listen-peer=127.0.0.1:{}", peer_ports[i]),
                 "--write-timeout=20s".to_string(),
             ];
+            let metrics = account_cpu.then(|| format!("127.0.0.1:{}", ports::free_port()));
+            if let Some(m) = &metrics {
+                extra.push(format!("--listen-metrics-urls=http://{m}"));
+                extra.push("--account-cpu".to_string());
+            }
             let mut bin = None;
             if let Some(d) = deviant.as_ref().filter(|d| d.bank == i) {
                 bin = Some(d.bin.clone());
@@ -88,7 +96,7 @@ impl Chain {
             let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
             let sidecar = Sidecar::try_start_spec(dir, &name, &etcd.endpoint(), Some(client_ports[i]), bin, &extra)
                 .unwrap_or_else(|e| panic!("{e}"));
-            banks.push(Bank { name, etcd, sidecar });
+            banks.push(Bank { name, etcd, sidecar, metrics });
         }
         Chain { banks, genesis }
     }

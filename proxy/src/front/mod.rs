@@ -16,6 +16,7 @@ use bftcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use bftcd_sequencer::cpu::{self, AccountedExt};
 use bftcd_sequencer::{Ledger, Sequencer};
 use tonic::service::RoutesBuilder;
 use tonic::Status;
@@ -76,6 +77,37 @@ impl Front {
             .add_service(MaintenanceServer::new(maintenance::MaintenanceFront(self.clone())).max_decoding_message_size(max))
             .add_service(AuthServer::new(auth::AuthFront).max_decoding_message_size(max));
         b.routes()
+    }
+}
+
+/// Charges every client request's polls to [`cpu::Component::Front`] (a tower layer on the gRPC
+/// server, so every service is covered; the HTTP/2 framing itself runs in the connection tasks
+/// and stays unattributed).
+#[derive(Clone, Copy, Default)]
+pub struct FrontCpu;
+
+impl<S> tower::Layer<S> for FrontCpu {
+    type Service = FrontCpuService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FrontCpuService(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct FrontCpuService<S>(S);
+
+impl<S: tower::Service<R>, R> tower::Service<R> for FrontCpuService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = cpu::Accounted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let _cpu = cpu::section(cpu::Component::Front);
+        self.0.call(request).accounted(cpu::Component::Front)
     }
 }
 

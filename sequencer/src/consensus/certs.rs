@@ -31,6 +31,34 @@ pub trait Crypto: Send + Sync + 'static {
     }
 }
 
+/// One set of keys shared by the consensus core and the stages beside it ([`crate::stages`]).
+impl<T: Crypto> Crypto for std::sync::Arc<T> {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        (**self).sign(msg)
+    }
+    fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        (**self).verify(signer, msg, sig)
+    }
+    fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        (**self).aggregate(sigs)
+    }
+    fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+        (**self).verify_aggregate(signers, msg, agg)
+    }
+    fn aggregate_verified(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> Option<Vec<u8>> {
+        (**self).aggregate_verified(signers, msg, sigs)
+    }
+    fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+        (**self).sign_operation(msg)
+    }
+    fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+        (**self).verify_operation(bank, msg, sig)
+    }
+    fn verify_operations(&self, bank: usize, signed: &[(Vec<u8>, &[u8])]) -> bool {
+        (**self).verify_operations(bank, signed)
+    }
+}
+
 /// What a chain's validators agree on before any signature is checked.
 #[derive(Debug, Clone)]
 pub struct Domain {

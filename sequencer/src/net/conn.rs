@@ -19,6 +19,7 @@ use tracing::{debug, info, trace, warn};
 use super::frame::{read_frame, write_frame, ReadError};
 use super::pki::fingerprint;
 use super::{tls, Shared, HANDSHAKE_TIMEOUT};
+use crate::cpu::{AccountedExt, Component};
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -40,7 +41,7 @@ pub(super) async fn accept_loop(
                     Ok(permit) => {
                         conns.spawn(serve_inbound(
                             shared.clone(), tcp, addr, permit, inbound_tx.clone(),
-                        ));
+                        ).accounted(Component::Network));
                     }
                     Err(_) => {
                         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 pub use frame::{decode_frame, encode_header, FrameDecode, FrameError, HEADER_LEN};
 pub use pki::{DevCa, Issued, PkiError};
 pub use stats::{NetStats, PeerStats};
+use crate::cpu::{AccountedExt, Component};
 
 /// Default [`NetConfig::max_frame_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -274,13 +275,13 @@ impl Network {
                 p.address.clone(),
                 TlsConnector::from(client),
                 rx,
-            ));
+            ).accounted(Component::Network));
         }
         tasks.spawn(conn::accept_loop(
             shared.clone(),
             listener,
             inbound_tx.clone(),
-        ));
+        ).accounted(Component::Network));
         info!(me = cfg.me, %local_addr, peers = cfg.peers.len(), "peer transport started");
         let inner = Inner {
             shared,
