@@ -2,12 +2,14 @@
 
 mod apply;
 mod chain;
+mod codec;
 mod devcluster;
 mod errors;
 mod etcd;
 mod expiry;
 mod front;
 mod identity;
+mod reheader;
 mod reserved;
 mod rewrite;
 mod serve;
