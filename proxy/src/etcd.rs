@@ -3,9 +3,16 @@
 
 use bftcd_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    watch_client::WatchClient,
+    watch_client::WatchClient, RangeRequest,
 };
+use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{GrpcMethod, Status};
+
+use crate::codec::RawReply;
+
+/// etcd's Range, on the local etcd and on the sidecar's own front alike.
+pub const RANGE_PATH: &str = "/etcdserverpb.KV/Range";
 
 #[derive(Clone)]
 pub struct LocalEtcd {
@@ -31,6 +38,20 @@ impl LocalEtcd {
 
     pub fn kv(&self) -> KvClient<Channel> {
         KvClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A Range whose response is the message exactly as etcd encoded it, for the pass-through
+    /// read path: same channel, limits and errors as `kv().range(..)`, minus the decoding.
+    pub async fn range_raw(&self, r: RangeRequest) -> Result<Bytes, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        // The generated clients report a channel that cannot get ready with this text.
+        grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+        let mut req = tonic::Request::new(r);
+        req.extensions_mut().insert(GrpcMethod::new("etcdserverpb.KV", "Range"));
+        let path = http::uri::PathAndQuery::from_static(RANGE_PATH);
+        Ok(grpc.unary(req, path, RawReply::default()).await?.into_inner())
     }
 
     pub fn watch(&self) -> WatchClient<Channel> {

@@ -2,6 +2,7 @@
 
 mod apply;
 mod chain;
+mod codec;
 mod devcluster;
 mod errors;
 mod etcd;
@@ -9,6 +10,7 @@ mod expiry;
 mod front;
 mod identity;
 mod metrics;
+mod reheader;
 mod reserved;
 mod rewrite;
 mod serve;

@@ -79,6 +79,17 @@ fn four_banks_hold_identical_state() {
     for b in 1..4 {
         assert_eq!(strip_ids(listing(b)), first, "bank {} lists different keys", b + 1);
     }
+    // ... each under its own header: the chain's cluster id and the bank's own member id.
+    let members: serde_json::Value =
+        serde_json::from_str(chain.etcdctl(0).run(&["member", "list", "-w", "json"]).expect_success().trim()).unwrap();
+    for b in 0..4 {
+        let v: serde_json::Value = serde_json::from_str(listing(b).trim()).unwrap();
+        let name = format!("bank{}", b + 1);
+        let own = members["members"].as_array().unwrap().iter().find(|m| m["name"] == name.as_str()).unwrap();
+        assert!(own["ID"].is_u64(), "member list: {members}");
+        assert_eq!(v["header"]["member_id"], own["ID"], "{name} reads under another member id");
+        assert_eq!(v["header"]["cluster_id"], members["header"]["cluster_id"], "{name} reads under another cluster id");
+    }
 
     // Every bank's watch saw the same events at the same revisions.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -8,10 +8,13 @@ use bftcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
+use bytes::Bytes;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::Front;
 use crate::apply::OpResponse;
+use crate::reheader::{self, Encoded};
 use crate::reserved::{self, APPLIED_KEY};
 use crate::{errors, rewrite, validate};
 
@@ -22,6 +25,30 @@ fn unexpected() -> Status {
 }
 
 impl Front {
+    /// What every client Range goes through before it is read: etcd's checks, then the read
+    /// index unless the client asked for a serializable read.
+    pub async fn prepare_range(&self, mut r: RangeRequest) -> Result<RangeRequest, Status> {
+        validate::check_range(&r)?;
+        if !r.serializable {
+            self.linearize().await?;
+            // The read index already made this read linearizable; the local etcd's own read
+            // index would only cost a trip through its raft loop.
+            r.serializable = true;
+        }
+        Ok(r)
+    }
+
+    /// A Range as the client sees it, already encoded. The common case, a range clear of the
+    /// reserved keys, is etcd's answer passed through with only its header swapped; a range
+    /// that includes them is split and merged by [`Front::read_range`].
+    pub async fn range_encoded(&self, r: RangeRequest) -> Result<Encoded, Status> {
+        if reserved::overlaps(&r.key, &r.range_end) {
+            return Ok(Bytes::from(self.read_range(r).await?.encode_to_vec()).into());
+        }
+        let body = self.etcd.range_raw(r).await.map_err(errors::from_etcd)?;
+        Ok(reheader::replace_header(body, |h| self.identity.header(h))?)
+    }
+
     /// A Range as the client sees it: reserved keys never appear in kvs, count or more.
     pub async fn read_range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
         if !reserved::overlaps(&r.key, &r.range_end) {
@@ -80,15 +107,10 @@ fn make_serializable(t: &mut TxnRequest) {
 
 #[tonic::async_trait]
 impl Kv for KvFront {
+    /// Clients' Ranges are served by [`super::range::KvRoutes`] without decoding etcd's answer;
+    /// this decoded form is only reached when `KvServer` is mounted on its own.
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let mut r = request.into_inner();
-        validate::check_range(&r)?;
-        if !r.serializable {
-            self.0.linearize().await?;
-            // The read index already made this read linearizable; the local etcd's own read
-            // index would only cost a trip through its raft loop.
-            r.serializable = true;
-        }
+        let r = self.0.prepare_range(request.into_inner()).await?;
         Ok(Response::new(self.0.read_range(r).await?))
     }
 

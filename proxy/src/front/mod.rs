@@ -8,12 +8,13 @@ mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+mod range;
 mod watch;
 
 use std::sync::Arc;
 
 use bftcd_proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use bftcd_sequencer::cpu::{self, AccountedExt};
@@ -70,7 +71,7 @@ impl Front {
     pub fn routes(self: Arc<Self>) -> tonic::service::Routes {
         let max = self.max_recv_bytes;
         let mut b = RoutesBuilder::default();
-        b.add_service(KvServer::new(kv::KvFront(self.clone())).max_decoding_message_size(max).max_encoding_message_size(usize::MAX))
+        b.add_service(range::KvRoutes::new(self.clone()))
             .add_service(WatchServer::new(watch::WatchFront(self.clone())).max_decoding_message_size(max))
             .add_service(LeaseServer::new(lease::LeaseFront(self.clone())).max_decoding_message_size(max))
             .add_service(ClusterServer::new(cluster::ClusterFront(self.clone())).max_decoding_message_size(max))
