@@ -402,12 +402,13 @@ impl Driver {
         }
     }
 
-    /// Acts on one step's outputs. Everything the step asked to make durable is written first,
-    /// in one write: a message may leave later than the core decided it, never before the state
-    /// it depends on is on disk.
+    /// Acts on one step's outputs. What the step asked to make durable is written in one write;
+    /// a message the core decided before any of it leaves at once (a leader's proposal does not
+    /// wait for its own fsync), every later one only after the write: a message may leave later
+    /// than the core decided it, never before the state it depends on is on disk.
     async fn carry_out(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
         let mut durable = Durable::default();
-        let mut rest = Vec::with_capacity(outputs.len());
+        let (mut before, mut after) = (Vec::new(), Vec::new());
         for o in outputs {
             match o {
                 Output::Commit(cb) => {
@@ -422,41 +423,50 @@ impl Driver {
                 Output::Persist(state) => durable.safety = Some(state),
                 // Nothing after it is acted on, commits included.
                 Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
-                o => rest.push(o),
+                o if durable.is_empty() => before.push(o),
+                o => after.push(o),
             }
+        }
+        for o in before {
+            self.act(o);
         }
         if !durable.is_empty() {
             self.write_durably(durable).await?;
         }
-        for o in rest {
-            match o {
-                Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
-                Output::Broadcast(msg) => {
-                    if let Some(bftcd_proto::bftcd::peer_message::Kind::Timeout(t)) = &msg.kind {
-                        tracing::info!(view = t.view, leader = self.core.leader(t.view), "consensus: giving up on view");
-                    }
-                    self.network.broadcast(Bytes::from(msg.encode_to_vec()))
-                }
-                Output::Rejected { from, reason } => {
-                    self.rejected += 1;
-                    tracing::warn!(peer = from, reason, "consensus: message dropped");
-                }
-                Output::ReadRoundStarted(round) => {
-                    self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
-                }
-                Output::ReadIndex { round, height } => {
-                    let (done, waiting): (Vec<_>, Vec<_>) = self.reads_assigned.drain(..).partition(|(r, _)| *r <= round);
-                    self.reads_assigned = waiting;
-                    for (_, r) in done {
-                        let _ = r.send(height);
-                    }
-                }
-                Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::SafetyViolation(_) => {
-                    unreachable!("collected above")
-                }
-            }
+        for o in after {
+            self.act(o);
         }
         Ok(())
+    }
+
+    /// One output that needs no disk write.
+    fn act(&mut self, o: Output) {
+        match o {
+            Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
+            Output::Broadcast(msg) => {
+                if let Some(bftcd_proto::bftcd::peer_message::Kind::Timeout(t)) = &msg.kind {
+                    tracing::info!(view = t.view, leader = self.core.leader(t.view), "consensus: giving up on view");
+                }
+                self.network.broadcast(Bytes::from(msg.encode_to_vec()))
+            }
+            Output::Rejected { from, reason } => {
+                self.rejected += 1;
+                tracing::warn!(peer = from, reason, "consensus: message dropped");
+            }
+            Output::ReadRoundStarted(round) => {
+                self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
+            }
+            Output::ReadIndex { round, height } => {
+                let (done, waiting): (Vec<_>, Vec<_>) = self.reads_assigned.drain(..).partition(|(r, _)| *r <= round);
+                self.reads_assigned = waiting;
+                for (_, r) in done {
+                    let _ = r.send(height);
+                }
+            }
+            Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::SafetyViolation(_) => {
+                unreachable!("carry_out handles these")
+            }
+        }
     }
 
     /// Stores voted blocks and the safety state in the consensus log: one write and one
