@@ -18,6 +18,7 @@
 //! stale bytes never sit behind a record. A data directory from before this log (`safety` and
 //! `blocks.log`) is migrated on first open.
 
+use std::borrow::Borrow;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -204,7 +205,12 @@ impl ConsensusLog {
 
     /// Durably records what one consensus step produced: the blocks it is about to vote for and
     /// its new safety state, in one write and one `fdatasync`. Blocking.
-    pub fn append(&mut self, blocks: &[Block], safety: Option<SafetyState>, committed_height: u64) -> std::io::Result<()> {
+    pub fn append<B: Borrow<Block>>(
+        &mut self,
+        blocks: &[B],
+        safety: Option<SafetyState>,
+        committed_height: u64,
+    ) -> std::io::Result<()> {
         if let Some(s) = safety {
             self.safety = s;
         }
@@ -212,14 +218,14 @@ impl ConsensusLog {
             // Keep what is still uncommitted: the blocks in the file and the new ones.
             let bytes = std::fs::read(&self.path)?;
             let (_, mut kept) = read_records(bytes.get(8..).unwrap_or_default());
-            kept.extend_from_slice(blocks);
+            kept.extend(blocks.iter().map(|b| b.borrow().clone()));
             kept.retain(|b| b.height > committed_height);
             *self = Self::rewrite(&self.path, self.safety, &kept)?;
             return Ok(());
         }
         let mut bytes = Vec::new();
         for b in blocks {
-            frame(TAG_BLOCK, &b.encode_to_vec(), &mut bytes);
+            frame(TAG_BLOCK, &b.borrow().encode_to_vec(), &mut bytes);
         }
         if let Some(s) = safety {
             frame(TAG_SAFETY, &safety_body(&s), &mut bytes);
@@ -267,7 +273,7 @@ mod tests {
         for h in 1..=5 {
             log.append(&[block(h)], Some(state(h, h - 1)), 0).unwrap();
         }
-        log.append(&[], Some(state(7, 4)), 0).unwrap();
+        log.append::<Block>(&[], Some(state(7, 4)), 0).unwrap();
         drop(log);
         let (_, r) = ConsensusLog::open(dir.path(), 3).unwrap();
         assert_eq!(r.safety, state(7, 4));

@@ -215,7 +215,7 @@ impl Sequencer for HotStuff {
 /// What the core asked to be on disk before its next message leaves.
 #[derive(Default)]
 struct Durable {
-    blocks: Vec<Block>,
+    blocks: Vec<Arc<Block>>,
     safety: Option<SafetyState>,
 }
 
@@ -228,7 +228,7 @@ impl Durable {
 /// The ledger's writer: appends committed blocks in commit order (everything that queued up
 /// while the last write ran goes in one write and one fsync), then answers the submitters. On a
 /// write error it fails every waiting submitter and stops; the consensus task stops with it.
-async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed: mpsc::UnboundedReceiver<CommittedBlock>) {
+async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed: mpsc::UnboundedReceiver<Arc<CommittedBlock>>) {
     while let Some(first) = committed.recv().await {
         let mut blocks = vec![first];
         while let Ok(more) = committed.try_recv() {
@@ -282,7 +282,7 @@ struct Driver {
     consensus_log: Arc<std::sync::Mutex<ConsensusLog>>,
     waiters: SharedWaiters,
     /// To the ledger writer, in commit order.
-    commits: mpsc::UnboundedSender<CommittedBlock>,
+    commits: mpsc::UnboundedSender<Arc<CommittedBlock>>,
     /// Reads waiting for the next read-index round to start, and reads in a round.
     reads_unassigned: Vec<oneshot::Sender<u64>>,
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
@@ -412,8 +412,10 @@ impl Driver {
         for o in outputs {
             match o {
                 Output::Commit(cb) => {
-                    // The apply engine may start on it while the ledger writer writes it.
-                    self.ledger.stage(&cb);
+                    // The apply engine may start on it while the ledger writer writes it; both
+                    // share this one copy.
+                    let cb = Arc::new(cb);
+                    self.ledger.stage(cb.clone());
                     if self.commits.send(cb).is_err() {
                         anyhow::bail!("the ledger writer stopped");
                     }

@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bftcd_proto::bftcd::{ledger_record, Block, CommittedBlock, Genesis, LedgerRecord};
 use bftcd_proto::Message;
@@ -165,7 +165,7 @@ struct Tip {
     timestamp_ms: u64,
     /// The last blocks appended, newest last: the apply engine and peers catching up read
     /// these right after the append, so they come from memory, not from the file.
-    recent: std::collections::VecDeque<CommittedBlock>,
+    recent: std::collections::VecDeque<Arc<CommittedBlock>>,
 }
 
 /// How many appended blocks the ledger keeps in memory.
@@ -182,7 +182,7 @@ pub struct Ledger {
     /// is decided in memory, and the ledger's writer makes it durable a moment later. The apply
     /// engine may apply them meanwhile (a crash loses nothing: peers commit the same blocks
     /// again); a submitter is answered only once its block is written.
-    staged: Mutex<std::collections::VecDeque<CommittedBlock>>,
+    staged: Mutex<std::collections::VecDeque<Arc<CommittedBlock>>>,
     /// The highest height staged or written.
     committed: watch::Sender<u64>,
 }
@@ -333,12 +333,13 @@ impl Ledger {
 
     /// Appends a block and fsyncs it. Blocking: call from a blocking context.
     pub fn append(&self, cb: &CommittedBlock) -> Result<(), LedgerError> {
-        self.append_all(std::slice::from_ref(cb))
+        self.append_all(&[Arc::new(cb.clone())])
     }
 
     /// Appends consecutive blocks with one write and one fsync. A crash in the middle leaves a
-    /// torn tail that `open` removes, so a chain committed together lands together.
-    pub fn append_all(&self, cbs: &[CommittedBlock]) -> Result<(), LedgerError> {
+    /// torn tail that `open` removes, so a chain committed together lands together. The blocks
+    /// are shared with the memory copies [`Ledger::recent`] serves, not copied.
+    pub fn append_all(&self, cbs: &[Arc<CommittedBlock>]) -> Result<(), LedgerError> {
         let mut t = self.tip.lock().unwrap();
         let tip = t.blocks.len() as u64;
         let mut hash = t.hash;
@@ -390,12 +391,12 @@ impl Ledger {
     /// Makes a committed block readable (by [`Ledger::recent`] and [`Ledger::read`]) before it is
     /// written; [`Ledger::subscribe_committed`] wakes. Blocks are staged in height order, each
     /// then appended.
-    pub fn stage(&self, cb: &CommittedBlock) {
+    pub fn stage(&self, cb: Arc<CommittedBlock>) {
         let Some(height) = cb.block.as_ref().map(|b| b.height) else { return };
         if height <= self.committed_height() {
             return;
         }
-        self.staged.lock().unwrap().push_back(cb.clone());
+        self.staged.lock().unwrap().push_back(cb);
         self.committed.send_replace(height);
     }
 
@@ -412,7 +413,13 @@ impl Ledger {
     /// The committed block at `height` if it is among the last appended or staged (kept in
     /// memory): no disk read, so callable from async code.
     pub fn recent(&self, height: u64) -> Option<CommittedBlock> {
-        let find = |blocks: &std::collections::VecDeque<CommittedBlock>| {
+        self.recent_shared(height).map(|cb| (*cb).clone())
+    }
+
+    /// [`Ledger::recent`] without a copy: the apply engine reads the block the consensus
+    /// task committed, as it is.
+    pub fn recent_shared(&self, height: u64) -> Option<Arc<CommittedBlock>> {
+        let find = |blocks: &std::collections::VecDeque<Arc<CommittedBlock>>| {
             let first = blocks.front()?.block.as_ref()?.height;
             blocks.get(height.checked_sub(first)? as usize).cloned()
         };
@@ -521,11 +528,11 @@ mod tests {
         let staged = next(&l, 2);
         let mut committed = l.subscribe_committed();
         committed.mark_unchanged();
-        l.stage(&staged);
+        l.stage(Arc::new(staged.clone()));
         assert!(committed.has_changed().unwrap());
         assert_eq!((l.height(), l.committed_height()), (1, 2));
         assert_eq!(l.read(2).unwrap(), staged, "readable from memory before the write");
-        l.stage(&staged);
+        l.stage(Arc::new(staged.clone()));
         assert_eq!(l.staged.lock().unwrap().len(), 1, "staging twice keeps one copy");
         l.append(&staged).unwrap();
         assert_eq!((l.height(), l.committed_height()), (2, 2));

@@ -426,7 +426,7 @@ pub fn run(s: &Scenario) -> Report {
                     let committed = nodes[to].ledger.len() as u64;
                     let store = &mut nodes[to].stored_blocks;
                     store.retain(|x| x.height > committed);
-                    store.push(b);
+                    store.push((*b).clone());
                 }
                 Output::Commit(cb) => {
                     let b = cb.block.as_ref().unwrap();

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
+use bftcd_proto::bftcd::{operation::Request as Op, Block, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
     request_op::Request, response_op::Response, CompactionResponse, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutResponse,
@@ -186,14 +186,15 @@ impl Applier {
                 }
             }
             // Just committed, so usually still in memory; only a bank catching up reads the file.
-            let block = match self.ledger.recent(height) {
+            let committed = match self.ledger.recent_shared(height) {
                 Some(cb) => cb,
                 None => {
                     let ledger = self.ledger.clone();
-                    tokio::task::spawn_blocking(move || ledger.read(height)).await??
+                    Arc::new(tokio::task::spawn_blocking(move || ledger.read(height)).await??)
                 }
             };
-            let block = block.block.unwrap_or_default();
+            let empty = Block::default();
+            let block = committed.block.as_ref().unwrap_or(&empty);
             let (t_us, started) = (bftcd_sequencer::now_us(), std::time::Instant::now());
             if !self.lag.is_zero() {
                 let due = std::time::UNIX_EPOCH + Duration::from_millis(block.timestamp_ms) + self.lag;

@@ -27,6 +27,7 @@ pub mod safety;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bftcd_proto::bftcd::{
     peer_message::Kind, Block, CommittedBlock, Operation, PeerMessage, Proposal, QuorumCert, ReadIndexReply,
@@ -124,7 +125,7 @@ pub enum Output {
     /// A block this validator is about to vote for: durable before the vote leaves, so a
     /// certified block survives crashes on at least f+1 honest validators. Handed back to
     /// `Core::new` after a restart.
-    PersistBlock(Block),
+    PersistBlock(Arc<Block>),
     /// Append to the ledger, in order.
     Commit(CommittedBlock),
     /// A message was dropped; for logs and counters.
@@ -155,7 +156,8 @@ pub struct Core {
     high_qc: QuorumCert,
     high_tc: Option<TimeoutCert>,
     /// Blocks above the committed tip (and the tip itself), by hash.
-    blocks: HashMap<Hash, Block>,
+    /// Shared with the consensus log's writes (`Output::PersistBlock`): never copied.
+    blocks: HashMap<Hash, Arc<Block>>,
     committed: Tip,
     /// Hashes of recently committed blocks by height, to recognise a conflicting commit.
     committed_hashes: BTreeMap<u64, Hash>,
@@ -229,12 +231,12 @@ impl Core {
         let mut blocks = HashMap::new();
         match tip_block {
             Some(b) => {
-                blocks.insert(committed.hash, b);
+                blocks.insert(committed.hash, Arc::new(b));
             }
             None => {
                 blocks.insert(
                     committed.hash,
-                    Block { height: 0, view: 0, timestamp_ms: genesis_time_ms, epoch: cfg.domain.epoch, ..Default::default() },
+                    Arc::new(Block { height: 0, view: 0, timestamp_ms: genesis_time_ms, epoch: cfg.domain.epoch, ..Default::default() }),
                 );
             }
         }
@@ -249,7 +251,7 @@ impl Core {
                     high_qc = j.clone();
                 }
             }
-            blocks.insert(block_hash(&b), b);
+            blocks.insert(block_hash(&b), Arc::new(b));
         }
         let mut r = Recent::default();
         for (ms, op) in &recent {
@@ -747,7 +749,7 @@ impl Core {
 
     /// Commits `block` and every uncommitted ancestor; `qc` certifies `child`, its direct child
     /// in the next view.
-    fn commit(&mut self, block: &Block, qc: &QuorumCert, child: &Block, from: usize) {
+    fn commit(&mut self, block: &Arc<Block>, qc: &QuorumCert, child: &Block, from: usize) {
         if block.height <= self.committed.height {
             // Already committed at that height: it must be the same block, or the chain forked.
             let hash = block_hash(block);
@@ -795,6 +797,7 @@ impl Core {
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
             self.committed_hashes.insert(b.height, hash);
             let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(header(child))) } else { (None, None) };
+            let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
         }
         self.recent.forget_before(self.committed.timestamp_ms.saturating_sub(self.cfg.operation_ttl_ms + 2 * self.cfg.skew_ms));
@@ -858,8 +861,8 @@ impl Core {
             && op_id(op).is_some_and(|id| !self.recent.contains(&id))
     }
 
-    fn on_proposal(&mut self, from: usize, p: Proposal) {
-        let Some(mut block) = p.block.clone() else { return self.reject(from, "proposal without block") };
+    fn on_proposal(&mut self, from: usize, mut p: Proposal) {
+        let Some(mut block) = p.block.take() else { return self.reject(from, "proposal without block") };
         let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
         if block.epoch != self.cfg.domain.epoch
             || block.proposer as usize != from
@@ -896,7 +899,7 @@ impl Core {
             let hash = block_hash(&block);
             if let Some(qc) = self.verified_qcs.get(&(block.view, hash, justify.view)).cloned() {
                 if !self.blocks.contains_key(&hash) && block.height > self.committed.height {
-                    self.blocks.insert(hash, block);
+                    self.blocks.insert(hash, Arc::new(block));
                     self.process_qc(&qc, from);
                 }
             }
@@ -907,6 +910,7 @@ impl Core {
         }
         let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
         let Some(parent) = self.blocks.get(&parent_hash).cloned() else {
+            p.block = Some(block);
             self.pending = Some((from, p));
             return self.ask_sync(from, &parent_hash);
         };
@@ -924,6 +928,7 @@ impl Core {
         }
         let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
         let hash = block_hash(&block);
+        let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
         self.out.push(Output::PersistBlock(block.clone()));
@@ -1062,7 +1067,7 @@ impl Core {
                 if b.height <= self.committed.height {
                     break;
                 }
-                uncommitted.push(b.clone());
+                uncommitted.push((**b).clone());
                 match hash32(&b.parent_hash) {
                     Some(p) => cur = p,
                     None => break,
@@ -1127,9 +1132,9 @@ impl Core {
                 };
                 child.justify = Some(child_justify);
                 for b in run.drain(..) {
-                    self.blocks.insert(block_hash(&b), b);
+                    self.blocks.insert(block_hash(&b), Arc::new(b));
                 }
-                self.commit(&last, &qc, &child, from);
+                self.commit(&Arc::new(last), &qc, &child, from);
                 if let Some(j) = child.justify.clone() {
                     if j.view > self.high_qc.view {
                         self.high_qc = j;
@@ -1156,7 +1161,7 @@ impl Core {
             let Some(j) = self.checked_qc(j) else { return self.reject(from, "sync block with an invalid QC") };
             let mut b = b;
             b.justify = Some(j.clone());
-            self.blocks.insert(block_hash(&b), b);
+            self.blocks.insert(block_hash(&b), Arc::new(b));
             self.process_qc(&j, from);
         }
         if let Some((from, p)) = self.pending.take() {
