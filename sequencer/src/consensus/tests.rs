@@ -334,3 +334,43 @@ fn a_leader_that_got_the_votes_before_the_block_still_proposes() {
         "bank 2 proposes for view 2 once the late block arrives: {out:?}"
     );
 }
+
+#[test]
+fn a_proposal_that_arrives_before_its_parent_is_voted_for_once_the_parent_is_synced() {
+    // Bank 0 misses the view-1 block and hears of it first as the parent of bank 2's view-2
+    // proposal: it keeps that proposal, fetches the parent, then votes for it.
+    let first = |out: &[Output], want: &dyn Fn(&PeerMessage) -> bool| {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Broadcast(m) | Output::Send { msg: m, .. } if want(m) => Some(m.clone()),
+                _ => None,
+            })
+            .expect("the expected message")
+    };
+    let is_proposal = |m: &PeerMessage| matches!(m.kind, Some(Kind::Proposal(_)));
+    let is_vote = |m: &PeerMessage| matches!(m.kind, Some(Kind::Vote(_)));
+    let op = Operation { id: Some(OperationId { bank: 1, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() };
+    let mut c = Cluster::new();
+    let mut out1 = c.cores[1].handle(NOW, Input::Submit(vec![op]), &NoLog);
+    out1.extend(c.cores[1].handle(NOW, Input::Tick, &NoLog));
+    let p1 = first(&out1, &is_proposal);
+    let mut votes = vec![(1, first(&out1, &is_vote))];
+    let out3 = c.cores[3].handle(NOW, Input::Message { from: 1, msg: p1.clone() }, &NoLog);
+    votes.push((3, first(&out3, &is_vote)));
+    let mut out2 = c.cores[2].handle(NOW, Input::Message { from: 1, msg: p1 }, &NoLog);
+    for (from, v) in votes {
+        out2.extend(c.cores[2].handle(NOW + 1, Input::Message { from, msg: v }, &NoLog));
+    }
+    let p2 = first(&out2, &|m| matches!(&m.kind, Some(Kind::Proposal(p)) if p.block.as_ref().unwrap().view == 2));
+
+    let out0 = c.cores[0].handle(NOW + 2, Input::Message { from: 2, msg: p2 }, &NoLog);
+    assert!(!voted(&out0), "no vote without the parent: {out0:?}");
+    let ask = first(&out0, &|m| matches!(m.kind, Some(Kind::SyncRequest(_))));
+    let answer = c.cores[2].handle(NOW + 3, Input::Message { from: 0, msg: ask }, &NoLog);
+    let sync = first(&answer, &|m| matches!(m.kind, Some(Kind::SyncResponse(_))));
+    let out0 = c.cores[0].handle(NOW + 4, Input::Message { from: 2, msg: sync }, &NoLog);
+    assert!(
+        out0.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(v)) }) if v.view == 2)),
+        "bank 0 votes for the kept view-2 proposal once its parent arrived: {out0:?}"
+    );
+}
