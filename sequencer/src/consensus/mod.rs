@@ -70,6 +70,10 @@ pub struct Config {
     /// Operations older than this (by their submitted time vs. the block time) are refused.
     pub operation_ttl_ms: u64,
     pub max_sync_blocks: usize,
+    /// Byte budget of one sync answer: a frame above the transport's limit (16 MiB) would never
+    /// arrive, and a lagging bank would ask for it forever. An answer always reaches the first
+    /// commit proof, whatever its size, so it is never empty for a lack of budget.
+    pub max_sync_bytes: usize,
     /// A validator asks one peer at a time for commits it may have missed: right after start,
     /// then less and less often, down to once per this interval.
     pub sync_probe_max_ms: u64,
@@ -92,6 +96,7 @@ impl Config {
             inclusion_deadline_ms: 5000,
             operation_ttl_ms: 120_000,
             max_sync_blocks: 128,
+            max_sync_bytes: 4 << 20,
             sync_probe_max_ms: 30_000,
             broken_read_index: false,
         }
@@ -1049,13 +1054,18 @@ impl Core {
     }
 
     fn on_sync_request(&mut self, from: usize, r: SyncRequest, log: &dyn CommittedLog) {
-        let mut committed = Vec::new();
+        let mut committed: Vec<CommittedBlock> = Vec::new();
+        let mut bytes = 0;
         let end = self.committed.height.min(r.committed_height + self.cfg.max_sync_blocks as u64);
         for h in r.committed_height + 1..=end {
-            match log.read(h) {
-                Some(cb) => committed.push(cb),
-                None => break,
+            let Some(cb) = log.read(h) else { break };
+            let size = cb.encoded_len();
+            let proven = committed.iter().any(|c| c.commit_qc.is_some());
+            if proven && bytes + size > self.cfg.max_sync_bytes {
+                break;
             }
+            bytes += size;
+            committed.push(cb);
         }
         // End on a block that carries its commit proof.
         while committed.last().is_some_and(|cb| cb.commit_qc.is_none()) {
@@ -1064,9 +1074,10 @@ impl Core {
         let mut uncommitted = Vec::new();
         if let Some(mut cur) = hash32(&r.want_block) {
             while let Some(b) = self.blocks.get(&cur) {
-                if b.height <= self.committed.height {
+                if b.height <= self.committed.height || bytes + b.encoded_len() > self.cfg.max_sync_bytes {
                     break;
                 }
+                bytes += b.encoded_len();
                 uncommitted.push((**b).clone());
                 match hash32(&b.parent_hash) {
                     Some(p) => cur = p,

@@ -2,6 +2,7 @@
 
 use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Operation, OperationId, PeerMessage, Submit};
 use bftcd_proto::etcdserverpb::PutRequest;
+use bftcd_proto::Message;
 
 use super::certs::{sim::SimCrypto, Crypto};
 use super::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
@@ -373,4 +374,63 @@ fn a_proposal_that_arrives_before_its_parent_is_voted_for_once_the_parent_is_syn
         out0.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(v)) }) if v.view == 2)),
         "bank 0 votes for the kept view-2 proposal once its parent arrived: {out0:?}"
     );
+}
+
+/// A committed log of `blocks` blocks of about `size` bytes each; the last block of every
+/// `chain` consecutive ones carries the commit proof (blocks committed together).
+struct BigLog {
+    size: usize,
+    chain: u64,
+}
+
+impl CommittedLog for BigLog {
+    fn read(&self, height: u64) -> Option<bftcd_proto::bftcd::CommittedBlock> {
+        let block = bftcd_proto::bftcd::Block {
+            height,
+            operations: vec![Operation { request: Some(put(b"k", &vec![7u8; self.size])), ..Default::default() }],
+            ..Default::default()
+        };
+        let proof = (height % self.chain == 0).then(bftcd_proto::bftcd::QuorumCert::default);
+        Some(bftcd_proto::bftcd::CommittedBlock { block: Some(block), commit_qc: proof, commit_child: None })
+    }
+}
+
+fn sync_answer(log: &BigLog) -> bftcd_proto::bftcd::SyncResponse {
+    let tip = bftcd_proto::bftcd::Block { height: 100, view: 100, ..Default::default() };
+    let cfg = Config::new(0, domain(), [3; 32]);
+    let mut c = Core::new(
+        cfg,
+        Box::new(SimCrypto { me: 0, n: N }),
+        SafetyRules::new(SafetyState::default()),
+        1,
+        Some((tip, bftcd_proto::bftcd::QuorumCert::default())),
+        vec![],
+        vec![],
+    );
+    let ask = PeerMessage { kind: Some(Kind::SyncRequest(bftcd_proto::bftcd::SyncRequest { committed_height: 0, ..Default::default() })) };
+    let out = c.handle(NOW, Input::Message { from: 1, msg: ask }, log);
+    out.into_iter()
+        .find_map(|o| match o {
+            Output::Send { to: 1, msg: PeerMessage { kind: Some(Kind::SyncResponse(r)) } } => Some(r),
+            _ => None,
+        })
+        .expect("a sync answer")
+}
+
+#[test]
+fn a_sync_answer_stays_within_its_byte_budget_and_is_never_empty() {
+    let budget = Config::new(0, domain(), [3; 32]).max_sync_bytes;
+    // 1 MiB blocks, each with its own proof: as many as the budget holds, not 128.
+    let r = sync_answer(&BigLog { size: 1 << 20, chain: 1 });
+    let bytes: usize = r.committed.iter().map(|cb| cb.encoded_len()).sum();
+    assert!(!r.committed.is_empty() && bytes <= budget, "{} blocks, {bytes} bytes", r.committed.len());
+    assert!(r.committed.len() < 128);
+    // Six 1 MiB blocks committed together: the first proof is past the budget, and the answer
+    // still reaches it (an answer ending without a proof would be useless).
+    let r = sync_answer(&BigLog { size: 1 << 20, chain: 6 });
+    assert_eq!(r.committed.len(), 6);
+    assert!(r.committed.last().unwrap().commit_qc.is_some());
+    // Small blocks: the block count limit still applies.
+    let r = sync_answer(&BigLog { size: 10, chain: 1 });
+    assert_eq!(r.committed.len(), 100, "everything up to the committed tip");
 }
