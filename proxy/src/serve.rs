@@ -181,6 +181,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let etcd = LocalEtcd::connect_lazy(&args.etcd_endpoint)?;
     let mut consensus_status = None;
+    // Ends the process when ordering dies: a bank that cannot order must not look healthy.
+    let mut ordering_stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
+        Box::pin(std::future::pending());
     let sequencer: Arc<dyn Sequencer> = if genesis.validators.len() == 1 {
         Arc::new(SingleReplica::start(ledger.clone(), BlockLimits::default()))
     } else {
@@ -213,6 +216,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
+        ordering_stopped = Box::pin(hs.stopped());
         Arc::new(hs)
     };
     // From the genesis: every bank must batch identically, or revisions would differ.
@@ -235,6 +239,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::select! {
             r = applied.changed() => { if r.is_err() { break; } }
             r = &mut apply_task => { return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))); }
+            why = &mut ordering_stopped => return Err(ordering_died(why)),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
                 tracing::info!(applied = ?applied.borrow().map(|p| p.to_string()), target = ?last_op.map(|p| p.to_string()), "replaying the ledger into the local etcd");
             }
@@ -278,9 +283,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = server => r?,
         r = apply_task => return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))),
+        why = ordering_stopped => return Err(ordering_died(why)),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn ordering_died(why: String) -> anyhow::Error {
+    tracing::error!(reason = %why, "ordering stopped: this bank can no longer order writes; exiting so that it can be restarted");
+    anyhow::anyhow!("ordering stopped ({why}); restart this bank: it catches up from the others")
 }
 
 /// Position of the last operation in the ledger (blocks may be empty).

@@ -15,19 +15,27 @@ pub enum Misbehaviour {
     BadSignatures,
     /// As leader, leave out every operation submitted by this bank (validator index).
     Censor(u32),
+    /// Panic the consensus task after this many steps (a bug, in a test): the process must not
+    /// go on serving as if it could still order writes.
+    PanicAfter(u64),
 }
 
-/// `equivocate`, `bad-signatures`, `censor=<index>`; comma-separated.
+/// `equivocate`, `bad-signatures`, `censor=<index>`, `panic-after=<steps>`; comma-separated.
 pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
         .map(|p| match p.trim() {
             "equivocate" => Ok(Misbehaviour::Equivocate),
             "bad-signatures" => Ok(Misbehaviour::BadSignatures),
-            other => match other.strip_prefix("censor=").and_then(|i| i.parse().ok()) {
-                Some(i) => Ok(Misbehaviour::Censor(i)),
-                None => Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>)")),
-            },
+            other => {
+                if let Some(i) = other.strip_prefix("censor=").and_then(|i| i.parse().ok()) {
+                    Ok(Misbehaviour::Censor(i))
+                } else if let Some(n) = other.strip_prefix("panic-after=").and_then(|n| n.parse().ok()) {
+                    Ok(Misbehaviour::PanicAfter(n))
+                } else {
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>)"))
+                }
+            }
         })
         .collect()
 }

@@ -60,6 +60,8 @@ pub struct HotStuff {
     reads: mpsc::Sender<oneshot::Sender<u64>>,
     status: watch::Receiver<ConsensusStatus>,
     network: Network,
+    /// Why the consensus task ended, once it has.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -177,12 +179,47 @@ impl HotStuff {
             #[cfg(feature = "byzantine")]
             me: opts.me,
         };
-        tokio::spawn(driver.run(incoming, submissions, read_requests).accounted(Component::Consensus));
-        Ok(HotStuff { ledger, submit, reads, status, network })
+        let task = tokio::spawn(driver.run(incoming, submissions, read_requests).accounted(Component::Consensus));
+        let (stopped_tx, stopped) = watch::channel(None);
+        tokio::spawn(async move {
+            let why = match task.await {
+                Ok(Some(why)) => why,
+                Ok(None) => "shut down".to_string(),
+                Err(e) if e.is_panic() => {
+                    let payload = e.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    format!("the consensus task panicked: {text}")
+                }
+                Err(e) => format!("the consensus task ended: {e}"),
+            };
+            stopped_tx.send_replace(Some(why));
+        });
+        Ok(HotStuff { ledger, submit, reads, status, network, stopped })
     }
 
     pub fn status(&self) -> watch::Receiver<ConsensusStatus> {
         self.status.clone()
+    }
+
+    /// Resolves, with the reason, when this bank's consensus task has ended (a disk error, a
+    /// safety violation, a bug): from then on the bank can order nothing, and its process should
+    /// stop rather than look healthy.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut stopped = self.stopped.clone();
+        async move {
+            loop {
+                if let Some(why) = stopped.borrow_and_update().clone() {
+                    return why;
+                }
+                if stopped.changed().await.is_err() {
+                    return "the consensus task ended".to_string();
+                }
+            }
+        }
     }
 
     pub fn network(&self) -> &Network {
@@ -305,12 +342,23 @@ impl Driver {
         mut incoming: mpsc::Receiver<Checked>,
         mut submissions: mpsc::Receiver<Vec<Submission>>,
         mut read_requests: mpsc::Receiver<oneshot::Sender<u64>>,
-    ) {
+    ) -> Option<String> {
+        #[cfg(feature = "byzantine")]
+        let mut steps = 0u64;
         loop {
+            #[cfg(feature = "byzantine")]
+            {
+                steps += 1;
+                for m in &self.misbehaviour {
+                    if let crate::byzantine::Misbehaviour::PanicAfter(n) = m {
+                        assert!(steps <= *n, "test build: consensus task panics after {n} steps on purpose");
+                    }
+                }
+            }
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
             let input = tokio::select! {
                 m = incoming.recv() => match m {
-                    None => return,
+                    None => return None,
                     Some(Checked::Message { from, msg }) => Input::Message { from, msg },
                     Some(Checked::Refused { .. }) => {
                         self.rejected += 1;
@@ -318,7 +366,7 @@ impl Driver {
                     }
                 },
                 s = submissions.recv() => match s {
-                    None => return,
+                    None => return None,
                     // Already stamped and signed as one batch (stages::sign_submissions).
                     Some(batch) => {
                         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,7 +384,7 @@ impl Driver {
                     }
                 },
                 r = read_requests.recv() => match r {
-                    None => return,
+                    None => return None,
                     Some(first) => {
                         self.reads_unassigned.push(first);
                         while let Ok(more) = read_requests.try_recv() {
@@ -390,7 +438,7 @@ impl Driver {
                 for (_, w) in self.waiters.lock().unwrap_or_else(|e| e.into_inner()).drain() {
                     let _ = w.send(Err(SequencerError::Ledger(e.to_string())));
                 }
-                return;
+                return Some(e.to_string());
             }
             self.status.send_replace(ConsensusStatus {
                 view: self.core.view(),

@@ -93,3 +93,25 @@ fn censored_bank_still_gets_its_writes_committed() {
     assert_eq!(by_censor, 0, "the censoring leader included bank 3's writes");
     assert_eq!(by_others, 6);
 }
+
+#[test]
+fn a_bank_whose_ordering_dies_exits_instead_of_serving() {
+    // Bank 4's consensus task panics (a bug, simulated by the test build) while the others
+    // keep writing: its process must end, saying why, rather than accept writes it can never
+    // order; the other three go on.
+    let dir = TestDir::new("byzantine-ordering-dies");
+    let deviant = Deviant { bank: 3, bin: byzantine_bin(), args: vec!["--byzantine=panic-after=300".into()] };
+    let mut chain = Chain::start_with(&dir, 4, Some(deviant));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    while chain.banks[3].sidecar.is_running() {
+        assert!(std::time::Instant::now() < deadline, "bank 4 still serves after {i} writes");
+        let key = format!("dies/{i}");
+        chain.etcdctl(i % 3).with_timeout(Duration::from_secs(40)).run(&["put", &key, "v"]).expect_success();
+        i += 1;
+    }
+    let log = log_of(&chain, 3);
+    assert!(log.contains("panics after 300 steps on purpose"), "{log}");
+    assert!(log.contains("ordering stopped"), "{log}");
+    chain.etcdctl(0).with_timeout(Duration::from_secs(40)).run(&["put", "dies/after", "v"]).expect_success();
+}

@@ -390,7 +390,7 @@ impl CommittedLog for BigLog {
             operations: vec![Operation { request: Some(put(b"k", &vec![7u8; self.size])), ..Default::default() }],
             ..Default::default()
         };
-        let proof = (height % self.chain == 0).then(bftcd_proto::bftcd::QuorumCert::default);
+        let proof = height.is_multiple_of(self.chain).then(bftcd_proto::bftcd::QuorumCert::default);
         Some(bftcd_proto::bftcd::CommittedBlock { block: Some(block), commit_qc: proof, commit_child: None })
     }
 }
