@@ -172,6 +172,8 @@ impl HotStuff {
             status: status_tx,
             rejected: 0,
             disk_us: 0,
+            backlog: Default::default(),
+            deferred: Vec::new(),
             #[cfg(feature = "byzantine")]
             misbehaviour: opts.misbehaviour,
             #[cfg(feature = "byzantine")]
@@ -311,6 +313,34 @@ async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed
 /// Most peer messages handled in one step (one consensus-log write for all of them).
 const GROUP_INPUTS: usize = 64;
 
+/// Most peer messages set aside while the consensus log is being written; beyond it the
+/// transport's own queues hold them.
+const MAX_BACKLOG: usize = 4096;
+
+/// What arrived while the consensus log was being written.
+// Short-lived, one at a time: boxing the message would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Side {
+    Peer(Option<Checked>),
+    Read(Option<oneshot::Sender<u64>>),
+}
+
+fn is_read_index(m: &PeerMessage) -> bool {
+    use bftcd_proto::bftcd::peer_message::Kind;
+    matches!(m.kind, Some(Kind::ReadIndexRequest(_) | Kind::ReadIndexReply(_)))
+}
+
+/// Outputs that may leave before the step's durable state is written: read-index messages and
+/// answers (they report certified heights, facts that need nothing of this bank's disk) and
+/// refusals.
+fn independent_of_disk(o: &Output) -> bool {
+    match o {
+        Output::Send { msg, .. } | Output::Broadcast(msg) => is_read_index(msg),
+        Output::ReadRoundStarted(_) | Output::ReadIndex { .. } | Output::Rejected { .. } => true,
+        _ => false,
+    }
+}
+
 struct Driver {
     core: Core,
     network: Network,
@@ -327,6 +357,11 @@ struct Driver {
     rejected: u64,
     /// Time this step spent writing the consensus log (for trace events).
     disk_us: u64,
+    /// Peer messages that arrived while the consensus log was being written, in arrival order:
+    /// the next steps take them before anything newer.
+    backlog: std::collections::VecDeque<Checked>,
+    /// Outputs of read-index steps taken while the log was being written that had to wait.
+    deferred: Vec<Output>,
     #[cfg(feature = "byzantine")]
     misbehaviour: Vec<crate::byzantine::Misbehaviour>,
     #[cfg(feature = "byzantine")]
@@ -356,7 +391,16 @@ impl Driver {
                 }
             }
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
-            let input = tokio::select! {
+            let input = if let Some(waiting) = self.backlog.pop_front() {
+                match waiting {
+                    Checked::Message { from, msg } => Input::Message { from, msg },
+                    Checked::Refused { .. } => {
+                        self.rejected += 1;
+                        continue;
+                    }
+                }
+            } else {
+                tokio::select! {
                 m = incoming.recv() => match m {
                     None => return None,
                     Some(Checked::Message { from, msg }) => Input::Message { from, msg },
@@ -395,6 +439,7 @@ impl Driver {
                     }
                 },
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => Input::Tick,
+                }
             };
             let log = LedgerLog(self.ledger.clone());
             let view = self.core.view();
@@ -418,7 +463,11 @@ impl Driver {
                 outputs.extend(out);
                 grouped += 1;
                 while next.is_none() && grouped < GROUP_INPUTS {
-                    match incoming.try_recv() {
+                    let waiting = match self.backlog.pop_front() {
+                        Some(w) => Ok(w),
+                        None => incoming.try_recv(),
+                    };
+                    match waiting {
                         Ok(Checked::Message { from, msg }) => next = Some(Input::Message { from, msg }),
                         Ok(Checked::Refused { .. }) => self.rejected += 1,
                         Err(_) => break,
@@ -429,7 +478,13 @@ impl Driver {
                 tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
             }
             self.disk_us = 0;
-            let carried = self.carry_out(outputs).await;
+            let mut carried = self.carry_out(outputs, &mut incoming, &mut read_requests).await;
+            // Read-index steps taken during the write may have left outputs that must wait for
+            // a write of their own.
+            while carried.is_ok() && !self.deferred.is_empty() {
+                let deferred = std::mem::take(&mut self.deferred);
+                carried = self.carry_out(deferred, &mut incoming, &mut read_requests).await;
+            }
             for (t_us, what, core_us, did) in traced.into_iter().filter(|t| !t.3.is_empty()) {
                 tracing::debug!(target: crate::TRACE, t_us, step = %what, core_us, disk_us = self.disk_us, out = %did, view = self.core.view());
             }
@@ -454,7 +509,12 @@ impl Driver {
     /// a message the core decided before any of it leaves at once (a leader's proposal does not
     /// wait for its own fsync), every later one only after the write: a message may leave later
     /// than the core decided it, never before the state it depends on is on disk.
-    async fn carry_out(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
+    async fn carry_out(
+        &mut self,
+        outputs: Vec<Output>,
+        incoming: &mut mpsc::Receiver<Checked>,
+        reads: &mut mpsc::Receiver<oneshot::Sender<u64>>,
+    ) -> anyhow::Result<()> {
         let mut durable = Durable::default();
         let (mut before, mut after) = (Vec::new(), Vec::new());
         for o in outputs {
@@ -473,7 +533,8 @@ impl Driver {
                 Output::Persist(state) => durable.safety = Some(state),
                 // Nothing after it is acted on, commits included.
                 Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
-                o if durable.is_empty() => before.push(o),
+                // Read-index answers depend on no durable state.
+                o if durable.is_empty() || independent_of_disk(&o) => before.push(o),
                 o => after.push(o),
             }
         }
@@ -481,7 +542,7 @@ impl Driver {
             self.act(o);
         }
         if !durable.is_empty() {
-            self.write_durably(durable).await?;
+            self.write_durably(durable, incoming, reads).await?;
         }
         for o in after {
             self.act(o);
@@ -522,19 +583,67 @@ impl Driver {
     /// Stores voted blocks and the safety state in the consensus log: one write and one
     /// fdatasync, in one trip to a blocking thread (each trip costs two thread switches). The
     /// ledger is not written here: see [`write_ledger`].
-    async fn write_durably(&mut self, d: Durable) -> anyhow::Result<()> {
+    ///
+    /// Reads do not wait for the write: meanwhile read-index requests from peers are answered,
+    /// their replies counted and this bank's own reads started, each as a step of its own; any
+    /// output of those steps that is not a read-index message waits in `deferred`, and every other
+    /// peer message in `backlog`, for after the write.
+    async fn write_durably(
+        &mut self,
+        d: Durable,
+        incoming: &mut mpsc::Receiver<Checked>,
+        reads: &mut mpsc::Receiver<oneshot::Sender<u64>>,
+    ) -> anyhow::Result<()> {
         let ledger = self.ledger.clone();
         let log = self.consensus_log.clone();
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut write = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let _cpu = cpu::section(Component::Persistence);
             let committed = ledger.height();
             log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, committed)?;
             Ok(())
-        })
-        .await;
+        });
+        let (mut peers_open, mut reads_open) = (true, true);
+        let written = loop {
+            let side = tokio::select! {
+                written = &mut write => break written,
+                m = incoming.recv(), if peers_open && self.backlog.len() < MAX_BACKLOG => Side::Peer(m),
+                r = reads.recv(), if reads_open => Side::Read(r),
+            };
+            match side {
+                Side::Peer(None) => peers_open = false,
+                Side::Read(None) => reads_open = false,
+                Side::Peer(Some(Checked::Message { from, msg })) if is_read_index(&msg) => {
+                    self.side_step(Input::Message { from, msg })
+                }
+                Side::Peer(Some(other)) => self.backlog.push_back(other),
+                Side::Read(Some(first)) => {
+                    self.reads_unassigned.push(first);
+                    while let Ok(more) = reads.try_recv() {
+                        self.reads_unassigned.push(more);
+                    }
+                    self.reads_unassigned.retain(|r| !r.is_closed());
+                    self.side_step(Input::ReadIndex);
+                }
+            }
+        };
         self.disk_us += started.elapsed().as_micros() as u64;
         written?
+    }
+
+    /// A read-index step taken while the consensus log is being written (see `write_durably`).
+    fn side_step(&mut self, input: Input) {
+        let log = LedgerLog(self.ledger.clone());
+        let out = self.core.handle(now_ms(), input, &log);
+        #[cfg(feature = "byzantine")]
+        let out = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out);
+        for o in out {
+            if independent_of_disk(&o) {
+                self.act(o);
+            } else {
+                self.deferred.push(o);
+            }
+        }
     }
 }
 
