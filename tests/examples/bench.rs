@@ -48,10 +48,13 @@
 //!   clients, each with its own connection, one operation at a time each.
 //!
 //! During every phase it reads utime+stime of the target's processes from `/proc/<pid>/stat`, split
-//! into sidecar and etcd processes, and reports CPU-ms per 1000 committed operations. It prints
-//! progress every 2 s, a results table, a CPU table (both with workload and client count in every
-//! row), the sidecar/direct and bft4/raft3 ratios per workload, phase and client count and, last,
-//! one JSON line with everything (ratio keys: `sequential`, `concurrent-<clients>`).
+//! into sidecar and etcd processes, and reports CPU-ms per 1000 committed operations. The bft
+//! targets' sidecars run with `--account-cpu`: their `/metrics` are read before and after every
+//! phase for a table of sidecar CPU by component (consensus, crypto, network, persistence, apply,
+//! front, and what none claims). It prints progress every 2 s, a results table, a CPU table (both
+//! with workload and client count in every row), the component table, the sidecar/direct and
+//! bft4/raft3 ratios per workload, phase and client count and, last, one JSON line with
+//! everything (ratio keys: `sequential`, `concurrent-<clients>`).
 //!
 //! With `--check-perf LOAD`, after all phases it runs the stock `etcdctl check perf --load LOAD`
 //! (about 60 s each, keys under `/etcdctl-check-perf/`, deleted by etcdctl afterwards) against all
