@@ -391,17 +391,17 @@ impl Driver {
                 }
             }
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
-            let input = if let Some(waiting) = self.backlog.pop_front() {
-                match waiting {
-                    Checked::Message { from, msg } => Input::Message { from, msg },
-                    Checked::Refused { .. } => {
+            let input = tokio::select! {
+                // What waited out a consensus-log write comes before anything newer from peers,
+                // but takes its turn with this bank's own writes and reads.
+                _ = std::future::ready(()), if !self.backlog.is_empty() => match self.backlog.pop_front() {
+                    Some(Checked::Message { from, msg }) => Input::Message { from, msg },
+                    _ => {
                         self.rejected += 1;
                         continue;
                     }
-                }
-            } else {
-                tokio::select! {
-                m = incoming.recv() => match m {
+                },
+                m = incoming.recv(), if self.backlog.is_empty() => match m {
                     None => return None,
                     Some(Checked::Message { from, msg }) => Input::Message { from, msg },
                     Some(Checked::Refused { .. }) => {
@@ -439,7 +439,6 @@ impl Driver {
                     }
                 },
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => Input::Tick,
-                }
             };
             let log = LedgerLog(self.ledger.clone());
             let view = self.core.view();
