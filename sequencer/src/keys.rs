@@ -150,47 +150,108 @@ pub struct ChainCrypto {
     /// a peer's forwarded operations as one batch, an auditor each alone.
     operation_keys: Vec<ed25519_zebra::VerificationKey>,
     /// Operation signatures already found valid (see [`ChainCrypto::precheck_operations`]).
-    checked: std::sync::Mutex<CheckedSignatures>,
+    checked: std::sync::Mutex<Bounded<()>>,
+    /// This bank's index in the genesis, when it signs.
+    me: Option<usize>,
+    bls_known: std::sync::Mutex<KnownBls>,
 }
 
-/// A bounded set of (bank, signed bytes, signature) digests that verified; oldest forgotten
-/// first. Only valid signatures ever enter, so a peer cannot poison it; a forgotten one is simply
-/// checked again.
-#[derive(Default)]
-struct CheckedSignatures {
-    set: std::collections::HashSet<[u8; 32]>,
+/// A bounded map, oldest entry forgotten first. Only results this bank computed itself enter
+/// the caches built on it, so a peer cannot poison them; a forgotten entry is simply computed again.
+struct Bounded<V> {
+    map: std::collections::HashMap<[u8; 32], V>,
     order: std::collections::VecDeque<[u8; 32]>,
+    capacity: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Bounded { map: Default::default(), order: Default::default(), capacity }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn get_or_insert_with(&mut self, key: [u8; 32], value: impl FnOnce() -> V) -> &mut V {
+        if !self.map.contains_key(&key) {
+            self.order.push_back(key);
+            if self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+        self.map.entry(key).or_insert_with(value)
+    }
+}
+
+impl Bounded<()> {
+    fn insert(&mut self, key: [u8; 32]) {
+        self.get_or_insert_with(key, || ());
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.map.contains_key(key)
+    }
 }
 
 /// Enough for every operation batch of several seconds of full blocks.
 const CHECKED_CAPACITY: usize = 16_384;
+/// Vote and timeout messages, and certificates, of the last several hundred views.
+const BLS_CAPACITY: usize = 1024;
 
-impl CheckedSignatures {
-    fn key(bank: usize, msg: &[u8], sig: &[u8]) -> [u8; 32] {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update((bank as u64).to_le_bytes());
-        h.update((msg.len() as u64).to_le_bytes());
-        h.update(msg);
-        h.update(sig);
-        h.finalize().into()
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
     }
+    h.finalize().into()
+}
 
-    fn insert(&mut self, key: [u8; 32]) {
-        if self.set.insert(key) {
-            self.order.push_back(key);
-            if self.order.len() > CHECKED_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
+/// Key of an operation signature that verified.
+fn operation_key(bank: usize, msg: &[u8], sig: &[u8]) -> [u8; 32] {
+    digest(&[&(bank as u64).to_le_bytes(), msg, sig])
+}
+
+/// Key of a BLS signature that verified as the aggregate of exactly `signers` over `msg`
+/// (one signer: an ordinary signature).
+fn bls_key(signers: &[usize], msg: &[u8], sig: &[u8]) -> [u8; 32] {
+    let signers: Vec<u8> = signers.iter().flat_map(|s| (*s as u32).to_le_bytes()).collect();
+    digest(&[b"bls", &signers, msg, sig])
+}
+
+/// Votes (signer, signature) over one message whose sum verified.
+type VoteGroup = Vec<(usize, Vec<u8>)>;
+
+/// BLS results the consensus task finds instead of computing: what the check stage verified
+/// beside it ([`crate::stages`]) and what this bank signed itself. BLS signing is
+/// deterministic, so an own signature looked up is the one that would be computed.
+struct KnownBls {
+    /// Signatures (plain or aggregate) that verified, by [`bls_key`].
+    verified: Bounded<()>,
+    /// By digest of a vote message: groups of votes whose sum verified together. A group
+    /// vouches only for its sum (two colluding signers can offset each other's error), so a
+    /// certificate may use one group whole, never part of one or two overlapping ones.
+    groups: Bounded<Vec<VoteGroup>>,
+    /// This bank's signatures, by digest of the message.
+    own: Bounded<Vec<u8>>,
+    /// Digests of vote messages some verified certificate (a quorum's aggregate) signs.
+    certified: Bounded<()>,
+}
+
+impl Default for KnownBls {
+    fn default() -> Self {
+        KnownBls { verified: Bounded::new(BLS_CAPACITY), groups: Bounded::new(BLS_CAPACITY), own: Bounded::new(64), certified: Bounded::new(BLS_CAPACITY) }
     }
 }
 
 impl ChainCrypto {
     pub fn new(keys: &BankKeys, genesis: &Genesis) -> Result<Self, KeyError> {
         let mut c = Self::verifier(genesis)?;
+        c.me = c.bls_keys.iter().position(|k| *k == keys.bls.public_key());
         c.bls = Some(keys.bls.clone());
         c.operation = Some(keys.operation.clone());
         Ok(c)
@@ -212,17 +273,25 @@ impl ChainCrypto {
                 ed25519_zebra::VerificationKey::try_from(b).map_err(|e| KeyError::Genesis(format!("operation key: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChainCrypto { bls: None, operation: None, bls_keys, operation_keys, checked: Default::default() })
+        Ok(ChainCrypto {
+            bls: None,
+            operation: None,
+            bls_keys,
+            operation_keys,
+            checked: std::sync::Mutex::new(Bounded::new(CHECKED_CAPACITY)),
+            me: None,
+            bls_known: Default::default(),
+        })
     }
 }
 
 impl ChainCrypto {
     fn is_checked(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
-        self.checked.lock().unwrap_or_else(|e| e.into_inner()).set.contains(&CheckedSignatures::key(bank, msg, sig))
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).contains(&operation_key(bank, msg, sig))
     }
 
     fn mark_checked(&self, bank: usize, msg: &[u8], sig: &[u8]) {
-        self.checked.lock().unwrap_or_else(|e| e.into_inner()).insert(CheckedSignatures::key(bank, msg, sig));
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).insert(operation_key(bank, msg, sig));
     }
 
     /// Checks operation signatures of any banks together (one Ed25519 batch; one by one only
@@ -250,6 +319,71 @@ impl ChainCrypto {
         valid
     }
 
+    fn bls_known(&self) -> std::sync::MutexGuard<'_, KnownBls> {
+        self.bls_known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks peers' votes for one message together (one pairing check of their sum) and, when
+    /// they verify, remembers them as a group: the consensus core, adding its own vote, then forms
+    /// the certificate without a pairing. Returns whether they verified.
+    pub fn precheck_votes(&self, msg: &[u8], votes: &[(usize, &[u8])]) -> bool {
+        let _cpu = cpu::section(cpu::Component::Crypto);
+        let (signers, sigs): (Vec<usize>, Vec<&[u8]>) = votes.iter().copied().unzip();
+        let Some(keys) = signers.iter().map(|&i| self.bls_keys.get(i)).collect::<Option<Vec<_>>>() else { return false };
+        let Some(agg) = crypto::aggregate_and_verify(&keys, msg, &sigs) else { return false };
+        let mut known = self.bls_known();
+        known.verified.insert(bls_key(&signers, msg, &agg.to_bytes()));
+        let group = votes.iter().map(|(s, sig)| (*s, sig.to_vec())).collect();
+        known.groups.get_or_insert_with(digest(&[msg]), Vec::new).push(group);
+        true
+    }
+
+    fn remember_aggregate(&self, key: [u8; 32], signers: &[usize], msg: &[u8]) {
+        let n = self.bls_keys.len();
+        let mut known = self.bls_known();
+        known.verified.insert(key);
+        if signers.len() >= n - (n - 1) / 3 {
+            known.certified.insert(digest(&[msg]));
+        }
+    }
+
+    /// Whether a verified certificate over `msg` is known: then the consensus core holds one
+    /// and checks no other, so the check stage need not either.
+    pub fn certified(&self, msg: &[u8]) -> bool {
+        self.bls_known().certified.contains(&digest(&[msg]))
+    }
+
+    /// Whether `signers[i]` signed `msg` with `sigs[i]`, for every i, is already known: each is
+    /// this bank's own signature, was verified alone, or belongs to the one verified group used.
+    fn known_votes(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> bool {
+        let known = self.bls_known();
+        let own = known.own.get(&digest(&[msg]));
+        let covered: Vec<bool> = signers
+            .iter()
+            .zip(sigs)
+            .map(|(s, sig)| {
+                (Some(*s) == self.me && own.is_some_and(|o| o[..] == sig[..])) || known.verified.contains(&bls_key(&[*s], msg, sig))
+            })
+            .collect();
+        if covered.iter().all(|c| *c) {
+            return true;
+        }
+        let Some(groups) = known.groups.get(&digest(&[msg])) else { return false };
+        let position = |signer: usize, sig: &[u8]| signers.iter().zip(sigs).position(|(s, g)| *s == signer && g[..] == sig[..]);
+        for group in groups {
+            let places: Option<Vec<usize>> = group.iter().map(|(s, sig)| position(*s, sig)).collect();
+            let Some(places) = places else { continue };
+            let mut with = covered.clone();
+            for p in places {
+                with[p] = true;
+            }
+            if with.iter().all(|c| *c) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn verify_one_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
         let Some(key) = self.operation_keys.get(bank) else { return false };
         let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
@@ -259,14 +393,31 @@ impl ChainCrypto {
 
 impl Crypto for ChainCrypto {
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let _cpu = cpu::section(cpu::Component::Crypto);
         // A verifier never signs; an empty signature verifies nowhere.
-        self.bls.as_ref().map(|k| k.sign(msg).to_bytes().to_vec()).unwrap_or_default()
+        let Some(key) = self.bls.as_ref() else { return Vec::new() };
+        let d = digest(&[msg]);
+        if let Some(sig) = self.bls_known().own.get(&d) {
+            return sig.clone();
+        }
+        let sig = {
+            let _cpu = cpu::section(cpu::Component::Crypto);
+            key.sign(msg).to_bytes().to_vec()
+        };
+        self.bls_known().own.get_or_insert_with(d, || sig.clone());
+        sig
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let key = bls_key(&[signer], msg, sig);
+        if self.bls_known().verified.contains(&key) {
+            return true;
+        }
         let _cpu = cpu::section(cpu::Component::Crypto);
-        let (Some(pk), Ok(sig)) = (self.bls_keys.get(signer), Signature::from_bytes(sig)) else { return false };
-        pk.verify(msg, &sig)
+        let (Some(pk), Ok(parsed)) = (self.bls_keys.get(signer), Signature::from_bytes(sig)) else { return false };
+        let valid = pk.verify(msg, &parsed);
+        if valid {
+            self.bls_known().verified.insert(key);
+        }
+        valid
     }
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
         let _cpu = cpu::section(cpu::Component::Crypto);
@@ -275,15 +426,30 @@ impl Crypto for ChainCrypto {
         Signature::aggregate(&refs).ok().map(|s| s.to_bytes().to_vec())
     }
     fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+        let key = bls_key(signers, msg, agg);
+        if self.bls_known().verified.contains(&key) {
+            return true;
+        }
         let _cpu = cpu::section(cpu::Component::Crypto);
-        let Ok(agg) = Signature::from_bytes(agg) else { return false };
+        let Ok(parsed) = Signature::from_bytes(agg) else { return false };
         let keys: Option<Vec<&PublicKey>> = signers.iter().map(|&i| self.bls_keys.get(i)).collect();
-        keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &agg))
+        let valid = keys.is_some_and(|k| crypto::verify_aggregate(&k, msg, &parsed));
+        if valid {
+            self.remember_aggregate(key, signers, msg);
+        }
+        valid
     }
     fn aggregate_verified(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> Option<Vec<u8>> {
-        let _cpu = cpu::section(cpu::Component::Crypto);
         let keys: Vec<&PublicKey> = signers.iter().map(|&i| self.bls_keys.get(i)).collect::<Option<_>>()?;
-        crypto::aggregate_and_verify(&keys, msg, sigs).map(|agg| agg.to_bytes().to_vec())
+        if keys.is_empty() || keys.len() != sigs.len() {
+            return None;
+        }
+        let known = self.known_votes(signers, msg, sigs);
+        let _cpu = cpu::section(cpu::Component::Crypto);
+        let agg = if known { crypto::sum_signatures(sigs, false) } else { crypto::aggregate_and_verify(&keys, msg, sigs) }?;
+        let agg = agg.to_bytes().to_vec();
+        self.remember_aggregate(bls_key(signers, msg, &agg), signers, msg);
+        Some(agg)
     }
     fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
         let _cpu = cpu::section(cpu::Component::Crypto);
@@ -370,6 +536,27 @@ mod tests {
         // A remembered signature counts only for the bank and bytes it was checked for.
         assert!(!cryptos[0].verify_operation(0, &fresh[1].1, &fresh[1].2));
         assert!(!cryptos[0].verify_operations(0, &[(fresh[1].1.clone(), fresh[1].2.as_slice())]));
+        // Certificates: peers' votes checked as a group by the check stage, plus this bank's
+        // own vote, make a QC any auditor accepts; a group never vouches for anyone outside it.
+        let vote = b"vote for block";
+        let votes: Vec<Vec<u8>> = cryptos.iter().map(|c| c.sign(vote)).collect();
+        let v = |i: usize| votes[i].as_slice();
+        let me = &cryptos[3];
+        assert!(me.precheck_votes(vote, &[(0, v(0)), (1, v(1))]));
+        assert!(!me.certified(vote));
+        let qc = me.aggregate_verified(&[0, 1, 3], vote, &[v(0), v(1), v(3)]).unwrap();
+        assert!(cryptos[2].verify_aggregate(&[0, 1, 3], vote, &qc), "an auditor accepts it");
+        assert!(me.certified(vote));
+        let mut bad = votes[2].clone();
+        bad[7] ^= 1;
+        assert!(me.aggregate_verified(&[0, 2, 3], vote, &[v(0), &bad, v(3)]).is_none(), "part of a group vouches for nobody else");
+        assert!(me.aggregate_verified(&[0, 1, 2], vote, &[v(0), v(1), &bad]).is_none());
+        assert!(!me.precheck_votes(b"other", &[(0, v(0)), (1, v(1))]), "votes for another message");
+        assert!(!me.precheck_votes(vote, &[(0, v(0)), (2, &bad)]));
+        // A timeout signature checked once is remembered, a bad one is not.
+        assert!(me.verify(1, vote, v(1)));
+        assert!(!me.verify(2, vote, &bad));
+        assert!(!me.verify(2, vote, v(1)), "remembered for its signer only");
         // A forged proof of possession is refused.
         let mut bad = genesis.clone();
         bad.validators[1].proof_of_possession = bad.validators[2].proof_of_possession.clone();

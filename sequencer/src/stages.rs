@@ -7,6 +7,11 @@
 //!   they carry (forwarded batches and proposed blocks) in one batch across messages and banks,
 //!   leaving the results in [`ChainCrypto`]'s cache. When the core then checks the same
 //!   signatures, it finds them there. Order is kept: messages reach the core as they arrived.
+//! - The same stage does the BLS work it can before the core needs it: once a quorum less one of
+//!   peers' votes for a block is in, it checks their sum with one pairing and leaves the group in
+//!   [`ChainCrypto`]'s cache, so the core, adding its own vote, forms the certificate without one;
+//!   it checks timeout signatures, and certificates the core does not hold yet (a proposal that
+//!   arrives before the votes it certifies), the same way.
 //! - [`sign_submissions`] stamps and signs this bank's client writes (one signature per batch) and
 //!   hands the signed batch to the core.
 //!
@@ -17,7 +22,9 @@
 use std::sync::Arc;
 
 use bftcd_proto::bftcd::peer_message::Kind;
-use bftcd_proto::bftcd::{Operation, PeerMessage};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use bftcd_proto::bftcd::{Operation, PeerMessage, QuorumCert, Vote};
 use bftcd_proto::Message;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -51,11 +58,17 @@ pub async fn check_incoming(
     out: mpsc::Sender<Checked>,
 ) {
     let mut batch = Vec::with_capacity(CHECK_BATCH);
+    let mut tally = VoteTally::default();
     loop {
         if raw.recv_many(&mut batch, CHECK_BATCH).await == 0 {
             return;
         }
         let decoded: Vec<Checked> = batch.drain(..).map(|(from, bytes)| decode(from as usize, bytes)).collect();
+        for m in &decoded {
+            if let Checked::Message { from, msg } = m {
+                precheck_bls(*from, msg, &mut tally, &crypto, &domain);
+            }
+        }
         let signed = operation_signatures(&decoded, &domain);
         if !signed.is_empty() {
             crypto.precheck_operations(&signed);
@@ -78,6 +91,122 @@ fn decode(from: usize, bytes: Bytes) -> Checked {
             tracing::warn!(peer = from, error = %e, "consensus: undecodable message dropped");
             Checked::Refused { from }
         }
+    }
+}
+
+/// What a vote is for: (view, block hash, justify view).
+type VoteKey = (u64, Vec<u8>, u64);
+
+/// Peers' votes seen, per (view, block hash, justify view), until a quorum less one is in.
+#[derive(Default)]
+struct VoteTally {
+    votes: BTreeMap<VoteKey, BTreeMap<usize, Vec<u8>>>,
+    /// Keys each peer added, oldest first: a peer holds at most [`TALLY_PER_PEER`], so one that
+    /// floods votes only pushes out its own.
+    by_peer: BTreeMap<usize, VecDeque<VoteKey>>,
+    checked: HashSet<VoteKey>,
+    /// Per proposer, the highest view whose vote was signed ahead.
+    presigned: BTreeMap<usize, u64>,
+}
+
+const TALLY_PER_PEER: usize = 4;
+
+impl VoteTally {
+    /// Records `v` from `from`; returns the votes to check together when this one completes a
+    /// quorum less one (the core's own vote makes the quorum).
+    fn add(&mut self, from: usize, v: &Vote, quorum: usize) -> Option<Vec<(usize, Vec<u8>)>> {
+        let key = (v.view, v.block_hash.clone(), v.justify_view);
+        let entry = self.votes.entry(key.clone()).or_default();
+        if entry.contains_key(&from) {
+            return None;
+        }
+        entry.insert(from, v.signature.clone());
+        let ready = entry.len() + 1 == quorum && self.checked.insert(key.clone());
+        let group = ready.then(|| entry.iter().map(|(s, sig)| (*s, sig.clone())).collect());
+        let mine = self.by_peer.entry(from).or_default();
+        mine.push_back(key);
+        if mine.len() > TALLY_PER_PEER {
+            if let Some(old) = mine.pop_front() {
+                if let Some(e) = self.votes.get_mut(&old) {
+                    e.remove(&from);
+                    if e.is_empty() {
+                        self.votes.remove(&old);
+                        self.checked.remove(&old);
+                    }
+                }
+            }
+        }
+        group
+    }
+
+    fn presign(&mut self, proposer: usize, view: u64) -> bool {
+        let last = self.presigned.entry(proposer).or_default();
+        std::mem::replace(last, (*last).max(view)) < view
+    }
+
+    fn group_checked(&self, view: u64, hash: &[u8], justify_view: u64) -> bool {
+        self.checked.contains(&(view, hash.to_vec(), justify_view))
+    }
+}
+
+/// The BLS checks of `msg` the consensus core would otherwise do itself, done here and left in
+/// the cache. Only what the core will need: malformed messages are left for it to refuse.
+fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &ChainCrypto, domain: &Domain) {
+    let quorum = domain.quorum();
+    match &msg.kind {
+        Some(Kind::Vote(v)) => {
+            if v.signer as usize != from || v.epoch != domain.epoch || v.justify_view >= v.view || v.block_hash.len() != 32 {
+                return;
+            }
+            if let Some(group) = tally.add(from, v, quorum) {
+                let bytes = domain.vote_bytes(v.view, &v.block_hash, v.justify_view);
+                if !crypto.certified(&bytes) {
+                    let refs: Vec<(usize, &[u8])> = group.iter().map(|(s, sig)| (*s, sig.as_slice())).collect();
+                    crypto.precheck_votes(&bytes, &refs);
+                }
+            }
+        }
+        Some(Kind::Proposal(p)) => {
+            let Some(block) = p.block.as_ref() else { return };
+            let Some(qc) = block.justify.as_ref() else { return };
+            // When peers' votes for it were checked here, the core forms this QC itself.
+            if !tally.group_checked(qc.view, &qc.block_hash, qc.justify_view) {
+                precheck_qc(qc, crypto, domain);
+            }
+            // The vote the core will most likely cast, signed ahead (BLS signing is deterministic,
+            // so the core finds this signature instead of computing it). Only on the common path
+            // (the view right after a certified one) and only the first proposal a proposer makes
+            // for a view: a peer cannot make this bank sign for views the chain has not reached.
+            let certified = crypto.certified(&domain.vote_bytes(qc.view, &qc.block_hash, qc.justify_view));
+            if block.proposer as usize == from && block.view == qc.view + 1 && certified && tally.presign(from, block.view) {
+                crypto.sign(&domain.vote_bytes(block.view, &crate::block_hash(block), qc.view));
+            }
+        }
+        Some(Kind::Timeout(t)) => {
+            if t.signer as usize != from || t.epoch != domain.epoch {
+                return;
+            }
+            if let Some(qc) = &t.high_qc {
+                if qc.view < t.view {
+                    precheck_qc(qc, crypto, domain);
+                    crypto.verify(from, &domain.timeout_bytes(t.view, qc.view), &t.signature);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn precheck_qc(qc: &QuorumCert, crypto: &ChainCrypto, domain: &Domain) {
+    if qc.view == 0 || qc.epoch != domain.epoch || qc.justify_view >= qc.view || qc.block_hash.len() != 32 {
+        return;
+    }
+    let bytes = domain.vote_bytes(qc.view, &qc.block_hash, qc.justify_view);
+    if crypto.certified(&bytes) {
+        return;
+    }
+    if let Some(signers) = domain.signers(&qc.signers).filter(|s| s.len() >= domain.quorum()) {
+        crypto.verify_aggregate(&signers, &bytes, &qc.aggregate_signature);
     }
 }
 
@@ -138,5 +267,48 @@ pub async fn sign_submissions(
         if out.send(ops.into_iter().zip(replies).collect()).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(view: u64, block: u8, signer: u32) -> Vote {
+        Vote { epoch: 1, view, block_hash: vec![block; 32], justify_view: view - 1, signer, signature: vec![signer as u8; 48] }
+    }
+
+    #[test]
+    fn the_tally_hands_over_a_quorum_less_one_once() {
+        let mut t = VoteTally::default();
+        // n = 4, quorum 3: two peers' votes make the group.
+        assert!(t.add(0, &vote(5, 1, 0), 3).is_none());
+        assert!(t.add(0, &vote(5, 1, 0), 3).is_none(), "a repeated vote counts once");
+        assert!(t.add(1, &vote(5, 2, 1), 3).is_none(), "a vote for another block is another tally");
+        let group = t.add(2, &vote(5, 1, 2), 3).expect("quorum less one");
+        assert_eq!(group.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
+        assert!(t.group_checked(5, &[1; 32], 4));
+        assert!(t.add(1, &vote(5, 1, 1), 3).is_none(), "handed over once");
+    }
+
+    #[test]
+    fn a_flooding_peer_pushes_out_only_its_own_votes() {
+        let mut t = VoteTally::default();
+        assert!(t.add(0, &vote(7, 1, 0), 3).is_none());
+        for view in 100..200 {
+            assert!(t.add(3, &vote(view, 9, 3), 3).is_none());
+        }
+        assert!(t.votes.len() <= 1 + TALLY_PER_PEER);
+        assert!(t.add(1, &vote(7, 1, 1), 3).is_some(), "the honest tally survived the flood");
+    }
+
+    #[test]
+    fn votes_are_signed_ahead_once_per_proposer_and_view() {
+        let mut t = VoteTally::default();
+        assert!(t.presign(2, 10));
+        assert!(!t.presign(2, 10));
+        assert!(!t.presign(2, 9));
+        assert!(t.presign(1, 10));
+        assert!(t.presign(2, 11));
     }
 }
