@@ -6,7 +6,7 @@
 //! cargo build --release --workspace --bins
 //! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64[,256...]]
 //!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]]
-//!     [--workload put,txn,range-lin,range-ser|both|all] [--range-keys 1000]
+//!     [--workload put,txn,range-lin,range-ser,mixed|both|all] [--range-keys 1000]
 //!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds 3] [--trace-writes 50]
 //! ```
 //!
@@ -19,13 +19,16 @@
 //! - `raft3` (alias `cluster3`): a 3-member stock etcd Raft cluster; client `i` talks to member
 //!   `i mod 3`.
 //!
-//! Workloads (`--workload`: a comma list; `both` = `put,txn`, the default; `all` = all four):
+//! Workloads (`--workload`: a comma list; `both` = `put,txn`, the default; `all` = all five):
 //! - `put`: a Put of a `--value-size` (256-byte) value, on distinct keys;
 //! - `txn`: the conditional create kube-apiserver issues for every new object, on distinct keys:
 //!   `Txn If ModRevision(key) == 0 Then Put(key, value) Else Get(key)`;
 //! - `range-lin`: a linearizable (default consistency) Range (Get) of one existing key, picked at
 //!   random among `--range-keys` (1000) keys of `--value-size` bytes;
-//! - `range-ser`: the same with serializable consistency.
+//! - `range-ser`: the same with serializable consistency;
+//! - `mixed`: what a Kubernetes control plane mostly does, reads with some writes: of every ten
+//!   operations, nine linearizable Gets and one Put, all on the preloaded keys (so the writes
+//!   keep the read-index rounds busy with fresh heights).
 //!
 //! Before the first range phase on a target, the `--range-keys` keys are written through it by 16
 //! concurrent clients (not timed) and the benchmark waits until every endpoint of the target
@@ -119,6 +122,7 @@ enum Workload {
     Txn,
     RangeLin,
     RangeSer,
+    Mixed,
 }
 
 const ALL_WORKLOADS: &[Workload] = &[
@@ -126,6 +130,7 @@ const ALL_WORKLOADS: &[Workload] = &[
     Workload::Txn,
     Workload::RangeLin,
     Workload::RangeSer,
+    Workload::Mixed,
 ];
 
 impl Workload {
@@ -135,6 +140,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::RangeLin => "range-lin",
             Workload::RangeSer => "range-ser",
+            Workload::Mixed => "mixed",
         }
     }
 
@@ -144,7 +150,7 @@ impl Workload {
 
     /// Reads of preloaded keys (instead of writes of distinct keys).
     fn is_range(self) -> bool {
-        matches!(self, Workload::RangeLin | Workload::RangeSer)
+        matches!(self, Workload::RangeLin | Workload::RangeSer | Workload::Mixed)
     }
 }
 
@@ -152,13 +158,14 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench [--ops N (default 50000)] [--clients C[,C...] (default 64)] [--duration SECS (default 10)]\n\
          \x20            [--value-size BYTES (default 256)] [--targets direct,sidecar,bft4,raft3 (default direct,sidecar)]\n\
-         \x20            [--workload put,txn,range-lin,range-ser|both|all (default both = put,txn)]\n\
+         \x20            [--workload put,txn,range-lin,range-ser,mixed|both|all (default both = put,txn)]\n\
          \x20            [--range-keys N (default 1000)] [--op-timeout SECS (default 10)]\n\
          \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds N (default 1)] [--trace-writes N]\n\
          targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 / bft7 = 4 / 7 banks ordering\n\
          with HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
          workloads: put, txn (create-if-absent) on distinct keys; range-lin / range-ser = linearizable /\n\
-         serializable Get of one of --range-keys preloaded keys.\n\
+         serializable Get of one of --range-keys preloaded keys; mixed = 9 linearizable Gets and 1 Put\n\
+         of every 10 operations on those keys.\n\
          --clients: one concurrent phase per client count (each client has its own connection).\n\
          --check-perf: after the phases, run `etcdctl check perf --load LOAD` (about 60 s) against\n\
          every target's endpoints and report PASS/FAIL.\n\
@@ -664,8 +671,13 @@ async fn one_op(
     workload: Workload,
     key: String,
     value: &[u8],
+    i: u64,
 ) -> Result<OpOutcome, etcd_client::Error> {
     match workload {
+        Workload::Mixed if i % 10 == 0 => {
+            conn.put(key, value, None).await?;
+            Ok(OpOutcome::Done)
+        }
         Workload::Put => {
             conn.put(key, value, None).await?;
             Ok(OpOutcome::Done)
@@ -683,7 +695,7 @@ async fn one_op(
                 OpOutcome::Unexpected
             })
         }
-        Workload::RangeLin | Workload::RangeSer => {
+        Workload::RangeLin | Workload::RangeSer | Workload::Mixed => {
             // Default consistency is linearizable.
             let opts = (workload == Workload::RangeSer).then(|| GetOptions::new().with_serializable());
             let resp = conn.get(key, opts).await?;
@@ -738,7 +750,7 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
         let value = value.clone();
         async move {
             let _ = if workload.is_range() {
-                tokio::time::timeout(op_timeout, one_op(c, workload, range_key(i % range_keys), &value))
+                tokio::time::timeout(op_timeout, one_op(c, workload, range_key(i % range_keys), &value, 1))
                     .await
                     .map(|r| r.map(|_| ()))
             } else {
@@ -813,7 +825,7 @@ async fn run_phase(spec: PhaseSpec<'_>) -> PhaseResult {
                 };
                 let limit = op_timeout.min(hard_stop.saturating_duration_since(now));
                 let t0 = Instant::now();
-                let r = tokio::time::timeout(limit, one_op(&mut conn, workload, key, &value)).await;
+                let r = tokio::time::timeout(limit, one_op(&mut conn, workload, key, &value, i)).await;
                 match r {
                     Ok(Ok(outcome)) => {
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);

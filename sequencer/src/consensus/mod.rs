@@ -163,6 +163,9 @@ pub struct Core {
     /// Blocks above the committed tip (and the tip itself), by hash.
     /// Shared with the consensus log's writes (`Output::PersistBlock`): never copied.
     blocks: HashMap<Hash, Arc<Block>>,
+    /// Headers of blocks in `blocks`, each computed once: a commit proof and every read-index
+    /// answer carry one, and a header hashes all of its block's operations.
+    headers: std::cell::RefCell<HashMap<Hash, Block>>,
     committed: Tip,
     /// Hashes of recently committed blocks by height, to recognise a conflicting commit.
     committed_hashes: BTreeMap<u64, Hash>,
@@ -299,6 +302,7 @@ impl Core {
             read: ReadRounds::default(),
             committed_operations: 0,
             in_flight_cache: Default::default(),
+            headers: Default::default(),
             out: Vec::new(),
         }
     }
@@ -766,12 +770,13 @@ impl Core {
             }
             return;
         }
-        let mut chain = vec![block.clone()];
+        let Some(child_hash) = hash32(&qc.block_hash) else { return };
+        let mut chain = vec![(hash32(&child.parent_hash).unwrap_or_default(), block.clone())];
         let mut cur = hash32(&block.parent_hash).unwrap_or_default();
-        while chain.last().map(|b| b.height).unwrap_or(0) > self.committed.height + 1 {
+        while chain.last().map(|(_, b)| b.height).unwrap_or(0) > self.committed.height + 1 {
             match self.blocks.get(&cur) {
                 Some(b) => {
-                    chain.push(b.clone());
+                    chain.push((cur, b.clone()));
                     cur = hash32(&b.parent_hash).unwrap_or_default();
                 }
                 None => return self.ask_sync(from, &cur),
@@ -788,8 +793,7 @@ impl Core {
         }
         chain.reverse();
         let last = chain.len() - 1;
-        for (i, b) in chain.into_iter().enumerate() {
-            let hash = block_hash(&b);
+        for (i, (hash, b)) in chain.into_iter().enumerate() {
             if !b.operations.is_empty() {
                 self.committed_operations = b.height;
             }
@@ -801,7 +805,7 @@ impl Core {
             }
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
             self.committed_hashes.insert(b.height, hash);
-            let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(header(child))) } else { (None, None) };
+            let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(self.header_of(&child_hash, child))) } else { (None, None) };
             let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
         }
@@ -812,6 +816,8 @@ impl Core {
         let floor = self.committed.height;
         let tip = self.committed.hash;
         self.blocks.retain(|h, b| b.height > floor || *h == tip);
+        let blocks = &self.blocks;
+        self.headers.get_mut().retain(|h, _| blocks.contains_key(h));
     }
 
     // ---- proposing and voting -------------------------------------------------------------
@@ -932,7 +938,9 @@ impl Core {
             return self.reject(from, "block carries invalid or repeated operations");
         }
         let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
-        let hash = block_hash(&block);
+        let head = header(&block);
+        let hash = block_hash(&head);
+        self.headers.get_mut().insert(hash, head);
         let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
@@ -1186,7 +1194,7 @@ impl Core {
     /// certified (on the chain its high QC certifies, or committed), and that QC's block.
     /// Empty blocks do not count: nothing guarantees they ever commit everywhere, and a read
     /// waiting for one could wait for good.
-    fn read_answer(&self) -> (u64, Option<&Block>) {
+    fn read_answer(&self) -> (u64, Option<(Hash, &Block)>) {
         let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
         let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
         let mut cur = top;
@@ -1202,7 +1210,12 @@ impl Core {
                 None => break top_block.height,
             }
         };
-        (height, Some(top_block))
+        (height, Some((top, top_block)))
+    }
+
+    /// The header of `block`, whose hash is `hash`; computed once per block.
+    fn header_of(&self, hash: &Hash, block: &Block) -> Block {
+        self.headers.borrow_mut().entry(*hash).or_insert_with(|| header(block)).clone()
     }
 
     fn on_read_index(&mut self) {
@@ -1234,12 +1247,13 @@ impl Core {
 
     fn on_read_index_request(&mut self, from: usize, r: ReadIndexRequest) {
         let (height, block) = self.read_answer();
-        let Some(block) = block else { return };
+        let Some((hash, block)) = block else { return };
+        let header = self.header_of(&hash, block);
         let reply = ReadIndexReply {
             round: r.round,
             height,
             high_qc: Some(self.high_qc.clone()),
-            header: Some(header(block)),
+            header: Some(header),
             committed_height: self.committed.height,
         };
         self.out.push(Output::Send { to: from, msg: msg(Kind::ReadIndexReply(reply)) });
