@@ -674,7 +674,7 @@ async fn one_op(
     i: u64,
 ) -> Result<OpOutcome, etcd_client::Error> {
     match workload {
-        Workload::Mixed if i % 10 == 0 => {
+        Workload::Mixed if i.is_multiple_of(10) => {
             conn.put(key, value, None).await?;
             Ok(OpOutcome::Done)
         }
