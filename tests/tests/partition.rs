@@ -5,6 +5,9 @@
 //! same revision and HashKV.
 //!
 //! Skipped, with the reason, where iptables cannot be used (not root, no netfilter).
+//!
+//! The cut lasts 10 s with one writer per bank; `BFTCD_PARTITION_CUT_SECS` and
+//! `BFTCD_PARTITION_WRITERS` (writers per bank) make it longer or heavier by hand.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,8 +18,12 @@ use bftcd_tests::netcut::{self, Cgroup, NetCut};
 use bftcd_tests::{bftcd_bin, Chain, Deviant, Etcdctl, TestDir};
 use tonic::transport::Channel;
 
-/// How long bank 4 stays cut off.
+/// How long bank 4 stays cut off, by default.
 const CUT: Duration = Duration::from_secs(10);
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 /// How long bank 4 may take after the heal to serve the latest write (the target is 5 s).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 /// Banks 1-3 dial bank 4 again within this of the heal (reconnect backoff is capped at 1 s and a
@@ -62,11 +69,11 @@ fn count(log: &str, peer: usize, what: &str) -> usize {
 
 /// One writer through one bank until `stop`: every write must succeed. Returns the keys written
 /// and the slowest write.
-async fn writer(endpoint: String, bank: usize, stop: Arc<AtomicBool>) -> (Vec<String>, Duration) {
+async fn writer(endpoint: String, bank: usize, id: usize, stop: Arc<AtomicBool>) -> (Vec<String>, Duration) {
     let mut keys = Vec::new();
     let mut slowest = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("cut/{bank}/{:04}", keys.len());
+        let key = format!("cut/{bank}/{id}/{:05}", keys.len());
         let started = Instant::now();
         if let Err(e) = put(&endpoint, &key, "during the cut").await {
             panic!("write {key} through bank {} failed during the cut: {e}", bank + 1);
@@ -108,8 +115,11 @@ async fn cut_off_bank_catches_up_after_the_heal() {
     cut.isolate(chain.banks[3].peer_port, cgroup.as_ref(), &others);
     let cut_at = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3).map(|b| tokio::spawn(writer(endpoints[b].clone(), b, stop.clone()))).collect();
-    tokio::time::sleep(CUT).await;
+    let per_bank = env_or("BFTCD_PARTITION_WRITERS", 1) as usize;
+    let writers: Vec<_> = (0..3 * per_bank)
+        .map(|w| tokio::spawn(writer(endpoints[w % 3].clone(), w % 3, w / 3, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(env_or("BFTCD_PARTITION_CUT_SECS", CUT.as_secs()))).await;
     stop.store(true, Ordering::Relaxed);
     let mut written = Vec::new();
     let mut slowest = Duration::ZERO;

@@ -142,7 +142,11 @@ async fn serve_inbound(
                 }
                 Err(ReadError::Silent(idle)) => {
                     counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
-                    warn!(peer = from, ?idle, "inbound peer silent; closing connection");
+                    warn!(
+                        peer = from,
+                        ?idle,
+                        "inbound peer silent; closing connection"
+                    );
                     return;
                 }
                 Err(ReadError::Io(e)) => {
@@ -251,13 +255,18 @@ pub(super) async fn dial_loop(
     loop {
         let started = Instant::now();
         let attempt = async {
-            let tcp = timeout(keepalive.connect_timeout, TcpStream::connect(address.as_str()))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+            let tcp = timeout(
+                keepalive.connect_timeout,
+                TcpStream::connect(address.as_str()),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
             tcp.set_nodelay(true)?;
             let stream = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             tls::negotiated(stream.get_ref().1.alpn_protocol())
                 .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
             Ok::<_, io::Error>(stream)

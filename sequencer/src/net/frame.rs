@@ -217,7 +217,11 @@ mod tests {
         let mut rd = &wire[..];
         let mut buf = BytesMut::new();
         for i in 1..=50u8 {
-            let Frame::Data(f) = read_frame(&mut rd, &mut buf, 64, IDLE).await.unwrap().unwrap() else {
+            let Frame::Data(f) = read_frame(&mut rd, &mut buf, 64, IDLE)
+                .await
+                .unwrap()
+                .unwrap()
+            else {
                 panic!("frame {i} read as a ping");
             };
             assert_eq!(f.len(), i as usize);
@@ -227,7 +231,10 @@ mod tests {
                 assert_eq!(p, Some(Frame::Ping));
             }
         }
-        assert!(read_frame(&mut rd, &mut buf, 64, IDLE).await.unwrap().is_none());
+        assert!(read_frame(&mut rd, &mut buf, 64, IDLE)
+            .await
+            .unwrap()
+            .is_none());
 
         let truncated = [0u8, 0, 0, 5, 1, 2];
         let mut rd = &truncated[..];
@@ -264,7 +271,10 @@ mod tests {
         });
         let mut buf = BytesMut::new();
         let f = read_frame(&mut rx, &mut buf, 64, idle).await.unwrap();
-        assert_eq!(f, Some(Frame::Data(Bytes::from_static(&[0, 1, 2, 3, 4, 5, 6, 7]))));
+        assert_eq!(
+            f,
+            Some(Frame::Data(Bytes::from_static(&[0, 1, 2, 3, 4, 5, 6, 7])))
+        );
         let start = tokio::time::Instant::now();
         assert!(matches!(
             read_frame(&mut rx, &mut buf, 64, idle).await,

@@ -604,7 +604,10 @@ async fn silent_peer_is_detected_and_reconnected() {
     let k = Keepalive::default();
     let (mut nodes, relays) = relayed_pair(|_| {}).await;
     let (a, b) = (nodes[0].net.clone(), nodes[1].net.clone());
-    within_limit("link up", Duration::from_secs(10), || link_up(&a, 1) && link_up(&b, 0)).await;
+    within_limit("link up", Duration::from_secs(10), || {
+        link_up(&a, 1) && link_up(&b, 0)
+    })
+    .await;
     // Idle but healthy: pings keep the link up well past the idle timeout.
     sleep(k.idle_timeout * 2).await;
     assert!(link_up(&a, 1) && link_up(&b, 0), "{:?}", a.stats());
@@ -614,15 +617,20 @@ async fn silent_peer_is_detected_and_reconnected() {
     for r in &relays {
         r.set_open(false);
     }
-    let took = within_limit("both sides notice the silence", k.idle_timeout + Duration::from_secs(2), || {
-        link_down(&a, 1) && link_down(&b, 0)
-    })
+    let took = within_limit(
+        "both sides notice the silence",
+        k.idle_timeout + Duration::from_secs(2),
+        || link_down(&a, 1) && link_down(&b, 0),
+    )
     .await;
     eprintln!("silence noticed on both sides after {took:?}");
     let s = a.stats();
     let p = s.peer(1).unwrap();
     assert!(p.keepalive_timeouts >= 1, "{p:?}");
-    assert!(p.last_heard.unwrap() >= k.idle_timeout - k.ping_interval, "{p:?}");
+    assert!(
+        p.last_heard.unwrap() >= k.idle_timeout - k.ping_interval,
+        "{p:?}"
+    );
     // Sending into the cut never blocks; the queue keeps the messages.
     for i in 0..100u32 {
         a.send(1, Bytes::from(format!("cut:{i}")));
@@ -632,13 +640,17 @@ async fn silent_peer_is_detected_and_reconnected() {
     for r in &relays {
         r.set_open(true);
     }
-    let took = within_limit("reconnected after the heal", k.reconnect_max + Duration::from_secs(3), || {
-        link_up(&a, 1) && link_up(&b, 0)
-    })
+    let took = within_limit(
+        "reconnected after the heal",
+        k.reconnect_max + Duration::from_secs(3),
+        || link_up(&a, 1) && link_up(&b, 0),
+    )
     .await;
     eprintln!("reconnected {took:?} after the heal");
     for i in 0..100u32 {
-        let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5)).await.unwrap();
+        let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!((from, &payload[..]), (0, format!("cut:{i}").as_bytes()));
     }
     deliver_pair(&mut nodes, b"after").await;
@@ -653,9 +665,12 @@ async fn deliver_pair(nodes: &mut [Node], prefix: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         'outer: loop {
             assert!(Instant::now() < deadline, "{from} -> {to} never delivered");
-            nodes[from].net.send(to as u32, Bytes::copy_from_slice(prefix));
+            nodes[from]
+                .net
+                .send(to as u32, Bytes::copy_from_slice(prefix));
             let until = Instant::now() + Duration::from_millis(100);
-            while let Ok(Some((f, p))) = timeout(until - Instant::now(), nodes[to].rx.recv()).await {
+            while let Ok(Some((f, p))) = timeout(until - Instant::now(), nodes[to].rx.recv()).await
+            {
                 if f == from as u32 && p.starts_with(prefix) {
                     break 'outer;
                 }
@@ -682,22 +697,34 @@ async fn repeated_cuts_keep_the_newest_messages() {
     .await;
     let (a, b) = (nodes[0].net.clone(), nodes[1].net.clone());
     for round in 0..3u32 {
-        within_limit("link up", Duration::from_secs(5), || link_up(&a, 1) && link_up(&b, 0)).await;
+        within_limit("link up", Duration::from_secs(5), || {
+            link_up(&a, 1) && link_up(&b, 0)
+        })
+        .await;
         deliver_pair(&mut nodes, format!("hello:{round}").as_bytes()).await;
         for r in &relays {
             r.set_open(false);
         }
-        within_limit("silence noticed", k.idle_timeout + Duration::from_secs(1), || {
-            link_down(&a, 1) && link_down(&b, 0)
-        })
+        within_limit(
+            "silence noticed",
+            k.idle_timeout + Duration::from_secs(1),
+            || link_down(&a, 1) && link_down(&b, 0),
+        )
         .await;
-        while recv(&mut nodes[1].rx, Duration::from_millis(10)).await.is_some() {}
+        while recv(&mut nodes[1].rx, Duration::from_millis(10))
+            .await
+            .is_some()
+        {}
         let before = a.stats().peer(1).unwrap().dropped;
         let start = std::time::Instant::now();
         for i in 0..1000u32 {
             a.send(1, Bytes::from(format!("m:{round}:{i:04}")));
         }
-        assert!(start.elapsed() < Duration::from_millis(500), "send blocked: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "send blocked: {:?}",
+            start.elapsed()
+        );
         let s = a.stats();
         assert_eq!(s.peer(1).unwrap().queued, 50);
         assert_eq!(s.peer(1).unwrap().dropped - before, 950);
@@ -706,7 +733,9 @@ async fn repeated_cuts_keep_the_newest_messages() {
         }
         // The 50 newest arrive, in order, and nothing older.
         for i in 950..1000u32 {
-            let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5)).await.unwrap();
+            let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5))
+                .await
+                .unwrap();
             assert_eq!(
                 (from, std::str::from_utf8(&payload).unwrap()),
                 (0, format!("m:{round}:{i:04}").as_str())
