@@ -747,3 +747,52 @@ async fn repeated_cuts_keep_the_newest_messages() {
         node.net.shutdown().await;
     }
 }
+
+/// A peer that stays connected and pings but stops reading (its consumer is stuck): the
+/// sender's write stalls and is given up after the write timeout; once the consumer drains
+/// again, traffic flows on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_writes_are_given_up() {
+    let k = Keepalive {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        write_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(300),
+        reconnect_max: Duration::from_millis(200),
+    };
+    let (mut nodes, _relays) = relayed_pair(|cfg| {
+        cfg.keepalive = k;
+        cfg.queue_per_peer = 4;
+    })
+    .await;
+    let a = nodes[0].net.clone();
+    within_limit("link up", Duration::from_secs(5), || link_up(&a, 1)).await;
+    // Node 1 does not drain its receiver: after 4 queued messages its reader blocks, the TCP
+    // buffers fill and node 0's write makes no progress.
+    let start = Instant::now();
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    while a.stats().peer(1).unwrap().keepalive_timeouts == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stall never noticed: {:?}",
+            a.stats()
+        );
+        if a.stats().peer(1).unwrap().queued < 2 {
+            a.send(1, big.clone());
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("stalled write given up after {:?}", start.elapsed());
+    // Node 1's side of the stuck connection is not idle (it is blocked delivering), so it did
+    // not time out; the stall showed on the writer only.
+    assert_eq!(nodes[1].net.stats().peer(0).unwrap().keepalive_timeouts, 0);
+    while recv(&mut nodes[1].rx, Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+    deliver_pair(&mut nodes, b"unstuck").await;
+    assert!(a.stats().peer(1).unwrap().connects >= 2);
+    for node in &nodes {
+        node.net.shutdown().await;
+    }
+}
