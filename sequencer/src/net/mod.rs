@@ -505,6 +505,10 @@ impl Network {
             tasks.shutdown().await;
             info!(me = self.inner.shared.me, "peer transport stopped");
         }
+        for (_, c) in &self.inner.shared.counters.peers {
+            c.connected.store(false, Ordering::Relaxed);
+            c.inbound_connected.store(false, Ordering::Relaxed);
+        }
         self.inner
             .shared
             .inbound

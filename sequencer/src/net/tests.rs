@@ -334,6 +334,13 @@ async fn restarted_peer_is_reconnected() {
     let mut cfg3 = c.cfgs[3].clone();
     cfg3.listen = c.nodes[3].net.local_addr();
     c.nodes[3].net.shutdown().await;
+    let s3 = c.nodes[3].net.stats();
+    assert!(
+        s3.peers
+            .iter()
+            .all(|p| !p.connected && !p.inbound_connected),
+        "a stopped transport reports no connection: {s3:?}"
+    );
     while recv(&mut c.nodes[3].rx, Duration::from_secs(5))
         .await
         .is_some()
