@@ -15,6 +15,8 @@ pub struct Bank {
     pub name: String,
     pub etcd: EtcdProcess,
     pub sidecar: Sidecar,
+    /// The port its sidecar accepts other banks' peer connections on (127.0.0.1).
+    pub peer_port: u16,
     /// `IP:PORT` of the sidecar's metrics listener, when it was started with one.
     pub metrics: Option<String>,
 }
@@ -96,7 +98,7 @@ impl Chain {
             let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
             let sidecar = Sidecar::try_start_spec(dir, &name, &etcd.endpoint(), Some(client_ports[i]), bin, &extra)
                 .unwrap_or_else(|e| panic!("{e}"));
-            banks.push(Bank { name, etcd, sidecar, metrics });
+            banks.push(Bank { name, etcd, sidecar, peer_port: peer_ports[i], metrics });
         }
         Chain { banks, genesis }
     }

@@ -7,6 +7,7 @@
 //! - [`EtcdProcess`], [`EtcdCluster`]: stock etcd, one member or a Raft cluster.
 //! - [`Sidecar`]: `bftcd serve` in front of a stock etcd.
 //! - [`Etcdctl`], [`Etcdutl`]: the stock command-line tools with hard timeouts.
+//! - [`netcut`]: cutting a bank off its peers with iptables (partition tests).
 //! - [`compat`]: running the same etcdctl commands against stock etcd and a sidecar and
 //!   comparing the outputs modulo ids and timing.
 //!
@@ -22,6 +23,7 @@ pub mod dir;
 pub mod etcd;
 pub mod etcdctl;
 pub mod linearizability;
+pub mod netcut;
 pub mod ports;
 pub mod process;
 pub mod sidecar;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
@@ -16,16 +16,20 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, trace, warn};
 
-use super::frame::{read_frame, write_frame, ReadError};
+use super::frame::{encode_header, read_frame, Frame, ReadError, PING};
 use super::pki::fingerprint;
-use super::{tls, Shared, HANDSHAKE_TIMEOUT};
+use super::queue::PeerQueue;
+use super::stats::PeerCounters;
+use super::{tls, Keepalive, Shared, HANDSHAKE_TIMEOUT};
 use crate::cpu::{AccountedExt, Component};
 
+/// First pause between reconnect attempts; doubles up to `Keepalive::reconnect_max`.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(2);
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Writes are issued (and deadlined) in pieces of at most this many bytes.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Accepts connections until aborted. Dropping this future aborts every inbound reader.
 pub(super) async fn accept_loop(
@@ -92,6 +96,10 @@ async fn serve_inbound(
             return reject(&shared, addr, &reason);
         }
     };
+    if let Err(reason) = tls::negotiated(tls.get_ref().1.alpn_protocol()) {
+        let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+        return reject(&shared, addr, &format!("validator {from}: {reason}"));
+    }
 
     // One live inbound connection per peer: a newer one replaces (closes) the older one.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -108,40 +116,113 @@ async fn serve_inbound(
     let counters = shared
         .peer(from)
         .expect("authenticated peers have counters");
-    let mut buf = BytesMut::new();
-    loop {
-        tokio::select! {
-            r = read_frame(&mut tls, &mut buf, shared.max_frame) => match r {
-                Ok(Some(frame)) => {
-                    counters.received(frame.len());
+    counters.inbound_connected.store(true, Ordering::Relaxed);
+    counters.heard(shared.counters.epoch);
+    let keepalive = shared.keepalive;
+    let (mut rd, wr) = tokio::io::split(tls);
+    let reader = async {
+        let mut buf = BytesMut::new();
+        loop {
+            match read_frame(&mut rd, &mut buf, shared.max_frame, keepalive.idle_timeout).await {
+                Ok(Some(Frame::Data(frame))) => {
+                    counters.received(frame.len(), shared.counters.epoch);
                     if inbound_tx.send((from, frame)).await.is_err() {
-                        break;
+                        return;
                     }
                 }
+                Ok(Some(Frame::Ping)) => counters.heard(shared.counters.epoch),
                 Ok(None) => {
                     debug!(peer = from, "inbound peer closed the connection");
-                    break;
+                    return;
                 }
                 Err(ReadError::Invalid(reason)) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
                     warn!(peer = from, %addr, %reason, "protocol violation; closing connection");
-                    break;
+                    return;
+                }
+                Err(ReadError::Silent(idle)) => {
+                    counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        peer = from,
+                        ?idle,
+                        "inbound peer silent; closing connection"
+                    );
+                    return;
                 }
                 Err(ReadError::Io(e)) => {
                     debug!(peer = from, error = %e, "inbound connection failed");
-                    break;
+                    return;
                 }
-            },
-            _ = &mut kill_rx => {
-                debug!(peer = from, "inbound connection replaced by a newer one");
-                break;
             }
+        }
+    };
+    tokio::select! {
+        () = reader => {}
+        e = ping_every(wr, keepalive) => {
+            if e.kind() == io::ErrorKind::TimedOut {
+                counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = from, error = %e, "inbound peer not reading; closing connection");
+            } else {
+                debug!(peer = from, error = %e, "inbound connection failed");
+            }
+        }
+        _ = &mut kill_rx => {
+            debug!(peer = from, "inbound connection replaced by a newer one");
         }
     }
     let mut live = shared.inbound.lock().unwrap_or_else(|e| e.into_inner());
     if live.get(&from).is_some_and(|(cur, _)| *cur == id) {
         live.remove(&from);
+        counters.inbound_connected.store(false, Ordering::Relaxed);
     }
+}
+
+/// The accepting side's half of the keepalive: a ping every `ping_interval`, so that the dialer
+/// hears from us. Returns the error that ended it.
+async fn ping_every<W: AsyncWrite + Unpin>(mut wr: W, keepalive: Keepalive) -> io::Error {
+    let mut tick = tokio::time::interval(keepalive.ping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = write_ping(&mut wr, keepalive.write_timeout).await {
+            return e;
+        }
+    }
+}
+
+/// `op`, or a `TimedOut` error if it does not finish within `limit`.
+async fn within<T>(
+    limit: Duration,
+    op: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    timeout(limit, op).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("write made no progress for {limit:?}"),
+        ))
+    })
+}
+
+async fn write_ping<W: AsyncWrite + Unpin>(wr: &mut W, limit: Duration) -> io::Result<()> {
+    within(limit, async {
+        wr.write_all(&PING).await?;
+        wr.flush().await
+    })
+    .await
+}
+
+/// Writes one frame (no flush), each chunk of up to `WRITE_CHUNK` bytes within `limit`: a slow
+/// peer that keeps reading is fine, one that stopped is noticed.
+async fn write_frame_within<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    payload: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    within(limit, wr.write_all(&encode_header(payload.len()))).await?;
+    for chunk in payload.chunks(WRITE_CHUNK) {
+        within(limit, wr.write_all(chunk)).await?;
+    }
+    Ok(())
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -150,7 +231,7 @@ fn jittered(d: Duration) -> Duration {
 
 /// Why a writer stopped.
 enum Stop {
-    /// The queue's sender is gone (network dropped): end the task.
+    /// The queue was closed (network shut down): end the task.
     QueueClosed,
     /// The connection failed; reconnect.
     Failed(io::Error),
@@ -162,43 +243,57 @@ pub(super) async fn dial_loop(
     index: u32,
     address: String,
     connector: TlsConnector,
-    mut queue: mpsc::Receiver<Bytes>,
+    queue: Arc<PeerQueue>,
 ) {
     let counters = shared.peer(index).expect("dialed peers have counters");
+    let keepalive = shared.keepalive;
     let name = tls::server_name_for(&address);
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = BACKOFF_INITIAL.min(keepalive.reconnect_max);
     let mut failures = 0u32;
     // A message taken from the queue but not written survives into the next connection.
     let mut pending: Option<Bytes> = None;
     loop {
+        let started = Instant::now();
         let attempt = async {
-            let tcp = TcpStream::connect(address.as_str()).await?;
+            let tcp = timeout(
+                keepalive.connect_timeout,
+                TcpStream::connect(address.as_str()),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
             tcp.set_nodelay(true)?;
-            connector.connect(name.clone(), tcp).await
+            let stream = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            tls::negotiated(stream.get_ref().1.alpn_protocol())
+                .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+            Ok::<_, io::Error>(stream)
         };
-        match timeout(HANDSHAKE_TIMEOUT, attempt).await {
-            Ok(Ok(stream)) => {
+        match attempt.await {
+            Ok(stream) => {
                 failures = 0;
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 counters.connected.store(true, Ordering::Relaxed);
+                counters.heard(shared.counters.epoch);
                 info!(peer = index, %address, "outbound peer connected");
-                let since = Instant::now();
-                let stop = write_queue(stream, &mut queue, &mut pending, counters).await;
+                let stop = run_outbound(stream, &queue, &mut pending, &shared, counters).await;
                 counters.connected.store(false, Ordering::Relaxed);
                 match stop {
                     Stop::QueueClosed => return,
+                    Stop::Failed(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = index, error = %e, "outbound peer silent or stuck; reconnecting");
+                    }
                     Stop::Failed(e) => warn!(peer = index, error = %e, "outbound connection lost"),
                 }
-                if since.elapsed() >= STABLE_AFTER {
-                    backoff = BACKOFF_INITIAL;
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_INITIAL.min(keepalive.reconnect_max);
                 }
             }
-            res => {
+            Err(error) => {
                 failures += 1;
-                let error = match res {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_string(),
-                };
                 if failures.is_power_of_two() {
                     warn!(peer = index, %address, %error, failures, "cannot connect to peer");
                 } else {
@@ -206,51 +301,85 @@ pub(super) async fn dial_loop(
                 }
             }
         }
-        tokio::time::sleep(jittered(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // Attempts start at most once per (jittered) backoff: one that already waited that long
+        // (a connect hanging on a cut link) is followed by the next at once.
+        let pause = jittered(backoff).saturating_sub(started.elapsed());
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(keepalive.reconnect_max);
     }
 }
 
-/// Writes frames from `queue` until the connection fails or the queue closes. Also watches the
-/// read side, so that a peer closing the connection is noticed without waiting for a write.
-async fn write_queue(
+/// Runs one outbound connection: writes the queue (pinging when idle) while listening for the
+/// acceptor's pings, until either side fails, the peer goes silent, or the queue closes.
+async fn run_outbound(
     stream: tokio_rustls::client::TlsStream<TcpStream>,
-    queue: &mut mpsc::Receiver<Bytes>,
+    queue: &PeerQueue,
     pending: &mut Option<Bytes>,
-    counters: &super::stats::PeerCounters,
+    shared: &Shared,
+    counters: &PeerCounters,
 ) -> Stop {
+    let keepalive = shared.keepalive;
     let (mut rd, wr) = tokio::io::split(stream);
+    // Anything the acceptor sends (its pings) shows it is alive; nothing for `idle_timeout`
+    // means it is gone. The content is not needed, so it is not parsed.
+    let listen = async {
+        let mut sink = [0u8; 256];
+        loop {
+            match timeout(keepalive.idle_timeout, rd.read(&mut sink)).await {
+                Err(_) => {
+                    return io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing heard for {:?}", keepalive.idle_timeout),
+                    )
+                }
+                Ok(Ok(0)) => return io::ErrorKind::UnexpectedEof.into(),
+                Ok(Ok(n)) => {
+                    trace!(n, "heard from the accepting side");
+                    counters.heard(shared.counters.epoch);
+                }
+                Ok(Err(e)) => return e,
+            }
+        }
+    };
+    tokio::select! {
+        e = listen => Stop::Failed(e),
+        stop = write_queue(wr, queue, pending, keepalive, counters) => stop,
+    }
+}
+
+/// Writes frames from `queue` until the connection fails or the queue closes; pings after
+/// `ping_interval` without a write.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    wr: W,
+    queue: &PeerQueue,
+    pending: &mut Option<Bytes>,
+    keepalive: Keepalive,
+    counters: &PeerCounters,
+) -> Stop {
     let mut wr = BufWriter::with_capacity(WRITE_BUFFER, wr);
-    let mut sink = [0u8; 256];
     loop {
         if let Some(msg) = pending.as_ref() {
-            if let Err(e) = write_frame(&mut wr, msg).await {
+            if let Err(e) = write_frame_within(&mut wr, msg, keepalive.write_timeout).await {
                 return Stop::Failed(e);
             }
             counters.sent(msg.len());
             *pending = None;
         }
-        match queue.try_recv() {
-            Ok(msg) => {
-                *pending = Some(msg);
-                continue;
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => return Stop::QueueClosed,
-            Err(mpsc::error::TryRecvError::Empty) => {}
+        if let Some(msg) = queue.try_pop() {
+            *pending = Some(msg);
+            continue;
         }
-        if let Err(e) = wr.flush().await {
+        if let Err(e) = within(keepalive.write_timeout, wr.flush()).await {
             return Stop::Failed(e);
         }
-        tokio::select! {
-            msg = queue.recv() => match msg {
-                Some(msg) => *pending = Some(msg),
-                None => return Stop::QueueClosed,
-            },
-            r = rd.read(&mut sink) => match r {
-                Ok(0) => return Stop::Failed(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => trace!(n, "ignoring unexpected bytes from the accepting side"),
-                Err(e) => return Stop::Failed(e),
-            },
+        match timeout(keepalive.ping_interval, queue.pop()).await {
+            Ok(Some(msg)) => *pending = Some(msg),
+            Ok(None) => return Stop::QueueClosed,
+            Err(_) => {
+                if let Err(e) = write_ping(&mut wr, keepalive.write_timeout).await {
+                    return Stop::Failed(e);
+                }
+            }
         }
     }
 }

@@ -1,13 +1,16 @@
 //! Length-prefixed framing: a 4-byte big-endian payload length, then the payload.
 //!
-//! A zero length, or a length above the configured maximum, is a protocol violation. The length is
+//! A zero length is a keepalive ping (peer protocol `bftcd-peer/2`, negotiated with TLS ALPN;
+//! version 1 had no pings and treated a zero length as a violation): it carries nothing and is
+//! never delivered. A length above the configured maximum is a protocol violation. The length is
 //! checked as soon as the 4 header bytes are available, before any payload is buffered, so a peer
 //! can never make us allocate more than `max` (plus one read chunk) per connection.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -18,8 +21,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Why a frame is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// The length prefix is zero.
-    Empty,
     /// The length prefix exceeds the maximum.
     TooLarge { len: u32, max: usize },
 }
@@ -27,7 +28,6 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::Empty => write!(f, "zero-length frame"),
             FrameError::TooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max}")
             }
@@ -42,6 +42,9 @@ impl std::error::Error for FrameError {}
 pub enum FrameDecode {
     /// Not enough bytes yet for a whole frame (the header, if present, is valid).
     NeedMore,
+    /// A keepalive ping (zero length) sits at the start of the buffer; it occupies `HEADER_LEN`
+    /// bytes.
+    Ping,
     /// A whole frame with a payload of this many bytes sits at the start of the buffer; it
     /// occupies `HEADER_LEN + len` bytes.
     Frame(usize),
@@ -49,15 +52,15 @@ pub enum FrameDecode {
     Invalid(FrameError),
 }
 
-/// Decodes the frame at the start of `buf`, allowing payloads of 1..=`max` bytes. Total: never
-/// panics, never allocates.
+/// Decodes the frame at the start of `buf`, allowing payloads of 1..=`max` bytes (a zero length is
+/// a ping). Total: never panics, never allocates.
 pub fn decode_frame(buf: &[u8], max: usize) -> FrameDecode {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return FrameDecode::NeedMore;
     };
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     if len == 0 {
-        return FrameDecode::Invalid(FrameError::Empty);
+        return FrameDecode::Ping;
     }
     if u64::from(len) > max as u64 {
         return FrameDecode::Invalid(FrameError::TooLarge { len, max });
@@ -75,33 +78,54 @@ pub fn encode_header(len: usize) -> [u8; HEADER_LEN] {
     (len as u32).to_be_bytes()
 }
 
+/// The four bytes of a keepalive ping.
+pub(crate) const PING: [u8; HEADER_LEN] = [0; HEADER_LEN];
+
+/// One frame read from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    Ping,
+    Data(Bytes),
+}
+
 /// Why reading a frame stopped.
 #[derive(Debug)]
 pub(crate) enum ReadError {
     Io(std::io::Error),
     Invalid(FrameError),
+    /// No byte arrived for the idle limit.
+    Silent(Duration),
 }
 
 /// Reads the next frame. `Ok(None)` is a clean end of stream at a frame boundary; an end of stream
-/// inside a frame is an `UnexpectedEof` I/O error.
+/// inside a frame is an `UnexpectedEof` I/O error. Fails with [`ReadError::Silent`] when no byte
+/// arrives for `idle` (a large frame may take longer than `idle` as long as bytes keep coming).
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Option<Bytes>, ReadError> {
+    idle: Duration,
+) -> Result<Option<Frame>, ReadError> {
     loop {
         match decode_frame(buf, max) {
+            FrameDecode::Ping => {
+                buf.advance(HEADER_LEN);
+                return Ok(Some(Frame::Ping));
+            }
             FrameDecode::Frame(len) => {
                 let mut frame = buf.split_to(HEADER_LEN + len);
                 frame.advance(HEADER_LEN);
-                return Ok(Some(frame.freeze()));
+                return Ok(Some(Frame::Data(frame.freeze())));
             }
             FrameDecode::Invalid(e) => return Err(ReadError::Invalid(e)),
             FrameDecode::NeedMore => {
                 if buf.capacity() - buf.len() == 0 {
                     buf.reserve(READ_CHUNK);
                 }
-                let n = r.read_buf(buf).await.map_err(ReadError::Io)?;
+                let n = tokio::time::timeout(idle, r.read_buf(buf))
+                    .await
+                    .map_err(|_| ReadError::Silent(idle))?
+                    .map_err(ReadError::Io)?;
                 if n == 0 {
                     if buf.is_empty() {
                         return Ok(None);
@@ -113,28 +137,18 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes one frame (no flush).
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    w.write_all(&encode_header(payload.len())).await?;
-    w.write_all(payload).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn decodes_basic_cases() {
         assert_eq!(decode_frame(&[], 10), FrameDecode::NeedMore);
         assert_eq!(decode_frame(&[0, 0, 0], 10), FrameDecode::NeedMore);
-        assert_eq!(
-            decode_frame(&[0, 0, 0, 0], 10),
-            FrameDecode::Invalid(FrameError::Empty)
-        );
+        assert_eq!(decode_frame(&[0, 0, 0, 0], 10), FrameDecode::Ping);
+        assert_eq!(decode_frame(&[0, 0, 0, 0, 1], 0), FrameDecode::Ping);
         assert_eq!(
             decode_frame(&[0, 0, 0, 11], 10),
             FrameDecode::Invalid(FrameError::TooLarge { len: 11, max: 10 })
@@ -180,6 +194,7 @@ mod tests {
                     assert!(n >= 1 && n <= max && HEADER_LEN + n <= buf.len());
                 }
                 FrameDecode::NeedMore => {}
+                FrameDecode::Ping => assert!(buf.len() >= HEADER_LEN && buf[..4] == PING),
                 FrameDecode::Invalid(e) => {
                     assert!(buf.len() >= HEADER_LEN);
                     let _ = e.to_string();
@@ -190,25 +205,42 @@ mod tests {
 
     #[tokio::test]
     async fn reader_splits_stream_into_frames() {
+        const IDLE: Duration = Duration::from_secs(5);
         let mut wire = Vec::new();
         for i in 1..=50u8 {
             wire.extend_from_slice(&encode_header(i as usize));
             wire.extend(std::iter::repeat_n(i, i as usize));
+            if i % 10 == 0 {
+                wire.extend_from_slice(&PING);
+            }
         }
         let mut rd = &wire[..];
         let mut buf = BytesMut::new();
         for i in 1..=50u8 {
-            let f = read_frame(&mut rd, &mut buf, 64).await.unwrap().unwrap();
+            let Frame::Data(f) = read_frame(&mut rd, &mut buf, 64, IDLE)
+                .await
+                .unwrap()
+                .unwrap()
+            else {
+                panic!("frame {i} read as a ping");
+            };
             assert_eq!(f.len(), i as usize);
             assert!(f.iter().all(|&b| b == i));
+            if i % 10 == 0 {
+                let p = read_frame(&mut rd, &mut buf, 64, IDLE).await.unwrap();
+                assert_eq!(p, Some(Frame::Ping));
+            }
         }
-        assert!(read_frame(&mut rd, &mut buf, 64).await.unwrap().is_none());
+        assert!(read_frame(&mut rd, &mut buf, 64, IDLE)
+            .await
+            .unwrap()
+            .is_none());
 
         let truncated = [0u8, 0, 0, 5, 1, 2];
         let mut rd = &truncated[..];
         let mut buf = BytesMut::new();
         assert!(matches!(
-            read_frame(&mut rd, &mut buf, 64).await,
+            read_frame(&mut rd, &mut buf, 64, IDLE).await,
             Err(ReadError::Io(_))
         ));
 
@@ -216,9 +248,40 @@ mod tests {
         let mut rd = &huge[..];
         let mut buf = BytesMut::new();
         assert!(matches!(
-            read_frame(&mut rd, &mut buf, 64).await,
+            read_frame(&mut rd, &mut buf, 64, IDLE).await,
             Err(ReadError::Invalid(FrameError::TooLarge { .. }))
         ));
         assert!(buf.capacity() <= READ_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn reader_gives_up_on_silence_not_on_slow_progress() {
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let idle = Duration::from_millis(600);
+        let writer = tokio::spawn(async move {
+            // One 8-byte frame trickled a byte every 200 ms: slower than `idle` overall, but
+            // never silent for `idle`.
+            tx.write_all(&encode_header(8)).await.unwrap();
+            for b in 0..8u8 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tx.write_all(&[b]).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let mut buf = BytesMut::new();
+        let f = read_frame(&mut rx, &mut buf, 64, idle).await.unwrap();
+        assert_eq!(
+            f,
+            Some(Frame::Data(Bytes::from_static(&[0, 1, 2, 3, 4, 5, 6, 7])))
+        );
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            read_frame(&mut rx, &mut buf, 64, idle).await,
+            Err(ReadError::Silent(_))
+        ));
+        let waited = start.elapsed();
+        assert!(waited >= idle && waited < idle * 3, "{waited:?}");
+        writer.abort();
     }
 }

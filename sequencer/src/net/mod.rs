@@ -5,13 +5,39 @@
 //! certificate listed for it in genesis ([`PeerInfo::cert_der`]), never anything it claims.
 //!
 //! Outbound messages wait in a bounded per-peer queue that survives reconnects; when it is full,
-//! [`Network::send`] drops and counts. Inbound frames are delivered as `(from_index, payload)`
-//! through the receiver returned by [`Network::start`]; readers apply back-pressure to the TCP
-//! connection when that receiver is not drained.
+//! [`Network::send`] drops the oldest message and counts it (see `queue.rs` for why the oldest).
+//! `send` never waits, so the consensus task is never blocked by a slow or silent peer. Inbound
+//! frames are delivered as `(from_index, payload)` through the receiver returned by
+//! [`Network::start`]; readers apply back-pressure to the TCP connection when that receiver is not
+//! drained.
+//!
+//! # Liveness of connections (peer protocol `bftcd-peer/2`)
+//!
+//! A peer that vanishes silently (packets dropped, no RST) would otherwise leave a connection
+//! looking alive for many minutes of TCP retransmissions. So both ends of every connection
+//! watch it, with the defaults of [`Keepalive`]:
+//!
+//! - The dialer sends a ping (a zero-length frame) whenever it has written nothing for
+//!   `ping_interval` (1 s); the acceptor, which otherwise never writes, pings every
+//!   `ping_interval` back.
+//! - Each end reads with an idle deadline: no byte for `idle_timeout` (3 s) closes the
+//!   connection. A large frame may take longer than that as long as bytes keep arriving.
+//! - Every write (in chunks of 64 KiB) and flush has a deadline, `write_timeout` (10 s), so a
+//!   peer that keeps the connection open but stops reading is noticed too (its queue keeps only
+//!   the newest messages meanwhile).
+//! - The dialer reconnects with a backoff from 100 ms, doubling, capped at `reconnect_max`
+//!   (1 s), ±15 % jitter, and paces attempts by their start: a TCP connect that hangs on a cut
+//!   link gives up after `connect_timeout` (2 s) and the next one starts at once. So after a
+//!   cut heals a connection is back within about `reconnect_max` plus a round trip.
+//!
+//! Pings change the framing (version 1 treated a zero length as a violation), so the version is
+//! negotiated with TLS ALPN ([`PEER_PROTOCOL`]); a peer that does not offer it is refused at the
+//! handshake, with the reason logged, instead of being cut off at its first ping.
 
 mod conn;
 mod frame;
 pub mod pki;
+mod queue;
 mod stats;
 mod tls;
 
@@ -22,10 +48,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use queue::PeerQueue;
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
@@ -39,8 +67,41 @@ use crate::cpu::{AccountedExt, Component};
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 /// Default [`NetConfig::queue_per_peer`].
 pub const DEFAULT_QUEUE_PER_PEER: usize = 4096;
+/// Default [`NetConfig::queue_bytes_per_peer`]: 64 MiB (four largest frames).
+pub const DEFAULT_QUEUE_BYTES_PER_PEER: usize = 64 << 20;
 /// Limit for TCP connect plus TLS handshake, both directions.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The peer protocol spoken on every connection, negotiated with TLS ALPN. Version 2 added
+/// keepalive pings (zero-length frames).
+pub const PEER_PROTOCOL: &[u8] = b"bftcd-peer/2";
+
+/// Timers that notice a silent or stuck peer and bring the connection back (see the module
+/// documentation). Invariants checked at start: all positive, `ping_interval < idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// The dialer pings after writing nothing for this long; the acceptor pings this often.
+    pub ping_interval: Duration,
+    /// A connection on which no byte arrived for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write or flush that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+    /// Limit for one TCP connect (the TLS handshake has [`HANDSHAKE_TIMEOUT`]).
+    pub connect_timeout: Duration,
+    /// Largest pause between reconnect attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Keepalive {
+        Keepalive {
+            ping_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_max: Duration::from_secs(1),
+        }
+    }
+}
 /// Inbound handshakes in progress at once; further connections are refused until one finishes.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
@@ -70,8 +131,13 @@ pub struct NetConfig {
     pub my_key_pem: String,
     /// Largest accepted or sent payload.
     pub max_frame_bytes: usize,
-    /// Outbound messages buffered per peer before dropping.
+    /// Outbound messages buffered per peer; beyond it the oldest are dropped.
     pub queue_per_peer: usize,
+    /// Outbound payload bytes buffered per peer; beyond it the oldest are dropped. At least
+    /// `max_frame_bytes`.
+    pub queue_bytes_per_peer: usize,
+    /// Keepalive, deadlines and reconnection.
+    pub keepalive: Keepalive,
 }
 
 impl NetConfig {
@@ -93,6 +159,8 @@ impl NetConfig {
             my_key_pem,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             queue_per_peer: DEFAULT_QUEUE_PER_PEER,
+            queue_bytes_per_peer: DEFAULT_QUEUE_BYTES_PER_PEER,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -112,6 +180,8 @@ impl std::fmt::Debug for NetConfig {
             )
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("queue_per_peer", &self.queue_per_peer)
+            .field("queue_bytes_per_peer", &self.queue_bytes_per_peer)
+            .field("keepalive", &self.keepalive)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +204,7 @@ pub enum NetError {
 pub(crate) struct Shared {
     me: u32,
     max_frame: usize,
+    keepalive: Keepalive,
     counters: stats::Counters,
     /// Position of a validator index in `counters.peers`.
     slot_of: HashMap<u32, usize>,
@@ -156,7 +227,7 @@ struct Inner {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     /// Outbound queue per other validator.
-    queues: HashMap<u32, mpsc::Sender<Bytes>>,
+    queues: HashMap<u32, Arc<PeerQueue>>,
     /// Kept for local delivery; taken at shutdown so that the receiver ends.
     inbound_tx: Mutex<Option<mpsc::Sender<(u32, Bytes)>>>,
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -188,6 +259,21 @@ fn validate(cfg: &NetConfig, my_leaf: &[u8]) -> Result<(), NetError> {
     }
     if cfg.queue_per_peer == 0 {
         return bad("queue_per_peer must be positive".into());
+    }
+    if cfg.queue_bytes_per_peer < cfg.max_frame_bytes {
+        return bad(format!(
+            "queue_bytes_per_peer {} is below max_frame_bytes {}",
+            cfg.queue_bytes_per_peer, cfg.max_frame_bytes
+        ));
+    }
+    let k = &cfg.keepalive;
+    if [k.ping_interval, k.idle_timeout, k.write_timeout, k.connect_timeout, k.reconnect_max]
+        .contains(&Duration::ZERO)
+        || k.ping_interval >= k.idle_timeout
+    {
+        return bad(format!(
+            "keepalive {k:?}: every duration must be positive and ping_interval below idle_timeout"
+        ));
     }
     let mut seen_index = std::collections::HashSet::new();
     let mut seen_cert = std::collections::HashSet::new();
@@ -249,6 +335,7 @@ impl Network {
         let shared = Arc::new(Shared {
             me: cfg.me,
             max_frame: cfg.max_frame_bytes,
+            keepalive: cfg.keepalive,
             counters: stats::Counters::new(cfg.peers.iter().map(|p| p.index)),
             slot_of: cfg
                 .peers
@@ -267,14 +354,14 @@ impl Network {
         let mut queues = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.index != cfg.me) {
             let client = tls::client_config(&provider, &roots, p.cert_der.clone(), &identity)?;
-            let (tx, rx) = mpsc::channel(cfg.queue_per_peer);
-            queues.insert(p.index, tx);
+            let queue = Arc::new(PeerQueue::new(cfg.queue_per_peer, cfg.queue_bytes_per_peer));
+            queues.insert(p.index, queue.clone());
             tasks.spawn(conn::dial_loop(
                 shared.clone(),
                 p.index,
                 p.address.clone(),
                 TlsConnector::from(client),
-                rx,
+                queue,
             ).accounted(Component::Network));
         }
         tasks.spawn(conn::accept_loop(
@@ -300,20 +387,25 @@ impl Network {
     }
 
     fn drop_for(&self, to: u32) {
+        self.dropped_for(to, 1)
+    }
+
+    fn dropped_for(&self, to: u32, n: u64) {
         match self.inner.shared.peer(to) {
-            Some(c) => c.dropped.fetch_add(1, Ordering::Relaxed),
+            Some(c) => c.dropped.fetch_add(n, Ordering::Relaxed),
             None => self
                 .inner
                 .shared
                 .counters
                 .dropped_unknown
-                .fetch_add(1, Ordering::Relaxed),
+                .fetch_add(n, Ordering::Relaxed),
         };
     }
 
-    /// Queues `payload` for validator `to`. Never blocks: drops (and counts) when that peer's
-    /// queue is full, the payload is empty or larger than `max_frame_bytes`, or `to` is unknown.
-    /// Sending to `me` delivers locally through the receiver.
+    /// Queues `payload` for validator `to`. Never blocks: when that peer's queue is full the
+    /// oldest queued message makes room and is counted as dropped; an empty or oversized payload
+    /// or an unknown `to` is dropped and counted. Sending to `me` delivers locally through the
+    /// receiver (dropping the new message if the receiver is full).
     pub fn send(&self, to: u32, payload: Bytes) {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -340,7 +432,7 @@ impl Network {
                 Some(Ok(())) => {
                     if let Some(c) = shared.peer(to) {
                         c.sent(len);
-                        c.received(len);
+                        c.received(len, shared.counters.epoch);
                     }
                 }
                 _ => {
@@ -352,9 +444,10 @@ impl Network {
         }
         match inner.queues.get(&to) {
             Some(q) => {
-                if q.try_send(payload).is_err() {
-                    debug!(to, "outbound queue full; dropping");
-                    self.drop_for(to);
+                let dropped = q.push(payload);
+                if dropped > 0 {
+                    debug!(to, dropped, "outbound queue full; dropped the oldest");
+                    self.dropped_for(to, dropped as u64);
                 }
             }
             None => {
@@ -373,9 +466,15 @@ impl Network {
         }
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters and of each peer's connectivity.
     pub fn stats(&self) -> NetStats {
-        self.inner.shared.counters.snapshot()
+        let mut s = self.inner.shared.counters.snapshot();
+        for p in &mut s.peers {
+            if let Some(q) = self.inner.queues.get(&p.index) {
+                p.queued = q.len() as u64;
+            }
+        }
+        s
     }
 
     /// The address the listener is bound to.
@@ -399,9 +498,16 @@ impl Network {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        for q in self.inner.queues.values() {
+            q.close();
+        }
         if let Some(mut tasks) = tasks {
             tasks.shutdown().await;
             info!(me = self.inner.shared.me, "peer transport stopped");
+        }
+        for (_, c) in &self.inner.shared.counters.peers {
+            c.connected.store(false, Ordering::Relaxed);
+            c.inbound_connected.store(false, Ordering::Relaxed);
         }
         self.inner
             .shared

@@ -1,6 +1,7 @@
 //! Transport counters. Byte counts are payload bytes (the 4-byte length prefix is not counted).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// Counters for one validator, as seen by this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,8 +20,19 @@ pub struct PeerStats {
     pub malformed_frames: u64,
     /// Successful outbound handshakes to this peer so far.
     pub connects: u64,
-    /// Whether the outbound connection to this peer is currently up.
+    /// Whether the outbound connection to this peer is currently up (handshake done, and not
+    /// yet found silent, stalled or closed).
     pub connected: bool,
+    /// Whether an authenticated inbound connection from this peer is currently open.
+    pub inbound_connected: bool,
+    /// How long ago anything (a frame or a keepalive ping, on either connection) last arrived
+    /// from this peer; `None` if nothing ever did. For `me`: the last local delivery.
+    pub last_heard: Option<Duration>,
+    /// Connections to or from this peer closed because it went silent past the idle timeout or
+    /// a write to it made no progress within the write timeout.
+    pub keepalive_timeouts: u64,
+    /// Messages waiting in this peer's outbound queue.
+    pub queued: u64,
 }
 
 /// A snapshot of all transport counters.
@@ -57,6 +69,10 @@ pub(crate) struct PeerCounters {
     pub malformed: AtomicU64,
     pub connects: AtomicU64,
     pub connected: AtomicBool,
+    pub inbound_connected: AtomicBool,
+    /// Milliseconds since `Counters::epoch` plus one when last heard; 0 for never.
+    pub last_heard_ms: AtomicU64,
+    pub keepalive_timeouts: AtomicU64,
 }
 
 impl PeerCounters {
@@ -65,13 +81,22 @@ impl PeerCounters {
         self.bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub fn received(&self, bytes: usize) {
+    pub fn received(&self, bytes: usize, epoch: Instant) {
         self.frames_received.fetch_add(1, Relaxed);
         self.bytes_received.fetch_add(bytes as u64, Relaxed);
+        self.heard(epoch);
+    }
+
+    /// Something arrived from this peer now.
+    pub fn heard(&self, epoch: Instant) {
+        let ms = epoch.elapsed().as_millis() as u64 + 1;
+        self.last_heard_ms.fetch_max(ms, Relaxed);
     }
 }
 
 pub(crate) struct Counters {
+    /// Time origin of `last_heard_ms`.
+    pub epoch: Instant,
     /// Parallel to the sorted validator list.
     pub peers: Vec<(u32, PeerCounters)>,
     pub rejected: AtomicU64,
@@ -82,6 +107,7 @@ pub(crate) struct Counters {
 impl Counters {
     pub fn new(indices: impl IntoIterator<Item = u32>) -> Counters {
         Counters {
+            epoch: Instant::now(),
             peers: indices
                 .into_iter()
                 .map(|i| (i, PeerCounters::default()))
@@ -97,7 +123,9 @@ impl Counters {
             dropped: self.dropped_unknown.load(Relaxed),
             ..NetStats::default()
         };
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
         for (index, c) in &self.peers {
+            let heard = c.last_heard_ms.load(Relaxed);
             let p = PeerStats {
                 index: *index,
                 frames_sent: c.frames_sent.load(Relaxed),
@@ -108,6 +136,11 @@ impl Counters {
                 malformed_frames: c.malformed.load(Relaxed),
                 connects: c.connects.load(Relaxed),
                 connected: c.connected.load(Relaxed),
+                inbound_connected: c.inbound_connected.load(Relaxed),
+                last_heard: (heard > 0)
+                    .then(|| Duration::from_millis(now_ms.saturating_sub(heard))),
+                keepalive_timeouts: c.keepalive_timeouts.load(Relaxed),
+                queued: 0,
             };
             s.frames_sent += p.frames_sent;
             s.bytes_sent += p.bytes_sent;

@@ -299,13 +299,16 @@ async fn malformed_frames_close_the_connection() {
     wait_for("malformed count 1", || n0.stats().malformed_frames == 1).await;
     assert_eq!(n0.stats().peer(4).unwrap().malformed_frames, 1);
 
-    // A zero-length frame is a violation too.
+    // A zero-length frame is a keepalive ping: not delivered, not a violation.
     let mut s = raw_client(&c, 4, 0).await;
-    s.write_all(&[0, 0, 0, 0]).await.unwrap();
+    s.write_all(&[0, 0, 0, 0, 0, 0, 0, 1, b'!']).await.unwrap();
     s.flush().await.unwrap();
-    assert_closed(&mut s).await;
-    wait_for("malformed count 2", || n0.stats().malformed_frames == 2).await;
-    assert_eq!(n0.stats().peer(4).unwrap().malformed_frames, 2);
+    let (from, payload) = recv(&mut c.nodes[0].rx, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((from, &payload[..]), (4, &b"!"[..]));
+    assert_eq!(n0.stats().malformed_frames, 1);
+    drop(s);
 
     // A connection with validator 3's certificate displaces 3's own inbound connection; 3
     // notices and reconnects.
@@ -331,6 +334,13 @@ async fn restarted_peer_is_reconnected() {
     let mut cfg3 = c.cfgs[3].clone();
     cfg3.listen = c.nodes[3].net.local_addr();
     c.nodes[3].net.shutdown().await;
+    let s3 = c.nodes[3].net.stats();
+    assert!(
+        s3.peers
+            .iter()
+            .all(|p| !p.connected && !p.inbound_connected),
+        "a stopped transport reports no connection: {s3:?}"
+    );
     while recv(&mut c.nodes[3].rx, Duration::from_secs(5))
         .await
         .is_some()
@@ -426,6 +436,370 @@ async fn dialer_checks_server_identity() {
         .unwrap_err();
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     for node in &c.nodes {
+        node.net.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn peers_without_the_protocol_version_are_refused() {
+    let c = cluster_with(3, 2).await;
+    let provider = tls::provider();
+    let roots = tls::roots_from_pem(&c.ca.cert_pem).unwrap();
+    let me = tls::Identity::from_pem(&c.issued[2].cert_pem, &c.issued[2].key_pem).unwrap();
+    let cfg = tls::client_config(&provider, &roots, c.issued[0].cert_der.clone(), &me).unwrap();
+    // Version 1 offered no ALPN at all; another version offers a different name.
+    for alpn in [vec![], vec![b"bftcd-peer/1".to_vec()]] {
+        let mut old = (*cfg).clone();
+        old.alpn_protocols = alpn;
+        let tcp = TcpStream::connect(c.nodes[0].net.local_addr())
+            .await
+            .unwrap();
+        let name = tls::server_name_for(&c.nodes[0].net.local_addr().to_string());
+        if let Ok(mut s) = tokio_rustls::TlsConnector::from(Arc::new(old))
+            .connect(name, tcp)
+            .await
+        {
+            let _ = s.write_all(&[0, 0, 0, 1, b'x']).await;
+            let _ = s.flush().await;
+            assert_closed(&mut s).await;
+        }
+    }
+    let n0 = c.nodes[0].net.clone();
+    wait_for("two refusals", || n0.stats().rejected_connections == 2).await;
+    assert_eq!(n0.stats().peer(2).unwrap().frames_received, 0);
+    for node in &c.nodes {
+        node.net.shutdown().await;
+    }
+}
+
+/// A TCP relay in front of one node that can go silent: while closed it forwards nothing in
+/// either direction and connects nothing upstream (new connections are accepted and held, like
+/// SYNs a cut link delays), without closing anything, so endpoints see neither RST nor FIN.
+struct Relay {
+    addr: String,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = bind_local().await;
+        let addr = listener.local_addr().unwrap().to_string();
+        let (open, open_rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut gate = open_rx.clone();
+                conns.spawn(async move {
+                    if gate.wait_for(|o| *o).await.is_err() {
+                        return;
+                    }
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::select! {
+                        _ = Relay::pump(dr, uw, gate.clone()) => {}
+                        _ = Relay::pump(ur, dw, gate) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, open, task }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut gate: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if gate.wait_for(|o| *o).await.is_err() {
+                return;
+            }
+            let n = tokio::select! {
+                r = from.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                // Stop mid-read when the gate closes (bytes not yet read stay unread).
+                _ = gate.wait_for(|o| !*o) => continue,
+            };
+            // Bytes read just as the gate closed are held until it opens.
+            if gate.wait_for(|o| *o).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Two nodes whose every connection runs through a relay: 0 dials 1 through `relays[1]`, 1
+/// dials 0 through `relays[0]`.
+async fn relayed_pair(tune: impl Fn(&mut NetConfig)) -> (Vec<Node>, Vec<Relay>) {
+    let ca = DevCa::generate("bftcd test CA");
+    let issued: Vec<Issued> = (0..2).map(|i| ca.issue(&format!("bank-{i}"))).collect();
+    let listeners = [bind_local().await, bind_local().await];
+    let mut relays = Vec::new();
+    for l in &listeners {
+        relays.push(Relay::start(l.local_addr().unwrap()).await);
+    }
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let peers = (0..2)
+            .map(|j| PeerInfo {
+                index: j as u32,
+                address: relays[j].addr.clone(),
+                cert_der: issued[j].cert_der.clone(),
+            })
+            .collect();
+        let mut cfg = NetConfig::new(
+            i as u32,
+            listener.local_addr().unwrap(),
+            peers,
+            ca.cert_pem.clone(),
+            issued[i].cert_pem.clone(),
+            issued[i].key_pem.clone(),
+        );
+        tune(&mut cfg);
+        let (net, rx) = Network::start_with_listener(cfg, listener).await.unwrap();
+        nodes.push(Node { net, rx });
+    }
+    (nodes, relays)
+}
+
+fn link_up(net: &Network, peer: u32) -> bool {
+    let s = net.stats();
+    let p = s.peer(peer).unwrap();
+    p.connected && p.inbound_connected
+}
+
+fn link_down(net: &Network, peer: u32) -> bool {
+    let s = net.stats();
+    let p = s.peer(peer).unwrap();
+    !p.connected && !p.inbound_connected
+}
+
+/// Waits up to `limit` for `cond`; returns how long it took.
+async fn within_limit(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// With the default timers: a link that silently stops carrying anything is found dead on both
+/// sides within the idle timeout, and comes back as soon as it carries traffic again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_peer_is_detected_and_reconnected() {
+    let k = Keepalive::default();
+    let (mut nodes, relays) = relayed_pair(|_| {}).await;
+    let (a, b) = (nodes[0].net.clone(), nodes[1].net.clone());
+    within_limit("link up", Duration::from_secs(10), || {
+        link_up(&a, 1) && link_up(&b, 0)
+    })
+    .await;
+    // Idle but healthy: pings keep the link up well past the idle timeout.
+    sleep(k.idle_timeout * 2).await;
+    assert!(link_up(&a, 1) && link_up(&b, 0), "{:?}", a.stats());
+    assert_eq!(a.stats().peer(1).unwrap().keepalive_timeouts, 0);
+    assert!(a.stats().peer(1).unwrap().last_heard.unwrap() <= k.ping_interval * 2);
+
+    for r in &relays {
+        r.set_open(false);
+    }
+    let took = within_limit(
+        "both sides notice the silence",
+        k.idle_timeout + Duration::from_secs(2),
+        || link_down(&a, 1) && link_down(&b, 0),
+    )
+    .await;
+    eprintln!("silence noticed on both sides after {took:?}");
+    let s = a.stats();
+    let p = s.peer(1).unwrap();
+    assert!(p.keepalive_timeouts >= 1, "{p:?}");
+    assert!(
+        p.last_heard.unwrap() >= k.idle_timeout - k.ping_interval,
+        "{p:?}"
+    );
+    // Sending into the cut never blocks; the queue keeps the messages.
+    for i in 0..100u32 {
+        a.send(1, Bytes::from(format!("cut:{i}")));
+    }
+    assert_eq!(a.stats().peer(1).unwrap().queued, 100);
+
+    for r in &relays {
+        r.set_open(true);
+    }
+    let took = within_limit(
+        "reconnected after the heal",
+        k.reconnect_max + Duration::from_secs(3),
+        || link_up(&a, 1) && link_up(&b, 0),
+    )
+    .await;
+    eprintln!("reconnected {took:?} after the heal");
+    for i in 0..100u32 {
+        let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((from, &payload[..]), (0, format!("cut:{i}").as_bytes()));
+    }
+    deliver_pair(&mut nodes, b"after").await;
+    assert!(a.stats().peer(1).unwrap().connects >= 2);
+    for node in &nodes {
+        node.net.shutdown().await;
+    }
+}
+
+async fn deliver_pair(nodes: &mut [Node], prefix: &[u8]) {
+    for (from, to) in [(0usize, 1usize), (1, 0)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'outer: loop {
+            assert!(Instant::now() < deadline, "{from} -> {to} never delivered");
+            nodes[from]
+                .net
+                .send(to as u32, Bytes::copy_from_slice(prefix));
+            let until = Instant::now() + Duration::from_millis(100);
+            while let Ok(Some((f, p))) = timeout(until - Instant::now(), nodes[to].rx.recv()).await
+            {
+                if f == from as u32 && p.starts_with(prefix) {
+                    break 'outer;
+                }
+            }
+        }
+    }
+}
+
+/// Short timers; repeated cuts; a queue that overflows during a cut keeps the newest messages,
+/// and `send` stays instant throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_cuts_keep_the_newest_messages() {
+    let k = Keepalive {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        write_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(300),
+        reconnect_max: Duration::from_millis(200),
+    };
+    let (mut nodes, relays) = relayed_pair(|cfg| {
+        cfg.keepalive = k;
+        cfg.queue_per_peer = 50;
+    })
+    .await;
+    let (a, b) = (nodes[0].net.clone(), nodes[1].net.clone());
+    for round in 0..3u32 {
+        within_limit("link up", Duration::from_secs(5), || {
+            link_up(&a, 1) && link_up(&b, 0)
+        })
+        .await;
+        deliver_pair(&mut nodes, format!("hello:{round}").as_bytes()).await;
+        for r in &relays {
+            r.set_open(false);
+        }
+        within_limit(
+            "silence noticed",
+            k.idle_timeout + Duration::from_secs(1),
+            || link_down(&a, 1) && link_down(&b, 0),
+        )
+        .await;
+        while recv(&mut nodes[1].rx, Duration::from_millis(10))
+            .await
+            .is_some()
+        {}
+        let before = a.stats().peer(1).unwrap().dropped;
+        let start = std::time::Instant::now();
+        for i in 0..1000u32 {
+            a.send(1, Bytes::from(format!("m:{round}:{i:04}")));
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "send blocked: {:?}",
+            start.elapsed()
+        );
+        let s = a.stats();
+        assert_eq!(s.peer(1).unwrap().queued, 50);
+        assert_eq!(s.peer(1).unwrap().dropped - before, 950);
+        for r in &relays {
+            r.set_open(true);
+        }
+        // The 50 newest arrive, in order, and nothing older.
+        for i in 950..1000u32 {
+            let (from, payload) = recv(&mut nodes[1].rx, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(
+                (from, std::str::from_utf8(&payload).unwrap()),
+                (0, format!("m:{round}:{i:04}").as_str())
+            );
+        }
+    }
+    assert!(a.stats().peer(1).unwrap().keepalive_timeouts >= 3);
+    for node in &nodes {
+        node.net.shutdown().await;
+    }
+}
+
+/// A peer that stays connected and pings but stops reading (its consumer is stuck): the
+/// sender's write stalls and is given up after the write timeout; once the consumer drains
+/// again, traffic flows on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_writes_are_given_up() {
+    let k = Keepalive {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        write_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(300),
+        reconnect_max: Duration::from_millis(200),
+    };
+    let (mut nodes, _relays) = relayed_pair(|cfg| {
+        cfg.keepalive = k;
+        cfg.queue_per_peer = 4;
+    })
+    .await;
+    let a = nodes[0].net.clone();
+    within_limit("link up", Duration::from_secs(5), || link_up(&a, 1)).await;
+    // Node 1 does not drain its receiver: after 4 queued messages its reader blocks, the TCP
+    // buffers fill and node 0's write makes no progress.
+    let start = Instant::now();
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    while a.stats().peer(1).unwrap().keepalive_timeouts == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stall never noticed: {:?}",
+            a.stats()
+        );
+        if a.stats().peer(1).unwrap().queued < 2 {
+            a.send(1, big.clone());
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("stalled write given up after {:?}", start.elapsed());
+    // Node 1's side of the stuck connection is not idle (it is blocked delivering), so it did
+    // not time out; the stall showed on the writer only.
+    assert_eq!(nodes[1].net.stats().peer(0).unwrap().keepalive_timeouts, 0);
+    while recv(&mut nodes[1].rx, Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+    deliver_pair(&mut nodes, b"unstuck").await;
+    assert!(a.stats().peer(1).unwrap().connects >= 2);
+    for node in &nodes {
         node.net.shutdown().await;
     }
 }

@@ -211,6 +211,9 @@ pub(crate) fn server_config(
         .with_single_cert(me.chain.clone(), me.key.clone_key())?;
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
+    // A client offering other protocols only fails the handshake; one offering none is refused
+    // after it (see `negotiated`).
+    cfg.alpn_protocols = vec![super::PEER_PROTOCOL.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -232,6 +235,7 @@ pub(crate) fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(me.chain.clone(), me.key.clone_key())?;
     cfg.resumption = Resumption::disabled();
+    cfg.alpn_protocols = vec![super::PEER_PROTOCOL.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -247,4 +251,21 @@ pub(crate) fn server_name_for(address: &str) -> ServerName<'static> {
     }
     ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| ServerName::try_from("bftcd-peer").expect("valid DNS name"))
+}
+
+/// Checks that the handshake settled on [`super::PEER_PROTOCOL`]; the error names what the peer
+/// spoke instead.
+pub(crate) fn negotiated(alpn: Option<&[u8]>) -> Result<(), String> {
+    match alpn {
+        Some(p) if p == super::PEER_PROTOCOL => Ok(()),
+        Some(p) => Err(format!(
+            "peer speaks protocol {:?}, not {:?}",
+            String::from_utf8_lossy(p),
+            String::from_utf8_lossy(super::PEER_PROTOCOL)
+        )),
+        None => Err(format!(
+            "peer negotiated no protocol (an older bftcd without keepalives?); this node speaks {:?}",
+            String::from_utf8_lossy(super::PEER_PROTOCOL)
+        )),
+    }
 }
