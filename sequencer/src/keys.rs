@@ -353,6 +353,34 @@ impl ChainCrypto {
         self.bls_known().certified.contains(&digest(&[msg]))
     }
 
+    /// Checks certificates (signers, vote message, aggregate) not known yet in one batch (see
+    /// [`crypto::verify_aggregates`]) and remembers them when all verify; when the batch fails
+    /// nothing is remembered and the core checks each alone, refusing the bad one. Returns
+    /// whether all verified.
+    pub fn precheck_certificates(&self, certificates: &[(Vec<usize>, Vec<u8>, Vec<u8>)]) -> bool {
+        let todo: Vec<&(Vec<usize>, Vec<u8>, Vec<u8>)> =
+            certificates.iter().filter(|(signers, msg, agg)| !self.bls_known().verified.contains(&bls_key(signers, msg, agg))).collect();
+        if todo.is_empty() {
+            return true;
+        }
+        let _cpu = cpu::section(cpu::Component::Crypto);
+        let mut parsed = Vec::with_capacity(todo.len());
+        for (signers, _, agg) in &todo {
+            let Some(keys) = signers.iter().map(|&i| self.bls_keys.get(i)).collect::<Option<Vec<_>>>() else { return false };
+            let Ok(sig) = Signature::from_bytes(agg) else { return false };
+            parsed.push((keys, sig));
+        }
+        let items: Vec<(Vec<&PublicKey>, &[u8], &Signature)> =
+            parsed.iter().zip(&todo).map(|((keys, sig), (_, msg, _))| (keys.clone(), msg.as_slice(), sig)).collect();
+        if !crypto::verify_aggregates(&items) {
+            return false;
+        }
+        for (signers, msg, agg) in todo {
+            self.remember_aggregate(bls_key(signers, msg, agg), signers, msg);
+        }
+        true
+    }
+
     /// Whether `signers[i]` signed `msg` with `sigs[i]`, for every i, is already known: each is
     /// this bank's own signature, was verified alone, or belongs to the one verified group used.
     fn known_votes(&self, signers: &[usize], msg: &[u8], sigs: &[&[u8]]) -> bool {
@@ -553,6 +581,27 @@ mod tests {
         assert!(me.aggregate_verified(&[0, 1, 2], vote, &[v(0), v(1), &bad]).is_none());
         assert!(!me.precheck_votes(b"other", &[(0, v(0)), (1, v(1))]), "votes for another message");
         assert!(!me.precheck_votes(vote, &[(0, v(0)), (2, &bad)]));
+        // A catch-up's certificates, checked as one batch: all remembered, or none when one
+        // is bad.
+        let certificates: Vec<(Vec<usize>, Vec<u8>, Vec<u8>)> = (0..5u8)
+            .map(|i| {
+                let msg = vec![b'c', i];
+                let sigs: Vec<Vec<u8>> = cryptos[..3].iter().map(|c| c.sign(&msg)).collect();
+                let refs: Vec<&[u8]> = sigs.iter().map(|s| s.as_slice()).collect();
+                (vec![0, 1, 2], msg, cryptos[0].aggregate(&refs).unwrap())
+            })
+            .collect();
+        let mut spoiled = certificates.clone();
+        spoiled[3].0 = vec![0, 1, 3];
+        let auditor = ChainCrypto::verifier(&genesis).unwrap();
+        assert!(!auditor.precheck_certificates(&spoiled));
+        assert!(certificates.iter().all(|(_, msg, _)| !auditor.certified(msg)), "nothing remembered from a failed batch");
+        assert!(auditor.precheck_certificates(&certificates));
+        assert!(certificates.iter().all(|(_, msg, _)| auditor.certified(msg)));
+        let mut swapped = certificates.clone();
+        swapped[1].2 = certificates[2].2.clone();
+        let fresh_auditor = ChainCrypto::verifier(&genesis).unwrap();
+        assert!(!fresh_auditor.precheck_certificates(&swapped), "an aggregate over another message");
         // A timeout signature checked once is remembered, a bad one is not.
         assert!(me.verify(1, vote, v(1)));
         assert!(!me.verify(2, vote, &bad));

@@ -182,6 +182,16 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
                 crypto.sign(&domain.vote_bytes(block.view, &crate::block_hash(block), qc.view));
             }
         }
+        Some(Kind::SyncResponse(r)) => {
+            // A catch-up carries a certificate per block: checked here as one batch.
+            let blocks = r.committed.iter().filter_map(|cb| cb.block.as_ref()).chain(&r.uncommitted);
+            let proofs = r.committed.iter().filter_map(|cb| cb.commit_child.as_ref()).chain(blocks);
+            let qcs = proofs.filter_map(|b| b.justify.as_ref()).chain(r.committed.iter().filter_map(|cb| cb.commit_qc.as_ref()));
+            let certificates: Vec<_> = qcs.filter_map(|qc| certificate(qc, crypto, domain)).collect();
+            if !certificates.is_empty() {
+                crypto.precheck_certificates(&certificates);
+            }
+        }
         Some(Kind::Timeout(t)) => {
             if t.signer as usize != from || t.epoch != domain.epoch {
                 return;
@@ -198,16 +208,23 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
 }
 
 fn precheck_qc(qc: &QuorumCert, crypto: &ChainCrypto, domain: &Domain) {
+    if let Some((signers, bytes, agg)) = certificate(qc, crypto, domain) {
+        crypto.verify_aggregate(&signers, &bytes, &agg);
+    }
+}
+
+/// What checking `qc` takes (signers, signed message, aggregate), unless it is malformed (left
+/// for the core to refuse), the genesis QC, or certifies a block already certified here.
+fn certificate(qc: &QuorumCert, crypto: &ChainCrypto, domain: &Domain) -> Option<(Vec<usize>, Vec<u8>, Vec<u8>)> {
     if qc.view == 0 || qc.epoch != domain.epoch || qc.justify_view >= qc.view || qc.block_hash.len() != 32 {
-        return;
+        return None;
     }
     let bytes = domain.vote_bytes(qc.view, &qc.block_hash, qc.justify_view);
     if crypto.certified(&bytes) {
-        return;
+        return None;
     }
-    if let Some(signers) = domain.signers(&qc.signers).filter(|s| s.len() >= domain.quorum()) {
-        crypto.verify_aggregate(&signers, &bytes, &qc.aggregate_signature);
-    }
+    let signers = domain.signers(&qc.signers).filter(|s| s.len() >= domain.quorum())?;
+    Some((signers, bytes, qc.aggregate_signature.clone()))
 }
 
 /// Each distinct (bank, signed bytes, signature) among the operations of forwarded batches and

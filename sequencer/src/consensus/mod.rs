@@ -189,7 +189,9 @@ pub struct Core {
     failed_views: u32,
     last_voted_block: Option<Hash>,
     pending: Option<(usize, Proposal)>,
-    sync_asked: HashMap<usize, u64>,
+    /// The sync request in flight (peer, when asked): one at a time, since answers are large
+    /// and overlapping ones repeat each other.
+    sync_waiting: Option<(usize, u64)>,
     next_probe_ms: u64,
     probe_interval_ms: u64,
     probes: usize,
@@ -295,7 +297,7 @@ impl Core {
             failed_views: 0,
             last_voted_block: None,
             pending: None,
-            sync_asked: HashMap::new(),
+            sync_waiting: None,
             next_probe_ms: 0,
             probe_interval_ms: 0,
             probes: 0,
@@ -632,7 +634,7 @@ impl Core {
             let content = (1..n).map(|k| (self.cfg.me + k) % n).find(|p| self.gave_up[*p] < view);
             let peer = content.unwrap_or((self.cfg.me + 1 + self.failed_views as usize % (n - 1)) % n);
             let want = hash32(&self.high_qc.block_hash).unwrap_or_default();
-            self.sync_asked.remove(&peer);
+            self.sync_waiting = None;
             self.ask_sync(peer, &want);
         }
     }
@@ -1052,11 +1054,11 @@ impl Core {
         if to == self.cfg.me {
             return;
         }
-        let last = self.sync_asked.get(&to).copied().unwrap_or(0);
-        if last > 0 && self.now < last + 200 {
+        // A peer that has not answered within a view timeout is passed over.
+        if self.sync_waiting.is_some_and(|(_, at)| self.now < at + self.cfg.base_timeout_ms) {
             return;
         }
-        self.sync_asked.insert(to, self.now.max(1));
+        self.sync_waiting = Some((to, self.now));
         let req = SyncRequest { committed_height: self.committed.height, want_block: want.to_vec() };
         self.out.push(Output::Send { to, msg: msg(Kind::SyncRequest(req)) });
     }
@@ -1097,13 +1099,14 @@ impl Core {
             }
             uncommitted.reverse();
         }
-        if committed.is_empty() && uncommitted.is_empty() {
-            return;
-        }
+        // Answered even when empty: the asker waits for an answer before asking anyone else.
         self.out.push(Output::Send { to: from, msg: msg(Kind::SyncResponse(SyncResponse { committed, uncommitted })) });
     }
 
     fn on_sync_response(&mut self, from: usize, r: SyncResponse) {
+        if self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
+            self.sync_waiting = None;
+        }
         let before = self.committed.height;
         self.apply_sync_response(from, r);
         if self.committed.height > before {
