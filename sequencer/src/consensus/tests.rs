@@ -434,3 +434,41 @@ fn a_sync_answer_stays_within_its_byte_budget_and_is_never_empty() {
     let r = sync_answer(&BigLog { size: 10, chain: 1 });
     assert_eq!(r.committed.len(), 100, "everything up to the committed tip");
 }
+
+#[test]
+fn one_sync_request_is_in_flight_at_a_time() {
+    // Bank 0 hears of a block it lacks, again and again (as from the stale messages that reach a
+    // bank after a partition heals): it asks once, and again only when the asked peer has not
+    // answered within a view timeout.
+    let first = |out: &[Output], want: &dyn Fn(&PeerMessage) -> bool| {
+        out.iter().find_map(|o| match o {
+            Output::Broadcast(m) | Output::Send { msg: m, .. } if want(m) => Some(m.clone()),
+            _ => None,
+        })
+    };
+    let is_ask = |m: &PeerMessage| matches!(m.kind, Some(Kind::SyncRequest(_)));
+    let is_vote = |m: &PeerMessage| matches!(m.kind, Some(Kind::Vote(_)));
+    let op = Operation { id: Some(OperationId { bank: 1, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() };
+    let mut c = Cluster::new();
+    let mut out1 = c.cores[1].handle(NOW, Input::Submit(vec![op]), &NoLog);
+    out1.extend(c.cores[1].handle(NOW, Input::Tick, &NoLog));
+    let p1 = first(&out1, &|m| matches!(m.kind, Some(Kind::Proposal(_)))).unwrap();
+    let mut votes = vec![(1, first(&out1, &is_vote).unwrap())];
+    let out3 = c.cores[3].handle(NOW, Input::Message { from: 1, msg: p1.clone() }, &NoLog);
+    votes.push((3, first(&out3, &is_vote).unwrap()));
+    let mut out2 = c.cores[2].handle(NOW, Input::Message { from: 1, msg: p1 }, &NoLog);
+    for (from, v) in votes {
+        out2.extend(c.cores[2].handle(NOW + 1, Input::Message { from, msg: v }, &NoLog));
+    }
+    let p2 = first(&out2, &|m| matches!(&m.kind, Some(Kind::Proposal(p)) if p.block.as_ref().unwrap().view == 2)).unwrap();
+
+    let timeout = Config::new(0, domain(), [3; 32]).base_timeout_ms;
+    let out = c.cores[0].handle(NOW + 2, Input::Message { from: 2, msg: p2.clone() }, &NoLog);
+    assert!(first(&out, &is_ask).is_some(), "bank 0 asks for the missing parent: {out:?}");
+    for t in [3, 10, timeout / 2] {
+        let out = c.cores[0].handle(NOW + t, Input::Message { from: 2, msg: p2.clone() }, &NoLog);
+        assert!(first(&out, &is_ask).is_none(), "asked again {t} ms later while waiting: {out:?}");
+    }
+    let out = c.cores[0].handle(NOW + 3 + timeout, Input::Message { from: 2, msg: p2 }, &NoLog);
+    assert!(first(&out, &is_ask).is_some(), "a peer silent for a view timeout is passed over: {out:?}");
+}
