@@ -60,10 +60,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub listen_peer: Option<SocketAddr>,
     /// How long a write waits to be ordered and applied before the client gets etcd's
-    /// "request timed out" (its outcome is then unknown, as with etcd); also how long a
-    /// linearizable read waits for its read index and the local apply.
+    /// "request timed out" (its outcome is then unknown, as with etcd).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
+    /// How long a linearizable read waits for its read index and the local apply before the
+    /// client gets etcd's "request timed out": what etcd's own request timeout is with its
+    /// default election timeout (5 s + 2 x 1 s), so a bank cut off from a quorum fails reads
+    /// as a partitioned etcd member does, instead of holding them.
+    #[arg(long, default_value = "7s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
     /// How long a view may make no progress before validators give up on its leader (doubles
     /// after repeated failures). Every bank should use the same value.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -254,7 +259,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ledger,
         applier,
         sequencer,
-        read_timeout: args.write_timeout,
+        read_timeout: args.read_timeout,
         stale_reads,
         keep_alives: Default::default(),
         max_txn_ops: args.max_txn_ops,

@@ -119,7 +119,30 @@ async fn cut_off_bank_catches_up_after_the_heal() {
     let writers: Vec<_> = (0..3 * per_bank)
         .map(|w| tokio::spawn(writer(endpoints[w % 3].clone(), w % 3, w / 3, stop.clone())))
         .collect();
+    // Cut off from a quorum, bank 4 cannot know the latest writes: a linearizable read there
+    // must fail (etcd's timeout), never answer from its stale etcd, and etcdctl must call the
+    // endpoint unhealthy.
+    let probe = {
+        let (first, cut_off) = (endpoints[0].clone(), endpoints[3].clone());
+        let health = chain.etcdctl(3).with_timeout(Duration::from_secs(20));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            put(&first, "cut/probe", "written during the cut").await.expect("a write through bank 1 during the cut");
+            let read = get(&cut_off, "cut/probe", Duration::from_secs(20)).await;
+            let health = tokio::task::spawn_blocking(move || health.run(&["endpoint", "health", "--command-timeout=3s"])).await.unwrap();
+            (read, health)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(env_or("BFTCD_PARTITION_CUT_SECS", CUT.as_secs()))).await;
+    let (read, health) = probe.await.unwrap();
+    match read {
+        Err(status) if status.message() == "etcdserver: request timed out" => {
+            eprintln!("during the cut, a linearizable read at bank 4 failed as it should: {status}")
+        }
+        Err(status) => panic!("bank 4, cut off, failed a linearizable read, but not with etcd's timeout: {status}"),
+        Ok(v) => panic!("bank 4, cut off, answered a linearizable read: {v:?}"),
+    }
+    assert!(!health.success(), "etcdctl called cut-off bank 4 healthy: {health:?}");
     stop.store(true, Ordering::Relaxed);
     let mut written = Vec::new();
     let mut slowest = Duration::ZERO;
