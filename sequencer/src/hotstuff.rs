@@ -122,6 +122,7 @@ impl HotStuff {
             }
         }
         let stage_domain = cfg.domain.clone();
+        let (max_blocks, max_bytes) = (cfg.max_sync_blocks, cfg.max_sync_bytes);
         let mut core = Core::new(
             cfg,
             Box::new(crypto.clone()),
@@ -149,8 +150,12 @@ impl HotStuff {
         );
         let (network, raw_incoming) = Network::start(net_cfg).await?;
         let (checked_tx, incoming) = mpsc::channel(1024);
+        let (sync_tx, sync_requests) = mpsc::channel(16);
+        tokio::spawn(stages::serve_sync(sync_requests, ledger.clone(), network.clone(), max_blocks, max_bytes).accounted(Component::Network));
+        let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx };
         tokio::spawn(
-            stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx).accounted(Component::Consensus),
+            stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx, Some(sync))
+                .accounted(Component::Consensus),
         );
         let (submit, raw_submissions) = mpsc::channel(65_536);
         let (signed_tx, submissions) = mpsc::channel(64);

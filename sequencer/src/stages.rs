@@ -12,6 +12,8 @@
 //!   [`ChainCrypto`]'s cache, so the core, adding its own vote, forms the certificate without one;
 //!   it checks timeout signatures, and certificates the core does not hold yet (a proposal that
 //!   arrives before the votes it certifies), the same way.
+//! - Sync requests from peers far behind go to [`serve_sync`], which answers them from the ledger
+//!   (up to 4 MiB read and encoded per answer) instead of the core.
 //! - [`sign_submissions`] stamps and signs this bank's client writes (one signature per batch) and
 //!   hands the signed batch to the core.
 //!
@@ -24,14 +26,18 @@ use std::sync::Arc;
 use bftcd_proto::bftcd::peer_message::Kind;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use bftcd_proto::bftcd::{Operation, PeerMessage, QuorumCert, Vote};
+use bftcd_proto::bftcd::{Operation, PeerMessage, QuorumCert, SyncRequest, SyncResponse, Vote};
 use bftcd_proto::Message;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::consensus::mempool::op_id;
 use crate::consensus::{Crypto, Domain};
+use crate::consensus::sync::committed_answer;
+use crate::cpu::{self, Component};
 use crate::keys::ChainCrypto;
+use crate::ledger::Ledger;
+use crate::net::Network;
 use crate::{Position, SequencerError};
 
 /// Bound on any message from a peer, before it is even decoded.
@@ -56,6 +62,7 @@ pub async fn check_incoming(
     crypto: Arc<ChainCrypto>,
     domain: Domain,
     out: mpsc::Sender<Checked>,
+    sync: Option<SyncDiversion>,
 ) {
     let mut batch = Vec::with_capacity(CHECK_BATCH);
     let mut tally = VoteTally::default();
@@ -63,7 +70,10 @@ pub async fn check_incoming(
         if raw.recv_many(&mut batch, CHECK_BATCH).await == 0 {
             return;
         }
-        let decoded: Vec<Checked> = batch.drain(..).map(|(from, bytes)| decode(from as usize, bytes)).collect();
+        let mut decoded: Vec<Checked> = batch.drain(..).map(|(from, bytes)| decode(from as usize, bytes)).collect();
+        if let Some(sync) = &sync {
+            decoded.retain_mut(|m| !sync.divert(m));
+        }
         for m in &decoded {
             if let Checked::Message { from, msg } = m {
                 precheck_bls(*from, msg, &mut tally, &crypto, &domain);
@@ -256,6 +266,59 @@ fn operation_signatures(messages: &[Checked], domain: &Domain) -> Vec<(usize, Ve
     out
 }
 
+/// Sync requests the check stage hands to [`serve_sync`] instead of the core.
+pub struct SyncDiversion {
+    pub ledger: Arc<Ledger>,
+    pub requests: mpsc::Sender<(usize, SyncRequest)>,
+}
+
+/// A peer whose committed height is more than this many blocks below this bank's ledger is
+/// answered by [`serve_sync`]; nearer ones by the core, which adds the uncommitted blocks.
+const SERVED_BESIDE_LAG: u64 = 2;
+
+impl SyncDiversion {
+    /// Takes `m` if it is a sync request for [`serve_sync`]. When that server is busy the
+    /// request is dropped: the asker passes over a peer that does not answer.
+    fn divert(&self, m: &mut Checked) -> bool {
+        let Checked::Message { from, msg } = m else { return false };
+        let Some(Kind::SyncRequest(r)) = &mut msg.kind else { return false };
+        if r.committed_height.saturating_add(SERVED_BESIDE_LAG) >= self.ledger.height() {
+            return false;
+        }
+        if self.requests.try_send((*from, std::mem::take(r))).is_err() {
+            tracing::debug!(peer = *from, "sync: server busy, request dropped");
+        }
+        true
+    }
+}
+
+/// Answers peers far behind with committed blocks from the ledger (the same limits as the
+/// core's answers: `max_blocks`, `max_bytes`, ending on a commit proof), one request at a time
+/// on a blocking thread, so that a catching-up peer never holds up the consensus task.
+pub async fn serve_sync(
+    mut requests: mpsc::Receiver<(usize, SyncRequest)>,
+    ledger: Arc<Ledger>,
+    network: Network,
+    max_blocks: usize,
+    max_bytes: usize,
+) {
+    while let Some((from, r)) = requests.recv().await {
+        let ledger = ledger.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let _cpu = cpu::section(Component::Persistence);
+            let from_height = r.committed_height.saturating_add(1);
+            let (committed, _) = committed_answer(from_height, ledger.height(), max_blocks, max_bytes, |h| ledger.read(h).ok());
+            let answer = SyncResponse { committed, uncommitted: Vec::new() };
+            PeerMessage { kind: Some(Kind::SyncResponse(answer)) }.encode_to_vec()
+        })
+        .await;
+        match answer {
+            Ok(bytes) => network.send(from as u32, Bytes::from(bytes)),
+            Err(_) => return,
+        }
+    }
+}
+
 /// A client write on its way to ordering, and where its outcome goes.
 pub type Submission = (Operation, oneshot::Sender<Result<Position, SequencerError>>);
 
@@ -317,6 +380,37 @@ mod tests {
         }
         assert!(t.votes.len() <= 1 + TALLY_PER_PEER);
         assert!(t.add(1, &vote(7, 1, 1), 3).is_some(), "the honest tally survived the flood");
+    }
+
+    #[test]
+    fn sync_requests_from_peers_far_behind_bypass_the_core() {
+        use bftcd_proto::bftcd::{Block, CommittedBlock, Genesis};
+        let dir = tempfile::tempdir().unwrap();
+        let genesis = Genesis { chain_id: "test".into(), epoch: 1, genesis_time_ms: 5, ..Default::default() };
+        let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.log"), &genesis).unwrap());
+        for h in 1..=10u64 {
+            let (parent, ts) = ledger.tip();
+            let block = Block { height: h, parent_hash: parent.to_vec(), timestamp_ms: ts + 1, ..Default::default() };
+            let proof = h.is_multiple_of(3).then(QuorumCert::default);
+            ledger.append(&CommittedBlock { block: Some(block), commit_qc: proof, commit_child: None }).unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let sync = SyncDiversion { ledger: ledger.clone(), requests: tx };
+        let ask = |committed_height| Checked::Message {
+            from: 2,
+            msg: PeerMessage { kind: Some(Kind::SyncRequest(SyncRequest { committed_height, want_block: vec![] })) },
+        };
+        assert!(!sync.divert(&mut ask(9)), "one block behind: the core answers, with what is not committed yet");
+        assert!(!sync.divert(&mut ask(8)));
+        assert!(sync.divert(&mut ask(3)), "far behind: the ledger answers");
+        let (from, r) = rx.try_recv().unwrap();
+        assert_eq!((from, r.committed_height), (2, 3));
+        let mut vote = Checked::Message { from: 2, msg: PeerMessage { kind: Some(Kind::Vote(vote(5, 1, 2))) } };
+        assert!(!sync.divert(&mut vote));
+        // What the server sends: blocks 4..=9, ending on the last commit proof within reach.
+        let (answer, _) = committed_answer(4, ledger.height(), 128, 4 << 20, |h| ledger.read(h).ok());
+        let heights: Vec<u64> = answer.iter().map(|cb| cb.block.as_ref().unwrap().height).collect();
+        assert_eq!(heights, vec![4, 5, 6, 7, 8, 9]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod certs;
 pub mod mempool;
 pub mod read_index;
 pub mod safety;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -1064,23 +1065,13 @@ impl Core {
     }
 
     fn on_sync_request(&mut self, from: usize, r: SyncRequest, log: &dyn CommittedLog) {
-        let mut committed: Vec<CommittedBlock> = Vec::new();
-        let mut bytes = 0;
-        let end = self.committed.height.min(r.committed_height + self.cfg.max_sync_blocks as u64);
-        for h in r.committed_height + 1..=end {
-            let Some(cb) = log.read(h) else { break };
-            let size = cb.encoded_len();
-            let proven = committed.iter().any(|c| c.commit_qc.is_some());
-            if proven && bytes + size > self.cfg.max_sync_bytes {
-                break;
-            }
-            bytes += size;
-            committed.push(cb);
-        }
-        // End on a block that carries its commit proof.
-        while committed.last().is_some_and(|cb| cb.commit_qc.is_none()) {
-            committed.pop();
-        }
+        let (committed, mut bytes) = sync::committed_answer(
+            r.committed_height.saturating_add(1),
+            self.committed.height,
+            self.cfg.max_sync_blocks,
+            self.cfg.max_sync_bytes,
+            |h| log.read(h),
+        );
         let mut uncommitted = Vec::new();
         if let Some(mut cur) = hash32(&r.want_block) {
             while let Some(b) = self.blocks.get(&cur) {
