@@ -25,6 +25,7 @@ etcd_errors! {
     no_leader => Unavailable, "etcdserver: no leader";
     timeout => Unavailable, "etcdserver: request timed out";
     auth_not_enabled => FailedPrecondition, "etcdserver: authentication is not enabled";
+    permission_denied => PermissionDenied, "etcdserver: permission denied";
 }
 
 /// A write that touches BFTcd's reserved key prefix (where each bank keeps its apply position).

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bftcd_proto::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
@@ -19,8 +19,15 @@ pub struct MaintenanceFront(pub Arc<Front>);
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceFront {
+    /// GET and DEACTIVATE as etcd; ACTIVATE is refused: an alarm raised at one bank's etcd
+    /// (CORRUPT makes etcd refuse writes, NOSPACE stalls them) would stop that bank applying what
+    /// every other bank applies. Alarms are raised by the bank itself, never by a client.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let mut r = self.0.etcd.maintenance().alarm(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        let request = request.into_inner();
+        if request.action() == AlarmAction::Activate {
+            return Err(errors::permission_denied());
+        }
+        let mut r = self.0.etcd.maintenance().alarm(request).await.map_err(errors::from_etcd)?.into_inner();
         r.header = self.0.identity.header(r.header);
         // The hidden etcd's member id means nothing to clients; alarms belong to this bank.
         for a in &mut r.alarms {
