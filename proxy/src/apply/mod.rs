@@ -66,6 +66,10 @@ enum Attempt {
     Refused(Status),
     /// The local etcd could not be reached or answered with a local condition; outcome unknown.
     Transient(Status),
+    /// The local etcd refused for a reason of its own (an alarm, a limit set differently here,
+    /// auth turned on behind the sidecar): the other banks apply the operation, so this one must
+    /// not skip it. Applying stops here and retries until an operator fixes the etcd.
+    Local(Status),
 }
 
 type Key = (u32, u64);
@@ -95,6 +99,37 @@ pub struct Applier {
 /// ledger was writing them) and still be caught up from the peers; beyond it, this etcd's data
 /// belongs to another ledger.
 const MAX_APPLIED_AHEAD: u64 = 4096;
+
+/// etcd's refusals that depend only on the operation and the replicated state, so that every
+/// bank's etcd refuses it alike and every bank may skip it. The two limits are configured per
+/// etcd: the same on every bank (docs/operations.md); a bank whose etcd is configured lower
+/// refuses more than the others and must be fixed, but it skips no more than they do only while
+/// they are equal.
+const DETERMINISTIC_REFUSALS: &[&str] = &[
+    "etcdserver: mvcc: required revision has been compacted",
+    "etcdserver: mvcc: required revision is a future revision",
+    "etcdserver: requested lease not found",
+    "etcdserver: key is not provided",
+    "etcdserver: key not found",
+    "etcdserver: value is provided",
+    "etcdserver: lease is provided",
+    "etcdserver: duplicate key given in txn request",
+    "etcdserver: too large lease TTL",
+    "etcdserver: too many operations in txn request",
+    "etcdserver: request is too large",
+];
+
+/// Fails closed: a refusal counts as the operation's only when it is one every bank's etcd gives
+/// alike; anything else stops applying at this bank rather than skip.
+fn refusal(s: Status) -> Attempt {
+    if is_transient(&s) {
+        Attempt::Transient(s)
+    } else if DETERMINISTIC_REFUSALS.contains(&s.message()) {
+        Attempt::Refused(errors::from_etcd(s))
+    } else {
+        Attempt::Local(s)
+    }
+}
 
 /// Errors that say something about this bank's etcd, not about the operation.
 fn is_transient(s: &Status) -> bool {
@@ -356,8 +391,14 @@ impl Applier {
             match self.attempt(op, pos, lease, retrying).await {
                 Attempt::Done(r, recorded) => return (Ok(r), recorded),
                 Attempt::Refused(status) => return (Err(status), false),
-                Attempt::Transient(status) => {
-                    tracing::warn!(position = %pos, error = %status, "apply: local etcd failed; retrying");
+                Attempt::Transient(status) | Attempt::Local(status) => {
+                    if !is_transient(&status) {
+                        tracing::error!(position = %pos, error = %status,
+                            "apply: stopped: this bank's etcd refuses an operation the other banks apply (fix the etcd: \
+                             alarm, limits, auth); retrying, and serving no linearizable reads meanwhile");
+                    } else {
+                        tracing::warn!(position = %pos, error = %status, "apply: local etcd failed; retrying");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     // The failed call may or may not have landed. The position key says which.
@@ -412,7 +453,7 @@ impl Applier {
                 Err(s) if is_transient(&s) => Attempt::Transient(s),
                 // A compaction that already happened before the outage.
                 Err(s) if retrying && s.message() == errors::compacted().message() => Attempt::Refused(errors::timeout()),
-                Err(s) => Attempt::Refused(errors::from_etcd(s)),
+                Err(s) => refusal(s),
             },
             Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseKeepAlive(_) | Op::LeaseExpire(_) => match lease {
                 Some(d) => self.apply_lease(d).await,
@@ -453,10 +494,8 @@ impl Applier {
         match result {
             Ok(r) => Attempt::Done(r, false),
             Err(s) if is_transient(&s) => Attempt::Transient(s),
-            Err(s) => {
-                tracing::error!(error = %s, "apply: the local etcd refused a lease call the replicated table allowed");
-                Attempt::Refused(errors::from_etcd(s))
-            }
+            // The replicated table allowed it, so every other bank did it.
+            Err(s) => Attempt::Local(s),
         }
     }
 
@@ -491,8 +530,7 @@ impl Applier {
                 let header = self.identity.header(t.header);
                 Attempt::Done(finish(header, t), recorded)
             }
-            Err(s) if is_transient(&s) => Attempt::Transient(s),
-            Err(s) => Attempt::Refused(errors::from_etcd(s)),
+            Err(s) => refusal(s),
         }
     }
 
