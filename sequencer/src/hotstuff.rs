@@ -105,13 +105,20 @@ impl HotStuff {
         };
         let mut recent = Vec::new();
         let mut last_operations = 0;
-        let from = ledger.height().saturating_sub(1024) + 1;
+        // The leader choice looks back on the last blocks' headers (consensus::leader).
+        let mut history = Vec::new();
+        let window = crate::consensus::leader::window_blocks(n) as u64;
+        let from = ledger.height().saturating_sub(1024.max(window)) + 1;
         for h in from..=ledger.height() {
-            let b = ledger.read(h)?.block.unwrap_or_default();
+            let mut b = ledger.read(h)?.block.unwrap_or_default();
             if !b.operations.is_empty() {
                 last_operations = h;
             }
-            recent.extend(b.operations.into_iter().map(|op| (b.timestamp_ms, op)));
+            if h + 1024 > ledger.height() {
+                recent.extend(std::mem::take(&mut b.operations).into_iter().map(|op| (b.timestamp_ms, op)));
+            }
+            b.operations.clear();
+            history.push(b);
         }
         if last_operations == 0 {
             for h in (1..from).rev() {
@@ -132,6 +139,8 @@ impl HotStuff {
             recent,
         );
         core.set_last_committed_operations(last_operations);
+        core.set_committed_history(&history);
+        drop(history);
 
         let peers = genesis
             .validators

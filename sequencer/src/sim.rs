@@ -179,6 +179,7 @@ fn new_core(
     let mut core = Core::new(config(n, validator, s.broken_read_index), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
     let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
     core.set_last_committed_operations(last_operations);
+    core.set_committed_history(ledger.iter().filter_map(|cb| cb.block.as_ref()));
     core
 }
 

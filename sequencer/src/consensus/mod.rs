@@ -2,8 +2,9 @@
 //! randomness (time arrives as an argument). The runtime and the simulator drive the same code.
 //!
 //! Protocol (two-phase, chained, pipelined):
-//! * View v's leader is validator v mod n. It proposes a block extending the highest QC it knows,
-//!   justified by that QC, and after a failed view also by a timeout certificate (TC).
+//! * View v's leader is chosen from the chain the proposal extends ([`leader`]): round robin over
+//!   the validators the chain shows working. It proposes a block extending the highest QC it
+//!   knows, justified by that QC, and after a failed view also by a timeout certificate (TC).
 //! * Validators vote ([`safety`]) and send the vote to every validator. Each aggregates 2f+1
 //!   votes into a QC itself and enters v + 1; the leader of v + 1 proposes on top of it.
 //! * A block commits when its direct child in the next view is certified; the child's QC and
@@ -20,6 +21,7 @@
 //!   blocks that still carry uncommitted operations, and timers run only while something waits.
 
 pub mod certs;
+pub mod leader;
 pub mod mempool;
 pub mod read_index;
 pub mod safety;
@@ -80,6 +82,8 @@ pub struct Config {
     /// Tests only: answer reads from this validator's own state, skipping the quorum (the
     /// simulator must catch the stale reads this allows).
     pub broken_read_index: bool,
+    /// Tests only: plain round-robin leaders, the baseline the simulator compares with.
+    pub round_robin_leaders: bool,
 }
 
 impl Config {
@@ -99,6 +103,7 @@ impl Config {
             max_sync_bytes: 4 << 20,
             sync_probe_max_ms: 30_000,
             broken_read_index: false,
+            round_robin_leaders: false,
         }
     }
 }
@@ -121,6 +126,7 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // handed on at once; boxing buys nothing
 pub enum Output {
     Send { to: usize, msg: PeerMessage },
     /// To every other validator.
@@ -185,7 +191,14 @@ pub struct Core {
     view_entered_ms: u64,
     failed_views: u32,
     last_voted_block: Option<Hash>,
-    pending: Option<(usize, Proposal)>,
+    /// Proposals waiting for their parent's chain (a sync), one per sender so that nobody can
+    /// push the real leader's out.
+    pending: BTreeMap<usize, Proposal>,
+    /// Committed blocks the leader choice looks back on, by height (the last
+    /// `leader::window_blocks`; the blocks above the tip are in `blocks`).
+    history: BTreeMap<u64, leader::Entry>,
+    /// The leaders of the two views after a block (and its view), by its hash.
+    leaders_cache: std::cell::RefCell<HashMap<Hash, (u64, [usize; 2])>>,
     sync_asked: HashMap<usize, u64>,
     next_probe_ms: u64,
     probe_interval_ms: u64,
@@ -291,7 +304,9 @@ impl Core {
             view_entered_ms: 0,
             failed_views: 0,
             last_voted_block: None,
-            pending: None,
+            pending: BTreeMap::new(),
+            history: BTreeMap::new(),
+            leaders_cache: Default::default(),
             sync_asked: HashMap::new(),
             next_probe_ms: 0,
             probe_interval_ms: 0,
@@ -322,8 +337,80 @@ impl Core {
         self.committed.height
     }
 
+    /// After a restart: the committed blocks below the tip the leader choice looks back on (the
+    /// last `leader::window_blocks(n)` of the ledger; more or fewer are fine, in any order).
+    pub fn set_committed_history<'a>(&mut self, blocks: impl IntoIterator<Item = &'a Block>) {
+        for b in blocks {
+            if b.height > 0 && b.height <= self.committed.height {
+                self.history.insert(b.height, self.leader_entry(b));
+            }
+        }
+        self.prune_history();
+    }
+
+    fn leader_entry(&self, b: &Block) -> leader::Entry {
+        let failed = if b.failed_leaders.is_empty() { Vec::new() } else { self.cfg.domain.signers(&b.failed_leaders).unwrap_or_default() };
+        leader::Entry { view: b.view, proposer: b.proposer as usize, failed }
+    }
+
+    fn prune_history(&mut self) {
+        let keep = leader::window_blocks(self.cfg.domain.n) as u64;
+        let floor = self.committed.height.saturating_sub(keep);
+        self.history.retain(|h, _| *h > floor);
+    }
+
+    /// The leader of `view` as this validator would propose in it (on its high QC); for logs.
     pub fn leader(&self, view: u64) -> usize {
-        (view % self.cfg.domain.n as u64) as usize
+        let anchor = hash32(&self.high_qc.block_hash).unwrap_or_default();
+        self.expected_leader(view, &anchor).map_or((view % self.cfg.domain.n as u64) as usize, |(l, _)| l)
+    }
+
+    /// The leader of `view` for a block extending `anchor`, and the `failed_leaders` that block
+    /// must record; None when this validator lacks part of the anchor's chain.
+    fn expected_leader(&self, view: u64, anchor: &Hash) -> Option<(usize, Vec<u8>)> {
+        let (anchor_view, after) = self.leaders_after(anchor)?;
+        if view <= anchor_view {
+            return None;
+        }
+        let failed = leader::failed_leaders(after, anchor_view, view);
+        let bitmap = if failed.is_empty() { Vec::new() } else { self.cfg.domain.bitmap(failed) };
+        Some((leader::leader(self.cfg.domain.n, after, anchor_view, view), bitmap))
+    }
+
+    fn leaders_after(&self, anchor: &Hash) -> Option<(u64, [usize; 2])> {
+        if let Some(known) = self.leaders_cache.borrow().get(anchor) {
+            return Some(*known);
+        }
+        let n = self.cfg.domain.n;
+        let want = leader::window_blocks(n);
+        let mut chain = Vec::new();
+        let mut cur = *anchor;
+        let mut below = None;
+        while chain.len() < want {
+            let b = self.blocks.get(&cur)?;
+            if b.height == 0 {
+                break; // genesis
+            }
+            chain.push(self.leader_entry(b));
+            if b.height <= self.committed.height {
+                below = Some(b.height); // the committed tip: the rest is history
+                break;
+            }
+            cur = hash32(&b.parent_hash)?;
+        }
+        if let Some(top) = below {
+            let room = want - chain.len();
+            chain.extend(self.history.range(..top).rev().take(room).map(|(_, e)| e.clone()));
+        }
+        chain.reverse();
+        let anchor_view = self.blocks.get(anchor)?.view;
+        let after = leader::leaders_after(n, &chain, anchor_view, self.cfg.round_robin_leaders);
+        let mut cache = self.leaders_cache.borrow_mut();
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(*anchor, (anchor_view, after));
+        Some((anchor_view, after))
     }
 
     pub fn mempool_len(&self) -> usize {
@@ -801,6 +888,8 @@ impl Core {
             }
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
             self.committed_hashes.insert(b.height, hash);
+            let entry = self.leader_entry(&b);
+            self.history.insert(b.height, entry);
             let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(header(child))) } else { (None, None) };
             let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
@@ -809,6 +898,7 @@ impl Core {
         while self.committed_hashes.len() > 4096 {
             self.committed_hashes.pop_first();
         }
+        self.prune_history();
         let floor = self.committed.height;
         let tip = self.committed.hash;
         self.blocks.retain(|h, b| b.height > floor || *h == tip);
@@ -818,7 +908,7 @@ impl Core {
 
     fn try_propose(&mut self) {
         let view = self.view;
-        if self.leader(view) != self.cfg.me || self.proposed_view >= view || self.timed_out_view >= view {
+        if self.proposed_view >= view || self.timed_out_view >= view {
             return;
         }
         let tc = if self.high_qc.view + 1 == view {
@@ -830,6 +920,10 @@ impl Core {
             }
         };
         let Some(parent_hash) = hash32(&self.high_qc.block_hash) else { return };
+        let Some((leader, failed_leaders)) = self.expected_leader(view, &parent_hash) else { return };
+        if leader != self.cfg.me {
+            return;
+        }
         let Some(parent) = self.blocks.get(&parent_hash).cloned() else { return };
         let exclude = self.in_flight(&parent_hash);
         let ops: Vec<Operation> = self
@@ -852,6 +946,7 @@ impl Core {
             proposer: self.cfg.me as u32,
             operations: ops,
             justify: Some(self.high_qc.clone()),
+            failed_leaders,
             ..Default::default()
         };
         self.proposed_view = view;
@@ -871,12 +966,18 @@ impl Core {
         let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
         if block.epoch != self.cfg.domain.epoch
             || block.proposer as usize != from
-            || self.leader(block.view) != from
             || block.view <= justify.view
             || !block.operations_digest.is_empty()
             || block.parent_hash != justify.block_hash
         {
             return self.reject(from, "malformed proposal");
+        }
+        let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
+        // Checked before any signature when the parent's chain is known (the usual case); else
+        // once a sync brought it. A late block skips it: its QC shows 2f+1 validators checked it.
+        let expected = self.expected_leader(block.view, &parent_hash);
+        if expected.as_ref().is_some_and(|(l, failed)| *l != from || *failed != block.failed_leaders) {
+            return self.reject(from, "proposal from a validator that does not lead the view");
         }
         let me = from == self.cfg.me;
         // Usually this validator formed the same QC from the votes already: keep its own copy
@@ -913,12 +1014,16 @@ impl Core {
         if block.view != self.view {
             return; // claims a view not reached
         }
-        let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
-        let Some(parent) = self.blocks.get(&parent_hash).cloned() else {
+        let parent = self.blocks.get(&parent_hash).cloned();
+        let Some(parent) = parent.filter(|_| expected.is_some() || self.expected_leader(block.view, &parent_hash).is_some()) else {
             p.block = Some(block);
-            self.pending = Some((from, p));
+            self.pending.insert(from, p);
             return self.ask_sync(from, &parent_hash);
         };
+        if expected.is_none() {
+            // The parent's chain arrived since the first check.
+            return self.on_proposal(from, Proposal { block: Some(block), tc: p.tc });
+        }
         if block.height != parent.height + 1 || block.timestamp_ms <= parent.timestamp_ms {
             return self.reject(from, "block height or time does not follow its parent");
         }
@@ -1175,7 +1280,7 @@ impl Core {
             self.blocks.insert(block_hash(&b), Arc::new(b));
             self.process_qc(&j, from);
         }
-        if let Some((from, p)) = self.pending.take() {
+        for (from, p) in std::mem::take(&mut self.pending) {
             self.on_proposal(from, p);
         }
     }
