@@ -277,7 +277,11 @@ impl Core {
                 r.insert(*ms, id);
             }
         }
-        let view = safety.state().last_voted_view.max(high_qc.view) + 1;
+        // Back in the view it last voted or timed out in (not past it: its timeout there may
+        // never have arrived, and with a bank down the others need it again); it may time out
+        // there again, but never vote or propose again.
+        let last_voted = safety.state().last_voted_view;
+        let view = last_voted.max(high_qc.view + 1);
         let n = cfg.domain.n;
         Core {
             cfg,
@@ -297,7 +301,7 @@ impl Core {
             gave_up: vec![0; n],
             mempool: Mempool::default(),
             recent: r,
-            proposed_view: 0,
+            proposed_view: last_voted,
             timed_out_view: 0,
             my_timeout: None,
             deadline: 0,
@@ -690,6 +694,7 @@ impl Core {
                 high_qc: Some(self.high_qc.clone()),
                 signer: self.cfg.me as u32,
                 signature,
+                high_tc: self.high_tc.clone().filter(|tc| tc.view >= self.high_qc.view),
             };
             // Send before recording: recording may complete a TC and move to the next view.
             self.out.push(Output::Broadcast(msg(Kind::Timeout(t.clone()))));
@@ -733,6 +738,13 @@ impl Core {
             return self.reject(from, "timeout with a bad signature");
         }
         self.process_qc(&qc, from);
+        if let Some(tc) = t.high_tc.as_ref().filter(|tc| tc.view >= self.view) {
+            if self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+                self.process_tc(tc, from);
+            } else {
+                return self.reject(from, "timeout with an invalid TC");
+            }
+        }
         self.gave_up[from] = self.gave_up[from].max(t.view);
         if t.view >= self.view {
             self.record_timeout(from, t);
