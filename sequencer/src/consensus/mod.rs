@@ -622,8 +622,9 @@ impl Core {
     // ---- pacemaker ------------------------------------------------------------------------
 
     fn timeout_ms(&self) -> u64 {
-        // One crashed validator costs two consecutive failed views per rotation (its own, and
-        // the one whose votes it should have collected): back off only beyond that.
+        // Votes go to every validator, so a crashed one fails only its own view; with the
+        // leader choice ([`leader`]) two failures in a row are still ordinary (a bank that just
+        // crashed, then a retried one): back off only beyond that.
         let exp = self.failed_views.saturating_sub(2).min(8);
         (self.cfg.base_timeout_ms << exp).min(self.cfg.max_timeout_ms)
     }
