@@ -140,6 +140,9 @@ impl HotStuff {
         );
         core.set_last_committed_operations(last_operations);
         core.set_committed_history(&history);
+        if let Some(tc) = remembered.high_tc {
+            core.set_high_tc(tc);
+        }
         drop(history);
 
         let peers = genesis
@@ -265,11 +268,12 @@ impl Sequencer for HotStuff {
 struct Durable {
     blocks: Vec<Arc<Block>>,
     safety: Option<SafetyState>,
+    tc: Option<bftcd_proto::bftcd::TimeoutCert>,
 }
 
 impl Durable {
     fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.safety.is_none()
+        self.blocks.is_empty() && self.safety.is_none() && self.tc.is_none()
     }
 }
 
@@ -539,6 +543,7 @@ impl Driver {
                 Output::PersistBlock(b) => durable.blocks.push(b),
                 // Each state supersedes the ones before it.
                 Output::Persist(state) => durable.safety = Some(state),
+                Output::PersistTc(tc) => durable.tc = Some(tc),
                 // Nothing after it is acted on, commits included.
                 Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
                 // Read-index answers depend on no durable state.
@@ -582,7 +587,7 @@ impl Driver {
                     let _ = r.send(height);
                 }
             }
-            Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::SafetyViolation(_) => {
+            Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::PersistTc(_) | Output::SafetyViolation(_) => {
                 unreachable!("carry_out handles these")
             }
         }
@@ -608,7 +613,7 @@ impl Driver {
         let mut write = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let _cpu = cpu::section(Component::Persistence);
             let committed = ledger.height();
-            log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, committed)?;
+            log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, d.tc.as_ref(), committed)?;
             Ok(())
         });
         let (mut peers_open, mut reads_open) = (true, true);

@@ -1,6 +1,6 @@
 //! Deterministic simulation of HotStuff-2 validators: virtual time, a seeded network that delays,
 //! drops, reorders and partitions messages before a global stabilisation time (GST), crashes and
-//! restarts (from the persisted safety state and the ledger, like a real restart; half of them
+//! restarts (from the persisted safety state, blocks and TC and the ledger, like a real restart; half of them
 //! strike in the middle of a step, keeping a prefix of its outputs and none of its ledger
 //! appends), and Twins:
 //! up to f validators run as two instances with the same keys, which is how equivocating leaders
@@ -163,6 +163,7 @@ struct Instance {
     ledger: Vec<CommittedBlock>,
     persisted: SafetyState,
     stored_blocks: Vec<bftcd_proto::bftcd::Block>,
+    stored_tc: Option<bftcd_proto::bftcd::TimeoutCert>,
     up: bool,
     clock_offset: u64,
     wake: Option<u64>,
@@ -214,6 +215,7 @@ fn new_core(
     persisted: SafetyState,
     ledger: &[CommittedBlock],
     stored: &[bftcd_proto::bftcd::Block],
+    tc: Option<&bftcd_proto::bftcd::TimeoutCert>,
 ) -> Core {
     let safety = if s.broken_voting_rule { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
     let tip = ledger.last().and_then(|cb| {
@@ -234,6 +236,9 @@ fn new_core(
     let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
     core.set_last_committed_operations(last_operations);
     core.set_committed_history(ledger.iter().filter_map(|cb| cb.block.as_ref()));
+    if let Some(tc) = tc {
+        core.set_high_tc(tc.clone());
+    }
     core
 }
 
@@ -287,10 +292,11 @@ pub fn run(s: &Scenario) -> Report {
     let mut nodes: Vec<Instance> = (0..instances_n)
         .map(|i| Instance {
             validator: validator_of(i),
-            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[]),
+            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[], None),
             ledger: Vec::new(),
             persisted: SafetyState::default(),
             stored_blocks: Vec::new(),
+            stored_tc: None,
             up: true,
             clock_offset: rng.gen_range(0..200),
             wake: None,
@@ -474,7 +480,7 @@ pub fn run(s: &Scenario) -> Report {
                     last_crash.insert(to, now);
                 }
                 let node = &mut nodes[to];
-                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks);
+                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks, node.stored_tc.as_ref());
                 node.up = true;
                 push(&mut queue, now, Event::Wake { to });
                 continue;
@@ -522,6 +528,7 @@ pub fn run(s: &Scenario) -> Report {
                     Output::Broadcast(msg) => format!("bcast {}", kind(msg)),
                     Output::Persist(st) => format!("persist {st:?}"),
                     Output::PersistBlock(b) => format!("store block {}", b.height),
+                    Output::PersistTc(tc) => format!("store tc {}", tc.view),
                     Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
                     Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
@@ -535,6 +542,7 @@ pub fn run(s: &Scenario) -> Report {
         for o in outputs {
             match o {
                 Output::Persist(state) => nodes[to].persisted = state,
+                Output::PersistTc(tc) => nodes[to].stored_tc = Some(tc),
                 Output::PersistBlock(b) => {
                     let committed = nodes[to].ledger.len() as u64;
                     let store = &mut nodes[to].stored_blocks;

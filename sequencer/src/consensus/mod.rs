@@ -137,6 +137,9 @@ pub enum Output {
     /// certified block survives crashes on at least f+1 honest validators. Handed back to
     /// `Core::new` after a restart.
     PersistBlock(Arc<Block>),
+    /// The highest TC, for the consensus log: after a restart this validator can still show the
+    /// others why it is in its view. Handed back with `Core::set_high_tc`.
+    PersistTc(TimeoutCert),
     /// Append to the ledger, in order.
     Commit(CommittedBlock),
     /// A message was dropped; for logs and counters.
@@ -361,6 +364,15 @@ impl Core {
         let keep = leader::window_blocks(self.cfg.domain.n) as u64;
         let floor = self.committed.height.saturating_sub(keep);
         self.history.retain(|h, _| *h > floor);
+    }
+
+    /// After a restart: the highest TC from the consensus log. A bank whose timeout went into it
+    /// may be gone for good, and without it the others could never form it again.
+    pub fn set_high_tc(&mut self, tc: TimeoutCert) {
+        if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
+            self.view = self.view.max(tc.view + 1);
+            self.high_tc = Some(tc);
+        }
     }
 
     /// The leader of `view` as this validator would propose in it (on its high QC); for logs.
@@ -783,6 +795,7 @@ impl Core {
                 .collect();
             let high = entry.values().map(|(qc, _)| qc.clone()).max_by_key(|qc| qc.view).unwrap_or_default();
             let tc = self.cfg.domain.make_tc(view, votes, high);
+            self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc);
             self.enter_view(view + 1, true);
         }
@@ -793,6 +806,7 @@ impl Core {
             self.process_qc(qc, from);
         }
         if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
+            self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc.clone());
         }
         self.enter_view(tc.view + 1, true);
