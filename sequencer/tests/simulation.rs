@@ -28,11 +28,17 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     let mut reads = 0;
     let mut crashes_in_step = 0;
     let (mut twins, mut byzantine, mut down, mut partitions) = (0, 0, 0, 0);
-    for seed in 0..count {
+    // Long runs go on past a failure and list them all at the end.
+    let first: u64 = std::env::var("BFTCD_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut failed = Vec::new();
+    for seed in first..first + count {
         let n = if seed % 3 == 0 { 7 } else { 4 };
         let s = Scenario::random(seed, n);
         let r = run(&s);
-        assert!(r.violations.is_empty(), "seed {seed} failed: {:?}\nscenario: {s:?}\nheights: {:?}", r.violations, r.heights);
+        if !r.violations.is_empty() {
+            eprintln!("seed {seed} failed: {:?}\nscenario: {s:?}\nheights: {:?}", r.violations, r.heights);
+            failed.push(seed);
+        }
         events += r.events;
         ops += r.operations_checked;
         reads += r.reads_checked;
@@ -48,22 +54,28 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
          and {reads} read indexes checked, {crashes_in_step} crashes in the middle of a step, in {:?}",
         started.elapsed()
     );
+    assert!(failed.is_empty(), "failed seeds (replay with BFTCD_SIM_SEED): {failed:?}");
     assert!(count < 100 || reads > count as usize, "too few reads exercised: {reads}");
     assert!(count < 100 || crashes_in_step > count as usize / 10, "too few crashes within a step: {crashes_in_step}");
     assert!(count < 100 || (byzantine > count / 10 && down > count / 10), "too few leader-choice faults: {byzantine}, {down}");
 }
 
-/// Seeds that once stalled for good with one bank down: a bank had formed a TC from a timeout
-/// of the bank that then went down, which the others never received (now a timeout carries its
-/// sender's highest TC); a bank restarted one view past its last timeout, which had been lost
-/// (now it resumes in that view and times out there again); a bank restarted in a view it had
-/// entered by a TC it no longer held (now the consensus log keeps the highest TC).
+/// Seeds of the long mode that once stalled for good, all but one with a bank down for good:
+/// * 49: a bank had formed a TC from a timeout of the bank that then went down, which the others
+///   never received (now a timeout carries its sender's highest TC);
+/// * 469: a bank restarted one view past its last timeout, which had been lost (now it resumes
+///   in that view and times out there again);
+/// * 25148: a bank restarted in a view it had entered by a TC it no longer held (now the
+///   consensus log keeps the highest TC);
+/// * 92594: a bank restarted past a view it had left by a QC it no longer held (now it signs a
+///   timeout for a view it left when a bank still in it asks, `Core::help_behind`);
+/// * 77979 (twins, no bank down): a lagging bank answered a read with the height of an empty
+///   certified block at the idle top of the chain, which nothing would ever commit (now an
+///   answer over a gap claims the highest block it has not seen).
 #[test]
-fn a_bank_down_for_good_cannot_strand_the_others_in_a_view() {
-    for (seed, n) in [(49, 4), (469, 4), (25148, 4)] {
-        let s = Scenario::random(seed, n);
-        assert!(!s.down.is_empty(), "{s:?}");
-        check(&s);
+fn seeds_that_once_stalled_commit_again() {
+    for (seed, n) in [(49, 4), (469, 4), (25148, 4), (92594, 4), (77979, 7)] {
+        check(&Scenario::random(seed, n));
     }
 }
 

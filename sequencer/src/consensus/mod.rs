@@ -182,6 +182,9 @@ pub struct Core {
     /// QCs this validator formed or verified, by what they certify.
     verified_qcs: BTreeMap<VoteKey, QuorumCert>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
+    /// Timeouts signed for views this validator had left, for validators still in them (see
+    /// `help_behind`), by view.
+    helped: BTreeMap<u64, Timeout>,
     /// Highest view each validator is known to have timed out in (view synchronisation).
     gave_up: Vec<u64>,
     mempool: Mempool,
@@ -301,6 +304,7 @@ impl Core {
             voted: HashSet::new(),
             verified_qcs: BTreeMap::new(),
             timeouts: HashMap::new(),
+            helped: BTreeMap::new(),
             gave_up: vec![0; n],
             mempool: Mempool::default(),
             recent: r,
@@ -759,10 +763,45 @@ impl Core {
             }
         }
         self.gave_up[from] = self.gave_up[from].max(t.view);
+        if t.view < self.view {
+            self.help_behind(from, t.view);
+        }
         if t.view >= self.view {
             self.record_timeout(from, t);
         }
         self.synchronise_view();
+    }
+
+    /// `to` gave up on `view`, which this validator left with a certificate it no longer holds
+    /// (lost in a restart). If a bank whose timeout went into that certificate is down for
+    /// good, `to` can only move on with a TC for `view`, and this validator's timeout for it may
+    /// be the one missing: send it (signed once per view; `SafetyRules::timeout`).
+    fn help_behind(&mut self, to: usize, view: u64) {
+        let carried = self.high_qc.view >= view || self.high_tc.as_ref().is_some_and(|tc| tc.view >= view);
+        if carried || view + VOTE_VIEWS_AHEAD < self.view {
+            return; // this validator's own timeouts carry what moves `to` on, or it is far behind
+        }
+        let t = match self.helped.get(&view) {
+            Some(t) => t.clone(),
+            None => {
+                let Some(state) = self.safety.timeout(view, self.high_qc.view) else { return };
+                self.out.push(Output::Persist(state));
+                let signature = self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view));
+                let t = Timeout {
+                    epoch: self.cfg.domain.epoch,
+                    view,
+                    high_qc: Some(self.high_qc.clone()),
+                    signer: self.cfg.me as u32,
+                    signature,
+                    high_tc: None,
+                };
+                let floor = self.high_qc.view;
+                self.helped.retain(|v, _| *v > floor);
+                self.helped.insert(view, t.clone());
+                t
+            }
+        };
+        self.out.push(Output::Send { to, msg: msg(Kind::Timeout(t)) });
     }
 
     /// When f+1 validators gave up on views at or above w, at least one honest one did: move
@@ -1322,16 +1361,22 @@ impl Core {
         let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
         let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
         let mut cur = top;
+        let mut lowest_seen = top_block.height + 1;
         let height = loop {
             match self.blocks.get(&cur) {
                 Some(b) if b.height <= self.committed.height => break self.committed_operations,
                 Some(b) if !b.operations.is_empty() => break b.height,
                 Some(b) => match hash32(&b.parent_hash) {
-                    Some(p) => cur = p,
+                    Some(p) => {
+                        lowest_seen = b.height;
+                        cur = p;
+                    }
                     None => break top_block.height,
                 },
-                // A gap: claim the whole certified chain rather than risk under-reporting.
-                None => break top_block.height,
+                // A gap: claim the highest block not seen rather than risk under-reporting. Not
+                // more: the empty blocks above it are seen, and a claim of one at the idle top of
+                // the chain would keep the reader waiting for a commit nobody proposes.
+                None => break (lowest_seen - 1).max(self.committed_operations),
             }
         };
         (height, Some(top_block))
