@@ -4,11 +4,13 @@
 //!
 //! * the blocks it votes for (`Output::PersistBlock`): a certified block survives crashes on at
 //!   least f+1 honest validators;
-//! * its safety state (`Output::Persist`): it never votes twice in a view nor reports a lower lock.
+//! * its safety state (`Output::Persist`): it never votes twice in a view nor reports a lower lock;
+//! * the highest TC it holds (`Output::PersistTc`): after a restart it can still show the others
+//!   why it is in its view (a bank whose timeout went into that TC may be gone for good).
 //!
 //! Format: the magic `BFTCDCL1`, then records of `length: u32 LE, CRC-32C of the payload: u32 LE,
 //! payload`, the payload's first byte telling what it is: 1, a protobuf `Block`; 2, a safety state
-//! (last voted view, locked view: u64 LE each). The file is kept zero-filled ahead of the last
+//! (last voted view, locked view: u64 LE each); 3, a protobuf `TimeoutCert`. The file is kept zero-filled ahead of the last
 //! record, so an append overwrites data blocks the file already has and its `fdatasync` has no
 //! file size to journal; a zero length ends the log. A torn last record (crash during a write)
 //! also ends it: nothing that write covered ever left.
@@ -24,7 +26,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use bftcd_proto::bftcd::Block;
+use bftcd_proto::bftcd::{Block, TimeoutCert};
 use bftcd_proto::Message;
 
 use crate::consensus::safety::SafetyFile;
@@ -33,6 +35,7 @@ use crate::consensus::SafetyState;
 const MAGIC: &[u8; 8] = b"BFTCDCL1";
 const TAG_BLOCK: u8 = 1;
 const TAG_SAFETY: u8 = 2;
+const TAG_TC: u8 = 3;
 /// Zeros written ahead of the last record at a time.
 const PREALLOCATE: u64 = 4 << 20;
 /// Past this, the next append first rewrites the log without committed blocks.
@@ -51,12 +54,15 @@ pub struct ConsensusLog {
     /// The file's length: zeros from `end` to here.
     allocated: u64,
     safety: SafetyState,
+    tc: Option<TimeoutCert>,
 }
 
-/// What a validator remembered: its safety state and the blocks above the committed height.
+/// What a validator remembered: its safety state, the blocks above the committed height, and
+/// the highest TC.
 pub struct Recovered {
     pub safety: SafetyState,
     pub blocks: Vec<Block>,
+    pub high_tc: Option<TimeoutCert>,
 }
 
 fn frame(tag: u8, body: &[u8], out: &mut Vec<u8>) {
@@ -77,10 +83,11 @@ fn safety_body(s: &SafetyState) -> [u8; 16] {
 }
 
 /// Reads records from `bytes` (after the magic) until the end of the log: the safety state
-/// last written, and every block.
-fn read_records(bytes: &[u8]) -> (Option<SafetyState>, Vec<Block>) {
+/// last written, every block, and the TC last written.
+fn read_records(bytes: &[u8]) -> (Option<SafetyState>, Vec<Block>, Option<TimeoutCert>) {
     let mut safety = None;
     let mut blocks = Vec::new();
+    let mut tc = None;
     let mut at = 0;
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
@@ -97,6 +104,10 @@ fn read_records(bytes: &[u8]) -> (Option<SafetyState>, Vec<Block>) {
                 Ok(b) => blocks.push(b),
                 Err(_) => break,
             },
+            (TAG_TC, body) => match TimeoutCert::decode(body) {
+                Ok(t) => tc = Some(t),
+                Err(_) => break,
+            },
             (TAG_SAFETY, body) if body.len() == 16 => {
                 safety = Some(SafetyState {
                     last_voted_view: u64::from_le_bytes(body[..8].try_into().unwrap()),
@@ -107,7 +118,7 @@ fn read_records(bytes: &[u8]) -> (Option<SafetyState>, Vec<Block>) {
         }
         at += 8 + len;
     }
-    (safety, blocks)
+    (safety, blocks, tc)
 }
 
 /// Blocks of the pre-log block store, up to its first damaged record.
@@ -153,7 +164,7 @@ impl ConsensusLog {
         let path = dir.join("consensus.log");
         let legacy_safety = dir.join("safety");
         let legacy_blocks = dir.join("blocks.log");
-        let (safety, mut blocks) = match std::fs::read(&path) {
+        let (safety, mut blocks, high_tc) = match std::fs::read(&path) {
             Ok(bytes) => {
                 if bytes.len() < 8 || &bytes[..8] != MAGIC {
                     return Err(std::io::Error::new(
@@ -161,17 +172,17 @@ impl ConsensusLog {
                         format!("{} is not a consensus log", path.display()),
                     ));
                 }
-                let (safety, blocks) = read_records(&bytes[8..]);
-                (safety.unwrap_or_default(), blocks)
+                let (safety, blocks, tc) = read_records(&bytes[8..]);
+                (safety.unwrap_or_default(), blocks, tc)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // First start with this format: take over the files it replaces.
-                (SafetyFile::new(&legacy_safety).load()?, read_legacy_blocks(&legacy_blocks)?)
+                (SafetyFile::new(&legacy_safety).load()?, read_legacy_blocks(&legacy_blocks)?, None)
             }
             Err(e) => return Err(e),
         };
         blocks.retain(|b| b.height > committed_height);
-        let log = Self::rewrite(&path, safety, &blocks)?;
+        let log = Self::rewrite(&path, safety, high_tc.clone(), &blocks)?;
         for old in [legacy_safety, legacy_blocks] {
             match std::fs::remove_file(&old) {
                 Ok(()) => sync_dir(&old)?,
@@ -179,14 +190,17 @@ impl ConsensusLog {
                 Err(e) => return Err(e),
             }
         }
-        Ok((log, Recovered { safety, blocks }))
+        Ok((log, Recovered { safety, blocks, high_tc }))
     }
 
-    /// Writes a fresh log holding `safety` and `blocks`, zero-filled ahead, and puts it in place
-    /// atomically.
-    fn rewrite(path: &Path, safety: SafetyState, blocks: &[Block]) -> std::io::Result<ConsensusLog> {
+    /// Writes a fresh log holding `safety`, `tc` and `blocks`, zero-filled ahead, and puts it in
+    /// place atomically.
+    fn rewrite(path: &Path, safety: SafetyState, tc: Option<TimeoutCert>, blocks: &[Block]) -> std::io::Result<ConsensusLog> {
         let mut bytes = MAGIC.to_vec();
         frame(TAG_SAFETY, &safety_body(&safety), &mut bytes);
+        if let Some(t) = &tc {
+            frame(TAG_TC, &t.encode_to_vec(), &mut bytes);
+        }
         for b in blocks {
             frame(TAG_BLOCK, &b.encode_to_vec(), &mut bytes);
         }
@@ -200,27 +214,31 @@ impl ConsensusLog {
         std::fs::rename(&tmp, path)?;
         sync_dir(path)?;
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(ConsensusLog { path: path.to_path_buf(), file, end, allocated, safety })
+        Ok(ConsensusLog { path: path.to_path_buf(), file, end, allocated, safety, tc })
     }
 
-    /// Durably records what one consensus step produced: the blocks it is about to vote for and
-    /// its new safety state, in one write and one `fdatasync`. Blocking.
+    /// Durably records what one consensus step produced: the blocks it is about to vote for, its
+    /// new safety state and highest TC, in one write and one `fdatasync`. Blocking.
     pub fn append<B: Borrow<Block>>(
         &mut self,
         blocks: &[B],
         safety: Option<SafetyState>,
+        tc: Option<&TimeoutCert>,
         committed_height: u64,
     ) -> std::io::Result<()> {
         if let Some(s) = safety {
             self.safety = s;
         }
+        if let Some(t) = tc {
+            self.tc = Some(t.clone());
+        }
         if self.end > COMPACT_AT {
             // Keep what is still uncommitted: the blocks in the file and the new ones.
             let bytes = std::fs::read(&self.path)?;
-            let (_, mut kept) = read_records(bytes.get(8..).unwrap_or_default());
+            let (_, mut kept, _) = read_records(bytes.get(8..).unwrap_or_default());
             kept.extend(blocks.iter().map(|b| b.borrow().clone()));
             kept.retain(|b| b.height > committed_height);
-            *self = Self::rewrite(&self.path, self.safety, &kept)?;
+            *self = Self::rewrite(&self.path, self.safety, self.tc.clone(), &kept)?;
             return Ok(());
         }
         let mut bytes = Vec::new();
@@ -229,6 +247,9 @@ impl ConsensusLog {
         }
         if let Some(s) = safety {
             frame(TAG_SAFETY, &safety_body(&s), &mut bytes);
+        }
+        if let Some(t) = tc {
+            frame(TAG_TC, &t.encode_to_vec(), &mut bytes);
         }
         if bytes.is_empty() {
             return Ok(());
@@ -271,25 +292,28 @@ mod tests {
         assert_eq!(r.safety, SafetyState::default());
         assert!(r.blocks.is_empty());
         for h in 1..=5 {
-            log.append(&[block(h)], Some(state(h, h - 1)), 0).unwrap();
+            log.append(&[block(h)], Some(state(h, h - 1)), None, 0).unwrap();
         }
-        log.append::<Block>(&[], Some(state(7, 4)), 0).unwrap();
+        let tc = |view| TimeoutCert { view, ..Default::default() };
+        log.append::<Block>(&[], Some(state(7, 4)), Some(&tc(5)), 0).unwrap();
+        log.append::<Block>(&[], None, Some(&tc(6)), 0).unwrap();
         drop(log);
         let (_, r) = ConsensusLog::open(dir.path(), 3).unwrap();
         assert_eq!(r.safety, state(7, 4));
         assert_eq!(heights(&r), vec![4, 5], "committed blocks are dropped");
+        assert_eq!(r.high_tc, Some(tc(6)));
         // The reopen rewrote the log: the same again.
         let (_, r) = ConsensusLog::open(dir.path(), 3).unwrap();
-        assert_eq!((r.safety, heights(&r)), (state(7, 4), vec![4, 5]));
+        assert_eq!((r.safety, heights(&r), r.high_tc), (state(7, 4), vec![4, 5], Some(tc(6))));
     }
 
     #[test]
     fn a_torn_last_write_is_not_remembered_and_earlier_ones_are() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = ConsensusLog::open(dir.path(), 0).unwrap();
-        log.append(&[block(1)], Some(state(1, 0)), 0).unwrap();
+        log.append(&[block(1)], Some(state(1, 0)), None, 0).unwrap();
         let before = log.end;
-        log.append(&[block(2)], Some(state(2, 1)), 0).unwrap();
+        log.append(&[block(2)], Some(state(2, 1)), None, 0).unwrap();
         let after = log.end;
         drop(log);
         // Tear the second write inside its first record (the block): keep some of its bytes,
@@ -318,10 +342,10 @@ mod tests {
         let len = || std::fs::metadata(dir.path().join("consensus.log")).unwrap().len();
         let first = len();
         assert!(first >= PREALLOCATE);
-        log.append(&[block(1)], Some(state(1, 0)), 0).unwrap();
+        log.append(&[block(1)], Some(state(1, 0)), None, 0).unwrap();
         assert_eq!(len(), first, "an append inside the preallocated zeros keeps the size");
         let big = Block { height: 2, operations_digest: vec![7; PREALLOCATE as usize], ..Default::default() };
-        log.append(&[big], None, 0).unwrap();
+        log.append(&[big], None, None, 0).unwrap();
         assert!(len() > first);
         drop(log);
         let (_, r) = ConsensusLog::open(dir.path(), 0).unwrap();
@@ -334,7 +358,7 @@ mod tests {
         let (mut log, _) = ConsensusLog::open(dir.path(), 0).unwrap();
         let big = |h| Block { height: h, operations_digest: vec![1; 8 << 20], ..Default::default() };
         for h in 1..=9 {
-            log.append(&[big(h)], Some(state(h, h - 1)), h.saturating_sub(2)).unwrap();
+            log.append(&[big(h)], Some(state(h, h - 1)), None, h.saturating_sub(2)).unwrap();
         }
         assert!(log.end < COMPACT_AT, "the log was compacted");
         drop(log);

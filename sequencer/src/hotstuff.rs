@@ -105,13 +105,20 @@ impl HotStuff {
         };
         let mut recent = Vec::new();
         let mut last_operations = 0;
-        let from = ledger.height().saturating_sub(1024) + 1;
+        // The leader choice looks back on the last blocks' headers (consensus::leader).
+        let mut history = Vec::new();
+        let window = crate::consensus::leader::window_blocks(n) as u64;
+        let from = ledger.height().saturating_sub(1024.max(window)) + 1;
         for h in from..=ledger.height() {
-            let b = ledger.read(h)?.block.unwrap_or_default();
+            let mut b = ledger.read(h)?.block.unwrap_or_default();
             if !b.operations.is_empty() {
                 last_operations = h;
             }
-            recent.extend(b.operations.into_iter().map(|op| (b.timestamp_ms, op)));
+            if h + 1024 > ledger.height() {
+                recent.extend(std::mem::take(&mut b.operations).into_iter().map(|op| (b.timestamp_ms, op)));
+            }
+            b.operations.clear();
+            history.push(b);
         }
         if last_operations == 0 {
             for h in (1..from).rev() {
@@ -133,6 +140,11 @@ impl HotStuff {
             recent,
         );
         core.set_last_committed_operations(last_operations);
+        core.set_committed_history(&history);
+        if let Some(tc) = remembered.high_tc {
+            core.set_high_tc(tc);
+        }
+        drop(history);
 
         let peers = genesis
             .validators
@@ -261,11 +273,12 @@ impl Sequencer for HotStuff {
 struct Durable {
     blocks: Vec<Arc<Block>>,
     safety: Option<SafetyState>,
+    tc: Option<bftcd_proto::bftcd::TimeoutCert>,
 }
 
 impl Durable {
     fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.safety.is_none()
+        self.blocks.is_empty() && self.safety.is_none() && self.tc.is_none()
     }
 }
 
@@ -535,6 +548,7 @@ impl Driver {
                 Output::PersistBlock(b) => durable.blocks.push(b),
                 // Each state supersedes the ones before it.
                 Output::Persist(state) => durable.safety = Some(state),
+                Output::PersistTc(tc) => durable.tc = Some(tc),
                 // Nothing after it is acted on, commits included.
                 Output::SafetyViolation(what) => anyhow::bail!("safety violation: {what}"),
                 // Read-index answers depend on no durable state.
@@ -578,7 +592,7 @@ impl Driver {
                     let _ = r.send(height);
                 }
             }
-            Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::SafetyViolation(_) => {
+            Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::PersistTc(_) | Output::SafetyViolation(_) => {
                 unreachable!("carry_out handles these")
             }
         }
@@ -604,7 +618,7 @@ impl Driver {
         let mut write = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let _cpu = cpu::section(Component::Persistence);
             let committed = ledger.height();
-            log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, committed)?;
+            log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, d.tc.as_ref(), committed)?;
             Ok(())
         });
         let (mut peers_open, mut reads_open) = (true, true);

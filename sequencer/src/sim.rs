@@ -1,10 +1,11 @@
 //! Deterministic simulation of HotStuff-2 validators: virtual time, a seeded network that delays,
 //! drops, reorders and partitions messages before a global stabilisation time (GST), crashes and
-//! restarts (from the persisted safety state and the ledger, like a real restart; half of them
+//! restarts (from the persisted safety state, blocks and TC and the ledger, like a real restart; half of them
 //! strike in the middle of a step, keeping a prefix of its outputs and none of its ledger
 //! appends), and Twins:
 //! up to f validators run as two instances with the same keys, which is how equivocating leaders
-//! and double votes arise. The same seed always replays the same run.
+//! and double votes arise. A bank may also be down for good, or Byzantine against the leader
+//! choice ([`Misbehaviour`]). The same seed always replays the same run.
 //!
 //! The checker: no two honest instances commit different blocks at the same height, no honest
 //! instance reports a safety violation, every operation submitted to an honest instance
@@ -15,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
-use bftcd_proto::bftcd::{operation, CommittedBlock, Operation, OperationId, PeerMessage};
+use bftcd_proto::bftcd::{operation, peer_message::Kind, CommittedBlock, Operation, OperationId, PeerMessage};
 use bftcd_proto::etcdserverpb::PutRequest;
 use bftcd_proto::Message;
 use rand::rngs::StdRng;
@@ -25,7 +26,19 @@ use crate::block::block_hash;
 use crate::consensus::certs::sim::SimCrypto;
 use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
 
-#[derive(Debug, Clone)]
+/// A Byzantine bank's play against the leader choice; otherwise it runs honest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Never proposes (it still votes and times out).
+    Withhold,
+    /// Withholds every other proposal, to win its place back in between.
+    Alternate,
+    /// Alternates, and sends each vote to one validator only: a QC then forms at that one alone
+    /// while the others time out, which is how it could get an honest leader blamed.
+    AlternateSplitVotes,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct Scenario {
     pub seed: u64,
     pub n: usize,
@@ -42,8 +55,9 @@ pub struct Scenario {
     pub partitions: bool,
     /// Crash-restarts of honest instances before GST.
     pub crashes: usize,
-    /// Client operations, spread over [0, gst + 2 s].
+    /// Client operations, spread over [0, gst + 2 s], or over [0, load_ms] if that is later.
     pub operations: usize,
+    pub load_ms: u64,
     /// Every instance uses the deliberately broken voting rule.
     pub broken_voting_rule: bool,
     /// A partition held for the whole time before GST instead of random ones: side per
@@ -53,6 +67,13 @@ pub struct Scenario {
     pub reads: usize,
     /// Every instance answers reads from its own state alone (the checker must notice).
     pub broken_read_index: bool,
+    /// Validators down from this time (ms) to the end: (validator, from). Honest, but not
+    /// expected to commit anything; with twins and `byzantine`, at most f faults.
+    pub down: Vec<(usize, u64)>,
+    /// A Byzantine validator (not a twin) and what it does.
+    pub byzantine: Option<(usize, Misbehaviour)>,
+    /// Every instance uses plain round-robin leaders (the baseline).
+    pub round_robin_leaders: bool,
 }
 
 impl Scenario {
@@ -74,13 +95,36 @@ impl Scenario {
             partitions: rng.gen_bool(0.5),
             crashes,
             operations: rng.gen_range(1..40),
+            load_ms: 0,
             broken_voting_rule: false,
             fixed_partition: None,
             // From the seed alone, so adding reads left the other draws (and old seeds) as they were.
             reads: (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 59) as usize,
             broken_read_index: false,
+            down: Vec::new(),
+            byzantine: None,
+            round_robin_leaders: false,
         }
+        .with_faults(seed)
         .with_end()
+    }
+
+    /// Without twins: sometimes a Byzantine bank playing the leader choice, or a bank going down
+    /// for good before GST (one fault; from their own generator, so the other draws stay).
+    fn with_faults(mut self, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xfa17);
+        if self.twins > 0 || self.n < 4 {
+            return self;
+        }
+        let who = rng.gen_range(0..self.n);
+        match rng.gen_range(0..8) {
+            0 => self.byzantine = Some((who, Misbehaviour::Withhold)),
+            1 => self.byzantine = Some((who, Misbehaviour::Alternate)),
+            2 => self.byzantine = Some((who, Misbehaviour::AlternateSplitVotes)),
+            3 | 4 => self.down = vec![(who, rng.gen_range(0..self.gst_ms))],
+            _ => {}
+        }
+        self
     }
 
     fn with_end(mut self) -> Self {
@@ -104,6 +148,13 @@ pub struct Report {
     pub reads_checked: usize,
     /// Crashes that struck in the middle of a step.
     pub crashes_in_step: usize,
+    /// Views in which some honest instance gave up (sent a timeout) after GST.
+    pub views_timed_out_after_gst: u64,
+    /// Blocks after GST on the longest honest ledger: by proposer, and the views skipped.
+    pub led_after_gst: Vec<u64>,
+    pub skipped_views_after_gst: u64,
+    /// How often each validator is recorded as a failed leader after GST.
+    pub failed_after_gst: Vec<u64>,
 }
 
 struct Instance {
@@ -112,6 +163,7 @@ struct Instance {
     ledger: Vec<CommittedBlock>,
     persisted: SafetyState,
     stored_blocks: Vec<bftcd_proto::bftcd::Block>,
+    stored_tc: Option<bftcd_proto::bftcd::TimeoutCert>,
     up: bool,
     clock_offset: u64,
     wake: Option<u64>,
@@ -133,6 +185,8 @@ enum Event {
     Read { to: usize },
     Crash { to: usize },
     Restart { to: usize },
+    /// Down for good (no step is cut short: what it did is done).
+    Down { to: usize },
 }
 
 const GENESIS_MS: u64 = 1_000_000;
@@ -143,7 +197,7 @@ const GENESIS_HASH: [u8; 32] = [7u8; 32];
 /// that far (a few message delays and one view, not a sync probe interval).
 const READ_SERVE_MS: u64 = 3_000;
 
-fn config(n: usize, me: usize, broken_read_index: bool) -> Config {
+fn config(n: usize, me: usize, broken_read_index: bool, round_robin: bool) -> Config {
     let domain = Domain { chain_id: "sim".into(), epoch: 1, n };
     let mut cfg = Config::new(me, domain, GENESIS_HASH);
     cfg.base_timeout_ms = 500;
@@ -151,6 +205,7 @@ fn config(n: usize, me: usize, broken_read_index: bool) -> Config {
     cfg.inclusion_deadline_ms = 3_000;
     cfg.sync_probe_max_ms = 8_000;
     cfg.broken_read_index = broken_read_index;
+    cfg.round_robin_leaders = round_robin;
     cfg
 }
 
@@ -160,6 +215,7 @@ fn new_core(
     persisted: SafetyState,
     ledger: &[CommittedBlock],
     stored: &[bftcd_proto::bftcd::Block],
+    tc: Option<&bftcd_proto::bftcd::TimeoutCert>,
 ) -> Core {
     let safety = if s.broken_voting_rule { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
     let tip = ledger.last().and_then(|cb| {
@@ -176,14 +232,37 @@ fn new_core(
         })
         .collect();
     let n = s.n;
-    let mut core = Core::new(config(n, validator, s.broken_read_index), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
+    let mut core = Core::new(config(n, validator, s.broken_read_index, s.round_robin_leaders), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
     let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
     core.set_last_committed_operations(last_operations);
+    core.set_committed_history(ledger.iter().filter_map(|cb| cb.block.as_ref()));
+    if let Some(tc) = tc {
+        core.set_high_tc(tc.clone());
+    }
     core
 }
 
+/// A Byzantine validator's outputs: its honest core's, with proposals withheld (all, or every
+/// other one) and votes sent to one validator instead of all.
+fn misbehave(play: Misbehaviour, me: usize, n: usize, proposals: &mut u64, outputs: Vec<Output>) -> Vec<Output> {
+    outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(_)) }) => {
+                *proposals += 1;
+                let keep = play != Misbehaviour::Withhold && proposals.is_multiple_of(2);
+                keep.then_some(o)
+            }
+            Output::Broadcast(PeerMessage { kind: Some(Kind::Vote(v)) }) if play == Misbehaviour::AlternateSplitVotes => {
+                let to = (me + 1 + (v.view % (n as u64 - 1)) as usize) % n;
+                Some(Output::Send { to, msg: PeerMessage { kind: Some(Kind::Vote(v)) } })
+            }
+            o => Some(o),
+        })
+        .collect()
+}
+
 fn kind(m: &PeerMessage) -> String {
-    use bftcd_proto::bftcd::peer_message::Kind;
     match &m.kind {
         Some(Kind::Proposal(p)) => {
             let b = p.block.as_ref().unwrap();
@@ -206,14 +285,18 @@ pub fn run(s: &Scenario) -> Report {
     let mut report = Report::default();
     let instances_n = s.n + s.twins;
     let validator_of = |i: usize| if i < s.n { i } else { i - s.n };
-    let honest = |i: usize| validator_of(i) >= s.twins;
+    let byzantine = s.byzantine.map(|(v, _)| v);
+    let honest = |i: usize| validator_of(i) >= s.twins && Some(validator_of(i)) != byzantine;
+    // Down for good from some time: honest, but nothing is expected of it.
+    let down_from = |i: usize| s.down.iter().find(|(v, _)| *v == validator_of(i)).map(|(_, t)| *t);
     let mut nodes: Vec<Instance> = (0..instances_n)
         .map(|i| Instance {
             validator: validator_of(i),
-            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[]),
+            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[], None),
             ledger: Vec::new(),
             persisted: SafetyState::default(),
             stored_blocks: Vec::new(),
+            stored_tc: None,
             up: true,
             clock_offset: rng.gen_range(0..200),
             wake: None,
@@ -231,9 +314,11 @@ pub fn run(s: &Scenario) -> Report {
     let mut must_commit: HashSet<u64> = HashSet::new();
     let mut submitted_at: HashMap<u64, (usize, u64)> = HashMap::new();
     let honest_ids: Vec<usize> = (0..instances_n).filter(|&i| honest(i)).collect();
+    let mut withheld = 0u64;
+    let mut timed_out_views: HashSet<u64> = HashSet::new();
     for nonce in 0..s.operations as u64 {
         let to = honest_ids[rng.gen_range(0..honest_ids.len())];
-        let t = rng.gen_range(0..s.gst_ms + 2_000);
+        let t = rng.gen_range(0..(s.gst_ms + 2_000).max(s.load_ms));
         submitted_at.insert(nonce, (to, t));
         push(&mut queue, t, Event::Submit { to, nonce });
     }
@@ -249,6 +334,19 @@ pub fn run(s: &Scenario) -> Report {
         *e = (*e).max(back);
         push(&mut queue, t, Event::Crash { to });
         push(&mut queue, back, Event::Restart { to });
+    }
+    for &(v, t) in &s.down {
+        push(&mut queue, t, Event::Down { to: v });
+        back_up_at.insert(v, u64::MAX);
+    }
+    // Once the network is stable, something must commit again: one more operation, at an
+    // honest bank that stays up.
+    let live: Vec<usize> = honest_ids.iter().copied().filter(|&i| down_from(i).is_none()).collect();
+    if !live.is_empty() {
+        let nonce = s.operations as u64;
+        let to = live[(s.seed % live.len() as u64) as usize];
+        submitted_at.insert(nonce, (to, s.gst_ms + 500));
+        push(&mut queue, s.gst_ms + 500, Event::Submit { to, nonce });
     }
     for (nonce, (to, t)) in &submitted_at {
         if back_up_at.get(to).is_none_or(|back| back < t) {
@@ -322,8 +420,9 @@ pub fn run(s: &Scenario) -> Report {
             Event::Read { .. } => "read".into(),
             Event::Crash { to } => format!("CRASH {to}"),
             Event::Restart { to } => format!("RESTART {to}"),
+            Event::Down { to } => format!("DOWN {to}"),
         };
-        if trace && matches!(event, Event::Crash { .. } | Event::Restart { .. }) {
+        if trace && matches!(event, Event::Crash { .. } | Event::Restart { .. } | Event::Down { .. }) {
             eprintln!("t={now} {trace_in}");
         }
         let (to, input) = match event {
@@ -365,14 +464,23 @@ pub fn run(s: &Scenario) -> Report {
                 last_crash.insert(to, now);
                 continue;
             }
+            Event::Down { to } => {
+                nodes[to].up = false;
+                reads[to].clear();
+                last_crash.insert(to, now);
+                continue;
+            }
             Event::Restart { to } => {
+                if down_from(to).is_some_and(|t| t <= now) {
+                    continue;
+                }
                 if std::mem::take(&mut crash_in_step[to]) {
                     // It took no step since: it crashes now, between steps.
                     reads[to].clear();
                     last_crash.insert(to, now);
                 }
                 let node = &mut nodes[to];
-                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks);
+                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks, node.stored_tc.as_ref());
                 node.up = true;
                 push(&mut queue, now, Event::Wake { to });
                 continue;
@@ -401,6 +509,17 @@ pub fn run(s: &Scenario) -> Report {
         } else {
             outputs
         };
+        let outputs = match s.byzantine {
+            Some((v, play)) if v == me_validator => misbehave(play, v, s.n, &mut withheld, outputs),
+            _ => outputs,
+        };
+        if honest(to) && now >= s.gst_ms {
+            for o in &outputs {
+                if let Output::Broadcast(PeerMessage { kind: Some(Kind::Timeout(t)) }) = o {
+                    timed_out_views.insert(t.view);
+                }
+            }
+        }
         if trace {
             let what: Vec<String> = outputs
                 .iter()
@@ -409,6 +528,7 @@ pub fn run(s: &Scenario) -> Report {
                     Output::Broadcast(msg) => format!("bcast {}", kind(msg)),
                     Output::Persist(st) => format!("persist {st:?}"),
                     Output::PersistBlock(b) => format!("store block {}", b.height),
+                    Output::PersistTc(tc) => format!("store tc {}", tc.view),
                     Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
                     Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
@@ -422,6 +542,7 @@ pub fn run(s: &Scenario) -> Report {
         for o in outputs {
             match o {
                 Output::Persist(state) => nodes[to].persisted = state,
+                Output::PersistTc(tc) => nodes[to].stored_tc = Some(tc),
                 Output::PersistBlock(b) => {
                     let committed = nodes[to].ledger.len() as u64;
                     let store = &mut nodes[to].stored_blocks;
@@ -548,7 +669,8 @@ pub fn run(s: &Scenario) -> Report {
         }
         report.heights.push(node.ledger.len() as u64);
     }
-    // Liveness: every operation that must commit is in every honest ledger, exactly once.
+    // Liveness: every operation that must commit is in every honest ledger (of a bank not down
+    // for good), exactly once.
     for (i, node) in nodes.iter().enumerate().filter(|(i, _)| honest(*i)) {
         let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
         for cb in &node.ledger {
@@ -559,6 +681,9 @@ pub fn run(s: &Scenario) -> Report {
         }
         if seen.values().any(|&c| c > 1) {
             report.violations.push(format!("instance {i} committed an operation twice"));
+        }
+        if down_from(i).is_some() {
+            continue;
         }
         let committed: HashSet<u64> = seen.keys().map(|k| k.1).collect();
         let missing: Vec<_> = must_commit.iter().filter(|n| !committed.contains(n)).collect();
@@ -577,6 +702,19 @@ pub fn run(s: &Scenario) -> Report {
         for (_, _, issued) in waiting {
             if *issued >= s.gst_ms && last_crash.get(&i).is_none_or(|c| c < issued) && *issued + 10_000 <= s.end_ms {
                 report.violations.push(format!("instance {i}: read issued at {issued} ms never got its index"));
+            }
+        }
+    }
+    report.views_timed_out_after_gst = timed_out_views.len() as u64;
+    let longest = nodes.iter().enumerate().filter(|(i, _)| honest(*i)).map(|(_, n)| &n.ledger).max_by_key(|l| l.len());
+    report.led_after_gst = vec![0; s.n];
+    report.failed_after_gst = vec![0; s.n];
+    for b in longest.into_iter().flatten().filter_map(|cb| cb.block.as_ref()).filter(|b| b.timestamp_ms >= GENESIS_MS + s.gst_ms) {
+        report.led_after_gst[b.proposer as usize] += 1;
+        report.skipped_views_after_gst += b.view - b.justify.as_ref().map_or(0, |j| j.view) - 1;
+        for (v, failed) in report.failed_after_gst.iter_mut().enumerate() {
+            if b.failed_leaders.get(v / 8).is_some_and(|byte| byte & (1 << (v % 8)) != 0) {
+                *failed += 1;
             }
         }
     }

@@ -28,7 +28,7 @@ fn seeds() -> Vec<Vec<u8>> {
     let msgs = vec![
         Kind::Proposal(Proposal { block: Some(block.clone()), tc: None }),
         Kind::Vote(Vote { epoch: 1, view: 4, block_hash: vec![2; 32], justify_view: 3, signer: 1, signature: vec![0; 16] }),
-        Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc.clone()), signer: 2, signature: vec![0; 16] }),
+        Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc.clone()), signer: 2, signature: vec![0; 16], high_tc: None }),
         Kind::ReadIndexRequest(ReadIndexRequest { round: 77 }),
         Kind::ReadIndexReply(ReadIndexReply { round: 0, height: 2, high_qc: Some(qc), header: Some(bftcd_sequencer::header(&block)), committed_height: 1 }),
     ];

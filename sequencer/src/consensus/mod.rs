@@ -2,8 +2,9 @@
 //! randomness (time arrives as an argument). The runtime and the simulator drive the same code.
 //!
 //! Protocol (two-phase, chained, pipelined):
-//! * View v's leader is validator v mod n. It proposes a block extending the highest QC it knows,
-//!   justified by that QC, and after a failed view also by a timeout certificate (TC).
+//! * View v's leader is chosen from the chain the proposal extends ([`leader`]): round robin over
+//!   the validators the chain shows working. It proposes a block extending the highest QC it
+//!   knows, justified by that QC, and after a failed view also by a timeout certificate (TC).
 //! * Validators vote ([`safety`]) and send the vote to every validator. Each aggregates 2f+1
 //!   votes into a QC itself and enters v + 1; the leader of v + 1 proposes on top of it.
 //! * A block commits when its direct child in the next view is certified; the child's QC and
@@ -20,6 +21,7 @@
 //!   blocks that still carry uncommitted operations, and timers run only while something waits.
 
 pub mod certs;
+pub mod leader;
 pub mod mempool;
 pub mod read_index;
 pub mod safety;
@@ -81,6 +83,8 @@ pub struct Config {
     /// Tests only: answer reads from this validator's own state, skipping the quorum (the
     /// simulator must catch the stale reads this allows).
     pub broken_read_index: bool,
+    /// Tests only: plain round-robin leaders, the baseline the simulator compares with.
+    pub round_robin_leaders: bool,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             max_sync_bytes: 4 << 20,
             sync_probe_max_ms: 30_000,
             broken_read_index: false,
+            round_robin_leaders: false,
         }
     }
 }
@@ -122,6 +127,7 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // handed on at once; boxing buys nothing
 pub enum Output {
     Send { to: usize, msg: PeerMessage },
     /// To every other validator.
@@ -132,6 +138,9 @@ pub enum Output {
     /// certified block survives crashes on at least f+1 honest validators. Handed back to
     /// `Core::new` after a restart.
     PersistBlock(Arc<Block>),
+    /// The highest TC, for the consensus log: after a restart this validator can still show the
+    /// others why it is in its view. Handed back with `Core::set_high_tc`.
+    PersistTc(TimeoutCert),
     /// Append to the ledger, in order.
     Commit(CommittedBlock),
     /// A message was dropped; for logs and counters.
@@ -177,6 +186,9 @@ pub struct Core {
     /// QCs this validator formed or verified, by what they certify.
     verified_qcs: BTreeMap<VoteKey, QuorumCert>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
+    /// Timeouts signed for views this validator had left, for validators still in them (see
+    /// `help_behind`), by view.
+    helped: BTreeMap<u64, Timeout>,
     /// Highest view each validator is known to have timed out in (view synchronisation).
     gave_up: Vec<u64>,
     mempool: Mempool,
@@ -189,7 +201,14 @@ pub struct Core {
     view_entered_ms: u64,
     failed_views: u32,
     last_voted_block: Option<Hash>,
-    pending: Option<(usize, Proposal)>,
+    /// Proposals waiting for their parent's chain (a sync), one per sender so that nobody can
+    /// push the real leader's out.
+    pending: BTreeMap<usize, Proposal>,
+    /// Committed blocks the leader choice looks back on, by height (the last
+    /// `leader::window_blocks`; the blocks above the tip are in `blocks`).
+    history: BTreeMap<u64, leader::Entry>,
+    /// The leaders of the two views after a block (and its view), by its hash.
+    leaders_cache: std::cell::RefCell<HashMap<Hash, (u64, [usize; 2])>>,
     /// The sync request in flight (peer, when asked): one at a time, since answers are large
     /// and overlapping ones repeat each other.
     sync_waiting: Option<(usize, u64)>,
@@ -270,7 +289,11 @@ impl Core {
                 r.insert(*ms, id);
             }
         }
-        let view = safety.state().last_voted_view.max(high_qc.view) + 1;
+        // Back in the view it last voted or timed out in (not past it: its timeout there may
+        // never have arrived, and with a bank down the others need it again); it may time out
+        // there again, but never vote or propose again.
+        let last_voted = safety.state().last_voted_view;
+        let view = last_voted.max(high_qc.view + 1);
         let n = cfg.domain.n;
         Core {
             cfg,
@@ -287,17 +310,20 @@ impl Core {
             voted: HashSet::new(),
             verified_qcs: BTreeMap::new(),
             timeouts: HashMap::new(),
+            helped: BTreeMap::new(),
             gave_up: vec![0; n],
             mempool: Mempool::default(),
             recent: r,
-            proposed_view: 0,
+            proposed_view: last_voted,
             timed_out_view: 0,
             my_timeout: None,
             deadline: 0,
             view_entered_ms: 0,
             failed_views: 0,
             last_voted_block: None,
-            pending: None,
+            pending: BTreeMap::new(),
+            history: BTreeMap::new(),
+            leaders_cache: Default::default(),
             sync_waiting: None,
             next_probe_ms: 0,
             probe_interval_ms: 0,
@@ -329,8 +355,89 @@ impl Core {
         self.committed.height
     }
 
+    /// After a restart: the committed blocks below the tip the leader choice looks back on (the
+    /// last `leader::window_blocks(n)` of the ledger; more or fewer are fine, in any order).
+    pub fn set_committed_history<'a>(&mut self, blocks: impl IntoIterator<Item = &'a Block>) {
+        for b in blocks {
+            if b.height > 0 && b.height <= self.committed.height {
+                self.history.insert(b.height, self.leader_entry(b));
+            }
+        }
+        self.prune_history();
+    }
+
+    fn leader_entry(&self, b: &Block) -> leader::Entry {
+        let failed = if b.failed_leaders.is_empty() { Vec::new() } else { self.cfg.domain.signers(&b.failed_leaders).unwrap_or_default() };
+        leader::Entry { view: b.view, proposer: b.proposer as usize, failed }
+    }
+
+    fn prune_history(&mut self) {
+        let keep = leader::window_blocks(self.cfg.domain.n) as u64;
+        let floor = self.committed.height.saturating_sub(keep);
+        self.history.retain(|h, _| *h > floor);
+    }
+
+    /// After a restart: the highest TC from the consensus log. A bank whose timeout went into it
+    /// may be gone for good, and without it the others could never form it again.
+    pub fn set_high_tc(&mut self, tc: TimeoutCert) {
+        if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
+            self.view = self.view.max(tc.view + 1);
+            self.high_tc = Some(tc);
+        }
+    }
+
+    /// The leader of `view` as this validator would propose in it (on its high QC); for logs.
     pub fn leader(&self, view: u64) -> usize {
-        (view % self.cfg.domain.n as u64) as usize
+        let anchor = hash32(&self.high_qc.block_hash).unwrap_or_default();
+        self.expected_leader(view, &anchor).map_or((view % self.cfg.domain.n as u64) as usize, |(l, _)| l)
+    }
+
+    /// The leader of `view` for a block extending `anchor`, and the `failed_leaders` that block
+    /// must record; None when this validator lacks part of the anchor's chain.
+    fn expected_leader(&self, view: u64, anchor: &Hash) -> Option<(usize, Vec<u8>)> {
+        let (anchor_view, after) = self.leaders_after(anchor)?;
+        if view <= anchor_view {
+            return None;
+        }
+        let failed = leader::failed_leaders(after, anchor_view, view);
+        let bitmap = if failed.is_empty() { Vec::new() } else { self.cfg.domain.bitmap(failed) };
+        Some((leader::leader(self.cfg.domain.n, after, anchor_view, view), bitmap))
+    }
+
+    fn leaders_after(&self, anchor: &Hash) -> Option<(u64, [usize; 2])> {
+        if let Some(known) = self.leaders_cache.borrow().get(anchor) {
+            return Some(*known);
+        }
+        let n = self.cfg.domain.n;
+        let want = leader::window_blocks(n);
+        let mut chain = Vec::new();
+        let mut cur = *anchor;
+        let mut below = None;
+        while chain.len() < want {
+            let b = self.blocks.get(&cur)?;
+            if b.height == 0 {
+                break; // genesis
+            }
+            chain.push(self.leader_entry(b));
+            if b.height <= self.committed.height {
+                below = Some(b.height); // the committed tip: the rest is history
+                break;
+            }
+            cur = hash32(&b.parent_hash)?;
+        }
+        if let Some(top) = below {
+            let room = want - chain.len();
+            chain.extend(self.history.range(..top).rev().take(room).map(|(_, e)| e.clone()));
+        }
+        chain.reverse();
+        let anchor_view = self.blocks.get(anchor)?.view;
+        let after = leader::leaders_after(n, &chain, anchor_view, self.cfg.round_robin_leaders);
+        let mut cache = self.leaders_cache.borrow_mut();
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(*anchor, (anchor_view, after));
+        Some((anchor_view, after))
     }
 
     pub fn mempool_len(&self) -> usize {
@@ -538,8 +645,9 @@ impl Core {
     // ---- pacemaker ------------------------------------------------------------------------
 
     fn timeout_ms(&self) -> u64 {
-        // One crashed validator costs two consecutive failed views per rotation (its own, and
-        // the one whose votes it should have collected): back off only beyond that.
+        // Votes go to every validator, so a crashed one fails only its own view; with the
+        // leader choice ([`leader`]) two failures in a row are still ordinary (a bank that just
+        // crashed, then a retried one): back off only beyond that.
         let exp = self.failed_views.saturating_sub(2).min(8);
         (self.cfg.base_timeout_ms << exp).min(self.cfg.max_timeout_ms)
     }
@@ -610,6 +718,7 @@ impl Core {
                 high_qc: Some(self.high_qc.clone()),
                 signer: self.cfg.me as u32,
                 signature,
+                high_tc: self.high_tc.clone().filter(|tc| tc.view >= self.high_qc.view),
             };
             // Send before recording: recording may complete a TC and move to the next view.
             self.out.push(Output::Broadcast(msg(Kind::Timeout(t.clone()))));
@@ -653,11 +762,53 @@ impl Core {
             return self.reject(from, "timeout with a bad signature");
         }
         self.process_qc(&qc, from);
+        if let Some(tc) = t.high_tc.as_ref().filter(|tc| tc.view >= self.view) {
+            if self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+                self.process_tc(tc, from);
+            } else {
+                return self.reject(from, "timeout with an invalid TC");
+            }
+        }
         self.gave_up[from] = self.gave_up[from].max(t.view);
+        if t.view < self.view {
+            self.help_behind(from, t.view);
+        }
         if t.view >= self.view {
             self.record_timeout(from, t);
         }
         self.synchronise_view();
+    }
+
+    /// `to` gave up on `view`, which this validator left with a certificate it no longer holds
+    /// (lost in a restart). If a bank whose timeout went into that certificate is down for
+    /// good, `to` can only move on with a TC for `view`, and this validator's timeout for it may
+    /// be the one missing: send it (signed once per view; `SafetyRules::timeout`).
+    fn help_behind(&mut self, to: usize, view: u64) {
+        let carried = self.high_qc.view >= view || self.high_tc.as_ref().is_some_and(|tc| tc.view >= view);
+        if carried || view + VOTE_VIEWS_AHEAD < self.view {
+            return; // this validator's own timeouts carry what moves `to` on, or it is far behind
+        }
+        let t = match self.helped.get(&view) {
+            Some(t) => t.clone(),
+            None => {
+                let Some(state) = self.safety.timeout(view, self.high_qc.view) else { return };
+                self.out.push(Output::Persist(state));
+                let signature = self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view));
+                let t = Timeout {
+                    epoch: self.cfg.domain.epoch,
+                    view,
+                    high_qc: Some(self.high_qc.clone()),
+                    signer: self.cfg.me as u32,
+                    signature,
+                    high_tc: None,
+                };
+                let floor = self.high_qc.view;
+                self.helped.retain(|v, _| *v > floor);
+                self.helped.insert(view, t.clone());
+                t
+            }
+        };
+        self.out.push(Output::Send { to, msg: msg(Kind::Timeout(t)) });
     }
 
     /// When f+1 validators gave up on views at or above w, at least one honest one did: move
@@ -690,6 +841,7 @@ impl Core {
                 .collect();
             let high = entry.values().map(|(qc, _)| qc.clone()).max_by_key(|qc| qc.view).unwrap_or_default();
             let tc = self.cfg.domain.make_tc(view, votes, high);
+            self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc);
             self.enter_view(view + 1, true);
         }
@@ -700,6 +852,7 @@ impl Core {
             self.process_qc(qc, from);
         }
         if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
+            self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc.clone());
         }
         self.enter_view(tc.view + 1, true);
@@ -808,6 +961,8 @@ impl Core {
             }
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
             self.committed_hashes.insert(b.height, hash);
+            let entry = self.leader_entry(&b);
+            self.history.insert(b.height, entry);
             let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(self.header_of(&child_hash, child))) } else { (None, None) };
             let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
@@ -816,6 +971,7 @@ impl Core {
         while self.committed_hashes.len() > 4096 {
             self.committed_hashes.pop_first();
         }
+        self.prune_history();
         let floor = self.committed.height;
         let tip = self.committed.hash;
         self.blocks.retain(|h, b| b.height > floor || *h == tip);
@@ -827,7 +983,7 @@ impl Core {
 
     fn try_propose(&mut self) {
         let view = self.view;
-        if self.leader(view) != self.cfg.me || self.proposed_view >= view || self.timed_out_view >= view {
+        if self.proposed_view >= view || self.timed_out_view >= view {
             return;
         }
         let tc = if self.high_qc.view + 1 == view {
@@ -839,6 +995,10 @@ impl Core {
             }
         };
         let Some(parent_hash) = hash32(&self.high_qc.block_hash) else { return };
+        let Some((leader, failed_leaders)) = self.expected_leader(view, &parent_hash) else { return };
+        if leader != self.cfg.me {
+            return;
+        }
         let Some(parent) = self.blocks.get(&parent_hash).cloned() else { return };
         let exclude = self.in_flight(&parent_hash);
         let ops: Vec<Operation> = self
@@ -861,6 +1021,7 @@ impl Core {
             proposer: self.cfg.me as u32,
             operations: ops,
             justify: Some(self.high_qc.clone()),
+            failed_leaders,
             ..Default::default()
         };
         self.proposed_view = view;
@@ -880,12 +1041,18 @@ impl Core {
         let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
         if block.epoch != self.cfg.domain.epoch
             || block.proposer as usize != from
-            || self.leader(block.view) != from
             || block.view <= justify.view
             || !block.operations_digest.is_empty()
             || block.parent_hash != justify.block_hash
         {
             return self.reject(from, "malformed proposal");
+        }
+        let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
+        // Checked before any signature when the parent's chain is known (the usual case); else
+        // once a sync brought it. A late block skips it: its QC shows 2f+1 validators checked it.
+        let expected = self.expected_leader(block.view, &parent_hash);
+        if expected.as_ref().is_some_and(|(l, failed)| *l != from || *failed != block.failed_leaders) {
+            return self.reject(from, "proposal from a validator that does not lead the view");
         }
         let me = from == self.cfg.me;
         // Usually this validator formed the same QC from the votes already: keep its own copy
@@ -922,12 +1089,16 @@ impl Core {
         if block.view != self.view {
             return; // claims a view not reached
         }
-        let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
-        let Some(parent) = self.blocks.get(&parent_hash).cloned() else {
+        let parent = self.blocks.get(&parent_hash).cloned();
+        let Some(parent) = parent.filter(|_| expected.is_some() || self.expected_leader(block.view, &parent_hash).is_some()) else {
             p.block = Some(block);
-            self.pending = Some((from, p));
+            self.pending.insert(from, p);
             return self.ask_sync(from, &parent_hash);
         };
+        if expected.is_none() {
+            // The parent's chain arrived since the first check.
+            return self.on_proposal(from, Proposal { block: Some(block), tc: p.tc });
+        }
         if block.height != parent.height + 1 || block.timestamp_ms <= parent.timestamp_ms {
             return self.reject(from, "block height or time does not follow its parent");
         }
@@ -1090,7 +1261,12 @@ impl Core {
             }
             uncommitted.reverse();
         }
-        // Answered even when empty: the asker waits for an answer before asking anyone else.
+        // Nothing to send: no answer. Answering anyway lets a bank that keeps hearing of a
+        // block nobody it asks has (a fork's, under the broken-rule self-test) ask again at
+        // message speed; silence makes it wait a view timeout.
+        if committed.is_empty() && uncommitted.is_empty() {
+            return;
+        }
         self.out.push(Output::Send { to: from, msg: msg(Kind::SyncResponse(SyncResponse { committed, uncommitted })) });
     }
 
@@ -1177,7 +1353,7 @@ impl Core {
             self.blocks.insert(block_hash(&b), Arc::new(b));
             self.process_qc(&j, from);
         }
-        if let Some((from, p)) = self.pending.take() {
+        for (from, p) in std::mem::take(&mut self.pending) {
             self.on_proposal(from, p);
         }
     }
@@ -1192,16 +1368,22 @@ impl Core {
         let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
         let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
         let mut cur = top;
+        let mut lowest_seen = top_block.height + 1;
         let height = loop {
             match self.blocks.get(&cur) {
                 Some(b) if b.height <= self.committed.height => break self.committed_operations,
                 Some(b) if !b.operations.is_empty() => break b.height,
                 Some(b) => match hash32(&b.parent_hash) {
-                    Some(p) => cur = p,
+                    Some(p) => {
+                        lowest_seen = b.height;
+                        cur = p;
+                    }
                     None => break top_block.height,
                 },
-                // A gap: claim the whole certified chain rather than risk under-reporting.
-                None => break top_block.height,
+                // A gap: claim the highest block not seen rather than risk under-reporting. Not
+                // more: the empty blocks above it are seen, and a claim of one at the idle top of
+                // the chain would keep the reader waiting for a commit nobody proposes.
+                None => break (lowest_seen - 1).max(self.committed_operations),
             }
         };
         (height, Some((top, top_block)))

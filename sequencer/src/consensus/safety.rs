@@ -57,11 +57,17 @@ impl SafetyRules {
     }
 
     /// May this validator time out in `view` reporting a high QC of `high_qc_view`?
+    ///
+    /// Also in a view below its last voted view: a timeout only feeds a TC, a TC for view w only
+    /// lets a leader propose in w + 1, where this validator no longer votes, and what the proof
+    /// needs of every timeout, a reported QC at least the lock, still holds (and the lock is
+    /// then below w). A validator that lost, in a restart, the certificate that moved it past
+    /// w can so still help the others form one when a bank is down for good.
     pub fn timeout(&mut self, view: u64, high_qc_view: u64) -> Option<SafetyState> {
-        if high_qc_view < self.state.locked_view || view < self.state.last_voted_view || high_qc_view >= view {
+        if high_qc_view < self.state.locked_view || high_qc_view >= view {
             return None;
         }
-        self.state.last_voted_view = view;
+        self.state.last_voted_view = self.state.last_voted_view.max(view);
         Some(self.state)
     }
 }
@@ -187,6 +193,9 @@ mod tests {
         assert!(s.timeout(5, 2).is_none());
         assert!(s.timeout(5, 3).is_some());
         assert!(s.vote(5, 4, None).is_none(), "voted (timed out) in view 5 already");
+        // A lower view: allowed above the lock, and the last voted view stays.
+        assert_eq!(s.timeout(4, 3), Some(SafetyState { last_voted_view: 5, locked_view: 3 }));
+        assert!(s.timeout(3, 3).is_none() && s.timeout(4, 2).is_none());
     }
 
     #[test]

@@ -472,3 +472,81 @@ fn one_sync_request_is_in_flight_at_a_time() {
     let out = c.cores[0].handle(NOW + 3 + timeout, Input::Message { from: 2, msg: p2 }, &NoLog);
     assert!(first(&out, &is_ask).is_some(), "a peer silent for a view timeout is passed over: {out:?}");
 }
+
+fn refused(out: &[Output], why: &str) -> bool {
+    out.iter().any(|o| matches!(o, Output::Rejected { reason, .. } if *reason == why))
+}
+
+#[test]
+fn a_proposal_from_another_than_the_views_leader_or_with_another_failure_record_is_refused() {
+    let op = signed_op(3, b"v");
+    let PeerMessage { kind: Some(Kind::Proposal(good)) } = proposal_carrying(&op) else { unreachable!() };
+    let why = "proposal from a validator that does not lead the view";
+    // View 1's leader is validator 1; validator 2 sending the same block as its own is refused.
+    let mut other = good.clone();
+    other.block.as_mut().unwrap().proposer = 2;
+    let mut replica = core(0);
+    replica.handle(NOW, Input::Message { from: 3, msg: submit(&op) }, &NoLog);
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: PeerMessage { kind: Some(Kind::Proposal(other)) } }, &NoLog);
+    assert!(refused(&out, why) && !voted(&out), "{out:?}");
+    // The leader blaming a validator that did not fail.
+    let mut blaming = good.clone();
+    blaming.block.as_mut().unwrap().failed_leaders = domain().bitmap([2]);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(blaming)) } }, &NoLog);
+    assert!(refused(&out, why) && !voted(&out), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(good)) } }, &NoLog);
+    assert!(voted(&out), "{out:?}");
+}
+
+/// A chain of 60 committed blocks in which validator 2 failed at view 57 (recorded by the block
+/// of view 58).
+fn chain_with_a_failure() -> Vec<bftcd_proto::bftcd::Block> {
+    let mut parent = [3u8; 32];
+    let mut view = 0;
+    (1..=60u64)
+        .map(|height| {
+            let parent_view = view;
+            view += if parent_view == 56 { 2 } else { 1 };
+            let failed = if view == 58 { domain().bitmap([2]) } else { Vec::new() };
+            let b = bftcd_proto::bftcd::Block {
+                height,
+                epoch: 1,
+                view,
+                parent_hash: parent.to_vec(),
+                proposer: if view == 58 { 3 } else { (view % N as u64) as u32 },
+                justify: Some(bftcd_proto::bftcd::QuorumCert { epoch: 1, view: parent_view, block_hash: parent.to_vec(), ..Default::default() }),
+                failed_leaders: failed,
+                ..Default::default()
+            };
+            parent = crate::block::block_hash(&b);
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_restart_the_leader_comes_from_the_ledger_as_before() {
+    let chain = chain_with_a_failure();
+    let tip = chain.last().unwrap().clone();
+    let qc = bftcd_proto::bftcd::QuorumCert { epoch: 1, view: tip.view, block_hash: crate::block::block_hash(&tip).to_vec(), ..Default::default() };
+    let restarted = |history: &[bftcd_proto::bftcd::Block]| {
+        let cfg = Config::new(0, domain(), [3; 32]);
+        let safety = SafetyRules::new(SafetyState { last_voted_view: tip.view, locked_view: tip.view - 1 });
+        let mut c = Core::new(cfg, Box::new(SimCrypto { me: 0, n: N }), safety, 1, Some((tip.clone(), qc.clone())), vec![], vec![]);
+        c.set_committed_history(history);
+        c
+    };
+    let entries: Vec<super::leader::Entry> = chain
+        .iter()
+        .map(|b| super::leader::Entry { view: b.view, proposer: b.proposer as usize, failed: domain().signers(&b.failed_leaders).unwrap_or_default() })
+        .collect();
+    let expected = super::leader::leaders_after(N, &entries, tip.view, false);
+    // Validator 2 failed 4 views ago: still a suspect, its turn (view 62 = 2 mod 4) goes to another.
+    assert_eq!(tip.view, 61);
+    assert_eq!(expected, [3, 0]);
+    let c = restarted(&chain);
+    assert_eq!([c.leader(tip.view + 1), c.leader(tip.view + 2)], expected);
+    // Without the ledger's history it would name validator 2: the history is what agrees.
+    let forgetful = restarted(&[]);
+    assert_eq!(forgetful.leader(tip.view + 1), 2);
+}
