@@ -262,8 +262,8 @@ async fn bank_that_withholds_its_proposals_cannot_stall_the_others() {
 }
 
 /// The bank that proposed most of the last 32 blocks in bank 1's ledger (the newest block's
-/// proposer among equals), and how many of them it proposed.
-fn recent_leader(chain: &Chain) -> Option<(usize, usize)> {
+/// proposer among equals), how many of them it proposed, and how many blocks that was.
+fn recent_leader(chain: &Chain) -> Option<(usize, usize, usize)> {
     let ledger = chain.banks[0].sidecar.data_dir().join("ledger.log");
     let mut proposers = Vec::new();
     bftcd_sequencer::LedgerFile::scan(&ledger, |_, cb| {
@@ -276,7 +276,7 @@ fn recent_leader(chain: &Chain) -> Option<(usize, usize)> {
     let count = |b: usize| recent.iter().filter(|&&p| p == b).count();
     let best = (0..chain.banks.len()).map(count).max()?;
     let leader = if count(newest) == best { newest } else { (0..chain.banks.len()).find(|&b| count(b) == best)? };
-    Some((leader, best))
+    Some((leader, best, recent.len()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -310,14 +310,14 @@ async fn leader_cut_off_mid_load_then_healed() {
     let load = Load::start(&chain, "leadercut", &[0, 1, 2, 3]);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (leader, led) = tokio::task::block_in_place(|| recent_leader(&chain)).expect("bank 1's ledger names a proposer");
+    let (leader, led, of) = tokio::task::block_in_place(|| recent_leader(&chain)).expect("bank 1's ledger names a proposer");
     load.excused[leader].store(true, Ordering::Relaxed);
     let mut cut = NetCut::new();
     let others: Vec<u16> = (0..4).filter(|&b| b != leader).map(|b| chain.banks[b].peer_port).collect();
     cut.isolate(chain.banks[leader].peer_port, cgroups[leader].as_ref(), &others);
     let cut_at = Instant::now();
     eprintln!(
-        "leadercut: bank {} (proposer of {led} of the last 32 committed blocks, and of the newest) cut off {:.1?} into the load",
+        "leadercut: bank {} (proposer of {led} of the last {of} committed blocks) cut off {:.1?} into the load",
         leader + 1,
         started.elapsed()
     );
