@@ -1185,13 +1185,13 @@ fn print_components(results: &[PhaseResult]) {
     }
     println!();
     println!("Sidecar CPU by component, ms per 1000 ops, all banks (bftcd --account-cpu)");
-    print!("{:<9} {:<9} {:<11} {:>7}", "target", "workload", "phase", "clients");
+    print!("{:<13} {:<9} {:<11} {:>7}", "target", "workload", "phase", "clients");
     for c in COMPONENTS {
         print!(" {:>11}", c);
     }
     println!(" {:>11} {:>11}", "other", "sidecar");
     for r in measured {
-        print!("{:<9} {:<9} {:<11} {:>7}", r.target, r.workload.name(), r.phase, r.clients);
+        print!("{:<13} {:<9} {:<11} {:>7}", r.target, r.workload.name(), r.phase, r.clients);
         for c in r.cpu.components {
             print!(" {:>11}", fmt_opt(r.per_kop(c)));
         }
