@@ -86,7 +86,8 @@ pub struct ServeArgs {
     /// sidecar's CPU. Needs --listen-metrics-urls.
     #[arg(long, requires = "listen_metrics_urls")]
     pub account_cpu: bool,
-    /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>, stale-reads).
+    /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>,
+    /// panic-after=<steps>, withhold, no-votes, stale-reads; comma-separated).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
     pub byzantine: String,

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! cargo run --release -p bftcd-tests --example bench -- [--ops N] [--clients 64[,256...]]
-//!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3]]
+//!     [--duration 10] [--value-size 256] [--targets direct,sidecar[,bft4][,raft3][,bft4-crash,bft4-cut,bft4-withhold,bft4-novote]]
 //!     [--workload put,txn,range-lin,range-ser,mixed|both|all] [--range-keys 1000]
 //!     [--op-timeout 10] [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds 3] [--trace-writes 50]
 //! ```
@@ -18,6 +18,17 @@
 //! - `bft7`: the same with seven banks (f = 2);
 //! - `raft3` (alias `cluster3`): a 3-member stock etcd Raft cluster; client `i` talks to member
 //!   `i mod 3`.
+//! - fault targets, each a four-bank chain of its own (files prefixed with the target's name) with
+//!   bank 4 faulty from right after the start, and clients on banks 1-3 only (client `i` talks to
+//!   bank `i mod 3`); the ratios `bft4-<fault> / bft4` show what one faulty bank costs:
+//!   - `bft4-crash`: bank 4's sidecar killed (-9);
+//!   - `bft4-cut`: bank 4 cut off its peers with iptables (its peer port, and, from a cgroup of
+//!     its own, its own dials; see `bftcd_tests::netcut`); needs root; the cut is healed when the
+//!     bench ends, also on Ctrl-C or a panic (a `kill -9` leaves rules that the next cut sweeps);
+//!   - `bft4-withhold` / `bft4-novote`: bank 4 runs the Byzantine test build with
+//!     `--byzantine=withhold` (never sends its proposals) / `no-votes` (never votes), found at
+//!     `target/byzantine/release/bftcd` (`cargo build --release -p bftcd-proxy --features
+//!     byzantine --target-dir target/byzantine`) or `BFTCD_BYZANTINE_BIN`.
 //!
 //! Workloads (`--workload`: a comma list; `both` = `put,txn`, the default; `all` = all five):
 //! - `put`: a Put of a `--value-size` (256-byte) value, on distinct keys;
@@ -56,8 +67,9 @@
 //! phase for a table of sidecar CPU by component (consensus, crypto, network, persistence, apply,
 //! front, and what none claims). It prints progress every 2 s, a results table, a CPU table (both
 //! with workload and client count in every row), the component table, the sidecar/direct and
-//! bft4/raft3 ratios per workload, phase and client count and, last, one JSON line with
-//! everything (ratio keys: `sequential`, `concurrent-<clients>`).
+//! bft4/raft3 ratios per workload, phase and client count, the `bft4-<fault> / bft4` ratios of the
+//! fault targets and, last, one JSON line with everything (ratio keys: `sequential`,
+//! `concurrent-<clients>`; the fault ratios under `ratio_fault_over_bft4.<target>`).
 //!
 //! With `--check-perf LOAD`, after all phases it runs the stock `etcdctl check perf --load LOAD`
 //! (about 60 s each, keys under `/etcdctl-check-perf/`, deleted by etcdctl afterwards) against all
@@ -69,8 +81,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bftcd_tests::netcut::{self, Cgroup, NetCut};
 use bftcd_tests::sidecar::BANK_ETCD_ARGS;
-use bftcd_tests::{bins, Chain, EtcdCluster, EtcdProcess, Etcdctl, Sidecar, TestDir};
+use bftcd_tests::{bins, Chain, Deviant, EtcdCluster, EtcdProcess, Etcdctl, Sidecar, TestDir};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,7 +108,11 @@ const CHECK_PERF_TIMEOUT: Duration = Duration::from_secs(180);
 /// Set by Ctrl-C: phases end early, the remaining ones are skipped, processes are stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-const KNOWN_TARGETS: &[&str] = &["direct", "sidecar", "bft4", "bft7", "raft3", "cluster3"];
+const KNOWN_TARGETS: &[&str] =
+    &["direct", "sidecar", "bft4", "bft7", "raft3", "cluster3", "bft4-crash", "bft4-cut", "bft4-withhold", "bft4-novote"];
+
+/// Four-bank chains with bank 4 faulty from the start; their clients use banks 1-3 only.
+const FAULT_TARGETS: &[&str] = &["bft4-crash", "bft4-cut", "bft4-withhold", "bft4-novote"];
 
 const CHECK_PERF_LOADS: &[&str] = &["s", "m", "l", "xl"];
 
@@ -163,6 +180,11 @@ fn usage() -> ! {
          \x20            [--check-perf s|m|l|xl] [--sidecar-arg ARG]... [--keep] [--rounds N (default 1)] [--trace-writes N]\n\
          targets: direct = stock etcd; sidecar = stock etcd behind one bftcd; bft4 / bft7 = 4 / 7 banks ordering\n\
          with HotStuff-2; raft3 (alias cluster3) = 3-member stock etcd Raft cluster.\n\
+         fault targets (four banks, bank 4 faulty from the start, clients on banks 1-3, compared with bft4):\n\
+         bft4-crash = bank 4's sidecar killed; bft4-cut = bank 4 cut off with iptables (root; healed at the end);\n\
+         bft4-withhold / bft4-novote = bank 4 runs the Byzantine test build (`cargo build --release -p bftcd-proxy\n\
+         --features byzantine --target-dir target/byzantine`, or BFTCD_BYZANTINE_BIN) and never sends its\n\
+         proposals / its votes.\n\
          workloads: put, txn (create-if-absent) on distinct keys; range-lin / range-ser = linearizable /\n\
          serializable Get of one of --range-keys preloaded keys; mixed = 9 linearizable Gets and 1 Put\n\
          of every 10 operations on those keys.\n\
@@ -1163,13 +1185,13 @@ fn print_components(results: &[PhaseResult]) {
     }
     println!();
     println!("Sidecar CPU by component, ms per 1000 ops, all banks (bftcd --account-cpu)");
-    print!("{:<9} {:<9} {:<11} {:>7}", "target", "workload", "phase", "clients");
+    print!("{:<13} {:<9} {:<11} {:>7}", "target", "workload", "phase", "clients");
     for c in COMPONENTS {
         print!(" {:>11}", c);
     }
     println!(" {:>11} {:>11}", "other", "sidecar");
     for r in measured {
-        print!("{:<9} {:<9} {:<11} {:>7}", r.target, r.workload.name(), r.phase, r.clients);
+        print!("{:<13} {:<9} {:<11} {:>7}", r.target, r.workload.name(), r.phase, r.clients);
         for c in r.cpu.components {
             print!(" {:>11}", fmt_opt(r.per_kop(c)));
         }
@@ -1251,6 +1273,61 @@ fn print_ratios(
     out
 }
 
+/// A four-bank chain (files prefixed `<fault>-`) with bank 4 faulty from the start:
+/// `bft4-crash`: its sidecar killed once the chain is up; `bft4-cut`: cut off its peers with
+/// iptables (its sidecar in a cgroup of its own, as in the partition test; the cut is healed when
+/// the bench ends, also on Ctrl-C or a panic); `bft4-withhold` / `bft4-novote`: run by the
+/// Byzantine test build with `--byzantine=withhold` / `no-votes`.
+fn start_faulty_chain(
+    dir: &TestDir,
+    fault: &str,
+    byzantine_bin: Option<&std::path::Path>,
+    cgroups: &mut Vec<Cgroup>,
+    cuts: &mut Vec<NetCut>,
+) -> Chain {
+    let byzantine = |m: &str| Deviant {
+        bank: 3,
+        bin: byzantine_bin.expect("checked up front").to_path_buf(),
+        args: vec![format!("--byzantine={m}")],
+    };
+    let mut cgroup = None;
+    let deviant = match fault {
+        "bft4-withhold" => Some(byzantine("withhold")),
+        "bft4-novote" => Some(byzantine("no-votes")),
+        "bft4-cut" => match Cgroup::create() {
+            Ok(cg) => {
+                let bin = cg.wrapper(dir.path(), "bft4-cut-bftcd-in-cgroup", &bins::bftcd_bin());
+                cgroup = Some(cg);
+                Some(Deviant { bank: 3, bin, args: Vec::new() })
+            }
+            Err(why) => {
+                eprintln!("bench: {fault}: note: {why}; cutting only bank 4's peer port (it stays able to send)");
+                None
+            }
+        },
+        _ => None,
+    };
+    eprintln!("bench: {fault}: bftcd keygen/genesis, starting 4 banks ...");
+    let mut c = Chain::start_named_with(dir, 4, &format!("{fault}-"), true, deviant);
+    match fault {
+        "bft4-crash" => {
+            c.banks[3].sidecar.kill();
+            eprintln!("bench: {fault}: bank 4's sidecar killed (-9)");
+        }
+        "bft4-cut" => {
+            let mut cut = NetCut::new();
+            let others: Vec<u16> = c.banks[..3].iter().map(|b| b.peer_port).collect();
+            cut.isolate(c.banks[3].peer_port, cgroup.as_ref(), &others);
+            eprintln!("bench: {fault}: bank 4 cut off its peers (iptables, comment {})", cut.comment());
+            cuts.push(cut);
+        }
+        _ => eprintln!("bench: {fault}: bank 4 runs the Byzantine test build ({})", &fault["bft4-".len()..]),
+    }
+    cgroups.extend(cgroup);
+    eprintln!("bench: {fault}: clients use banks 1-3 at {}", c.endpoints()[..3].join(","));
+    c
+}
+
 fn main() {
     let args = parse_args();
     if args.trace_writes > 0 {
@@ -1276,6 +1353,26 @@ fn main() {
                 eprintln!("{e}\n(hint: `cargo build --release --workspace --bins`, or `--targets direct`)");
                 std::process::exit(1);
             }
+        }
+    }
+    let byzantine_bin = if args.targets.iter().any(|t| t == "bft4-withhold" || t == "bft4-novote") {
+        match bins::try_byzantine_bin("release") {
+            Ok(path) => {
+                eprintln!("bench: Byzantine test build {}", path.display());
+                Some(path)
+            }
+            Err(e) => {
+                eprintln!("{e}\n(the bft4-withhold and bft4-novote targets need it)");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    if args.targets.iter().any(|t| t == "bft4-cut") {
+        if let Err(why) = netcut::usable() {
+            eprintln!("the bft4-cut target needs iptables (root): {why}");
+            std::process::exit(1);
         }
     }
     if args.check_perf.is_some() {
@@ -1312,6 +1409,10 @@ fn main() {
     let mut bank: Option<EtcdProcess> = None;
     let mut sidecar: Option<Sidecar> = None;
     let mut cluster: Option<EtcdCluster> = None;
+    // Declared before `chains` so that, also when unwinding, they are dropped after the
+    // processes in them ended (cuts heal on drop).
+    let mut cgroups: Vec<Cgroup> = Vec::new();
+    let mut cuts: Vec<NetCut> = Vec::new();
     let mut chains: Vec<Chain> = Vec::new();
     let pid = |p: Option<u32>| p.expect("process is running");
     for t in &args.targets {
@@ -1374,6 +1475,18 @@ fn main() {
                     name: t.clone(),
                     endpoints: c.endpoints(),
                     sidecar_pids: c.banks.iter().map(|b| pid(b.sidecar.pid())).collect(),
+                    etcd_pids: c.banks.iter().map(|b| pid(b.etcd.pid())).collect(),
+                    sidecar_logs: c.banks.iter().map(|b| b.sidecar.stderr_log().to_path_buf()).collect(),
+                    metrics: c.banks.iter().filter_map(|b| b.metrics.clone()).collect(),
+                });
+                chains.push(c);
+            }
+            fault if FAULT_TARGETS.contains(&fault) => {
+                let c = start_faulty_chain(&dir, fault, byzantine_bin.as_deref(), &mut cgroups, &mut cuts);
+                targets.push(Target {
+                    name: t.clone(),
+                    endpoints: c.endpoints()[..3].to_vec(),
+                    sidecar_pids: c.banks.iter().filter_map(|b| b.sidecar.pid()).collect(),
                     etcd_pids: c.banks.iter().map(|b| pid(b.etcd.pid())).collect(),
                     sidecar_logs: c.banks.iter().map(|b| b.sidecar.stderr_log().to_path_buf()).collect(),
                     metrics: c.banks.iter().filter_map(|b| b.metrics.clone()).collect(),
@@ -1510,12 +1623,12 @@ fn main() {
     };
     let results = if args.rounds > 1 { medians(&results) } else { results };
     println!(
-        "{:<9} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "{:<13} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6}",
         "target", "round", "workload", "phase", "clients", "ops", "secs", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
     );
     for r in &rows {
         println!(
-            "{:<9} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<13} {:<6} {:<9} {:<11} {:>7} {:>8} {:>6.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
             r.target,
             if r.round == 0 { "median".to_string() } else { r.round.to_string() },
             r.workload.name(),
@@ -1537,17 +1650,17 @@ fn main() {
         if args.rounds > 1 { format!("; medians of {} interleaved rounds", args.rounds) } else { String::new() }
     );
     println!(
-        "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
+        "{:<13} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
         "target", "workload", "clients", "sidecar ms/1k", "etcd ms/1k", "total ms/1k", "sidecar", "etcd", "client", "others"
     );
     println!(
-        "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
+        "{:<13} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
         "", "", "", "", "", "", "cores", "cores", "cores", "cores"
     );
     for r in results.iter().filter(|r| r.phase == "concurrent") {
         let has_sidecar = r.target == "sidecar" || r.target.starts_with("bft");
         println!(
-            "{:<9} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<13} {:<9} {:>7} {:>14} {:>14} {:>14} {:>8} {:>8.2} {:>8.2} {:>8.2}",
             r.target,
             r.workload.name(),
             r.clients,
@@ -1569,6 +1682,13 @@ fn main() {
         print_ratios(&results, &args.workloads, &args.clients, "bft4", &["raft3", "cluster3"]);
     let bft7_raft =
         print_ratios(&results, &args.workloads, &args.clients, "bft7", &["raft3", "cluster3"]);
+    let mut fault_ratios = serde_json::Map::new();
+    for fault in FAULT_TARGETS {
+        let r = print_ratios(&results, &args.workloads, &args.clients, fault, &["bft4"]);
+        if !r.is_empty() {
+            fault_ratios.insert(fault.to_string(), serde_json::Value::Object(r));
+        }
+    }
 
     if let Some(load) = &args.check_perf {
         println!();
@@ -1657,6 +1777,7 @@ fn main() {
         "ratio_sidecar_over_direct": sidecar_direct,
         "ratio_bft4_over_raft3": bft_raft,
         "ratio_bft7_over_raft3": bft7_raft,
+        "ratio_fault_over_bft4": fault_ratios,
         "rounds": args.rounds,
         "check_perf": if args.check_perf.is_some() { serde_json::Value::Object(check_perf_json) } else { serde_json::Value::Null },
     });
@@ -1665,6 +1786,9 @@ fn main() {
 
     // Clean shutdown: SIGTERM to every sidecar, then every etcd (SIGKILL after 10 s).
     eprintln!("bench: stopping processes ...");
+    for cut in cuts.iter_mut() {
+        cut.heal();
+    }
     if let Some(s) = sidecar.as_mut() {
         s.stop();
     }
@@ -1685,6 +1809,7 @@ fn main() {
         }
     }
     drop((sidecar, chains, bank, direct, cluster));
+    drop((cuts, cgroups));
     // The directory is removed unless --keep.
     if !args.keep {
         drop(dir);

@@ -150,3 +150,26 @@ pub fn try_bftcd_bin() -> Result<PathBuf, String> {
 pub fn bftcd_bin() -> PathBuf {
     try_bftcd_bin().unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Finds the Byzantine test build of `bftcd` (cargo feature `byzantine`, never shipped):
+/// `BFTCD_BYZANTINE_BIN`, else `target/byzantine/<profile>/bftcd`; or explains how to build it.
+pub fn try_byzantine_bin(profile: &str) -> Result<PathBuf, String> {
+    if let Some(p) = env::var_os("BFTCD_BYZANTINE_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        if is_executable_file(&p) {
+            return Ok(p);
+        }
+        return Err(format!("BFTCD_BYZANTINE_BIN={} is not an executable file", p.display()));
+    }
+    let p = workspace_root().join("target/byzantine").join(profile).join("bftcd");
+    if is_executable_file(&p) {
+        return Ok(p);
+    }
+    let release = if profile == "release" { "--release " } else { "" };
+    Err(format!(
+        "the Byzantine test build {} is missing: build it with \
+         `cargo build {release}-p bftcd-proxy --features byzantine --target-dir target/byzantine`, \
+         or set BFTCD_BYZANTINE_BIN",
+        p.display()
+    ))
+}

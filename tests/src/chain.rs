@@ -45,17 +45,29 @@ impl Chain {
     }
 
     pub fn start_with(dir: &TestDir, n: usize, deviant: Option<Deviant>) -> Chain {
-        Self::start_prefixed(dir, n, deviant, "", false)
+        Self::start_prefixed(dir, n, deviant.into_iter().collect(), "", false)
+    }
+
+    /// Several banks run by other binaries (at most one [`Deviant`] per bank), e.g. every bank
+    /// in a cgroup of its own so that any of them can be cut off later.
+    pub fn start_with_all(dir: &TestDir, n: usize, deviants: Vec<Deviant>) -> Chain {
+        Self::start_prefixed(dir, n, deviants, "", false)
     }
 
     /// A chain whose files and process names start with `prefix`, so that several chains can
     /// share one directory (the benchmark runs four and seven banks side by side). With
     /// `account_cpu`, every sidecar serves metrics and accounts its CPU by component.
     pub fn start_named(dir: &TestDir, n: usize, prefix: &str, account_cpu: bool) -> Chain {
-        Self::start_prefixed(dir, n, None, prefix, account_cpu)
+        Self::start_prefixed(dir, n, Vec::new(), prefix, account_cpu)
     }
 
-    fn start_prefixed(dir: &TestDir, n: usize, deviant: Option<Deviant>, prefix: &str, account_cpu: bool) -> Chain {
+    /// [`Chain::start_named`] with one bank run by another binary (the benchmark's fault
+    /// targets: a Byzantine build, or bftcd inside a cgroup of its own so it can be cut off).
+    pub fn start_named_with(dir: &TestDir, n: usize, prefix: &str, account_cpu: bool, deviant: Option<Deviant>) -> Chain {
+        Self::start_prefixed(dir, n, deviant.into_iter().collect(), prefix, account_cpu)
+    }
+
+    fn start_prefixed(dir: &TestDir, n: usize, deviants: Vec<Deviant>, prefix: &str, account_cpu: bool) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let mut descriptors = Vec::new();
@@ -91,7 +103,7 @@ impl Chain {
                 extra.push("--account-cpu".to_string());
             }
             let mut bin = None;
-            if let Some(d) = deviant.as_ref().filter(|d| d.bank == i) {
+            if let Some(d) = deviants.iter().find(|d| d.bank == i) {
                 bin = Some(d.bin.clone());
                 extra.extend(d.args.iter().cloned());
             }
