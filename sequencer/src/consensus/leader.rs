@@ -35,16 +35,19 @@ pub struct Entry {
     pub failed: Vec<usize>,
 }
 
-/// How many blocks back from the anchor the choice looks.
+/// How many blocks back from the anchor the choice looks. Several times the longest retry wait:
+/// the wait doubles per failure *in the window*, so a short window forgets a bank's older failures
+/// and retries it again and again (with 128n blocks and a cap of 64n views, a crashed bank under
+/// load still cost a view timeout every second or two: a third of the throughput).
 pub fn window_blocks(n: usize) -> usize {
-    128 * n
+    1024 * n
 }
 
 /// Views a suspect with `failures` recorded failures in the window waits before it is tried again:
-/// 2n, doubling per failure, at most 64n, so a crashed bank costs one view timeout every few
-/// dozen rotations instead of one per rotation.
+/// 2n, doubling per failure, at most 512n, so a crashed bank costs one view timeout every few
+/// hundred rotations instead of one per rotation.
 pub fn retry_views(n: usize, failures: u32) -> u64 {
-    (2 * n as u64) << failures.saturating_sub(1).min(5)
+    (2 * n as u64) << failures.saturating_sub(1).min(8)
 }
 
 /// The validators that may lead a view chosen from the anchor: all but at most f suspects.
@@ -183,7 +186,7 @@ mod tests {
         let gaps: Vec<u64> = retries.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).take(4).all(|g| g[1] > g[0]), "waits grow: {retries:?}");
         assert!(retries.len() <= 2000 / 40, "{} failed views in 2000, round robin would fail 500", retries.len());
-        assert!(gaps.iter().all(|g| *g <= retry_views(n, 6) + 2 * n as u64), "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= retry_views(n, u32::MAX) + 2 * n as u64), "{gaps:?}");
         // Back: it leads its retry view well, and takes its turns again.
         while leaders_after(n, &chain, chain.last().unwrap().view, false)[0] != 1 {
             let v = chain.last().unwrap().view + 1;
