@@ -8,6 +8,7 @@
 //! - [`Sidecar`]: `bftcd serve` in front of a stock etcd.
 //! - [`Etcdctl`], [`Etcdutl`]: the stock command-line tools with hard timeouts.
 //! - [`netcut`]: cutting a bank off its peers with iptables (partition tests).
+//! - [`kv`]: the Put, Get and HashKV the fault tests share.
 //! - [`compat`]: running the same etcdctl commands against stock etcd and a sidecar and
 //!   comparing the outputs modulo ids and timing.
 //!
@@ -22,6 +23,7 @@ pub mod compat;
 pub mod dir;
 pub mod etcd;
 pub mod etcdctl;
+pub mod kv;
 pub mod linearizability;
 pub mod netcut;
 pub mod ports;

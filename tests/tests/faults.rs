@@ -31,11 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bftcd_proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use bftcd_proto::etcdserverpb::PutRequest;
+use bftcd_tests::kv::{client, get, hashkv, put};
 use bftcd_tests::bins::try_byzantine_bin;
 use bftcd_tests::netcut::{self, Cgroup, NetCut};
-use bftcd_tests::{bftcd_bin, log_tail, Chain, Deviant, Etcdctl, TestDir};
-use tonic::transport::Channel;
+use bftcd_tests::{bftcd_bin, log_tail, Chain, Deviant, TestDir};
 
 /// How long the writers run with the fault in place.
 const LOAD: Duration = Duration::from_secs(9);
@@ -45,33 +45,6 @@ const WRITERS_PER_BANK: usize = 2;
 const WRITE_LIMIT: Duration = Duration::from_secs(25);
 /// A restarted or healed bank serves the latest write within this.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
-
-fn client(endpoint: &str, timeout: Duration) -> KvClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
-    KvClient::new(ch)
-}
-
-async fn put(endpoint: &str, key: &str, value: &str) -> Result<(), tonic::Status> {
-    let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
-    client(endpoint, WRITE_LIMIT).put(req).await.map(|_| ())
-}
-
-/// A linearizable read (etcd's default) of `key`.
-async fn get(endpoint: &str, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, tonic::Status> {
-    let req = RangeRequest { key: key.into(), ..Default::default() };
-    let resp = client(endpoint, timeout).range(req).await?.into_inner();
-    Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
-}
-
-fn hashkv(ctl: &Etcdctl) -> (i64, i64) {
-    let out = ctl.run(&["endpoint", "hashkv", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(out.expect_success().trim()).unwrap();
-    (v[0]["HashKV"]["hash"].as_i64().unwrap(), v[0]["HashKV"]["header"]["revision"].as_i64().unwrap())
-}
 
 /// What one writer did.
 struct Written {

@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bftcd_proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use bftcd_tests::kv::{get, hashkv, put};
 use bftcd_tests::netcut::{self, Cgroup, NetCut};
-use bftcd_tests::{bftcd_bin, Chain, Deviant, Etcdctl, TestDir};
-use tonic::transport::Channel;
+use bftcd_tests::{bftcd_bin, Chain, Deviant, TestDir};
 
 /// How long bank 4 stays cut off, by default.
 const CUT: Duration = Duration::from_secs(10);
@@ -29,33 +28,6 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 /// Banks 1-3 dial bank 4 again within this of the heal (reconnect backoff is capped at 1 s and a
 /// hung TCP connect is retried at once, so about 1 s is expected).
 const RECONNECT_LIMIT: Duration = Duration::from_secs(5);
-
-fn client(endpoint: &str, timeout: Duration) -> KvClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
-    KvClient::new(ch)
-}
-
-async fn put(endpoint: &str, key: &str, value: &str) -> Result<(), tonic::Status> {
-    let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
-    client(endpoint, Duration::from_secs(25)).put(req).await.map(|_| ())
-}
-
-/// A linearizable read (etcd's default) of `key`.
-async fn get(endpoint: &str, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, tonic::Status> {
-    let req = RangeRequest { key: key.into(), ..Default::default() };
-    let resp = client(endpoint, timeout).range(req).await?.into_inner();
-    Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
-}
-
-fn hashkv(ctl: &Etcdctl) -> (i64, i64) {
-    let out = ctl.run(&["endpoint", "hashkv", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(out.expect_success().trim()).unwrap();
-    (v[0]["HashKV"]["hash"].as_i64().unwrap(), v[0]["HashKV"]["header"]["revision"].as_i64().unwrap())
-}
 
 fn log_of(chain: &Chain, bank: usize) -> String {
     std::fs::read_to_string(chain.banks[bank].sidecar.stderr_log()).unwrap_or_default()
