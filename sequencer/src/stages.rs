@@ -165,7 +165,14 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
     let quorum = domain.quorum();
     match &msg.kind {
         Some(Kind::Vote(v)) => {
-            if v.signer as usize != from || v.epoch != domain.epoch || v.justify_view >= v.view || v.block_hash.len() != 32 {
+            // Malformed ones (a signature of another length included) are left for the core to
+            // refuse, so the tally holds only 48-byte signatures.
+            if v.signer as usize != from
+                || v.epoch != domain.epoch
+                || v.justify_view >= v.view
+                || v.block_hash.len() != 32
+                || v.signature.len() != crate::crypto::SIGNATURE_BYTES
+            {
                 return;
             }
             if let Some(group) = tally.add(from, v, quorum) {

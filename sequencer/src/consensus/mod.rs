@@ -711,15 +711,7 @@ impl Core {
             };
             self.out.push(Output::Persist(state));
             self.timed_out_view = view;
-            let signature = self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view));
-            let t = Timeout {
-                epoch: self.cfg.domain.epoch,
-                view,
-                high_qc: Some(self.high_qc.clone()),
-                signer: self.cfg.me as u32,
-                signature,
-                high_tc: self.high_tc.clone().filter(|tc| tc.view >= self.high_qc.view),
-            };
+            let t = self.signed_timeout(view, self.high_tc.clone().filter(|tc| tc.view >= self.high_qc.view));
             // Send before recording: recording may complete a TC and move to the next view.
             self.out.push(Output::Broadcast(msg(Kind::Timeout(t.clone()))));
             self.my_timeout = Some(t.clone());
@@ -779,6 +771,19 @@ impl Core {
         self.synchronise_view();
     }
 
+    /// This validator's timeout for `view`, reporting its high QC (the safety rules must have
+    /// allowed it already).
+    fn signed_timeout(&self, view: u64, high_tc: Option<TimeoutCert>) -> Timeout {
+        Timeout {
+            epoch: self.cfg.domain.epoch,
+            view,
+            high_qc: Some(self.high_qc.clone()),
+            signer: self.cfg.me as u32,
+            signature: self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view)),
+            high_tc,
+        }
+    }
+
     /// `to` gave up on `view`, which this validator left with a certificate it no longer holds
     /// (lost in a restart). If a bank whose timeout went into that certificate is down for
     /// good, `to` can only move on with a TC for `view`, and this validator's timeout for it may
@@ -793,15 +798,7 @@ impl Core {
             None => {
                 let Some(state) = self.safety.timeout(view, self.high_qc.view) else { return };
                 self.out.push(Output::Persist(state));
-                let signature = self.crypto.sign(&self.cfg.domain.timeout_bytes(view, self.high_qc.view));
-                let t = Timeout {
-                    epoch: self.cfg.domain.epoch,
-                    view,
-                    high_qc: Some(self.high_qc.clone()),
-                    signer: self.cfg.me as u32,
-                    signature,
-                    high_tc: None,
-                };
+                let t = self.signed_timeout(view, None);
                 let floor = self.high_qc.view;
                 self.helped.retain(|v, _| *v > floor);
                 self.helped.insert(view, t.clone());
