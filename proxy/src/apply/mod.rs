@@ -16,6 +16,7 @@
 
 mod batch;
 pub mod leases;
+mod pipeline;
 mod wrap;
 
 pub use batch::BatchLimits;
@@ -26,11 +27,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bftcd_proto::bftcd::{operation::Request as Op, Block, Operation, OperationId};
+use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
-    request_op::Request, response_op::Response, CompactionResponse, DeleteRangeResponse,
+    CompactionResponse, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutResponse,
-    RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+    RangeRequest, ResponseHeader, TxnResponse,
 };
 use bftcd_sequencer::{Ledger, Position};
 use tokio::sync::{oneshot, watch};
@@ -40,7 +41,6 @@ use crate::errors;
 use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::reserved::APPLIED_KEY;
-use crate::rewrite;
 use leases::LeaseDecision;
 
 /// What a client gets back for its write.
@@ -200,97 +200,19 @@ impl Applier {
 
     /// Applies committed blocks forever. Returns only on an error that needs an operator.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
-        let last = self.recover().await?;
+        let (last, in_etcd) = self.recover().await?;
         tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
         self.applied.send_replace(last);
-        // Committed blocks, as soon as they are decided (with several banks, before the ledger
-        // has written them; see `Ledger::stage`).
-        let mut heights = self.ledger.subscribe_committed();
-        // The last operation that left no trace in etcd since the position last moved.
-        let mut traceless: Option<Position> = None;
-        let (mut height, mut skip) = match last {
+        let (height, skip) = match last {
             None => (1, 0),
             Some(p) => (p.height, p.index as usize + 1),
         };
         self.applied_height.send_replace(height - 1);
-        let chain_id = self.ledger.genesis().chain_id.clone();
-        loop {
-            while self.ledger.committed_height() < height {
-                if heights.changed().await.is_err() {
-                    return Ok(());
-                }
-            }
-            // Just committed, so usually still in memory; only a bank catching up reads the file.
-            let committed = match self.ledger.recent_shared(height) {
-                Some(cb) => cb,
-                None => {
-                    let ledger = self.ledger.clone();
-                    Arc::new(tokio::task::spawn_blocking(move || ledger.read(height)).await??)
-                }
-            };
-            let empty = Block::default();
-            let block = committed.block.as_ref().unwrap_or(&empty);
-            let (t_us, started) = (bftcd_sequencer::now_us(), std::time::Instant::now());
-            if !self.lag.is_zero() {
-                let due = std::time::UNIX_EPOCH + Duration::from_millis(block.timestamp_ms) + self.lag;
-                if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            let runs = match self.batching {
-                Some(limits) => batch::split(&block.operations, limits),
-                None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
-            };
-            for run in runs {
-                if run.end <= skip {
-                    continue;
-                }
-                // A batch is applied atomically, so a restart resumes at a run boundary.
-                if run.len() > 1 && run.start >= skip {
-                    let first = Position { height, index: run.start as u32 };
-                    if let Some(outcomes) = self.apply_batch(&block.operations[run.clone()], first).await {
-                        for (op, outcome) in block.operations[run.clone()].iter().zip(outcomes) {
-                            if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
-                                let _ = w.send(outcome);
-                            }
-                        }
-                        self.applied.send_replace(Some(Position { height, index: run.end as u32 - 1 }));
-                        traceless = None;
-                        continue;
-                    }
-                    // etcd refused the batch: some operation in it fails. Apply them one by one,
-                    // which fails the same way on every bank.
-                }
-                for i in run.start.max(skip)..run.end {
-                let op = &block.operations[i];
-                let pos = Position { height, index: i as u32 };
-                let in_txn = matches!(op.request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_)));
-                if !in_txn {
-                    if let Some(p) = traceless.take() {
-                        self.store_cursor(p).await;
-                    }
-                }
-                let decision = leases::step(&chain_id, &mut self.leases.lock().unwrap(), op, pos, block.timestamp_ms);
-                let (outcome, recorded) = self.apply(op, pos, decision.as_ref()).await;
-                if in_txn {
-                    traceless = (!recorded).then_some(pos);
-                }
-                self.applied.send_replace(Some(pos));
-                if let Some(w) = self.waiters.lock().unwrap().remove(&key_of(&op.id)) {
-                    let _ = w.send(outcome);
-                }
-                }
-            }
-            self.applied_height.send_replace(height);
-            tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations = block.operations.len(),
-                apply_us = started.elapsed().as_micros() as u64);
-            height += 1;
-            skip = 0;
-        }
+        self.pipeline(pipeline::Start { height, skip, in_etcd }).await
     }
 
-    /// Where to resume: the later of the position in etcd and the cursor file.
-    async fn recover(&self) -> anyhow::Result<Option<Position>> {
+    /// Where to resume: the later of the position in etcd and the cursor file; and the first.
+    async fn recover(&self) -> anyhow::Result<(Option<Position>, Option<Position>)> {
         let mut warned = false;
         let in_etcd = loop {
             match self.read_position().await {
@@ -345,7 +267,7 @@ impl Applier {
             tracing::info!(leases = table.ids().len(), "apply: lease table rebuilt from the ledger");
             *self.leases.lock().unwrap() = table;
         }
-        Ok(last)
+        Ok((last, in_etcd))
     }
 
     async fn read_position(&self) -> Result<Option<Position>, Status> {
@@ -388,7 +310,7 @@ impl Applier {
         let mut retrying = false;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.attempt(op, pos, lease, retrying).await {
+            match self.attempt(op, lease, retrying).await {
                 Attempt::Done(r, recorded) => return (Ok(r), recorded),
                 Attempt::Refused(status) => return (Err(status), false),
                 Attempt::Transient(status) | Attempt::Local(status) => {
@@ -412,41 +334,15 @@ impl Applier {
         }
     }
 
-    async fn attempt(&self, op: &Operation, pos: Position, lease: Option<&LeaseDecision>, retrying: bool) -> Attempt {
+    async fn attempt(&self, op: &Operation, lease: Option<&LeaseDecision>, retrying: bool) -> Attempt {
         let Some(request) = &op.request else {
             // Validated before ordering; an empty operation from the ledger changes nothing.
             return Attempt::Refused(errors::key_not_found());
         };
         match request {
-            Op::Put(p) => {
-                let t = TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }], failure: vec![] };
-                self.wrapped_txn(&t, pos, |header, mut t| {
-                    let prev_kv = match t.responses.pop().and_then(|r| r.response) {
-                        Some(Response::ResponsePut(r)) => r.prev_kv,
-                        _ => None,
-                    };
-                    OpResponse::Put(PutResponse { header, prev_kv })
-                })
-                .await
-            }
-            Op::DeleteRange(d) => {
-                let t = TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestDeleteRange(d.clone())) }], failure: vec![] };
-                self.wrapped_txn(&t, pos, |header, mut t| {
-                    let mut d = match t.responses.pop().and_then(|r| r.response) {
-                        Some(Response::ResponseDeleteRange(d)) => d,
-                        _ => DeleteRangeResponse::default(),
-                    };
-                    d.header = header;
-                    OpResponse::DeleteRange(d)
-                })
-                .await
-            }
-            Op::Txn(t) => {
-                self.wrapped_txn(t, pos, |header, mut t| {
-                    t.header = header;
-                    OpResponse::Txn(t)
-                })
-                .await
+            // The pipeline applies these, guarded.
+            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) => {
+                Attempt::Local(Status::internal("bftcd: a Put, DeleteRange or Txn reached the single-call path"))
             }
             Op::Compact(c) => match self.etcd.kv().compact(*c).await {
                 Ok(r) => Attempt::Done(OpResponse::Compact(CompactionResponse { header: self.identity.header(r.into_inner().header) }), false),
@@ -513,101 +409,6 @@ impl Applier {
     pub async fn current_header(&self) -> Result<Option<ResponseHeader>, Status> {
         let probe = RangeRequest { key: APPLIED_KEY.to_vec(), count_only: true, serializable: true, ..Default::default() };
         Ok(self.etcd.kv().range(probe).await?.into_inner().header)
-    }
-
-    /// Applies a client Txn (or a Put or DeleteRange as a one-op Txn) with its bookkeeping;
-    /// `finish` turns the client's TxnResponse and the rewritten header into its response.
-    async fn wrapped_txn(
-        &self,
-        client: &TxnRequest,
-        pos: Position,
-        finish: impl FnOnce(Option<ResponseHeader>, TxnResponse) -> OpResponse,
-    ) -> Attempt {
-        let w = wrap::wrap(client, pos);
-        match self.etcd.kv().txn(w.txn.clone()).await {
-            Ok(r) => {
-                let (t, recorded) = w.unwrap(r.into_inner());
-                let header = self.identity.header(t.header);
-                Attempt::Done(finish(header, t), recorded)
-            }
-            Err(s) => refusal(s),
-        }
-    }
-
-    /// Applies several non-conflicting Put/DeleteRange/Txn operations as nested Txns of one etcd
-    /// Txn with the bookkeeping; they share one revision. None when etcd refuses the batch.
-    async fn apply_batch(&self, ops: &[Operation], first: Position) -> Option<Vec<Outcome>> {
-        let last = Position { height: first.height, index: first.index + ops.len() as u32 - 1 };
-        let mut plans = Vec::with_capacity(ops.len());
-        let mut success = Vec::with_capacity(ops.len() + 1);
-        for op in ops {
-            let client = match &op.request {
-                Some(Op::Put(p)) => TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(Request::RequestPut(p.clone())) }], failure: vec![] },
-                Some(Op::DeleteRange(d)) => TxnRequest {
-                    compare: vec![],
-                    success: vec![RequestOp { request: Some(Request::RequestDeleteRange(d.clone())) }],
-                    failure: vec![],
-                },
-                Some(Op::Txn(t)) => t.clone(),
-                _ => return None,
-            };
-            let (rewritten, plan) = rewrite::plan_txn(&client);
-            success.push(RequestOp { request: Some(Request::RequestTxn(rewritten)) });
-            plans.push(plan);
-        }
-        success.push(wrap::bookkeeping(last));
-        let outer = TxnRequest { compare: vec![], success, failure: vec![] };
-        let mut backoff = Duration::from_millis(50);
-        let resp = loop {
-            match self.etcd.kv().txn(outer.clone()).await {
-                Ok(r) => break r.into_inner(),
-                Err(s) if is_transient(&s) => {
-                    tracing::warn!(position = %last, error = %s, "apply: local etcd failed during a batch; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    if let Ok(Some(p)) = self.read_position().await {
-                        if p >= last {
-                            return Some(ops.iter().map(|_| Err(errors::timeout())).collect());
-                        }
-                    }
-                }
-                Err(_) => return None,
-            }
-        };
-        let header = self.identity.header(resp.header);
-        let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
-        let outcomes = ops
-            .iter()
-            .zip(plans)
-            .zip(resp.responses)
-            .map(|((op, plan), r)| {
-                let inner = match r.response {
-                    Some(Response::ResponseTxn(t)) => t,
-                    _ => TxnResponse::default(),
-                };
-                let mut t = rewrite::restore_txn(&plan, inner, revision);
-                t.header = header;
-                Ok(match &op.request {
-                    Some(Op::Put(_)) => OpResponse::Put(PutResponse {
-                        header,
-                        prev_kv: match t.responses.pop().and_then(|r| r.response) {
-                            Some(Response::ResponsePut(p)) => p.prev_kv,
-                            _ => None,
-                        },
-                    }),
-                    Some(Op::DeleteRange(_)) => {
-                        let mut d = match t.responses.pop().and_then(|r| r.response) {
-                            Some(Response::ResponseDeleteRange(d)) => d,
-                            _ => DeleteRangeResponse::default(),
-                        };
-                        d.header = header;
-                        OpResponse::DeleteRange(d)
-                    }
-                    _ => OpResponse::Txn(t),
-                })
-            })
-            .collect();
-        Some(outcomes)
     }
 }
 

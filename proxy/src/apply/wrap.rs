@@ -20,7 +20,7 @@ use bftcd_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
     response_op::Response,
-    Compare, PutRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 
 use crate::reserved::{self, APPLIED_KEY};
@@ -135,10 +135,64 @@ impl Wrapped {
     }
 }
 
+/// Makes `txn` run only while the position key holds `after` (absent for None), so that Txns in
+/// flight together land in order; otherwise it reads the key. A Txn without compares takes its
+/// success branch, so the guard can take their place; one with compares is nested whole.
+pub fn guard(txn: TxnRequest, after: Option<Position>) -> TxnRequest {
+    let compare = match after {
+        Some(p) => Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: APPLIED_KEY.to_vec(),
+            range_end: vec![],
+            target_union: Some(TargetUnion::Value(p.to_bytes().to_vec())),
+        },
+        None => Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: APPLIED_KEY.to_vec(),
+            range_end: vec![],
+            target_union: Some(TargetUnion::Version(0)),
+        },
+    };
+    let read = RequestOp { request: Some(Request::RequestRange(RangeRequest { key: APPLIED_KEY.to_vec(), ..Default::default() })) };
+    let success = if txn.compare.is_empty() { txn.success } else { vec![RequestOp { request: Some(Request::RequestTxn(txn)) }] };
+    TxnRequest { compare: vec![compare], success, failure: vec![read] }
+}
+
+/// The guarded Txn's own answer (header included), or, when the guard did not hold, the
+/// position found instead (None: absent or unreadable).
+pub fn unguard(resp: TxnResponse, nested: bool) -> Result<TxnResponse, Option<Position>> {
+    if !resp.succeeded {
+        let found = match resp.responses.into_iter().next().and_then(|r| r.response) {
+            Some(Response::ResponseRange(r)) => r.kvs.first().and_then(|kv| Position::from_bytes(&kv.value)),
+            _ => None,
+        };
+        return Err(found);
+    }
+    if !nested {
+        return Ok(resp);
+    }
+    match resp.responses.into_iter().next().and_then(|r| r.response) {
+        Some(Response::ResponseTxn(mut inner)) => {
+            inner.header = resp.header;
+            Ok(inner)
+        }
+        _ => Ok(TxnResponse { header: resp.header, ..Default::default() }),
+    }
+}
+
+impl Wrapped {
+    /// Whether [`guard`] nests this Txn (it has compares of its own).
+    pub fn nested_in_guard(&self) -> bool {
+        !self.txn.compare.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bftcd_proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
+    use bftcd_proto::etcdserverpb::DeleteRangeRequest;
 
     fn op(r: Request) -> RequestOp {
         RequestOp { request: Some(r) }

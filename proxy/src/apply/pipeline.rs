@@ -1,0 +1,552 @@
+//! Several etcd Txns in flight at once, each guarded so that it lands only right after the one
+//! before it.
+//!
+//! One Txn at a time costs one etcd commit (an fsync) per block, which bounds a bank catching up
+//! on thousands of blocks (about 1.6 ms a block on the reference machine). With several in
+//! flight, etcd commits them together. etcd may run concurrent requests in any order, so each
+//! Txn compares the applied-position key with the position written by the Txn before it; one
+//! that arrives early changes nothing and is sent again.
+//!
+//! Which position a Txn leaves behind is known only once it has run (an operation that changes
+//! nothing leaves the key alone, see [`super::wrap`]), so each guard predicts that the Txn before
+//! it records. A wrong prediction (a failed compare with a read-only branch, a refusal) costs one
+//! more round trip for the Txns behind it, never an apply out of order or twice.
+//!
+//! Lease operations and compactions are etcd calls of their own that no compare can guard: they
+//! wait until everything before them has landed, and nothing after them is sent before they do.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bftcd_proto::bftcd::{operation::Request as Op, Block, CommittedBlock, Operation};
+use bftcd_proto::etcdserverpb::{
+    request_op::Request, response_op::Response, DeleteRangeResponse, PutResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+};
+use bftcd_sequencer::cpu::{AccountedExt, Component};
+use bftcd_sequencer::Position;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use super::{batch, is_transient, key_of, leases, refusal, wrap, Applier, Attempt, OpResponse, Outcome};
+use crate::errors;
+use crate::rewrite::{self, TxnPlan};
+
+/// Txns in flight at most. etcd commits concurrent requests together; beyond a few dozen the
+/// gain flattens and a wrong guard prediction costs more resends.
+const WINDOW: usize = 32;
+
+/// A unit of applying, in commit order.
+enum Work {
+    Txn(TxnWork),
+    /// A lease operation or compaction (or an empty operation): applied alone.
+    Alone { height: u64, block: Arc<CommittedBlock>, index: usize },
+    /// Every operation of the block at `height` has been applied once this is reached.
+    EndOfBlock { height: u64, operations: usize, started: Instant, t_us: u64 },
+}
+
+struct TxnWork {
+    height: u64,
+    block: Arc<CommittedBlock>,
+    run: Range<usize>,
+    /// Several operations as nested Txns of one; a refused batch is applied one by one instead.
+    batch: bool,
+    /// etcd's answer to a send that landed while the Txns around it are being sent again.
+    landed: Option<TxnResponse>,
+}
+
+impl TxnWork {
+    fn ops(&self) -> &[Operation] {
+        &block_of(&self.block).operations[self.run.clone()]
+    }
+
+    fn first(&self) -> Position {
+        Position { height: self.height, index: self.run.start as u32 }
+    }
+
+    fn last(&self) -> Position {
+        Position { height: self.height, index: self.run.end as u32 - 1 }
+    }
+}
+
+fn block_of(cb: &CommittedBlock) -> &Block {
+    static EMPTY: std::sync::OnceLock<Block> = std::sync::OnceLock::new();
+    cb.block.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Block::default))
+}
+
+/// How to read etcd's answer to a Txn.
+enum Plan {
+    Single(wrap::Wrapped),
+    Batch(Vec<TxnPlan>),
+}
+
+struct Flight {
+    work: Work,
+    /// The Txn's request and how to read its answer (None for an end-of-block marker).
+    plan: Option<Plan>,
+    guard: Option<Position>,
+    /// Sent with nothing before it in flight: its guard is what etcd holds, unless someone else
+    /// moved the position key.
+    alone: bool,
+    answer: Option<JoinHandle<Result<TxnResponse, Status>>>,
+    ready: Option<Result<TxnResponse, Status>>,
+}
+
+impl Flight {
+    async fn land(&mut self) -> Result<TxnResponse, Status> {
+        if let Some(r) = self.ready.take() {
+            return r;
+        }
+        match self.answer.take() {
+            Some(h) => h.await.unwrap_or_else(|e| Err(Status::unavailable(format!("bftcd: apply request task failed: {e}")))),
+            None => Err(Status::internal("bftcd: apply flight without a request")),
+        }
+    }
+
+    /// Waits for the answer without consuming it.
+    async fn settle(&mut self) {
+        if self.ready.is_none() {
+            if let Some(h) = self.answer.as_mut() {
+                let r = h.await.unwrap_or_else(|e| Err(Status::unavailable(format!("bftcd: apply request task failed: {e}"))));
+                self.answer = None;
+                self.ready = Some(r);
+            }
+        }
+    }
+}
+
+/// What became of a Txn.
+enum Landing {
+    /// It ran: each operation's outcome, and whether the position key moved.
+    Applied(Vec<Outcome>, bool),
+    /// The guard did not hold: nothing changed; the position key held this.
+    Early(Option<Position>),
+    /// etcd refused it for a reason every bank's etcd shares.
+    Refused(Status),
+    /// The local etcd failed or refused for a reason of its own: unknown whether it ran.
+    Failed(Status),
+}
+
+/// The committed blocks still to be turned into [`Work`].
+struct Cursor {
+    height: u64,
+    /// Operations of the first block already applied before a restart.
+    skip: usize,
+    commits: watch::Receiver<u64>,
+}
+
+impl Cursor {
+    /// The next block's work, or None while it is not committed yet.
+    async fn next_block(&mut self, applier: &Applier) -> anyhow::Result<Option<Vec<Work>>> {
+        if applier.ledger.committed_height() < self.height {
+            return Ok(None);
+        }
+        let height = self.height;
+        // Just committed, so usually still in memory; only a bank catching up reads the file.
+        let committed = match applier.ledger.recent_shared(height) {
+            Some(cb) => cb,
+            None => {
+                let ledger = applier.ledger.clone();
+                Arc::new(tokio::task::spawn_blocking(move || ledger.read(height)).await??)
+            }
+        };
+        let (t_us, started) = (bftcd_sequencer::now_us(), Instant::now());
+        let block = block_of(&committed);
+        if !applier.lag.is_zero() {
+            let due = std::time::UNIX_EPOCH + Duration::from_millis(block.timestamp_ms) + applier.lag;
+            if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let runs = match applier.batching {
+            Some(limits) => batch::split(&block.operations, limits),
+            None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
+        };
+        let skip = std::mem::take(&mut self.skip);
+        let mut work = Vec::with_capacity(runs.len() + 1);
+        for run in runs {
+            if run.end <= skip {
+                continue;
+            }
+            // A batch is applied atomically, so a restart resumes at a run boundary.
+            if run.len() > 1 && run.start >= skip {
+                work.push(Work::Txn(TxnWork { height, block: committed.clone(), run, batch: true, landed: None }));
+                continue;
+            }
+            for i in run.start.max(skip)..run.end {
+                work.push(single(height, &committed, i));
+            }
+        }
+        work.push(Work::EndOfBlock { height, operations: block.operations.len(), started, t_us });
+        self.height += 1;
+        Ok(Some(work))
+    }
+}
+
+fn single(height: u64, block: &Arc<CommittedBlock>, i: usize) -> Work {
+    if matches!(block_of(block).operations[i].request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_))) {
+        Work::Txn(TxnWork { height, block: block.clone(), run: i..i + 1, batch: false, landed: None })
+    } else {
+        Work::Alone { height, block: block.clone(), index: i }
+    }
+}
+
+/// A Put, DeleteRange or Txn as the client Txn it amounts to.
+fn client_txn(op: &Operation) -> Option<TxnRequest> {
+    let one = |request| TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(request) }], failure: vec![] };
+    match &op.request {
+        Some(Op::Put(p)) => Some(one(Request::RequestPut(p.clone()))),
+        Some(Op::DeleteRange(d)) => Some(one(Request::RequestDeleteRange(d.clone()))),
+        Some(Op::Txn(t)) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// The client's response to its operation, from the client Txn's answer.
+fn finish(op: &Operation, header: Option<ResponseHeader>, mut t: TxnResponse) -> OpResponse {
+    match &op.request {
+        Some(Op::Put(_)) => OpResponse::Put(PutResponse {
+            header,
+            prev_kv: match t.responses.pop().and_then(|r| r.response) {
+                Some(Response::ResponsePut(p)) => p.prev_kv,
+                _ => None,
+            },
+        }),
+        Some(Op::DeleteRange(_)) => {
+            let mut d = match t.responses.pop().and_then(|r| r.response) {
+                Some(Response::ResponseDeleteRange(d)) => d,
+                _ => DeleteRangeResponse::default(),
+            };
+            d.header = header;
+            OpResponse::DeleteRange(d)
+        }
+        _ => {
+            t.header = header;
+            OpResponse::Txn(t)
+        }
+    }
+}
+
+/// Where applying resumes.
+pub(super) struct Start {
+    pub height: u64,
+    pub skip: usize,
+    /// The position key in the local etcd (the cursor file may be further on).
+    pub in_etcd: Option<Position>,
+}
+
+/// The pipeline's view of the local etcd.
+struct State {
+    /// The position key once every Txn before the front flight has landed.
+    recorded: Option<Position>,
+    /// The position key once every Txn sent has landed as predicted.
+    predicted: Option<Position>,
+    /// The last operation that left no trace in etcd since the position key last moved.
+    traceless: Option<Position>,
+    backoff: Duration,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Applier {
+    /// Applies committed blocks forever, from `start`.
+    pub(super) async fn pipeline(self: &Arc<Self>, start: Start) -> anyhow::Result<()> {
+        let mut cursor = Cursor { height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
+        let mut todo: VecDeque<Work> = VecDeque::new();
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF };
+        loop {
+            // Send as much as the window allows.
+            let mut waiting_for_commit = false;
+            while flights.len() < WINDOW {
+                if todo.is_empty() {
+                    match cursor.next_block(self).await? {
+                        Some(work) => todo.extend(work),
+                        None => {
+                            waiting_for_commit = true;
+                            break;
+                        }
+                    }
+                }
+                let Some(work) = todo.pop_front() else { continue };
+                match work {
+                    Work::Alone { .. } if !flights.is_empty() => {
+                        todo.push_front(work);
+                        break;
+                    }
+                    Work::Alone { height, block, index } => self.apply_alone(height, &block, index, &mut st).await,
+                    Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None }),
+                    Work::Txn(t) => {
+                        let alone = flights.iter().all(|f| f.plan.is_none());
+                        let f = self.send(t, st.predicted, alone);
+                        if let Work::Txn(t) = &f.work {
+                            st.predicted = Some(t.last());
+                        }
+                        flights.push_back(f);
+                    }
+                }
+            }
+            let room = flights.len() < WINDOW;
+            let Some(front) = flights.front_mut() else {
+                if cursor.commits.changed().await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            };
+            if let Work::EndOfBlock { height, operations, started, t_us } = front.work {
+                self.applied_height.send_replace(height);
+                tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations,
+                    apply_us = started.elapsed().as_micros() as u64);
+                flights.pop_front();
+                continue;
+            }
+            let answer = if waiting_for_commit && room {
+                // More may commit while the front is on its way: send it behind.
+                tokio::select! {
+                    _ = front.settle() => front.land().await,
+                    changed = cursor.commits.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                front.land().await
+            };
+            let front = flights.pop_front().expect("front exists");
+            self.landed(front, answer, &mut flights, &mut todo, &mut st).await;
+        }
+    }
+
+    /// Sends a Txn guarded by the position the Txn before it leaves.
+    fn send(&self, t: TxnWork, after: Option<Position>, alone: bool) -> Flight {
+        let (request, plan) = match t.batch {
+            false => {
+                let op = &t.ops()[0];
+                let client = client_txn(op).unwrap_or_default();
+                let w = wrap::wrap(&client, t.first());
+                (wrap::guard(w.txn.clone(), after), Plan::Single(w))
+            }
+            true => {
+                let mut plans = Vec::with_capacity(t.run.len());
+                let mut success = Vec::with_capacity(t.run.len() + 1);
+                for op in t.ops() {
+                    let (rewritten, plan) = rewrite::plan_txn(&client_txn(op).unwrap_or_default());
+                    success.push(RequestOp { request: Some(Request::RequestTxn(rewritten)) });
+                    plans.push(plan);
+                }
+                success.push(wrap::bookkeeping(t.last()));
+                (wrap::guard(TxnRequest { compare: vec![], success, failure: vec![] }, after), Plan::Batch(plans))
+            }
+        };
+        let (answer, ready) = match t.landed.clone() {
+            Some(r) => (None, Some(Ok(r))),
+            None => {
+                let kv = self.etcd.kv();
+                let call = async move { kv.clone().txn(request).await.map(|r| r.into_inner()) };
+                (Some(tokio::spawn(call.accounted(Component::Apply))), None)
+            }
+        };
+        Flight { work: Work::Txn(t), plan: Some(plan), guard: after, alone, answer, ready }
+    }
+
+    /// Reads etcd's answer to a guarded Txn.
+    fn read_landing(&self, plan: &Plan, t: &TxnWork, answer: Result<TxnResponse, Status>) -> Landing {
+        let resp = match answer {
+            Ok(r) => r,
+            Err(s) => {
+                return match refusal(s) {
+                    Attempt::Refused(s) => Landing::Refused(s),
+                    Attempt::Transient(s) | Attempt::Local(s) => Landing::Failed(s),
+                    Attempt::Done(..) => unreachable!("refusal never says done"),
+                }
+            }
+        };
+        let inner = match wrap::unguard(resp, matches!(plan, Plan::Single(w) if w.nested_in_guard())) {
+            Ok(inner) => inner,
+            Err(found) => return Landing::Early(found),
+        };
+        let ops = t.ops();
+        match plan {
+            Plan::Single(w) => {
+                let (client, recorded) = w.unwrap(inner);
+                let header = self.identity.header(client.header);
+                Landing::Applied(vec![Ok(finish(&ops[0], header, client))], recorded)
+            }
+            Plan::Batch(plans) => {
+                let header = self.identity.header(inner.header);
+                let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
+                let mut responses = inner.responses.into_iter();
+                let outcomes = ops
+                    .iter()
+                    .zip(plans)
+                    .map(|(op, plan)| {
+                        let nested = match responses.next().and_then(|r| r.response) {
+                            Some(Response::ResponseTxn(t)) => t,
+                            _ => TxnResponse::default(),
+                        };
+                        Ok(finish(op, header, rewrite::restore_txn(plan, nested, revision)))
+                    })
+                    .collect();
+                Landing::Applied(outcomes, true)
+            }
+        }
+    }
+
+    /// Takes the front flight's answer; when the flights behind it were sent on a wrong guess,
+    /// sends them again.
+    async fn landed(
+        &self,
+        front: Flight,
+        answer: Result<TxnResponse, Status>,
+        flights: &mut VecDeque<Flight>,
+        todo: &mut VecDeque<Work>,
+        st: &mut State,
+    ) {
+        let Flight { work: Work::Txn(mut t), plan: Some(plan), guard, alone, .. } = front else { return };
+        let landing = self.read_landing(&plan, &t, answer);
+        let mut resend_front = false;
+        match landing {
+            Landing::Applied(outcomes, recorded) => {
+                self.deliver(t.ops(), outcomes);
+                self.applied.send_replace(Some(t.last()));
+                if recorded {
+                    st.recorded = Some(t.last());
+                    st.traceless = None;
+                } else {
+                    st.traceless = Some(t.last());
+                }
+                st.backoff = FIRST_BACKOFF;
+                if recorded || flights.is_empty() {
+                    return;
+                }
+            }
+            // An earlier send landed and its answer was lost.
+            Landing::Early(found) if found >= Some(t.last()) => {
+                self.deliver(t.ops(), t.ops().iter().map(|_| Err(errors::timeout())).collect());
+                self.applied.send_replace(Some(t.last()));
+                st.recorded = Some(t.last());
+                st.traceless = None;
+                if flights.is_empty() {
+                    return;
+                }
+            }
+            // It overtook the Txn before it inside etcd, which has landed since: the guesses
+            // behind it still hold, so send it again, and the others that overtook too.
+            Landing::Early(_) if !alone && guard == st.recorded => {
+                t.landed = None;
+                flights.push_front(self.send(t, guard, false));
+                for f in flights.iter_mut().skip(1) {
+                    if f.answer.as_ref().is_some_and(|h| h.is_finished()) {
+                        f.settle().await;
+                    }
+                    if matches!((&f.ready, &f.work), (Some(Ok(r)), Work::Txn(_)) if !r.succeeded) {
+                        let placeholder = Work::EndOfBlock { height: 0, operations: 0, started: Instant::now(), t_us: 0 };
+                        if let Work::Txn(mut again) = std::mem::replace(&mut f.work, placeholder) {
+                            again.landed = None;
+                            *f = self.send(again, f.guard, false);
+                        }
+                    }
+                }
+                return;
+            }
+            Landing::Early(found) => {
+                if alone && found != guard {
+                    tracing::error!(position = %t.first(), expected = ?guard.map(|p| p.to_string()),
+                        found = ?found.map(|p| p.to_string()),
+                        "apply: stopped: the applied-position key in the local etcd moved under this sidecar \
+                         (another writer, or a restored snapshot); retrying, and serving no linearizable reads meanwhile");
+                    self.back_off(st).await;
+                }
+                resend_front = true;
+            }
+            Landing::Refused(s) if !t.batch => {
+                self.deliver(t.ops(), vec![Err(s)]);
+                self.applied.send_replace(Some(t.last()));
+                st.traceless = Some(t.last());
+                if flights.is_empty() {
+                    return;
+                }
+            }
+            // Some operation in the batch fails: apply them one by one, which fails the same way
+            // on every bank.
+            Landing::Refused(_) => {
+                self.resend_behind(flights, todo, st).await;
+                for i in t.run.clone().rev() {
+                    todo.push_front(single(t.height, &t.block, i));
+                }
+                return;
+            }
+            Landing::Failed(s) => {
+                if is_transient(&s) {
+                    tracing::warn!(position = %t.first(), error = %s, "apply: local etcd failed; retrying");
+                } else {
+                    tracing::error!(position = %t.first(), error = %s,
+                        "apply: stopped: this bank's etcd refuses an operation the other banks apply (fix the etcd: \
+                         alarm, limits, auth); retrying, and serving no linearizable reads meanwhile");
+                }
+                self.back_off(st).await;
+                resend_front = true;
+            }
+        }
+        // The flights behind were guarded by a position that is not there as predicted.
+        self.resend_behind(flights, todo, st).await;
+        if resend_front {
+            t.landed = None;
+            todo.push_front(Work::Txn(t));
+        }
+    }
+
+    /// Waits for every flight behind the front, then queues them to be sent again from the
+    /// position actually recorded, keeping the answers of any that landed after all.
+    async fn resend_behind(&self, flights: &mut VecDeque<Flight>, todo: &mut VecDeque<Work>, st: &mut State) {
+        for f in flights.iter_mut() {
+            f.settle().await;
+        }
+        while let Some(mut f) = flights.pop_back() {
+            if let (Work::Txn(t), Some(plan), Some(Ok(resp))) = (&mut f.work, &f.plan, &f.ready) {
+                let ran = match wrap::unguard(resp.clone(), matches!(plan, Plan::Single(w) if w.nested_in_guard())) {
+                    Ok(_) => Some(resp.clone()),
+                    Err(_) => None,
+                };
+                t.landed = ran;
+            }
+            todo.push_front(f.work);
+        }
+        st.predicted = st.recorded;
+    }
+
+    async fn back_off(&self, st: &mut State) {
+        tokio::time::sleep(st.backoff).await;
+        st.backoff = (st.backoff * 2).min(Duration::from_secs(2));
+    }
+
+    fn deliver(&self, ops: &[Operation], outcomes: Vec<Outcome>) {
+        let mut waiters = self.waiters.lock().unwrap();
+        for (op, outcome) in ops.iter().zip(outcomes) {
+            if let Some(w) = waiters.remove(&key_of(&op.id)) {
+                let _ = w.send(outcome);
+            }
+        }
+    }
+
+    /// A lease operation, compaction or empty operation, with nothing else in flight.
+    async fn apply_alone(&self, height: u64, block: &CommittedBlock, index: usize, st: &mut State) {
+        let b = block_of(block);
+        let op = &b.operations[index];
+        let pos = Position { height, index: index as u32 };
+        // Such a call changes what a traceless operation before it would see if replayed after a
+        // crash: remember that it is done.
+        if let Some(p) = st.traceless.take() {
+            self.store_cursor(p).await;
+        }
+        let chain_id = &self.ledger.genesis().chain_id;
+        let decision = leases::step(chain_id, &mut self.leases.lock().unwrap(), op, pos, b.timestamp_ms);
+        let (outcome, _) = self.apply(op, pos, decision.as_ref()).await;
+        self.applied.send_replace(Some(pos));
+        self.deliver(std::slice::from_ref(op), vec![outcome]);
+    }
+}
