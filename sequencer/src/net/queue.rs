@@ -6,16 +6,25 @@
 //! which are about views long decided (it catches up on those through sync). Dropping the newest
 //! would instead hand it thousands of stale messages first and none of the current ones. Order is
 //! kept for what remains, so per-peer FIFO delivery still holds for every message delivered.
+//!
+//! For the same reason a message that waited longer than [`STALE_AFTER`] (the peer was cut off
+//! or silent) is dropped when its turn comes: a bank back from a cut of minutes would otherwise
+//! first check the signatures of thousands of proposals and votes about long-decided views.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// Older than this, a queued message is not worth sending: views move on within a few base
+/// timeouts, and what the peer missed it catches up on through sync.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct State {
-    items: VecDeque<Bytes>,
+    items: VecDeque<(Instant, Bytes)>,
     bytes: usize,
     closed: bool,
 }
@@ -26,6 +35,7 @@ pub(crate) struct PeerQueue {
     ready: Notify,
     max_len: usize,
     max_bytes: usize,
+    max_age: Duration,
 }
 
 impl PeerQueue {
@@ -36,7 +46,14 @@ impl PeerQueue {
             ready: Notify::new(),
             max_len,
             max_bytes,
+            max_age: STALE_AFTER,
         }
+    }
+
+    #[cfg(test)]
+    fn with_max_age(mut self, max_age: Duration) -> PeerQueue {
+        self.max_age = max_age;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -55,23 +72,27 @@ impl PeerQueue {
         while !s.items.is_empty()
             && (s.items.len() >= self.max_len || s.bytes + msg.len() > self.max_bytes)
         {
-            let old = s.items.pop_front().expect("not empty");
+            let (_, old) = s.items.pop_front().expect("not empty");
             s.bytes -= old.len();
             dropped += 1;
         }
         s.bytes += msg.len();
-        s.items.push_back(msg);
+        s.items.push_back((Instant::now(), msg));
         drop(s);
         self.ready.notify_one();
         dropped
     }
 
-    /// The oldest message, if any.
+    /// The oldest message that is not stale, if any; stale ones before it are dropped.
     pub fn try_pop(&self) -> Option<Bytes> {
         let mut s = self.lock();
-        let msg = s.items.pop_front()?;
-        s.bytes -= msg.len();
-        Some(msg)
+        loop {
+            let (at, msg) = s.items.pop_front()?;
+            s.bytes -= msg.len();
+            if at.elapsed() <= self.max_age {
+                return Some(msg);
+            }
+        }
     }
 
     /// Waits for the oldest message; `None` once closed. Cancel-safe: a message is only taken
@@ -134,6 +155,18 @@ mod tests {
         assert_eq!(q.try_pop(), None);
         q.close();
         assert_eq!(q.push(b("late")), 1);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn stale_messages_are_dropped_when_their_turn_comes() {
+        let q = PeerQueue::new(8, 1 << 20).with_max_age(Duration::from_millis(30));
+        q.push(b("old-1"));
+        q.push(b("old-2"));
+        std::thread::sleep(Duration::from_millis(60));
+        q.push(b("fresh"));
+        assert_eq!(q.try_pop(), Some(b("fresh")));
+        assert_eq!(q.try_pop(), None);
         assert_eq!(q.len(), 0);
     }
 
