@@ -188,6 +188,8 @@ impl HotStuff {
             reads_assigned: Vec::new(),
             status: status_tx,
             rejected: 0,
+            gave_up_logged: None,
+            gave_up_quiet: 0,
             disk_us: 0,
             backlog: Default::default(),
             deferred: Vec::new(),
@@ -359,6 +361,9 @@ fn independent_of_disk(o: &Output) -> bool {
     }
 }
 
+/// At most one info line this often for views given up on (the rest at debug).
+const GAVE_UP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Driver {
     core: Core,
     network: Network,
@@ -373,6 +378,10 @@ struct Driver {
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
+    /// When "giving up on view" was last logged, and how many since went unlogged: a bank cut
+    /// off times out view after view, and one line per view says nothing new.
+    gave_up_logged: Option<std::time::Instant>,
+    gave_up_quiet: u64,
     /// Time this step spent writing the consensus log (for trace events).
     disk_us: u64,
     /// Peer messages that arrived while the consensus log was being written, in arrival order:
@@ -574,7 +583,15 @@ impl Driver {
             Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
             Output::Broadcast(msg) => {
                 if let Some(bftcd_proto::bftcd::peer_message::Kind::Timeout(t)) = &msg.kind {
-                    tracing::info!(view = t.view, leader = self.core.leader(t.view), "consensus: giving up on view");
+                    if self.gave_up_logged.is_none_or(|at| at.elapsed() >= GAVE_UP_LOG_INTERVAL) {
+                        tracing::info!(view = t.view, leader = self.core.leader(t.view), since_last_line = self.gave_up_quiet,
+                            "consensus: giving up on view");
+                        self.gave_up_logged = Some(std::time::Instant::now());
+                        self.gave_up_quiet = 0;
+                    } else {
+                        self.gave_up_quiet += 1;
+                        tracing::debug!(view = t.view, leader = self.core.leader(t.view), "consensus: giving up on view");
+                    }
                 }
                 self.network.broadcast(Bytes::from(msg.encode_to_vec()))
             }
