@@ -198,8 +198,10 @@ impl Bounded<()> {
 
 /// Enough for every operation batch of several seconds of full blocks.
 const CHECKED_CAPACITY: usize = 16_384;
-/// Vote and timeout messages, and certificates, of the last several hundred views.
-const BLS_CAPACITY: usize = 1024;
+/// Vote and timeout messages, and certificates, of the last several hundred views; and every
+/// certificate of a full sync answer (two per block at most, see `max_sync_blocks`), which the
+/// core looks up only after the check stage has verified the whole answer.
+const BLS_CAPACITY: usize = 4096;
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
     use sha2::{Digest, Sha256};

@@ -72,6 +72,10 @@ pub struct Config {
     pub inclusion_deadline_ms: u64,
     /// Operations older than this (by their submitted time vs. the block time) are refused.
     pub operation_ttl_ms: u64,
+    /// Blocks in one sync answer at most. A bank behind by minutes needs thousands: each answer
+    /// costs a round trip and one batch verification, so the fewer the better, while every
+    /// certificate of one answer must stay in the check stage's cache until the core uses it
+    /// (`keys::BLS_CAPACITY`).
     pub max_sync_blocks: usize,
     /// Byte budget of one sync answer: a frame above the transport's limit (16 MiB) would never
     /// arrive, and a lagging bank would ask for it forever. An answer always reaches the first
@@ -100,7 +104,7 @@ impl Config {
             max_block_bytes: 8 << 20,
             inclusion_deadline_ms: 5000,
             operation_ttl_ms: 120_000,
-            max_sync_blocks: 128,
+            max_sync_blocks: 512,
             max_sync_bytes: 4 << 20,
             sync_probe_max_ms: 30_000,
             broken_read_index: false,
