@@ -50,9 +50,13 @@ pub type Hash = [u8; 32];
 type VoteKey = (u64, Hash, u64);
 /// How many verified QCs a validator keeps to recognise them again without a BLS check.
 const VERIFIED_QCS: usize = 64;
-/// Votes for views further ahead than this are dropped: an honest validator only votes in a
-/// view it reached, and one far ahead catches up through QCs, not votes.
-const VOTE_VIEWS_AHEAD: u64 = 64;
+/// Votes and timeouts for views further ahead than this are not kept. Views move on only with a
+/// certificate (a QC or TC for the view before) or when f+1 validators gave up, so an honest
+/// peer is never far ahead of a certificate it can show: its timeouts and proposals carry one,
+/// which moves this validator up first, and its votes are followed by one. 64 views leaves room
+/// for a validator that missed a few certificates, and caps what one peer can park here at one
+/// vote and one timeout for each of 67 views (the window, the current view and the two before).
+const VIEWS_AHEAD: u64 = 64;
 /// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
 type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
@@ -186,6 +190,12 @@ pub struct Core {
     /// QCs this validator formed or verified, by what they certify.
     verified_qcs: BTreeMap<VoteKey, QuorumCert>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
+    /// Per peer, the last timeout whose signature and QC verified (view, signature, QC as
+    /// sent): a peer resends its timeout until the view moves on, and a replay costs no check.
+    timeout_verified: Vec<Option<(u64, Vec<u8>, QuorumCert)>>,
+    /// Blocks proposed for the current view, by (view, proposer): the first one's hash, and
+    /// the second's (an equivocation); both blocks are kept, any further one is refused.
+    proposals: BTreeMap<(u64, usize), (Hash, Option<Hash>)>,
     /// Timeouts signed for views this validator had left, for validators still in them (see
     /// `help_behind`), by view.
     helped: BTreeMap<u64, Timeout>,
@@ -310,6 +320,8 @@ impl Core {
             voted: HashSet::new(),
             verified_qcs: BTreeMap::new(),
             timeouts: HashMap::new(),
+            timeout_verified: vec![None; n],
+            proposals: BTreeMap::new(),
             helped: BTreeMap::new(),
             gave_up: vec![0; n],
             mempool: Mempool::default(),
@@ -691,14 +703,22 @@ impl Core {
         }
         self.view = view;
         self.view_entered_ms = self.now;
-        self.failed_views = if after_failure { self.failed_views + 1 } else { 0 };
+        self.failed_views = if after_failure { self.failed_views.saturating_add(1) } else { 0 };
         self.deadline = 0;
         self.my_timeout = None;
-        let keep = view.saturating_sub(1);
-        self.votes.retain(|(v, _, _), _| *v + 1 >= keep);
-        self.voted.retain(|(v, _)| *v + 1 >= keep);
-        self.timeouts.retain(|v, _| *v >= keep);
+        self.prune_views();
         self.try_propose();
+    }
+
+    /// Forgets what peers sent for views this validator left: nothing for them is accepted any
+    /// more (late votes and timeouts are dropped on arrival), so none of it can complete.
+    fn prune_views(&mut self) {
+        let keep = self.view.saturating_sub(1);
+        self.votes.retain(|(v, _, _), _| v.saturating_add(1) >= keep);
+        self.voted.retain(|(v, _)| v.saturating_add(1) >= keep);
+        self.timeouts.retain(|v, _| *v >= keep);
+        let view = self.view;
+        self.proposals.retain(|(v, _), _| *v >= view);
     }
 
     fn on_local_timeout(&mut self) {
@@ -745,14 +765,33 @@ impl Core {
         if t.signer as usize != from || t.epoch != self.cfg.domain.epoch {
             return self.reject(from, "timeout signer or epoch mismatch");
         }
-        let Some(qc) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
-        if qc.view >= t.view {
+        if t.signature.len() != self.crypto.signature_len() {
+            return self.reject(from, "timeout with a malformed signature");
+        }
+        // A peer resends its timeout until the view moves on: once recorded, a copy adds nothing
+        // (and a different one for the same view is not worth two pairings either).
+        if self.timeouts.get(&t.view).is_some_and(|e| e.contains_key(&from)) {
+            return;
+        }
+        let Some(sent) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
+        if sent.view >= t.view {
             return self.reject(from, "timeout with an invalid QC");
         }
-        let Some(qc) = self.checked_qc(&qc) else { return self.reject(from, "timeout with an invalid QC") };
-        if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
-            return self.reject(from, "timeout with a bad signature");
-        }
+        let replay = self.timeout_verified[from]
+            .as_ref()
+            .is_some_and(|(view, sig, qc)| *view == t.view && *sig == t.signature && *qc == sent);
+        let qc = if replay {
+            // Verified when it first came: this validator's copy if it holds one, else as sent.
+            let key = hash32(&sent.block_hash).map(|h| (sent.view, h, sent.justify_view));
+            key.and_then(|k| self.verified_qcs.get(&k).cloned()).unwrap_or(sent)
+        } else {
+            let Some(qc) = self.checked_qc(&sent) else { return self.reject(from, "timeout with an invalid QC") };
+            if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
+                return self.reject(from, "timeout with a bad signature");
+            }
+            self.timeout_verified[from] = Some((t.view, t.signature.clone(), sent));
+            qc
+        };
         self.process_qc(&qc, from);
         if let Some(tc) = t.high_tc.as_ref().filter(|tc| tc.view >= self.view) {
             if self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
@@ -765,7 +804,10 @@ impl Core {
         if t.view < self.view {
             self.help_behind(from, t.view);
         }
-        if t.view >= self.view {
+        if t.view > self.view.saturating_add(VIEWS_AHEAD) {
+            // Its certificates did not bring this validator near: not kept (see VIEWS_AHEAD).
+            self.reject(from, "timeout too far ahead");
+        } else if t.view >= self.view {
             self.record_timeout(from, t);
         }
         self.synchronise_view();
@@ -790,7 +832,7 @@ impl Core {
     /// be the one missing: send it (signed once per view; `SafetyRules::timeout`).
     fn help_behind(&mut self, to: usize, view: u64) {
         let carried = self.high_qc.view >= view || self.high_tc.as_ref().is_some_and(|tc| tc.view >= view);
-        if carried || view + VOTE_VIEWS_AHEAD < self.view {
+        if carried || view.saturating_add(VIEWS_AHEAD) < self.view {
             return; // this validator's own timeouts carry what moves `to` on, or it is far behind
         }
         let t = match self.helped.get(&view) {
@@ -820,6 +862,7 @@ impl Core {
                 self.view_entered_ms = self.now;
                 self.deadline = 0;
                 self.my_timeout = None;
+                self.prune_views();
             }
             self.on_local_timeout();
         }
@@ -1044,6 +1087,23 @@ impl Core {
         {
             return self.reject(from, "malformed proposal");
         }
+        // A leader proposes in the view right after its justify QC or its TC (`try_propose`):
+        // anything else is never voted for, and the check bounds how far ahead a proposal can
+        // reach to the certificates it must carry.
+        let follows = justify.view.checked_add(1) == Some(block.view)
+            || p.tc.as_ref().is_some_and(|tc| tc.view.checked_add(1) == Some(block.view));
+        if !follows {
+            return self.reject(from, "proposal for a view its certificates do not lead to");
+        }
+        if let Some((first, second)) = self.proposals.get(&(block.view, from)) {
+            // Equivocation. This validator votes at most once per view anyway; the second block
+            // is kept in case it is the one certified (its parent for the next view, without a
+            // sync), and the two hashes are what evidence needs. More are not kept.
+            let hash = block_hash(&block);
+            if hash != *first && second.is_some_and(|s| s != hash) {
+                return self.reject(from, "third proposal in one view");
+            }
+        }
         let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
         // Checked before any signature when the parent's chain is known (the usual case); else
         // once a sync brought it. A late block skips it: its QC shows 2f+1 validators checked it.
@@ -1114,6 +1174,17 @@ impl Core {
         self.headers.get_mut().insert(hash, head);
         let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
+        match self.proposals.entry((block.view, from)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert((hash, None));
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let (first, second) = e.get_mut();
+                if *first != hash && second.is_none() {
+                    *second = Some(hash);
+                }
+            }
+        }
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
         self.out.push(Output::PersistBlock(block.clone()));
         self.out.push(Output::Persist(state));
@@ -1161,10 +1232,14 @@ impl Core {
         if v.justify_view >= v.view {
             return self.reject(from, "vote with a bad justify view");
         }
-        if v.view + 1 < self.view {
+        // Kept unchecked until a quorum is in (below): only a signature of the one valid length.
+        if v.signature.len() != self.crypto.signature_len() {
+            return self.reject(from, "vote with a malformed signature");
+        }
+        if v.view.saturating_add(1) < self.view {
             return; // late
         }
-        if v.view > self.view + VOTE_VIEWS_AHEAD {
+        if v.view > self.view.saturating_add(VIEWS_AHEAD) {
             return self.reject(from, "vote too far ahead");
         }
         // Signatures are checked optimistically: once a quorum is in, their aggregate is checked

@@ -110,10 +110,11 @@ fn a_bad_signature_in_a_forwarded_batch_drops_only_what_fails() {
     assert_eq!(replica.mempool_len(), 3, "the operations before the bad one are kept");
 }
 
-/// Counts aggregate checks, so a test can see each QC checked once.
+/// Counts aggregate checks, so a test can see each QC checked once, and single checks.
 struct Counting {
     inner: SimCrypto,
     aggregates: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    verifies: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Crypto for Counting {
@@ -121,7 +122,11 @@ impl Crypto for Counting {
         self.inner.sign(msg)
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        self.verifies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.verify(signer, msg, sig)
+    }
+    fn signature_len(&self) -> usize {
+        self.inner.signature_len()
     }
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
         self.inner.aggregate(sigs)
@@ -151,7 +156,7 @@ impl Cluster {
         let mut aggregates = Vec::new();
         for me in 0..N {
             let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let crypto = Counting { inner: SimCrypto { me, n: N }, aggregates: count.clone() };
+            let crypto = Counting { inner: SimCrypto { me, n: N }, aggregates: count.clone(), verifies: Default::default() };
             let cfg = Config::new(me, domain(), [3; 32]);
             cores.push(Core::new(cfg, Box::new(crypto), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![]));
             aggregates.push(count);
@@ -549,4 +554,113 @@ fn after_a_restart_the_leader_comes_from_the_ledger_as_before() {
     // Without the ledger's history it would name validator 2: the history is what agrees.
     let forgetful = restarted(&[]);
     assert_eq!(forgetful.leader(tip.view + 1), 2);
+}
+
+// ---- peer-fed state stays bounded (issue 11) --------------------------------------------------
+
+use bftcd_proto::bftcd::{Block, Proposal, QuorumCert, Timeout, Vote};
+
+const GENESIS: [u8; 32] = [3; 32];
+
+fn genesis_qc() -> QuorumCert {
+    domain().genesis_qc(&GENESIS)
+}
+
+/// A block of view 1 on the genesis, as its leader (validator 1) would propose it.
+fn first_block(timestamp_ms: u64) -> Block {
+    Block {
+        height: 1,
+        epoch: 1,
+        view: 1,
+        parent_hash: GENESIS.to_vec(),
+        timestamp_ms,
+        proposer: 1,
+        justify: Some(genesis_qc()),
+        ..Default::default()
+    }
+}
+
+fn vote_msg(from: usize, view: u64, signature: Vec<u8>) -> PeerMessage {
+    PeerMessage {
+        kind: Some(Kind::Vote(Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: view - 1, signer: from as u32, signature })),
+    }
+}
+
+fn timeout_msg(from: usize, view: u64) -> PeerMessage {
+    let signature = SimCrypto { me: from, n: N }.sign(&domain().timeout_bytes(view, 0));
+    PeerMessage {
+        kind: Some(Kind::Timeout(Timeout { epoch: 1, view, high_qc: Some(genesis_qc()), signer: from as u32, signature, high_tc: None })),
+    }
+}
+
+/// Most a peer can park per kind: one for each view from two before the current one to
+/// `VIEWS_AHEAD` after it.
+const PARKED_PER_PEER: usize = super::VIEWS_AHEAD as usize + 3;
+
+#[test]
+fn a_peer_flooding_votes_parks_one_per_view_near_this_one_and_no_oversized_signature() {
+    let mut replica = core(0);
+    let d = domain();
+    for view in 1..=100_000u64 {
+        let mut signature = SimCrypto { me: 2, n: N }.sign(&d.vote_bytes(view, &[1; 32], view - 1));
+        if view % 2 == 0 {
+            signature.resize(4096, 0);
+        }
+        replica.handle(NOW, Input::Message { from: 2, msg: vote_msg(2, view, signature) }, &NoLog);
+    }
+    let parked: Vec<usize> = replica.votes.values().flat_map(|e| e.values()).map(|(sig, _)| sig.len()).collect();
+    assert!(parked.len() <= PARKED_PER_PEER, "{} votes parked", parked.len());
+    assert!(parked.iter().all(|len| *len == 16), "a vote with an oversized signature was kept: {parked:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: vote_msg(2, 3, vec![0; 4096]) }, &NoLog);
+    assert!(refused(&out, "vote with a malformed signature"), "{out:?}");
+}
+
+#[test]
+fn a_peer_flooding_timeouts_for_views_ahead_parks_one_per_view_near_this_one() {
+    let mut replica = core(0);
+    for view in 1..=100_000u64 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, view) }, &NoLog);
+    }
+    let parked: usize = replica.timeouts.values().map(|e| e.len()).sum();
+    assert!(parked <= PARKED_PER_PEER, "{parked} timeouts parked");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 200_000) }, &NoLog);
+    assert!(refused(&out, "timeout too far ahead"), "{out:?}");
+}
+
+#[test]
+fn a_replayed_timeout_is_checked_once() {
+    let verifies = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let crypto = Counting { inner: SimCrypto { me: 0, n: N }, aggregates: Default::default(), verifies: verifies.clone() };
+    let cfg = Config::new(0, domain(), GENESIS);
+    let mut replica = Core::new(cfg, Box::new(crypto), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![]);
+    let checks = || verifies.load(std::sync::atomic::Ordering::Relaxed);
+    // Recorded for the view this validator is in.
+    for _ in 0..1000 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 1) }, &NoLog);
+    }
+    assert_eq!(checks(), 1);
+    assert_eq!(replica.timeouts[&1].len(), 1);
+    // Not recorded (too far ahead), but verified once: the same message again costs no check.
+    for _ in 0..1000 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 10_000) }, &NoLog);
+    }
+    assert_eq!(checks(), 2);
+}
+
+#[test]
+fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
+    let mut replica = core(0);
+    let mut votes = 0;
+    for i in 0..50 {
+        let p = Proposal { block: Some(first_block(NOW - i)), tc: None };
+        let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
+        votes += voted(&out) as usize;
+        assert!(i < 2 || refused(&out, "third proposal in one view"), "{out:?}");
+    }
+    assert_eq!(votes, 1);
+    assert_eq!(replica.blocks.len(), 3, "the genesis and the first two proposals only");
+    // The first two blocks come again (resends): nothing new.
+    let p = Proposal { block: Some(first_block(NOW - 1)), tc: None };
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
+    assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
 }
