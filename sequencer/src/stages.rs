@@ -195,7 +195,7 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
             // (the view right after a certified one) and only the first proposal a proposer makes
             // for a view: a peer cannot make this bank sign for views the chain has not reached.
             let certified = crypto.certified(&domain.vote_bytes(qc.view, &qc.block_hash, qc.justify_view));
-            if block.proposer as usize == from && block.view == qc.view + 1 && certified && tally.presign(from, block.view) {
+            if block.proposer as usize == from && qc.view.checked_add(1) == Some(block.view) && certified && tally.presign(from, block.view) {
                 crypto.sign(&domain.vote_bytes(block.view, &crate::block_hash(block), qc.view));
             }
         }

@@ -303,7 +303,7 @@ impl Core {
         // never have arrived, and with a bank down the others need it again); it may time out
         // there again, but never vote or propose again.
         let last_voted = safety.state().last_voted_view;
-        let view = last_voted.max(high_qc.view + 1);
+        let view = last_voted.max(high_qc.view.saturating_add(1));
         let n = cfg.domain.n;
         Core {
             cfg,
@@ -393,7 +393,7 @@ impl Core {
     /// may be gone for good, and without it the others could never form it again.
     pub fn set_high_tc(&mut self, tc: TimeoutCert) {
         if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
-            self.view = self.view.max(tc.view + 1);
+            self.view = self.view.max(tc.view.saturating_add(1));
             self.high_tc = Some(tc);
         }
     }
@@ -465,7 +465,7 @@ impl Core {
         let mut next = Some(if self.deadline > 0 { self.deadline.min(self.next_probe_ms) } else { self.next_probe_ms });
         let waiting = self.waiting_operations();
         if let Some(seen) = waiting {
-            let t = seen + self.cfg.inclusion_deadline_ms;
+            let t = seen.saturating_add(self.cfg.inclusion_deadline_ms);
             next = Some(next.map_or(t, |n: u64| n.min(t)));
         }
         if self.read.in_flight {
@@ -537,8 +537,8 @@ impl Core {
         let Some(id) = op_id(op) else { return false };
         (id.0 as usize) < self.cfg.domain.n
             && op.request.is_some()
-            && op.submitted_ms + self.cfg.operation_ttl_ms >= at_ms
-            && op.submitted_ms <= at_ms + self.cfg.skew_ms
+            && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= at_ms
+            && op.submitted_ms <= at_ms.saturating_add(self.cfg.skew_ms)
     }
 
     fn on_submit_remote(&mut self, from: usize, s: Submit) {
@@ -686,7 +686,7 @@ impl Core {
         self.mempool.expire(self.now.saturating_sub(self.cfg.operation_ttl_ms));
         // An operation waiting past the inclusion deadline means this view's leader ignores it;
         // give every view one base timeout before blaming its leader.
-        let censored = self.waiting_operations().is_some_and(|seen| self.now >= seen + self.cfg.inclusion_deadline_ms)
+        let censored = self.waiting_operations().is_some_and(|seen| self.now >= seen.saturating_add(self.cfg.inclusion_deadline_ms))
             && self.now >= self.view_entered_ms + self.cfg.base_timeout_ms;
         if self.deadline == 0 && self.expecting_progress() {
             self.deadline = self.now + self.timeout_ms();
@@ -883,7 +883,7 @@ impl Core {
             let tc = self.cfg.domain.make_tc(view, votes, high);
             self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc);
-            self.enter_view(view + 1, true);
+            self.enter_view(view.saturating_add(1), true);
         }
     }
 
@@ -895,7 +895,7 @@ impl Core {
             self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc.clone());
         }
-        self.enter_view(tc.view + 1, true);
+        self.enter_view(tc.view.saturating_add(1), true);
     }
 
     // ---- certificates and commits ---------------------------------------------------------
@@ -941,7 +941,7 @@ impl Core {
         match self.blocks.get(&hash).cloned() {
             Some(b) => {
                 if let Some(parent) = hash32(&b.parent_hash).and_then(|p| self.blocks.get(&p)).cloned() {
-                    if b.view == parent.view + 1 && b.justify.as_ref().is_some_and(|j| j.view == parent.view) {
+                    if parent.view.checked_add(1) == Some(b.view) && b.justify.as_ref().is_some_and(|j| j.view == parent.view) {
                         self.commit(&parent, qc, &b, from);
                     }
                 }
@@ -949,7 +949,7 @@ impl Core {
             None if qc.view > 0 => self.ask_sync(from, &hash),
             None => {}
         }
-        self.enter_view(qc.view + 1, false);
+        self.enter_view(qc.view.saturating_add(1), false);
     }
 
     /// Commits `block` and every uncommitted ancestor; `qc` certifies `child`, its direct child
@@ -969,7 +969,7 @@ impl Core {
         let Some(child_hash) = hash32(&qc.block_hash) else { return };
         let mut chain = vec![(hash32(&child.parent_hash).unwrap_or_default(), block.clone())];
         let mut cur = hash32(&block.parent_hash).unwrap_or_default();
-        while chain.last().map(|(_, b)| b.height).unwrap_or(0) > self.committed.height + 1 {
+        while chain.last().map(|(_, b)| b.height).unwrap_or(0) > self.committed.height.saturating_add(1) {
             match self.blocks.get(&cur) {
                 Some(b) => {
                     chain.push((cur, b.clone()));
@@ -1026,11 +1026,11 @@ impl Core {
         if self.proposed_view >= view || self.timed_out_view >= view {
             return;
         }
-        let tc = if self.high_qc.view + 1 == view {
+        let tc = if self.high_qc.view.checked_add(1) == Some(view) {
             None
         } else {
             match &self.high_tc {
-                Some(tc) if tc.view + 1 == view => Some(tc.clone()),
+                Some(tc) if tc.view.checked_add(1) == Some(view) => Some(tc.clone()),
                 _ => return,
             }
         };
@@ -1045,7 +1045,7 @@ impl Core {
             .mempool
             .take(self.cfg.max_block_operations, self.cfg.max_block_bytes, &exclude)
             .into_iter()
-            .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms + 1)))
+            .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms.saturating_add(1))))
             .collect();
         // Propose also when blocks above the tip carry operations: they need certifying. A commit
         // needs no announcing: every validator forms the QC that commits from the votes.
@@ -1053,11 +1053,11 @@ impl Core {
             return; // nothing to order and nothing left to certify: an idle cluster stays quiet
         }
         let block = Block {
-            height: parent.height + 1,
+            height: parent.height.saturating_add(1),
             epoch: self.cfg.domain.epoch,
             view,
             parent_hash: parent_hash.to_vec(),
-            timestamp_ms: self.now.max(parent.timestamp_ms + 1),
+            timestamp_ms: self.now.max(parent.timestamp_ms.saturating_add(1)),
             proposer: self.cfg.me as u32,
             operations: ops,
             justify: Some(self.high_qc.clone()),
@@ -1071,8 +1071,8 @@ impl Core {
     }
 
     fn operation_valid_in_block(&self, op: &Operation, block_ms: u64) -> bool {
-        op.submitted_ms + self.cfg.operation_ttl_ms >= block_ms
-            && op.submitted_ms <= block_ms + self.cfg.skew_ms
+        op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block_ms
+            && op.submitted_ms <= block_ms.saturating_add(self.cfg.skew_ms)
             && op_id(op).is_some_and(|id| !self.recent.contains(&id))
     }
 
@@ -1156,10 +1156,10 @@ impl Core {
             // The parent's chain arrived since the first check.
             return self.on_proposal(from, Proposal { block: Some(block), tc: p.tc });
         }
-        if block.height != parent.height + 1 || block.timestamp_ms <= parent.timestamp_ms {
+        if parent.height.checked_add(1) != Some(block.height) || block.timestamp_ms <= parent.timestamp_ms {
             return self.reject(from, "block height or time does not follow its parent");
         }
-        if !me && (block.timestamp_ms > self.now + self.cfg.skew_ms || block.timestamp_ms + 3 * self.cfg.skew_ms < self.now) {
+        if !me && (block.timestamp_ms > self.now.saturating_add(self.cfg.skew_ms) || block.timestamp_ms.saturating_add(3 * self.cfg.skew_ms) < self.now) {
             return self.reject(from, "block time too far from this validator's clock");
         }
         if block.operations.len() > self.cfg.max_block_operations || block.encoded_len() > self.cfg.max_block_bytes + 4096 {
@@ -1212,7 +1212,7 @@ impl Core {
             if !seen.insert(id) || ancestors.contains(&id) || self.recent.contains(&id) {
                 return false;
             }
-            if self.mempool.holds(op) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms {
+            if self.mempool.holds(op) && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block.timestamp_ms {
                 return true;
             }
             if !self.operation_well_formed(op, block.timestamp_ms) {
@@ -1359,7 +1359,7 @@ impl Core {
         // Committed blocks: a hash chain from our tip to a block with a valid commit proof.
         let mut run: Vec<Block> = Vec::new();
         let mut expect_parent = self.committed.hash;
-        let mut expect_height = self.committed.height + 1;
+        let mut expect_height = self.committed.height.saturating_add(1);
         for cb in r.committed {
             let Some(mut b) = cb.block else { return self.reject(from, "sync block missing") };
             if b.height < expect_height && run.is_empty() {
@@ -1375,12 +1375,13 @@ impl Core {
                 _ => return self.reject(from, "sync block with an invalid QC"),
             }
             expect_parent = block_hash(&b);
-            expect_height += 1;
+            let Some(next) = expect_height.checked_add(1) else { return self.reject(from, "sync block height out of range") };
+            expect_height = next;
             run.push(b);
             if let (Some(qc), Some(mut child)) = (cb.commit_qc, cb.commit_child) {
                 let last = run.last().unwrap().clone();
                 let shape = child.parent_hash == expect_parent.to_vec()
-                    && child.view == last.view + 1
+                    && last.view.checked_add(1) == Some(child.view)
                     && qc.block_hash == block_hash(&child).to_vec()
                     && child.justify.as_ref().is_some_and(|j| j.view == last.view && j.block_hash == expect_parent.to_vec());
                 // The child's justify becomes this validator's high QC (and, after a restart,
@@ -1405,7 +1406,7 @@ impl Core {
                     self.high_qc = qc.clone();
                 }
                 // A higher QC always moves the view on.
-                let next = self.high_qc.view + 1;
+                let next = self.high_qc.view.saturating_add(1);
                 self.enter_view(next, false);
             }
         }
@@ -1440,7 +1441,7 @@ impl Core {
         let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
         let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
         let mut cur = top;
-        let mut lowest_seen = top_block.height + 1;
+        let mut lowest_seen = top_block.height.saturating_add(1);
         let height = loop {
             match self.blocks.get(&cur) {
                 Some(b) if b.height <= self.committed.height => break self.committed_operations,
@@ -1455,7 +1456,7 @@ impl Core {
                 // A gap: claim the highest block not seen rather than risk under-reporting. Not
                 // more: the empty blocks above it are seen, and a claim of one at the idle top of
                 // the chain would keep the reader waiting for a commit nobody proposes.
-                None => break (lowest_seen - 1).max(self.committed_operations),
+                None => break lowest_seen.saturating_sub(1).max(self.committed_operations),
             }
         };
         (height, Some((top, top_block)))

@@ -558,12 +558,22 @@ fn after_a_restart_the_leader_comes_from_the_ledger_as_before() {
 
 // ---- peer-fed state stays bounded (issue 11) --------------------------------------------------
 
-use bftcd_proto::bftcd::{Block, Proposal, QuorumCert, Timeout, Vote};
+use bftcd_proto::bftcd::{Block, CommittedBlock, Proposal, QuorumCert, SyncRequest, SyncResponse, Timeout, Vote};
 
 const GENESIS: [u8; 32] = [3; 32];
 
 fn genesis_qc() -> QuorumCert {
     domain().genesis_qc(&GENESIS)
+}
+
+/// A QC for (view, block, justify view) signed by a quorum with the simulator's keys.
+fn certified(view: u64, hash: &[u8], justify_view: u64) -> QuorumCert {
+    let mut qc = QuorumCert { epoch: 1, view, block_hash: hash.to_vec(), justify_view, ..Default::default() };
+    let mut m = PeerMessage { kind: Some(Kind::ReadIndexReply(bftcd_proto::bftcd::ReadIndexReply { high_qc: Some(qc), ..Default::default() })) };
+    crate::fuzzing::resign(&mut m, &domain());
+    let Some(Kind::ReadIndexReply(r)) = m.kind else { unreachable!() };
+    qc = r.high_qc.unwrap();
+    qc
 }
 
 /// A block of view 1 on the genesis, as its leader (validator 1) would propose it.
@@ -591,6 +601,10 @@ fn timeout_msg(from: usize, view: u64) -> PeerMessage {
     PeerMessage {
         kind: Some(Kind::Timeout(Timeout { epoch: 1, view, high_qc: Some(genesis_qc()), signer: from as u32, signature, high_tc: None })),
     }
+}
+
+fn sync_msg(committed: Vec<CommittedBlock>, uncommitted: Vec<Block>) -> PeerMessage {
+    PeerMessage { kind: Some(Kind::SyncResponse(SyncResponse { committed, uncommitted })) }
 }
 
 /// Most a peer can park per kind: one for each view from two before the current one to
@@ -663,4 +677,83 @@ fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
     let p = Proposal { block: Some(first_block(NOW - 1)), tc: None };
     let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
     assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
+}
+
+/// One message of every kind, as honest validators send them (a write committed, a timeout,
+/// a sync answer, a read-index round), to start from.
+fn every_kind_of_message() -> Vec<PeerMessage> {
+    let mut c = Cluster::new();
+    c.run(3, Input::Submit(vec![Operation { id: Some(OperationId { bank: 3, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() }]));
+    let mut out: Vec<Output> = c.outputs.iter().flatten().cloned().collect();
+    let op = Operation { id: Some(OperationId { bank: 0, nonce: 2 }), request: Some(put(b"k", b"w")), ..Default::default() };
+    out.extend(c.cores[0].handle(NOW + 10, Input::Submit(vec![op]), &NoLog));
+    out.extend(c.cores[0].handle(NOW + 100_000, Input::Tick, &NoLog));
+    out.extend(c.cores[0].handle(NOW + 100_000, Input::ReadIndex, &NoLog));
+    let ask = PeerMessage { kind: Some(Kind::ReadIndexRequest(bftcd_proto::bftcd::ReadIndexRequest { round: 1 })) };
+    out.extend(c.cores[1].handle(NOW + 100_000, Input::Message { from: 0, msg: ask }, &NoLog));
+    let mut msgs: Vec<PeerMessage> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { msg, .. } | Output::Broadcast(msg) => Some(msg),
+            _ => None,
+        })
+        .collect();
+    let b1 = first_block(NOW);
+    let h1 = crate::block::block_hash(&b1);
+    let b2 = Block { height: 2, epoch: 1, view: 2, parent_hash: h1.to_vec(), timestamp_ms: NOW + 1, proposer: 2, justify: Some(certified(1, &h1, 0)), ..Default::default() };
+    let h2 = crate::block::block_hash(&b2);
+    let b3 = Block { height: 3, epoch: 1, view: 3, parent_hash: h2.to_vec(), timestamp_ms: NOW + 2, proposer: 3, justify: Some(certified(2, &h2, 1)), ..Default::default() };
+    let proof = CommittedBlock { block: Some(b1), commit_qc: Some(certified(2, &h2, 1)), commit_child: Some(crate::block::header(&b2)) };
+    msgs.push(sync_msg(vec![proof], vec![b2, b3]));
+    msgs.push(PeerMessage { kind: Some(Kind::SyncRequest(SyncRequest { committed_height: 0, want_block: h1.to_vec() })) });
+    for kind in ["proposal", "vote", "timeout", "submit", "sync request", "sync response", "read index request", "read index reply"] {
+        let name = |m: &PeerMessage| match &m.kind {
+            Some(Kind::Proposal(_)) => "proposal",
+            Some(Kind::Vote(_)) => "vote",
+            Some(Kind::Timeout(_)) => "timeout",
+            Some(Kind::Submit(_)) => "submit",
+            Some(Kind::SyncRequest(_)) => "sync request",
+            Some(Kind::SyncResponse(_)) => "sync response",
+            Some(Kind::ReadIndexRequest(_)) => "read index request",
+            Some(Kind::ReadIndexReply(_)) => "read index reply",
+            None => "",
+        };
+        assert!(msgs.iter().any(|m| name(m) == kind), "no {kind} to start from");
+    }
+    msgs
+}
+
+#[test]
+fn extreme_numbers_in_any_field_of_any_peer_message_are_dropped_not_a_panic() {
+    let d = domain();
+    let mut variants = Vec::new();
+    for m in every_kind_of_message() {
+        for value in [u64::MAX, u64::MAX - 1, u64::from(u32::MAX)] {
+            for bytes in crate::fuzzing::numeric_variants(&m.encode_to_vec(), value) {
+                let Ok(mut msg) = PeerMessage::decode(bytes.as_slice()) else { continue };
+                variants.push(msg.clone());
+                crate::fuzzing::resign(&mut msg, &d);
+                variants.push(msg);
+            }
+        }
+    }
+    assert!(variants.len() > 1000, "{} variants", variants.len());
+    // A core that has just started (and asked validator 1 for what it missed) for each one, and
+    // one core that takes them all in turn.
+    let mut long_lived = core(0);
+    long_lived.handle(NOW, Input::ReadIndex, &NoLog);
+    for msg in &variants {
+        let mut fresh = core(0);
+        fresh.handle(NOW, Input::ReadIndex, &NoLog);
+        for from in 1..N {
+            let mut msg = msg.clone();
+            if let Some(Kind::ReadIndexReply(r)) = msg.kind.as_mut() {
+                r.round = fresh.read_round();
+            }
+            fresh.handle(NOW, Input::Message { from, msg: msg.clone() }, &NoLog);
+            long_lived.handle(NOW, Input::Message { from, msg }, &NoLog);
+        }
+        fresh.handle(NOW + 100_000, Input::Tick, &NoLog);
+    }
+    long_lived.handle(NOW + 100_000, Input::Tick, &NoLog);
 }
