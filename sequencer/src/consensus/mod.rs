@@ -57,6 +57,9 @@ const VERIFIED_QCS: usize = 64;
 /// for a validator that missed a few certificates, and caps what one peer can park here at one
 /// vote and one timeout for each of 67 views (the window, the current view and the two before).
 const VIEWS_AHEAD: u64 = 64;
+/// Sync requests remembered per peer; an answer is read only against one of them, so a peer
+/// can send at most this many answers that were not asked for (older requests are forgotten).
+const SYNC_ASKS_PER_PEER: usize = 4;
 /// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
 type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
@@ -222,6 +225,9 @@ pub struct Core {
     /// The sync request in flight (peer, when asked): one at a time, since answers are large
     /// and overlapping ones repeat each other.
     sync_waiting: Option<(usize, u64)>,
+    /// Per peer, the sync requests sent to it and not answered yet (the block each asked for):
+    /// answers to nothing are dropped unread.
+    sync_asks: Vec<std::collections::VecDeque<Option<Hash>>>,
     next_probe_ms: u64,
     probe_interval_ms: u64,
     probes: usize,
@@ -337,6 +343,7 @@ impl Core {
             history: BTreeMap::new(),
             leaders_cache: Default::default(),
             sync_waiting: None,
+            sync_asks: vec![Default::default(); n],
             next_probe_ms: 0,
             probe_interval_ms: 0,
             probes: 0,
@@ -673,8 +680,7 @@ impl Core {
         self.probes += 1;
         self.probe_interval_ms = (self.probe_interval_ms * 2).clamp(self.cfg.base_timeout_ms, self.cfg.sync_probe_max_ms);
         self.next_probe_ms = self.now + self.probe_interval_ms;
-        let req = SyncRequest { committed_height: self.committed.height, want_block: Vec::new() };
-        self.out.push(Output::Send { to: peer, msg: msg(Kind::SyncRequest(req)) });
+        self.send_sync_request(peer, None);
     }
 
     fn on_tick(&mut self) {
@@ -1303,7 +1309,18 @@ impl Core {
             return;
         }
         self.sync_waiting = Some((to, self.now));
-        let req = SyncRequest { committed_height: self.committed.height, want_block: want.to_vec() };
+        self.send_sync_request(to, Some(*want));
+    }
+
+    /// Asks `to` for the committed blocks above this validator's tip and, with `want`, the
+    /// chain ending at that block; remembers the request so that the answer is read.
+    fn send_sync_request(&mut self, to: usize, want: Option<Hash>) {
+        let asks = &mut self.sync_asks[to];
+        if asks.len() >= SYNC_ASKS_PER_PEER {
+            asks.pop_front();
+        }
+        asks.push_back(want);
+        let req = SyncRequest { committed_height: self.committed.height, want_block: want.map_or(Vec::new(), |h| h.to_vec()) };
         self.out.push(Output::Send { to, msg: msg(Kind::SyncRequest(req)) });
     }
 
@@ -1343,9 +1360,21 @@ impl Core {
     }
 
     fn on_sync_response(&mut self, from: usize, r: SyncResponse) {
-        if self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
-            self.sync_waiting = None;
+        // Every block of an answer costs a QC check and may be kept: read only answers to a
+        // request, no longer than a request allows (`committed_answer`, `on_sync_request`).
+        let limit = self.cfg.max_sync_blocks;
+        if r.committed.len() > limit || r.uncommitted.len() > limit {
+            return self.reject(from, "sync answer too long");
         }
+        // Uncommitted blocks end at the block asked for; an answer without them may answer any
+        // request (a peer that lacks the block sends only committed ones), a plain one first.
+        let asks = &mut self.sync_asks[from];
+        let matched = match r.uncommitted.last().map(block_hash) {
+            Some(top) => asks.iter().position(|want| *want == Some(top)),
+            None => asks.iter().position(Option::is_none).or((!asks.is_empty()).then_some(0)),
+        };
+        let Some(i) = matched else { return self.reject(from, "sync answer to no request") };
+        asks.remove(i);
         let before = self.committed.height;
         self.apply_sync_response(from, r);
         if self.committed.height > before {
@@ -1360,6 +1389,7 @@ impl Core {
         let mut run: Vec<Block> = Vec::new();
         let mut expect_parent = self.committed.hash;
         let mut expect_height = self.committed.height.saturating_add(1);
+        let mut progressed = false;
         for cb in r.committed {
             let Some(mut b) = cb.block else { return self.reject(from, "sync block missing") };
             if b.height < expect_height && run.is_empty() {
@@ -1397,6 +1427,7 @@ impl Core {
                     self.blocks.insert(block_hash(&b), Arc::new(b));
                 }
                 self.commit(&Arc::new(last), &qc, &child, from);
+                progressed = true;
                 if let Some(j) = child.justify.clone() {
                     if j.view > self.high_qc.view {
                         self.high_qc = j;
@@ -1410,21 +1441,39 @@ impl Core {
                 self.enter_view(next, false);
             }
         }
-        // Uncommitted blocks: each must chain and carry a valid QC for its parent.
-        for b in r.uncommitted {
-            let Some(parent) = hash32(&b.parent_hash) else { return };
-            if !self.blocks.contains_key(&parent) {
-                continue;
+        // Uncommitted blocks: one chain (ending at the block asked for, `on_sync_response`),
+        // each block one above its parent and carrying a valid QC for it. Those whose parent
+        // this validator lacks (below its tip, or the answer began too low) are passed over;
+        // a fork's below the tip is kept until the next commit prunes it (a proposal may
+        // extend it, and without it the asking would go on).
+        let mut previous: Option<Hash> = None;
+        for mut b in r.uncommitted {
+            let hash = block_hash(&b);
+            if previous.is_some_and(|p| b.parent_hash != p) {
+                return self.reject(from, "sync blocks do not chain");
             }
+            previous = Some(hash);
+            let Some(parent_hash) = hash32(&b.parent_hash) else { return self.reject(from, "sync block with a bad parent hash") };
+            let Some(parent) = self.blocks.get(&parent_hash) else { continue };
+            if b.epoch != self.cfg.domain.epoch || parent.height.checked_add(1) != Some(b.height) {
+                return self.reject(from, "sync block does not follow its parent");
+            }
+            let parent_view = parent.view;
             let Some(j) = &b.justify else { return self.reject(from, "sync block without QC") };
-            if j.block_hash != b.parent_hash {
+            if j.block_hash != b.parent_hash || j.view != parent_view || b.view <= j.view {
                 return self.reject(from, "sync block with an invalid QC");
             }
             let Some(j) = self.checked_qc(j) else { return self.reject(from, "sync block with an invalid QC") };
-            let mut b = b;
             b.justify = Some(j.clone());
-            self.blocks.insert(block_hash(&b), Arc::new(b));
+            self.blocks.insert(hash, Arc::new(b));
             self.process_qc(&j, from);
+            progressed = true;
+        }
+        // An answer that brought nothing counts as none: the next request waits out the view
+        // timeout as for a silent peer, rather than going out again at once (to the same peer,
+        // for the same kept proposal, answered the same way, over and over).
+        if progressed && self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
+            self.sync_waiting = None;
         }
         for (from, p) in std::mem::take(&mut self.pending) {
             self.on_proposal(from, p);

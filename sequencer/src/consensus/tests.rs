@@ -679,6 +679,53 @@ fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
     assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
 }
 
+#[test]
+fn sync_answers_are_read_only_when_asked_for_and_only_along_the_chain_asked_for() {
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Tick, &NoLog);
+    assert!(out.iter().any(|o| matches!(o, Output::Send { to: 1, msg: PeerMessage { kind: Some(Kind::SyncRequest(_)) } })), "{out:?}");
+    // One hundred blocks, each certified by its parent's QC, from a peer that was not asked.
+    let siblings: Vec<Block> = (0..100).map(|i| first_block(NOW - i)).collect();
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: sync_msg(vec![], siblings.clone()) }, &NoLog);
+    assert!(refused(&out, "sync answer to no request"), "{out:?}");
+    // The asked peer answering a plain request with blocks nobody asked for.
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: sync_msg(vec![], siblings) }, &NoLog);
+    assert!(refused(&out, "sync answer to no request"), "{out:?}");
+    // And with more blocks than any answer holds.
+    replica.handle(NOW + 100_000, Input::Tick, &NoLog);
+    let many: Vec<Block> = (0..1000).map(|i| first_block(NOW - i)).collect();
+    let out = replica.handle(NOW + 100_000, Input::Message { from: 1, msg: sync_msg(vec![], many) }, &NoLog);
+    assert!(refused(&out, "sync answer too long"), "{out:?}");
+    assert_eq!(replica.blocks.len(), 1, "only the genesis");
+}
+
+#[test]
+fn a_synced_block_claiming_a_height_its_parent_does_not_lead_to_is_not_kept() {
+    // Validator 2 proposes on a block B it made up with height u64::MAX (certified, as a
+    // Byzantine quorum could in a test), so this validator asks it for B.
+    let mut replica = core(0);
+    let mut b = first_block(NOW);
+    b.height = u64::MAX;
+    let b_hash = crate::block::block_hash(&b);
+    let child = Block {
+        height: 5,
+        epoch: 1,
+        view: 2,
+        parent_hash: b_hash.to_vec(),
+        timestamp_ms: NOW,
+        proposer: 2,
+        justify: Some(certified(1, &b_hash, 0)),
+        ..Default::default()
+    };
+    let p = PeerMessage { kind: Some(Kind::Proposal(Proposal { block: Some(child), tc: None })) };
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: p }, &NoLog);
+    let asked = |m: &PeerMessage| matches!(&m.kind, Some(Kind::SyncRequest(SyncRequest { want_block, .. })) if *want_block == b_hash.to_vec());
+    assert!(out.iter().any(|o| matches!(o, Output::Send { to: 2, msg } if asked(msg))), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: sync_msg(vec![], vec![b]) }, &NoLog);
+    assert!(refused(&out, "sync block does not follow its parent"), "{out:?}");
+    assert!(!replica.blocks.contains_key(&b_hash));
+}
+
 /// One message of every kind, as honest validators send them (a write committed, a timeout,
 /// a sync answer, a read-index round), to start from.
 fn every_kind_of_message() -> Vec<PeerMessage> {
