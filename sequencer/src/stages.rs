@@ -121,6 +121,11 @@ struct VoteTally {
 
 const TALLY_PER_PEER: usize = 4;
 
+/// Most certificates of one sync answer checked here: a block's justify QC for each of the
+/// core's `max_sync_blocks` (128) committed and as many uncommitted blocks, and a commit proof
+/// (two QCs) for each committed one.
+const SYNC_PRECHECK_CERTIFICATES: usize = 4 * 128;
+
 impl VoteTally {
     /// Records `v` from `from`; returns the votes to check together when this one completes a
     /// quorum less one (the core's own vote makes the quorum).
@@ -195,7 +200,7 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
             // (the view right after a certified one) and only the first proposal a proposer makes
             // for a view: a peer cannot make this bank sign for views the chain has not reached.
             let certified = crypto.certified(&domain.vote_bytes(qc.view, &qc.block_hash, qc.justify_view));
-            if block.proposer as usize == from && block.view == qc.view + 1 && certified && tally.presign(from, block.view) {
+            if block.proposer as usize == from && qc.view.checked_add(1) == Some(block.view) && certified && tally.presign(from, block.view) {
                 crypto.sign(&domain.vote_bytes(block.view, &crate::block_hash(block), qc.view));
             }
         }
@@ -204,13 +209,15 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
             let blocks = r.committed.iter().filter_map(|cb| cb.block.as_ref()).chain(&r.uncommitted);
             let proofs = r.committed.iter().filter_map(|cb| cb.commit_child.as_ref()).chain(blocks);
             let qcs = proofs.filter_map(|b| b.justify.as_ref()).chain(r.committed.iter().filter_map(|cb| cb.commit_qc.as_ref()));
-            let certificates: Vec<_> = qcs.filter_map(|qc| certificate(qc, crypto, domain)).collect();
+            // The stage cannot tell whether this bank asked for the answer (the core drops it
+            // then): at most what an answer the core reads can carry.
+            let certificates: Vec<_> = qcs.take(SYNC_PRECHECK_CERTIFICATES).filter_map(|qc| certificate(qc, crypto, domain)).collect();
             if !certificates.is_empty() {
                 crypto.precheck_certificates(&certificates);
             }
         }
         Some(Kind::Timeout(t)) => {
-            if t.signer as usize != from || t.epoch != domain.epoch {
+            if t.signer as usize != from || t.epoch != domain.epoch || t.signature.len() != crate::crypto::SIGNATURE_BYTES {
                 return;
             }
             if let Some(qc) = &t.high_qc {

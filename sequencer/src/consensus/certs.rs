@@ -14,6 +14,11 @@ pub trait Crypto: Send + Sync + 'static {
     /// Signs as this validator (votes and timeouts).
     fn sign(&self, msg: &[u8]) -> Vec<u8>;
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool;
+    /// Length of every signature [`Crypto::sign`] makes: anything else from a peer is dropped
+    /// before it is stored or checked.
+    fn signature_len(&self) -> usize {
+        crate::crypto::SIGNATURE_BYTES
+    }
     /// Aggregates signatures over one message (for a QC).
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>>;
     fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool;
@@ -38,6 +43,9 @@ impl<T: Crypto> Crypto for std::sync::Arc<T> {
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
         (**self).verify(signer, msg, sig)
+    }
+    fn signature_len(&self) -> usize {
+        (**self).signature_len()
     }
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
         (**self).aggregate(sigs)
@@ -264,6 +272,9 @@ pub mod sim {
         }
         fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
             signer < self.n && tag(signer, msg) == sig
+        }
+        fn signature_len(&self) -> usize {
+            16
         }
         fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
             if sigs.is_empty() {

@@ -62,11 +62,11 @@ pub fn candidates(n: usize, chain: &[Entry], view: u64) -> Vec<usize> {
         }
         for &i in e.failed.iter().filter(|i| **i < n) {
             failed_at[i] = failed_at[i].max(e.view);
-            failures[i] += 1;
+            failures[i] = failures[i].saturating_add(1);
         }
     }
     let mut suspects: Vec<usize> =
-        (0..n).filter(|&i| failed_at[i] > live[i] && view < failed_at[i] + retry_views(n, failures[i])).collect();
+        (0..n).filter(|&i| failed_at[i] > live[i] && view < failed_at[i].saturating_add(retry_views(n, failures[i]))).collect();
     suspects.sort_by_key(|&i| (Reverse(failed_at[i]), Reverse(failures[i]), i));
     suspects.truncate(f);
     (0..n).filter(|i| !suspects.contains(i)).collect()
@@ -77,7 +77,7 @@ pub fn candidates(n: usize, chain: &[Entry], view: u64) -> Vec<usize> {
 pub fn leaders_after(n: usize, chain: &[Entry], anchor_view: u64, round_robin: bool) -> [usize; 2] {
     let chain = &chain[chain.len().saturating_sub(window_blocks(n))..];
     [1, 2].map(|k| {
-        let view = anchor_view + k;
+        let view = anchor_view.saturating_add(k);
         if round_robin {
             return (view % n as u64) as usize;
         }
@@ -96,7 +96,7 @@ pub fn leader(n: usize, after: [usize; 2], anchor_view: u64, view: u64) -> usize
 
 /// The failed leaders a block of `view` extending the anchor records, sorted, no repeats.
 pub fn failed_leaders(after: [usize; 2], anchor_view: u64, view: u64) -> Vec<usize> {
-    let skipped = view.saturating_sub(anchor_view + 1).min(2) as usize;
+    let skipped = view.saturating_sub(anchor_view.saturating_add(1)).min(2) as usize;
     let mut failed = after[..skipped].to_vec();
     failed.sort_unstable();
     failed.dedup();

@@ -50,9 +50,16 @@ pub type Hash = [u8; 32];
 type VoteKey = (u64, Hash, u64);
 /// How many verified QCs a validator keeps to recognise them again without a BLS check.
 const VERIFIED_QCS: usize = 64;
-/// Votes for views further ahead than this are dropped: an honest validator only votes in a
-/// view it reached, and one far ahead catches up through QCs, not votes.
-const VOTE_VIEWS_AHEAD: u64 = 64;
+/// Votes and timeouts for views further ahead than this are not kept. Views move on only with a
+/// certificate (a QC or TC for the view before) or when f+1 validators gave up, so an honest
+/// peer is never far ahead of a certificate it can show: its timeouts and proposals carry one,
+/// which moves this validator up first, and its votes are followed by one. 64 views leaves room
+/// for a validator that missed a few certificates, and caps what one peer can park here at one
+/// vote and one timeout for each of 67 views (the window, the current view and the two before).
+const VIEWS_AHEAD: u64 = 64;
+/// Sync requests remembered per peer; an answer is read only against one of them, so a peer
+/// can send at most this many answers that were not asked for (older requests are forgotten).
+const SYNC_ASKS_PER_PEER: usize = 4;
 /// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
 type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
@@ -190,6 +197,12 @@ pub struct Core {
     /// QCs this validator formed or verified, by what they certify.
     verified_qcs: BTreeMap<VoteKey, QuorumCert>,
     timeouts: HashMap<u64, BTreeMap<usize, (QuorumCert, Vec<u8>)>>,
+    /// Per peer, the last timeout whose signature and QC verified (view, signature, QC as
+    /// sent): a peer resends its timeout until the view moves on, and a replay costs no check.
+    timeout_verified: Vec<Option<(u64, Vec<u8>, QuorumCert)>>,
+    /// Blocks proposed for the current view, by (view, proposer): the first one's hash, and
+    /// the second's (an equivocation); both blocks are kept, any further one is refused.
+    proposals: BTreeMap<(u64, usize), (Hash, Option<Hash>)>,
     /// Timeouts signed for views this validator had left, for validators still in them (see
     /// `help_behind`), by view.
     helped: BTreeMap<u64, Timeout>,
@@ -216,6 +229,9 @@ pub struct Core {
     /// The sync request in flight (peer, when asked): one at a time, since answers are large
     /// and overlapping ones repeat each other.
     sync_waiting: Option<(usize, u64)>,
+    /// Per peer, the sync requests sent to it and not answered yet (the block each asked for):
+    /// answers to nothing are dropped unread.
+    sync_asks: Vec<std::collections::VecDeque<Option<Hash>>>,
     next_probe_ms: u64,
     probe_interval_ms: u64,
     probes: usize,
@@ -297,7 +313,7 @@ impl Core {
         // never have arrived, and with a bank down the others need it again); it may time out
         // there again, but never vote or propose again.
         let last_voted = safety.state().last_voted_view;
-        let view = last_voted.max(high_qc.view + 1);
+        let view = last_voted.max(high_qc.view.saturating_add(1));
         let n = cfg.domain.n;
         Core {
             cfg,
@@ -314,6 +330,8 @@ impl Core {
             voted: HashSet::new(),
             verified_qcs: BTreeMap::new(),
             timeouts: HashMap::new(),
+            timeout_verified: vec![None; n],
+            proposals: BTreeMap::new(),
             helped: BTreeMap::new(),
             gave_up: vec![0; n],
             mempool: Mempool::default(),
@@ -329,6 +347,7 @@ impl Core {
             history: BTreeMap::new(),
             leaders_cache: Default::default(),
             sync_waiting: None,
+            sync_asks: vec![Default::default(); n],
             next_probe_ms: 0,
             probe_interval_ms: 0,
             probes: 0,
@@ -385,7 +404,7 @@ impl Core {
     /// may be gone for good, and without it the others could never form it again.
     pub fn set_high_tc(&mut self, tc: TimeoutCert) {
         if self.high_tc.as_ref().is_none_or(|h| h.view < tc.view) {
-            self.view = self.view.max(tc.view + 1);
+            self.view = self.view.max(tc.view.saturating_add(1));
             self.high_tc = Some(tc);
         }
     }
@@ -457,7 +476,7 @@ impl Core {
         let mut next = Some(if self.deadline > 0 { self.deadline.min(self.next_probe_ms) } else { self.next_probe_ms });
         let waiting = self.waiting_operations();
         if let Some(seen) = waiting {
-            let t = seen + self.cfg.inclusion_deadline_ms;
+            let t = seen.saturating_add(self.cfg.inclusion_deadline_ms);
             next = Some(next.map_or(t, |n: u64| n.min(t)));
         }
         if self.read.in_flight {
@@ -529,8 +548,8 @@ impl Core {
         let Some(id) = op_id(op) else { return false };
         (id.0 as usize) < self.cfg.domain.n
             && op.request.is_some()
-            && op.submitted_ms + self.cfg.operation_ttl_ms >= at_ms
-            && op.submitted_ms <= at_ms + self.cfg.skew_ms
+            && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= at_ms
+            && op.submitted_ms <= at_ms.saturating_add(self.cfg.skew_ms)
     }
 
     fn on_submit_remote(&mut self, from: usize, s: Submit) {
@@ -665,8 +684,7 @@ impl Core {
         self.probes += 1;
         self.probe_interval_ms = (self.probe_interval_ms * 2).clamp(self.cfg.base_timeout_ms, self.cfg.sync_probe_max_ms);
         self.next_probe_ms = self.now + self.probe_interval_ms;
-        let req = SyncRequest { committed_height: self.committed.height, want_block: Vec::new() };
-        self.out.push(Output::Send { to: peer, msg: msg(Kind::SyncRequest(req)) });
+        self.send_sync_request(peer, None);
     }
 
     fn on_tick(&mut self) {
@@ -678,7 +696,7 @@ impl Core {
         self.mempool.expire(self.now.saturating_sub(self.cfg.operation_ttl_ms));
         // An operation waiting past the inclusion deadline means this view's leader ignores it;
         // give every view one base timeout before blaming its leader.
-        let censored = self.waiting_operations().is_some_and(|seen| self.now >= seen + self.cfg.inclusion_deadline_ms)
+        let censored = self.waiting_operations().is_some_and(|seen| self.now >= seen.saturating_add(self.cfg.inclusion_deadline_ms))
             && self.now >= self.view_entered_ms + self.cfg.base_timeout_ms;
         if self.deadline == 0 && self.expecting_progress() {
             self.deadline = self.now + self.timeout_ms();
@@ -695,14 +713,22 @@ impl Core {
         }
         self.view = view;
         self.view_entered_ms = self.now;
-        self.failed_views = if after_failure { self.failed_views + 1 } else { 0 };
+        self.failed_views = if after_failure { self.failed_views.saturating_add(1) } else { 0 };
         self.deadline = 0;
         self.my_timeout = None;
-        let keep = view.saturating_sub(1);
-        self.votes.retain(|(v, _, _), _| *v + 1 >= keep);
-        self.voted.retain(|(v, _)| *v + 1 >= keep);
-        self.timeouts.retain(|v, _| *v >= keep);
+        self.prune_views();
         self.try_propose();
+    }
+
+    /// Forgets what peers sent for views this validator left: nothing for them is accepted any
+    /// more (late votes and timeouts are dropped on arrival), so none of it can complete.
+    fn prune_views(&mut self) {
+        let keep = self.view.saturating_sub(1);
+        self.votes.retain(|(v, _, _), _| v.saturating_add(1) >= keep);
+        self.voted.retain(|(v, _)| v.saturating_add(1) >= keep);
+        self.timeouts.retain(|v, _| *v >= keep);
+        let view = self.view;
+        self.proposals.retain(|(v, _), _| *v >= view);
     }
 
     fn on_local_timeout(&mut self) {
@@ -749,14 +775,33 @@ impl Core {
         if t.signer as usize != from || t.epoch != self.cfg.domain.epoch {
             return self.reject(from, "timeout signer or epoch mismatch");
         }
-        let Some(qc) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
-        if qc.view >= t.view {
+        if t.signature.len() != self.crypto.signature_len() {
+            return self.reject(from, "timeout with a malformed signature");
+        }
+        // A peer resends its timeout until the view moves on: once recorded, a copy adds nothing
+        // (and a different one for the same view is not worth two pairings either).
+        if self.timeouts.get(&t.view).is_some_and(|e| e.contains_key(&from)) {
+            return;
+        }
+        let Some(sent) = t.high_qc.clone() else { return self.reject(from, "timeout without QC") };
+        if sent.view >= t.view {
             return self.reject(from, "timeout with an invalid QC");
         }
-        let Some(qc) = self.checked_qc(&qc) else { return self.reject(from, "timeout with an invalid QC") };
-        if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
-            return self.reject(from, "timeout with a bad signature");
-        }
+        let replay = self.timeout_verified[from]
+            .as_ref()
+            .is_some_and(|(view, sig, qc)| *view == t.view && *sig == t.signature && *qc == sent);
+        let qc = if replay {
+            // Verified when it first came: this validator's copy if it holds one, else as sent.
+            let key = hash32(&sent.block_hash).map(|h| (sent.view, h, sent.justify_view));
+            key.and_then(|k| self.verified_qcs.get(&k).cloned()).unwrap_or(sent)
+        } else {
+            let Some(qc) = self.checked_qc(&sent) else { return self.reject(from, "timeout with an invalid QC") };
+            if !self.crypto.verify(from, &self.cfg.domain.timeout_bytes(t.view, qc.view), &t.signature) {
+                return self.reject(from, "timeout with a bad signature");
+            }
+            self.timeout_verified[from] = Some((t.view, t.signature.clone(), sent));
+            qc
+        };
         self.process_qc(&qc, from);
         if let Some(tc) = t.high_tc.as_ref().filter(|tc| tc.view >= self.view) {
             if self.cfg.domain.verify_tc(tc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
@@ -769,7 +814,10 @@ impl Core {
         if t.view < self.view {
             self.help_behind(from, t.view);
         }
-        if t.view >= self.view {
+        if t.view > self.view.saturating_add(VIEWS_AHEAD) {
+            // Its certificates did not bring this validator near: not kept (see VIEWS_AHEAD).
+            self.reject(from, "timeout too far ahead");
+        } else if t.view >= self.view {
             self.record_timeout(from, t);
         }
         self.synchronise_view();
@@ -794,7 +842,7 @@ impl Core {
     /// be the one missing: send it (signed once per view; `SafetyRules::timeout`).
     fn help_behind(&mut self, to: usize, view: u64) {
         let carried = self.high_qc.view >= view || self.high_tc.as_ref().is_some_and(|tc| tc.view >= view);
-        if carried || view + VOTE_VIEWS_AHEAD < self.view {
+        if carried || view.saturating_add(VIEWS_AHEAD) < self.view {
             return; // this validator's own timeouts carry what moves `to` on, or it is far behind
         }
         let t = match self.helped.get(&view) {
@@ -824,6 +872,7 @@ impl Core {
                 self.view_entered_ms = self.now;
                 self.deadline = 0;
                 self.my_timeout = None;
+                self.prune_views();
             }
             self.on_local_timeout();
         }
@@ -844,7 +893,7 @@ impl Core {
             let tc = self.cfg.domain.make_tc(view, votes, high);
             self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc);
-            self.enter_view(view + 1, true);
+            self.enter_view(view.saturating_add(1), true);
         }
     }
 
@@ -856,7 +905,7 @@ impl Core {
             self.out.push(Output::PersistTc(tc.clone()));
             self.high_tc = Some(tc.clone());
         }
-        self.enter_view(tc.view + 1, true);
+        self.enter_view(tc.view.saturating_add(1), true);
     }
 
     // ---- certificates and commits ---------------------------------------------------------
@@ -902,7 +951,7 @@ impl Core {
         match self.blocks.get(&hash).cloned() {
             Some(b) => {
                 if let Some(parent) = hash32(&b.parent_hash).and_then(|p| self.blocks.get(&p)).cloned() {
-                    if b.view == parent.view + 1 && b.justify.as_ref().is_some_and(|j| j.view == parent.view) {
+                    if parent.view.checked_add(1) == Some(b.view) && b.justify.as_ref().is_some_and(|j| j.view == parent.view) {
                         self.commit(&parent, qc, &b, from);
                     }
                 }
@@ -910,7 +959,7 @@ impl Core {
             None if qc.view > 0 => self.ask_sync(from, &hash),
             None => {}
         }
-        self.enter_view(qc.view + 1, false);
+        self.enter_view(qc.view.saturating_add(1), false);
     }
 
     /// Commits `block` and every uncommitted ancestor; `qc` certifies `child`, its direct child
@@ -930,7 +979,7 @@ impl Core {
         let Some(child_hash) = hash32(&qc.block_hash) else { return };
         let mut chain = vec![(hash32(&child.parent_hash).unwrap_or_default(), block.clone())];
         let mut cur = hash32(&block.parent_hash).unwrap_or_default();
-        while chain.last().map(|(_, b)| b.height).unwrap_or(0) > self.committed.height + 1 {
+        while chain.last().map(|(_, b)| b.height).unwrap_or(0) > self.committed.height.saturating_add(1) {
             match self.blocks.get(&cur) {
                 Some(b) => {
                     chain.push((cur, b.clone()));
@@ -987,11 +1036,11 @@ impl Core {
         if self.proposed_view >= view || self.timed_out_view >= view {
             return;
         }
-        let tc = if self.high_qc.view + 1 == view {
+        let tc = if self.high_qc.view.checked_add(1) == Some(view) {
             None
         } else {
             match &self.high_tc {
-                Some(tc) if tc.view + 1 == view => Some(tc.clone()),
+                Some(tc) if tc.view.checked_add(1) == Some(view) => Some(tc.clone()),
                 _ => return,
             }
         };
@@ -1006,7 +1055,7 @@ impl Core {
             .mempool
             .take(self.cfg.max_block_operations, self.cfg.max_block_bytes, &exclude)
             .into_iter()
-            .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms + 1)))
+            .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms.saturating_add(1))))
             .collect();
         // Propose also when blocks above the tip carry operations: they need certifying. A commit
         // needs no announcing: every validator forms the QC that commits from the votes.
@@ -1014,11 +1063,11 @@ impl Core {
             return; // nothing to order and nothing left to certify: an idle cluster stays quiet
         }
         let block = Block {
-            height: parent.height + 1,
+            height: parent.height.saturating_add(1),
             epoch: self.cfg.domain.epoch,
             view,
             parent_hash: parent_hash.to_vec(),
-            timestamp_ms: self.now.max(parent.timestamp_ms + 1),
+            timestamp_ms: self.now.max(parent.timestamp_ms.saturating_add(1)),
             proposer: self.cfg.me as u32,
             operations: ops,
             justify: Some(self.high_qc.clone()),
@@ -1032,8 +1081,8 @@ impl Core {
     }
 
     fn operation_valid_in_block(&self, op: &Operation, block_ms: u64) -> bool {
-        op.submitted_ms + self.cfg.operation_ttl_ms >= block_ms
-            && op.submitted_ms <= block_ms + self.cfg.skew_ms
+        op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block_ms
+            && op.submitted_ms <= block_ms.saturating_add(self.cfg.skew_ms)
             && op_id(op).is_some_and(|id| !self.recent.contains(&id))
     }
 
@@ -1047,6 +1096,23 @@ impl Core {
             || block.parent_hash != justify.block_hash
         {
             return self.reject(from, "malformed proposal");
+        }
+        // A leader proposes in the view right after its justify QC or its TC (`try_propose`):
+        // anything else is never voted for, and the check bounds how far ahead a proposal can
+        // reach to the certificates it must carry.
+        let follows = justify.view.checked_add(1) == Some(block.view)
+            || p.tc.as_ref().is_some_and(|tc| tc.view.checked_add(1) == Some(block.view));
+        if !follows {
+            return self.reject(from, "proposal for a view its certificates do not lead to");
+        }
+        if let Some((first, second)) = self.proposals.get(&(block.view, from)) {
+            // Equivocation. This validator votes at most once per view anyway; the second block
+            // is kept in case it is the one certified (its parent for the next view, without a
+            // sync), and the two hashes are what evidence needs. More are not kept.
+            let hash = block_hash(&block);
+            if hash != *first && second.is_some_and(|s| s != hash) {
+                return self.reject(from, "third proposal in one view");
+            }
         }
         let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
         // Checked before any signature when the parent's chain is known (the usual case); else
@@ -1100,10 +1166,10 @@ impl Core {
             // The parent's chain arrived since the first check.
             return self.on_proposal(from, Proposal { block: Some(block), tc: p.tc });
         }
-        if block.height != parent.height + 1 || block.timestamp_ms <= parent.timestamp_ms {
+        if parent.height.checked_add(1) != Some(block.height) || block.timestamp_ms <= parent.timestamp_ms {
             return self.reject(from, "block height or time does not follow its parent");
         }
-        if !me && (block.timestamp_ms > self.now + self.cfg.skew_ms || block.timestamp_ms + 3 * self.cfg.skew_ms < self.now) {
+        if !me && (block.timestamp_ms > self.now.saturating_add(self.cfg.skew_ms) || block.timestamp_ms.saturating_add(3 * self.cfg.skew_ms) < self.now) {
             return self.reject(from, "block time too far from this validator's clock");
         }
         if block.operations.len() > self.cfg.max_block_operations || block.encoded_len() > self.cfg.max_block_bytes + 4096 {
@@ -1118,6 +1184,17 @@ impl Core {
         self.headers.get_mut().insert(hash, head);
         let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
+        match self.proposals.entry((block.view, from)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert((hash, None));
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let (first, second) = e.get_mut();
+                if *first != hash && second.is_none() {
+                    *second = Some(hash);
+                }
+            }
+        }
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
         self.out.push(Output::PersistBlock(block.clone()));
         self.out.push(Output::Persist(state));
@@ -1145,7 +1222,7 @@ impl Core {
             if !seen.insert(id) || ancestors.contains(&id) || self.recent.contains(&id) {
                 return false;
             }
-            if self.mempool.holds(op) && op.submitted_ms + self.cfg.operation_ttl_ms >= block.timestamp_ms {
+            if self.mempool.holds(op) && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block.timestamp_ms {
                 return true;
             }
             if !self.operation_well_formed(op, block.timestamp_ms) {
@@ -1165,10 +1242,14 @@ impl Core {
         if v.justify_view >= v.view {
             return self.reject(from, "vote with a bad justify view");
         }
-        if v.view + 1 < self.view {
+        // Kept unchecked until a quorum is in (below): only a signature of the one valid length.
+        if v.signature.len() != self.crypto.signature_len() {
+            return self.reject(from, "vote with a malformed signature");
+        }
+        if v.view.saturating_add(1) < self.view {
             return; // late
         }
-        if v.view > self.view + VOTE_VIEWS_AHEAD {
+        if v.view > self.view.saturating_add(VIEWS_AHEAD) {
             return self.reject(from, "vote too far ahead");
         }
         // Signatures are checked optimistically: once a quorum is in, their aggregate is checked
@@ -1232,7 +1313,18 @@ impl Core {
             return;
         }
         self.sync_waiting = Some((to, self.now));
-        let req = SyncRequest { committed_height: self.committed.height, want_block: want.to_vec() };
+        self.send_sync_request(to, Some(*want));
+    }
+
+    /// Asks `to` for the committed blocks above this validator's tip and, with `want`, the
+    /// chain ending at that block; remembers the request so that the answer is read.
+    fn send_sync_request(&mut self, to: usize, want: Option<Hash>) {
+        let asks = &mut self.sync_asks[to];
+        if asks.len() >= SYNC_ASKS_PER_PEER {
+            asks.pop_front();
+        }
+        asks.push_back(want);
+        let req = SyncRequest { committed_height: self.committed.height, want_block: want.map_or(Vec::new(), |h| h.to_vec()) };
         self.out.push(Output::Send { to, msg: msg(Kind::SyncRequest(req)) });
     }
 
@@ -1272,9 +1364,21 @@ impl Core {
     }
 
     fn on_sync_response(&mut self, from: usize, r: SyncResponse) {
-        if self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
-            self.sync_waiting = None;
+        // Every block of an answer costs a QC check and may be kept: read only answers to a
+        // request, no longer than a request allows (`committed_answer`, `on_sync_request`).
+        let limit = self.cfg.max_sync_blocks;
+        if r.committed.len() > limit || r.uncommitted.len() > limit {
+            return self.reject(from, "sync answer too long");
         }
+        // Uncommitted blocks end at the block asked for; an answer without them may answer any
+        // request (a peer that lacks the block sends only committed ones), a plain one first.
+        let asks = &mut self.sync_asks[from];
+        let matched = match r.uncommitted.last().map(block_hash) {
+            Some(top) => asks.iter().position(|want| *want == Some(top)),
+            None => asks.iter().position(Option::is_none).or((!asks.is_empty()).then_some(0)),
+        };
+        let Some(i) = matched else { return self.reject(from, "sync answer to no request") };
+        asks.remove(i);
         let before = self.committed.height;
         self.apply_sync_response(from, r);
         if self.committed.height > before {
@@ -1288,7 +1392,8 @@ impl Core {
         // Committed blocks: a hash chain from our tip to a block with a valid commit proof.
         let mut run: Vec<Block> = Vec::new();
         let mut expect_parent = self.committed.hash;
-        let mut expect_height = self.committed.height + 1;
+        let mut expect_height = self.committed.height.saturating_add(1);
+        let mut progressed = false;
         for cb in r.committed {
             let Some(mut b) = cb.block else { return self.reject(from, "sync block missing") };
             if b.height < expect_height && run.is_empty() {
@@ -1304,12 +1409,13 @@ impl Core {
                 _ => return self.reject(from, "sync block with an invalid QC"),
             }
             expect_parent = block_hash(&b);
-            expect_height += 1;
+            let Some(next) = expect_height.checked_add(1) else { return self.reject(from, "sync block height out of range") };
+            expect_height = next;
             run.push(b);
             if let (Some(qc), Some(mut child)) = (cb.commit_qc, cb.commit_child) {
                 let last = run.last().unwrap().clone();
                 let shape = child.parent_hash == expect_parent.to_vec()
-                    && child.view == last.view + 1
+                    && last.view.checked_add(1) == Some(child.view)
                     && qc.block_hash == block_hash(&child).to_vec()
                     && child.justify.as_ref().is_some_and(|j| j.view == last.view && j.block_hash == expect_parent.to_vec());
                 // The child's justify becomes this validator's high QC (and, after a restart,
@@ -1325,6 +1431,7 @@ impl Core {
                     self.blocks.insert(block_hash(&b), Arc::new(b));
                 }
                 self.commit(&Arc::new(last), &qc, &child, from);
+                progressed = true;
                 if let Some(j) = child.justify.clone() {
                     if j.view > self.high_qc.view {
                         self.high_qc = j;
@@ -1334,25 +1441,43 @@ impl Core {
                     self.high_qc = qc.clone();
                 }
                 // A higher QC always moves the view on.
-                let next = self.high_qc.view + 1;
+                let next = self.high_qc.view.saturating_add(1);
                 self.enter_view(next, false);
             }
         }
-        // Uncommitted blocks: each must chain and carry a valid QC for its parent.
-        for b in r.uncommitted {
-            let Some(parent) = hash32(&b.parent_hash) else { return };
-            if !self.blocks.contains_key(&parent) {
-                continue;
+        // Uncommitted blocks: one chain (ending at the block asked for, `on_sync_response`),
+        // each block one above its parent and carrying a valid QC for it. Those whose parent
+        // this validator lacks (below its tip, or the answer began too low) are passed over;
+        // a fork's below the tip is kept until the next commit prunes it (a proposal may
+        // extend it, and without it the asking would go on).
+        let mut previous: Option<Hash> = None;
+        for mut b in r.uncommitted {
+            let hash = block_hash(&b);
+            if previous.is_some_and(|p| b.parent_hash != p) {
+                return self.reject(from, "sync blocks do not chain");
             }
+            previous = Some(hash);
+            let Some(parent_hash) = hash32(&b.parent_hash) else { return self.reject(from, "sync block with a bad parent hash") };
+            let Some(parent) = self.blocks.get(&parent_hash) else { continue };
+            if b.epoch != self.cfg.domain.epoch || parent.height.checked_add(1) != Some(b.height) {
+                return self.reject(from, "sync block does not follow its parent");
+            }
+            let parent_view = parent.view;
             let Some(j) = &b.justify else { return self.reject(from, "sync block without QC") };
-            if j.block_hash != b.parent_hash {
+            if j.block_hash != b.parent_hash || j.view != parent_view || b.view <= j.view {
                 return self.reject(from, "sync block with an invalid QC");
             }
             let Some(j) = self.checked_qc(j) else { return self.reject(from, "sync block with an invalid QC") };
-            let mut b = b;
             b.justify = Some(j.clone());
-            self.blocks.insert(block_hash(&b), Arc::new(b));
+            self.blocks.insert(hash, Arc::new(b));
             self.process_qc(&j, from);
+            progressed = true;
+        }
+        // An answer that brought nothing counts as none: the next request waits out the view
+        // timeout as for a silent peer, rather than going out again at once (to the same peer,
+        // for the same kept proposal, answered the same way, over and over).
+        if progressed && self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
+            self.sync_waiting = None;
         }
         for (from, p) in std::mem::take(&mut self.pending) {
             self.on_proposal(from, p);
@@ -1369,7 +1494,7 @@ impl Core {
         let top = hash32(&self.high_qc.block_hash).unwrap_or_default();
         let Some(top_block) = self.blocks.get(&top) else { return (self.committed_operations, None) };
         let mut cur = top;
-        let mut lowest_seen = top_block.height + 1;
+        let mut lowest_seen = top_block.height.saturating_add(1);
         let height = loop {
             match self.blocks.get(&cur) {
                 Some(b) if b.height <= self.committed.height => break self.committed_operations,
@@ -1384,7 +1509,7 @@ impl Core {
                 // A gap: claim the highest block not seen rather than risk under-reporting. Not
                 // more: the empty blocks above it are seen, and a claim of one at the idle top of
                 // the chain would keep the reader waiting for a commit nobody proposes.
-                None => break (lowest_seen - 1).max(self.committed_operations),
+                None => break lowest_seen.saturating_sub(1).max(self.committed_operations),
             }
         };
         (height, Some((top, top_block)))

@@ -110,10 +110,11 @@ fn a_bad_signature_in_a_forwarded_batch_drops_only_what_fails() {
     assert_eq!(replica.mempool_len(), 3, "the operations before the bad one are kept");
 }
 
-/// Counts aggregate checks, so a test can see each QC checked once.
+/// Counts aggregate checks, so a test can see each QC checked once, and single checks.
 struct Counting {
     inner: SimCrypto,
     aggregates: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    verifies: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Crypto for Counting {
@@ -121,7 +122,11 @@ impl Crypto for Counting {
         self.inner.sign(msg)
     }
     fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+        self.verifies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.verify(signer, msg, sig)
+    }
+    fn signature_len(&self) -> usize {
+        self.inner.signature_len()
     }
     fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
         self.inner.aggregate(sigs)
@@ -151,7 +156,7 @@ impl Cluster {
         let mut aggregates = Vec::new();
         for me in 0..N {
             let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let crypto = Counting { inner: SimCrypto { me, n: N }, aggregates: count.clone() };
+            let crypto = Counting { inner: SimCrypto { me, n: N }, aggregates: count.clone(), verifies: Default::default() };
             let cfg = Config::new(me, domain(), [3; 32]);
             cores.push(Core::new(cfg, Box::new(crypto), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![]));
             aggregates.push(count);
@@ -549,4 +554,253 @@ fn after_a_restart_the_leader_comes_from_the_ledger_as_before() {
     // Without the ledger's history it would name validator 2: the history is what agrees.
     let forgetful = restarted(&[]);
     assert_eq!(forgetful.leader(tip.view + 1), 2);
+}
+
+// ---- peer-fed state stays bounded (issue 11) --------------------------------------------------
+
+use bftcd_proto::bftcd::{Block, CommittedBlock, Proposal, QuorumCert, SyncRequest, SyncResponse, Timeout, Vote};
+
+const GENESIS: [u8; 32] = [3; 32];
+
+fn genesis_qc() -> QuorumCert {
+    domain().genesis_qc(&GENESIS)
+}
+
+/// A QC for (view, block, justify view) signed by a quorum with the simulator's keys.
+fn certified(view: u64, hash: &[u8], justify_view: u64) -> QuorumCert {
+    let mut qc = QuorumCert { epoch: 1, view, block_hash: hash.to_vec(), justify_view, ..Default::default() };
+    let mut m = PeerMessage { kind: Some(Kind::ReadIndexReply(bftcd_proto::bftcd::ReadIndexReply { high_qc: Some(qc), ..Default::default() })) };
+    crate::fuzzing::resign(&mut m, &domain());
+    let Some(Kind::ReadIndexReply(r)) = m.kind else { unreachable!() };
+    qc = r.high_qc.unwrap();
+    qc
+}
+
+/// A block of view 1 on the genesis, as its leader (validator 1) would propose it.
+fn first_block(timestamp_ms: u64) -> Block {
+    Block {
+        height: 1,
+        epoch: 1,
+        view: 1,
+        parent_hash: GENESIS.to_vec(),
+        timestamp_ms,
+        proposer: 1,
+        justify: Some(genesis_qc()),
+        ..Default::default()
+    }
+}
+
+fn vote_msg(from: usize, view: u64, signature: Vec<u8>) -> PeerMessage {
+    PeerMessage {
+        kind: Some(Kind::Vote(Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: view - 1, signer: from as u32, signature })),
+    }
+}
+
+fn timeout_msg(from: usize, view: u64) -> PeerMessage {
+    let signature = SimCrypto { me: from, n: N }.sign(&domain().timeout_bytes(view, 0));
+    PeerMessage {
+        kind: Some(Kind::Timeout(Timeout { epoch: 1, view, high_qc: Some(genesis_qc()), signer: from as u32, signature, high_tc: None })),
+    }
+}
+
+fn sync_msg(committed: Vec<CommittedBlock>, uncommitted: Vec<Block>) -> PeerMessage {
+    PeerMessage { kind: Some(Kind::SyncResponse(SyncResponse { committed, uncommitted })) }
+}
+
+/// Most a peer can park per kind: one for each view from two before the current one to
+/// `VIEWS_AHEAD` after it.
+const PARKED_PER_PEER: usize = super::VIEWS_AHEAD as usize + 3;
+
+#[test]
+fn a_peer_flooding_votes_parks_one_per_view_near_this_one_and_no_oversized_signature() {
+    let mut replica = core(0);
+    let d = domain();
+    for view in 1..=100_000u64 {
+        let mut signature = SimCrypto { me: 2, n: N }.sign(&d.vote_bytes(view, &[1; 32], view - 1));
+        if view % 2 == 0 {
+            signature.resize(4096, 0);
+        }
+        replica.handle(NOW, Input::Message { from: 2, msg: vote_msg(2, view, signature) }, &NoLog);
+    }
+    let parked: Vec<usize> = replica.votes.values().flat_map(|e| e.values()).map(|(sig, _)| sig.len()).collect();
+    assert!(parked.len() <= PARKED_PER_PEER, "{} votes parked", parked.len());
+    assert!(parked.iter().all(|len| *len == 16), "a vote with an oversized signature was kept: {parked:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: vote_msg(2, 3, vec![0; 4096]) }, &NoLog);
+    assert!(refused(&out, "vote with a malformed signature"), "{out:?}");
+}
+
+#[test]
+fn a_peer_flooding_timeouts_for_views_ahead_parks_one_per_view_near_this_one() {
+    let mut replica = core(0);
+    for view in 1..=100_000u64 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, view) }, &NoLog);
+    }
+    let parked: usize = replica.timeouts.values().map(|e| e.len()).sum();
+    assert!(parked <= PARKED_PER_PEER, "{parked} timeouts parked");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 200_000) }, &NoLog);
+    assert!(refused(&out, "timeout too far ahead"), "{out:?}");
+}
+
+#[test]
+fn a_replayed_timeout_is_checked_once() {
+    let verifies = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let crypto = Counting { inner: SimCrypto { me: 0, n: N }, aggregates: Default::default(), verifies: verifies.clone() };
+    let cfg = Config::new(0, domain(), GENESIS);
+    let mut replica = Core::new(cfg, Box::new(crypto), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![]);
+    let checks = || verifies.load(std::sync::atomic::Ordering::Relaxed);
+    // Recorded for the view this validator is in.
+    for _ in 0..1000 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 1) }, &NoLog);
+    }
+    assert_eq!(checks(), 1);
+    assert_eq!(replica.timeouts[&1].len(), 1);
+    // Not recorded (too far ahead), but verified once: the same message again costs no check.
+    for _ in 0..1000 {
+        replica.handle(NOW, Input::Message { from: 2, msg: timeout_msg(2, 10_000) }, &NoLog);
+    }
+    assert_eq!(checks(), 2);
+}
+
+#[test]
+fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
+    let mut replica = core(0);
+    let mut votes = 0;
+    for i in 0..50 {
+        let p = Proposal { block: Some(first_block(NOW - i)), tc: None };
+        let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
+        votes += voted(&out) as usize;
+        assert!(i < 2 || refused(&out, "third proposal in one view"), "{out:?}");
+    }
+    assert_eq!(votes, 1);
+    assert_eq!(replica.blocks.len(), 3, "the genesis and the first two proposals only");
+    // The first two blocks come again (resends): nothing new.
+    let p = Proposal { block: Some(first_block(NOW - 1)), tc: None };
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
+    assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
+}
+
+#[test]
+fn sync_answers_are_read_only_when_asked_for_and_only_along_the_chain_asked_for() {
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Tick, &NoLog);
+    assert!(out.iter().any(|o| matches!(o, Output::Send { to: 1, msg: PeerMessage { kind: Some(Kind::SyncRequest(_)) } })), "{out:?}");
+    // One hundred blocks, each certified by its parent's QC, from a peer that was not asked.
+    let siblings: Vec<Block> = (0..100).map(|i| first_block(NOW - i)).collect();
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: sync_msg(vec![], siblings.clone()) }, &NoLog);
+    assert!(refused(&out, "sync answer to no request"), "{out:?}");
+    // The asked peer answering a plain request with blocks nobody asked for.
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: sync_msg(vec![], siblings) }, &NoLog);
+    assert!(refused(&out, "sync answer to no request"), "{out:?}");
+    // And with more blocks than any answer holds.
+    replica.handle(NOW + 100_000, Input::Tick, &NoLog);
+    let many: Vec<Block> = (0..1000).map(|i| first_block(NOW - i)).collect();
+    let out = replica.handle(NOW + 100_000, Input::Message { from: 1, msg: sync_msg(vec![], many) }, &NoLog);
+    assert!(refused(&out, "sync answer too long"), "{out:?}");
+    assert_eq!(replica.blocks.len(), 1, "only the genesis");
+}
+
+#[test]
+fn a_synced_block_claiming_a_height_its_parent_does_not_lead_to_is_not_kept() {
+    // Validator 2 proposes on a block B it made up with height u64::MAX (certified, as a
+    // Byzantine quorum could in a test), so this validator asks it for B.
+    let mut replica = core(0);
+    let mut b = first_block(NOW);
+    b.height = u64::MAX;
+    let b_hash = crate::block::block_hash(&b);
+    let child = Block {
+        height: 5,
+        epoch: 1,
+        view: 2,
+        parent_hash: b_hash.to_vec(),
+        timestamp_ms: NOW,
+        proposer: 2,
+        justify: Some(certified(1, &b_hash, 0)),
+        ..Default::default()
+    };
+    let p = PeerMessage { kind: Some(Kind::Proposal(Proposal { block: Some(child), tc: None })) };
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: p }, &NoLog);
+    let asked = |m: &PeerMessage| matches!(&m.kind, Some(Kind::SyncRequest(SyncRequest { want_block, .. })) if *want_block == b_hash.to_vec());
+    assert!(out.iter().any(|o| matches!(o, Output::Send { to: 2, msg } if asked(msg))), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: sync_msg(vec![], vec![b]) }, &NoLog);
+    assert!(refused(&out, "sync block does not follow its parent"), "{out:?}");
+    assert!(!replica.blocks.contains_key(&b_hash));
+}
+
+/// One message of every kind, as honest validators send them (a write committed, a timeout,
+/// a sync answer, a read-index round), to start from.
+fn every_kind_of_message() -> Vec<PeerMessage> {
+    let mut c = Cluster::new();
+    c.run(3, Input::Submit(vec![Operation { id: Some(OperationId { bank: 3, nonce: 1 }), request: Some(put(b"k", b"v")), ..Default::default() }]));
+    let mut out: Vec<Output> = c.outputs.iter().flatten().cloned().collect();
+    let op = Operation { id: Some(OperationId { bank: 0, nonce: 2 }), request: Some(put(b"k", b"w")), ..Default::default() };
+    out.extend(c.cores[0].handle(NOW + 10, Input::Submit(vec![op]), &NoLog));
+    out.extend(c.cores[0].handle(NOW + 100_000, Input::Tick, &NoLog));
+    out.extend(c.cores[0].handle(NOW + 100_000, Input::ReadIndex, &NoLog));
+    let ask = PeerMessage { kind: Some(Kind::ReadIndexRequest(bftcd_proto::bftcd::ReadIndexRequest { round: 1 })) };
+    out.extend(c.cores[1].handle(NOW + 100_000, Input::Message { from: 0, msg: ask }, &NoLog));
+    let mut msgs: Vec<PeerMessage> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { msg, .. } | Output::Broadcast(msg) => Some(msg),
+            _ => None,
+        })
+        .collect();
+    let b1 = first_block(NOW);
+    let h1 = crate::block::block_hash(&b1);
+    let b2 = Block { height: 2, epoch: 1, view: 2, parent_hash: h1.to_vec(), timestamp_ms: NOW + 1, proposer: 2, justify: Some(certified(1, &h1, 0)), ..Default::default() };
+    let h2 = crate::block::block_hash(&b2);
+    let b3 = Block { height: 3, epoch: 1, view: 3, parent_hash: h2.to_vec(), timestamp_ms: NOW + 2, proposer: 3, justify: Some(certified(2, &h2, 1)), ..Default::default() };
+    let proof = CommittedBlock { block: Some(b1), commit_qc: Some(certified(2, &h2, 1)), commit_child: Some(crate::block::header(&b2)) };
+    msgs.push(sync_msg(vec![proof], vec![b2, b3]));
+    msgs.push(PeerMessage { kind: Some(Kind::SyncRequest(SyncRequest { committed_height: 0, want_block: h1.to_vec() })) });
+    for kind in ["proposal", "vote", "timeout", "submit", "sync request", "sync response", "read index request", "read index reply"] {
+        let name = |m: &PeerMessage| match &m.kind {
+            Some(Kind::Proposal(_)) => "proposal",
+            Some(Kind::Vote(_)) => "vote",
+            Some(Kind::Timeout(_)) => "timeout",
+            Some(Kind::Submit(_)) => "submit",
+            Some(Kind::SyncRequest(_)) => "sync request",
+            Some(Kind::SyncResponse(_)) => "sync response",
+            Some(Kind::ReadIndexRequest(_)) => "read index request",
+            Some(Kind::ReadIndexReply(_)) => "read index reply",
+            None => "",
+        };
+        assert!(msgs.iter().any(|m| name(m) == kind), "no {kind} to start from");
+    }
+    msgs
+}
+
+#[test]
+fn extreme_numbers_in_any_field_of_any_peer_message_are_dropped_not_a_panic() {
+    let d = domain();
+    let mut variants = Vec::new();
+    for m in every_kind_of_message() {
+        for value in [u64::MAX, u64::MAX - 1, u64::from(u32::MAX)] {
+            for bytes in crate::fuzzing::numeric_variants(&m.encode_to_vec(), value) {
+                let Ok(mut msg) = PeerMessage::decode(bytes.as_slice()) else { continue };
+                variants.push(msg.clone());
+                crate::fuzzing::resign(&mut msg, &d);
+                variants.push(msg);
+            }
+        }
+    }
+    assert!(variants.len() > 1000, "{} variants", variants.len());
+    // A core that has just started (and asked validator 1 for what it missed) for each one, and
+    // one core that takes them all in turn.
+    let mut long_lived = core(0);
+    long_lived.handle(NOW, Input::ReadIndex, &NoLog);
+    for msg in &variants {
+        let mut fresh = core(0);
+        fresh.handle(NOW, Input::ReadIndex, &NoLog);
+        for from in 1..N {
+            let mut msg = msg.clone();
+            if let Some(Kind::ReadIndexReply(r)) = msg.kind.as_mut() {
+                r.round = fresh.read_round();
+            }
+            fresh.handle(NOW, Input::Message { from, msg: msg.clone() }, &NoLog);
+            long_lived.handle(NOW, Input::Message { from, msg }, &NoLog);
+        }
+        fresh.handle(NOW + 100_000, Input::Tick, &NoLog);
+    }
+    long_lived.handle(NOW + 100_000, Input::Tick, &NoLog);
 }
