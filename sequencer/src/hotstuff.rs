@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::consensus::mempool::{op_id, OpId};
 use crate::consensus_log::ConsensusLog;
 use crate::cpu::{self, AccountedExt, Component};
-use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
+use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, Refusal, SafetyRules, SafetyState};
 use crate::keys::{BankKeys, ChainCrypto};
 use crate::net::{NetConfig, Network, PeerInfo};
 use crate::stages::{self, Checked, Submission};
@@ -86,7 +86,9 @@ impl HotStuff {
         let crypto = Arc::new(ChainCrypto::new(keys, genesis)?);
         let n = genesis.validators.len();
         let domain = Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n };
-        let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis));
+        let limits = crate::validity::Limits::of(genesis);
+        limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
+        let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis)).with_limits(limits);
         cfg.base_timeout_ms = opts.view_timeout.as_millis().max(50) as u64;
         cfg.max_timeout_ms = cfg.max_timeout_ms.max(cfg.base_timeout_ms * 16);
 
@@ -354,7 +356,7 @@ fn is_read_index(m: &PeerMessage) -> bool {
 fn independent_of_disk(o: &Output) -> bool {
     match o {
         Output::Send { msg, .. } | Output::Broadcast(msg) => is_read_index(msg),
-        Output::ReadRoundStarted(_) | Output::ReadIndex { .. } | Output::Rejected { .. } => true,
+        Output::ReadRoundStarted(_) | Output::ReadIndex { .. } | Output::Rejected { .. } | Output::Refused { .. } => true,
         _ => false,
     }
 }
@@ -581,6 +583,15 @@ impl Driver {
             Output::Rejected { from, reason } => {
                 self.rejected += 1;
                 tracing::warn!(peer = from, reason, "consensus: message dropped");
+            }
+            Output::Refused { id, why } => {
+                let waiter = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(match why {
+                        Refusal::Invalid(e) => SequencerError::Invalid(e),
+                        Refusal::Busy => SequencerError::Busy,
+                    }));
+                }
             }
             Output::ReadRoundStarted(round) => {
                 self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
