@@ -35,6 +35,9 @@ pub struct Mempool {
     ops: HashMap<OpId, (Operation, u64)>,
     quota_ops: usize,
     quota_bytes: usize,
+    /// Per submitting bank: when a block this validator accepted last carried one of its
+    /// operations. A bank's backlog waits its turn, not a censor: see [`Mempool::oldest_waiting`].
+    included_ms: Vec<u64>,
 }
 
 impl Mempool {
@@ -47,6 +50,7 @@ impl Mempool {
             ops: HashMap::new(),
             quota_ops: (max_operations / n).max(1),
             quota_bytes: (max_bytes / n).max(1),
+            included_ms: vec![0; n],
         }
     }
 
@@ -167,13 +171,30 @@ impl Mempool {
         out
     }
 
-    /// When the oldest operation not in `exclude` was first seen.
+    /// A block this validator accepted at `now_ms` carries these operations.
+    pub fn note_included(&mut self, ops: &[Operation], now_ms: u64) {
+        for id in ops.iter().filter_map(op_id) {
+            if let Some(t) = self.included_ms.get_mut(id.0 as usize) {
+                *t = now_ms;
+            }
+        }
+    }
+
+    /// Since when the longest-waiting bank has been waiting for its turn: for each bank, its
+    /// oldest operation not in `exclude`, counted from when it was first seen or from the last
+    /// block that carried one of the bank's operations, whichever is later. A bank's long
+    /// backlog (a flood) thus shows no censorship while blocks keep taking from it, round-robin;
+    /// a leader that leaves a bank out lets its wait grow to the inclusion deadline.
     pub fn oldest_waiting(&self, exclude: &HashSet<OpId>) -> Option<u64> {
         // Each queue is by arrival and arrival times never decrease, so each queue's first one
         // found is its oldest (ids whose operation left are skipped).
         self.queues
             .iter()
-            .filter_map(|q| q.iter().filter(|id| !exclude.contains(id)).find_map(|id| self.ops.get(id).map(|(_, seen)| *seen)))
+            .enumerate()
+            .filter_map(|(b, q)| {
+                let seen = q.iter().filter(|id| !exclude.contains(id)).find_map(|id| self.ops.get(id).map(|(_, seen)| *seen))?;
+                Some(seen.max(self.included_ms[b]))
+            })
             .min()
     }
 
@@ -287,6 +308,11 @@ mod tests {
         let exclude: HashSet<OpId> = [(0, 0), (2, 0)].into();
         assert_eq!(ids(&m.take(3, 1 << 20, &exclude, 0)), vec![(0, 1), (3, 0), (0, 2)]);
         assert_eq!(m.oldest_waiting(&exclude), Some(1));
+        // Once a block carried bank 0's operations, its backlog waits from then on.
+        m.note_included(&block, 150);
+        assert_eq!(m.oldest_waiting(&exclude), Some(150));
+        m.note_included(&[op(3, 0, 10)], 300);
+        assert_eq!(m.oldest_waiting(&exclude), Some(150));
     }
 
     #[test]

@@ -107,8 +107,10 @@ impl Config {
             max_block_operations: Limits::default().max_block_operations,
             max_block_bytes: Limits::default().max_block_bytes,
             limits: Limits::default(),
-            mempool_max_operations: 65_536,
-            mempool_max_bytes: 256 << 20,
+            // A quarter each with four banks: one full block's operations per bank, and ten
+            // requests of the largest size; more would only wait past the write timeout.
+            mempool_max_operations: 16_384,
+            mempool_max_bytes: 64 << 20,
             inclusion_deadline_ms: 5000,
             operation_ttl_ms: 120_000,
             max_sync_blocks: 128,
@@ -1173,6 +1175,9 @@ impl Core {
         if !me && !self.operations_acceptable(&block, &parent_hash) {
             return self.reject(from, "block carries invalid or repeated operations");
         }
+        // The banks whose operations it carries had their turn (the inclusion deadline of each
+        // bank's backlog restarts: see Mempool::oldest_waiting).
+        self.mempool.note_included(&block.operations, self.now);
         let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
         let head = header(&block);
         let hash = block_hash(&head);
