@@ -173,6 +173,8 @@ impl HotStuff {
         );
         let (submit, raw_submissions) = mpsc::channel(65_536);
         let (signed_tx, submissions) = mpsc::channel(64);
+        #[cfg(feature = "byzantine")]
+        let forge = (crypto.clone(), stage_domain.clone());
         tokio::spawn(stages::sign_submissions(raw_submissions, crypto, stage_domain, signed_tx).accounted(Component::Consensus));
         let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
@@ -199,6 +201,10 @@ impl HotStuff {
             n,
             #[cfg(feature = "byzantine")]
             me: opts.me,
+            #[cfg(feature = "byzantine")]
+            forger: Default::default(),
+            #[cfg(feature = "byzantine")]
+            forge,
         };
         let task = tokio::spawn(driver.run(incoming, submissions, read_requests).accounted(Component::Consensus));
         let (stopped_tx, stopped) = watch::channel(None);
@@ -388,6 +394,11 @@ struct Driver {
     n: usize,
     #[cfg(feature = "byzantine")]
     me: usize,
+    #[cfg(feature = "byzantine")]
+    forger: crate::byzantine::Forger,
+    /// This bank's own signing key and domain, to sign what the forger makes up.
+    #[cfg(feature = "byzantine")]
+    forge: (Arc<ChainCrypto>, Domain),
 }
 
 
@@ -410,7 +421,12 @@ impl Driver {
                     }
                 }
             }
+            #[cfg(feature = "byzantine")]
+            self.forge();
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
+            // A forging bank wakes often enough to pace what it makes up.
+            #[cfg(feature = "byzantine")]
+            let wake = if self.misbehaviour.iter().any(|m| matches!(m, crate::byzantine::Misbehaviour::ForwardInvalid | crate::byzantine::Misbehaviour::Flood(_))) { wake.min(200) } else { wake };
             let input = tokio::select! {
                 // What waited out a consensus-log write comes before anything newer from peers,
                 // but takes its turn with this bank's own writes and reads.
@@ -658,6 +674,24 @@ impl Driver {
         };
         self.disk_us += started.elapsed().as_micros() as u64;
         written?
+    }
+
+    /// Test builds only: forwards the operations the forger makes up, signed with this bank's
+    /// own key but never put in its own mempool (`forward-invalid`, `flood`).
+    #[cfg(feature = "byzantine")]
+    fn forge(&mut self) {
+        use crate::consensus::Crypto;
+        use bftcd_proto::bftcd::{peer_message::Kind, Submit};
+        let now = now_ms();
+        for mut batch in self.forger.due(self.me, &self.misbehaviour, now) {
+            for op in &mut batch {
+                op.submitted_ms = now;
+            }
+            let (crypto, domain) = &self.forge;
+            domain.sign_batch(&mut batch, |b| crypto.sign_operation(b));
+            let msg = PeerMessage { kind: Some(Kind::Submit(Submit { operations: batch })) };
+            self.network.broadcast(Bytes::from(msg.encode_to_vec()));
+        }
     }
 
     /// A read-index step taken while the consensus log is being written (see `write_durably`).
