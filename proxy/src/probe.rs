@@ -101,7 +101,10 @@ pub async fn check(etcd: &LocalEtcd, limits: &Limits, apply_batch_max: u32) -> a
                     waited += 1;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(s) if s.code() == Code::InvalidArgument || s.code() == Code::ResourceExhausted => {
+                // etcd's own refusals (`request is too large`, `too many operations in txn
+                // request`), or gRPC's receive limit (max-request-bytes + 512 KiB) far below;
+                // not NOSPACE, which is ResourceExhausted too but an alarm.
+                Err(s) if s.code() == Code::InvalidArgument || (s.code() == Code::ResourceExhausted && s.message().contains("larger than max")) => {
                     anyhow::bail!(
                         "the local etcd at {} refuses {what} ({}): every bank's etcd must accept what the chain's genesis allows",
                         etcd.endpoint,
