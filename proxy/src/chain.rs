@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use bftcd_proto::bftcd::{Genesis, Validator};
 use bftcd_proto::Message;
 use bftcd_sequencer::keys;
+use bftcd_sequencer::validity::{self, Limits};
 
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
@@ -36,6 +37,17 @@ pub struct GenesisArgs {
     /// How every bank applies committed writes: `batched` or `exact` (see docs/operations.md).
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: crate::serve::ApplyMode,
+    /// Largest client write any bank accepts, as etcd's --max-request-bytes (default 1.5 MiB).
+    /// Every bank's etcd must accept 64 KiB more (checked at start).
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one Txn level, as etcd's --max-txn-ops (default 128). Every bank's
+    /// etcd must accept 2 more (checked at start).
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Largest block (default 8 MiB, at most 15 MiB); at least max-request-bytes + 4 KiB.
+    #[arg(long)]
+    pub max_block_bytes: Option<usize>,
     /// The banks' validator.pb files, in validator order.
     #[arg(required = true)]
     pub validators: Vec<PathBuf>,
@@ -48,15 +60,35 @@ pub fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn make_genesis(chain_id: &str, validators: Vec<Validator>, apply_mode: crate::serve::ApplyMode) -> anyhow::Result<Genesis> {
-    let genesis = Genesis {
+/// The chain's limits from the command line (absent: etcd's defaults and 8 MiB blocks, or
+/// blocks just large enough for the largest request).
+pub fn limits(max_request_bytes: Option<usize>, max_txn_ops: Option<usize>, max_block_bytes: Option<usize>) -> anyhow::Result<Limits> {
+    let mut l = Limits::default();
+    if let Some(b) = max_request_bytes {
+        l.max_request_bytes = b;
+        l.max_block_bytes = l.max_block_bytes.max(b + validity::OPERATION_OVERHEAD);
+    }
+    if let Some(n) = max_txn_ops {
+        l.max_txn_ops = n;
+    }
+    if let Some(b) = max_block_bytes {
+        l.max_block_bytes = b;
+    }
+    l.check().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(l)
+}
+
+pub fn make_genesis(chain_id: &str, validators: Vec<Validator>, apply_mode: crate::serve::ApplyMode, limits: Limits) -> anyhow::Result<Genesis> {
+    let mut genesis = Genesis {
         chain_id: chain_id.to_string(),
         epoch: 1,
         validators,
         initial_state_digest: Vec::new(),
         genesis_time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
         apply_batch_max: apply_mode.batch_max(),
+        ..Default::default()
     };
+    limits.write_to(&mut genesis);
     keys::check_genesis(&genesis)?;
     let n = genesis.validators.len();
     if n > 1 && n < 4 {
@@ -74,7 +106,7 @@ pub fn genesis(a: GenesisArgs) -> anyhow::Result<()> {
             Validator::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a validator descriptor: {e}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let g = make_genesis(&a.chain_id, validators, a.apply_mode)?;
+    let g = make_genesis(&a.chain_id, validators, a.apply_mode, limits(a.max_request_bytes, a.max_txn_ops, a.max_block_bytes)?)?;
     std::fs::write(&a.out, g.encode_to_vec())?;
     let f = (g.validators.len() - 1) / 3;
     println!("genesis {} for chain {:?}: {} banks, tolerates f = {f} Byzantine", a.out.display(), g.chain_id, g.validators.len());

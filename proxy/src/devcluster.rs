@@ -37,7 +37,15 @@ pub struct DevClusterArgs {
     /// Kubernetes clusters commonly use 5s, etcd's own default is 10m).
     #[arg(long, default_value = "5s")]
     pub watch_progress_notify_interval: String,
-    /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--max-txn-ops=256.
+    /// The chain's largest client write (default 1.5 MiB, etcd's); every bank's etcd is
+    /// started with 64 KiB more.
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// The chain's most operations per Txn level (default 128, etcd's); every bank's etcd is
+    /// started with what the sidecar adds on top (probe::required).
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--write-timeout=60s.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
 }
@@ -112,7 +120,8 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         };
         validators.push(v);
     }
-    let g = crate::chain::make_genesis("bftcd-dev", validators, crate::serve::ApplyMode::Batched)?;
+    let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
+    let g = crate::chain::make_genesis("bftcd-dev", validators, crate::serve::ApplyMode::Batched, limits)?;
     std::fs::write(&genesis_path, g.encode_to_vec())?;
     eprintln!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
     Ok(())
@@ -130,6 +139,23 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     let genesis_path = dir.join("genesis.pb");
     if args.banks > 1 {
         prepare_chain(&dir, &args)?;
+    }
+    // Each bank's etcd gets exactly the room the chain's limits need (the sidecar proves it
+    // at start): from the genesis, or, for one bank, from the genesis its sidecar made.
+    let genesis_file = if args.banks > 1 { genesis_path.clone() } else { dir.join("bank1").join("sidecar").join("genesis.pb") };
+    let (limits, batch_max) = match std::fs::read(&genesis_file) {
+        Ok(bytes) => {
+            let g = <bftcd_proto::bftcd::Genesis as bftcd_proto::Message>::decode(bytes.as_slice())?;
+            (bftcd_sequencer::validity::Limits::of(&g), g.apply_batch_max)
+        }
+        Err(_) => (crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?, crate::serve::ApplyMode::Batched.batch_max()),
+    };
+    let (etcd_bytes, etcd_ops) = crate::probe::required(&limits, batch_max);
+    let etcd_bytes = etcd_bytes + 1024; // the probe's request plus etcd's own request header
+    let mut single_bank_limits = Vec::new();
+    if args.banks == 1 {
+        single_bank_limits.extend(args.max_request_bytes.map(|b| format!("--max-request-bytes={b}")));
+        single_bank_limits.extend(args.max_txn_ops.map(|n| format!("--max-txn-ops={n}")));
     }
 
     let mut procs: Vec<Proc> = Vec::new();
@@ -153,9 +179,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 .arg(format!("--listen-peer-urls={etcd_peer}"))
                 .arg(format!("--initial-advertise-peer-urls={etcd_peer}"))
                 .arg(format!("--initial-cluster={name}={etcd_peer}"))
-                // Room for the sidecar's bookkeeping on top of a client's largest request.
-                .arg("--max-request-bytes=10485760")
-                .arg("--max-txn-ops=10240")
+                // The chain's limits plus room for the sidecar's bookkeeping.
+                .arg(format!("--max-request-bytes={etcd_bytes}"))
+                .arg(format!("--max-txn-ops={etcd_ops}"))
                 .arg(format!("--experimental-watch-progress-notify-interval={}", args.watch_progress_notify_interval))
                 .stdout(etcd_log.try_clone()?)
                 .stderr(etcd_log)
@@ -179,6 +205,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 } else {
                     vec![]
                 })
+                .args(&single_bank_limits)
                 .args(&args.serve_args)
                 .stdout(Stdio::piped())
                 .stderr(log)

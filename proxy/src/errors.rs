@@ -19,6 +19,7 @@ etcd_errors! {
     duplicate_key => InvalidArgument, "etcdserver: duplicate key given in txn request";
     compacted => OutOfRange, "etcdserver: mvcc: required revision has been compacted";
     request_too_large => InvalidArgument, "etcdserver: request is too large";
+    too_many_requests => ResourceExhausted, "etcdserver: too many requests";
     lease_not_found => NotFound, "etcdserver: requested lease not found";
     lease_exists => FailedPrecondition, "etcdserver: lease already exists";
     lease_ttl_too_large => OutOfRange, "etcdserver: too large lease TTL";

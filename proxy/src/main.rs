@@ -10,6 +10,7 @@ mod expiry;
 mod front;
 mod identity;
 mod metrics;
+mod probe;
 mod reheader;
 mod reserved;
 mod rewrite;

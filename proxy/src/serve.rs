@@ -11,6 +11,7 @@ use bftcd_proto::Message;
 use bftcd_sequencer::cpu::{AccountedExt, Component};
 use bftcd_sequencer::hotstuff::{HotStuff, HotStuffOptions};
 use bftcd_sequencer::keys::BankKeys;
+use bftcd_sequencer::validity::Limits;
 use bftcd_sequencer::{single::BlockLimits, Ledger, Sequencer, SingleReplica};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -45,13 +46,15 @@ pub struct ServeArgs {
     /// etcd version reported by Status (Kubernetes enables features from it).
     #[arg(long, default_value = "3.5.16")]
     pub emulated_etcd_version: String,
-    /// Largest write request accepted, as etcd's --max-request-bytes. The local etcd must allow
-    /// a little more, since the sidecar adds its bookkeeping to every write.
-    #[arg(long, default_value_t = 1536 * 1024)]
-    pub max_request_bytes: usize,
-    /// Most operations in one Txn level, as etcd's --max-txn-ops.
-    #[arg(long, default_value_t = 128)]
-    pub max_txn_ops: usize,
+    /// Largest write request accepted, as etcd's --max-request-bytes (default 1.5 MiB). A
+    /// chain-wide limit: written into a single-bank genesis this sidecar creates; with an
+    /// existing genesis it must match the genesis's value (or be left out).
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one Txn level, as etcd's --max-txn-ops (default 128). Chain-wide,
+    /// as --max-request-bytes.
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
     /// This bank's key directory (`bftcd keygen`); needed when the genesis has several banks.
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -135,7 +138,7 @@ fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
     match std::fs::read(&path) {
         Ok(bytes) => Genesis::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.genesis.is_none() => {
-            let genesis = Genesis {
+            let mut genesis = Genesis {
                 chain_id: args.chain_id.clone(),
                 epoch: 1,
                 validators: vec![Validator {
@@ -146,7 +149,9 @@ fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
                 initial_state_digest: vec![],
                 genesis_time_ms: crate::front::now_ms(),
                 apply_batch_max: args.apply_mode.batch_max(),
+                ..Default::default()
             };
+            crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?.write_to(&mut genesis);
             write_atomically(&path, &genesis.encode_to_vec())?;
             tracing::info!(path = %path.display(), chain_id = %genesis.chain_id, "created a single-bank genesis");
             Ok(genesis)
@@ -175,6 +180,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let genesis = load_genesis(&args)?;
+    let limits = Limits::of(&genesis);
+    limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
+    for (flag, given, chain) in [
+        ("--max-request-bytes", args.max_request_bytes, limits.max_request_bytes),
+        ("--max-txn-ops", args.max_txn_ops, limits.max_txn_ops),
+    ] {
+        // Every bank checks every operation against the genesis; a bank with its own value
+        // would accept what the others drop, or refuse what they order.
+        anyhow::ensure!(
+            given.is_none_or(|g| g == chain),
+            "{flag}={} differs from the chain's genesis ({chain}); leave it out (the genesis decides it for every bank)",
+            given.unwrap_or_default()
+        );
+    }
     let identity = Arc::new(Identity::new(&genesis, &args.name)?);
     let ledger_path = args.data_dir.join("ledger.log");
     let ledger = {
@@ -186,12 +205,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         height = ledger.height(), etcd = %args.etcd_endpoint, "starting"
     );
     let etcd = LocalEtcd::connect_lazy(&args.etcd_endpoint)?;
+    // Before joining: a bank whose etcd refuses what the chain allows would stop applying.
+    crate::probe::check(&etcd, &limits, genesis.apply_batch_max).await?;
     let mut consensus_status = None;
     // Ends the process when ordering dies: a bank that cannot order must not look healthy.
     let mut ordering_stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
         Box::pin(std::future::pending());
     let sequencer: Arc<dyn Sequencer> = if genesis.validators.len() == 1 {
-        Arc::new(SingleReplica::start(ledger.clone(), BlockLimits::default()))
+        Arc::new(SingleReplica::start(ledger.clone(), BlockLimits { max_bytes: limits.max_block_bytes, ..BlockLimits::default() }))
     } else {
         let keys_dir = args.keys.clone().ok_or_else(|| anyhow::anyhow!("--keys is required: the genesis lists {} banks", genesis.validators.len()))?;
         let keys = BankKeys::load(&keys_dir)?;
@@ -252,7 +273,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, args.max_request_bytes, args.write_timeout)?;
+    let writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
     let front = Arc::new(Front {
         etcd,
         writes,
@@ -263,9 +284,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         read_timeout: args.read_timeout,
         stale_reads,
         keep_alives: Default::default(),
-        max_txn_ops: args.max_txn_ops,
+        max_txn_ops: limits.max_txn_ops,
         emulated_version: args.emulated_etcd_version.clone(),
-        max_recv_bytes: args.max_request_bytes + 512 * 1024,
+        max_recv_bytes: limits.max_request_bytes + 512 * 1024,
         consensus: consensus_status,
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));

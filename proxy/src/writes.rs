@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
-use bftcd_proto::Message;
+use bftcd_sequencer::validity::{self, Limits};
 use bftcd_sequencer::{Sequencer, SequencerError};
 use tonic::Status;
 
@@ -21,7 +21,7 @@ pub struct Writes {
     bank: u32,
     incarnation: u64,
     counter: AtomicU64,
-    max_request_bytes: usize,
+    limits: Limits,
     timeout: std::time::Duration,
 }
 
@@ -46,7 +46,7 @@ impl Writes {
         applier: Arc<Applier>,
         bank: u32,
         data_dir: &Path,
-        max_request_bytes: usize,
+        limits: Limits,
         timeout: std::time::Duration,
     ) -> anyhow::Result<Self> {
         Ok(Writes {
@@ -55,25 +55,15 @@ impl Writes {
             bank,
             incarnation: next_incarnation(data_dir)?,
             counter: AtomicU64::new(0),
-            max_request_bytes,
+            limits,
             timeout,
         })
     }
 
     pub async fn submit(&self, request: Op) -> Result<OpResponse, Status> {
-        let size = match &request {
-            Op::Put(r) => r.encoded_len(),
-            Op::DeleteRange(r) => r.encoded_len(),
-            Op::Txn(r) => r.encoded_len(),
-            Op::Compact(r) => r.encoded_len(),
-            Op::LeaseGrant(r) => r.encoded_len(),
-            Op::LeaseRevoke(r) => r.encoded_len(),
-            Op::LeaseKeepAlive(r) => r.encoded_len(),
-            Op::LeaseExpire(r) => r.encoded_len(),
-        };
-        if size > self.max_request_bytes {
-            return Err(errors::request_too_large());
-        }
+        // The chain's rules, exactly as every bank's consensus core checks them: what passes
+        // here is never refused by another bank, and what no block could hold never queues.
+        validity::check_request(&request, &self.limits).map_err(crate::validate::status)?;
         // The incarnation in the high bits keeps ids unique across restarts of this bank.
         let nonce = (self.incarnation << 40) | self.counter.fetch_add(1, Ordering::Relaxed);
         let id = OperationId { bank: self.bank, nonce };
@@ -85,6 +75,8 @@ impl Writes {
             match self.sequencer.submit(op).await {
                 Ok(_) => pending.armed = false,
                 Err(SequencerError::Stopped) => return Err(errors::no_leader()),
+                Err(SequencerError::Busy) => return Err(errors::too_many_requests()),
+                Err(SequencerError::Invalid(e)) => return Err(crate::validate::status(e)),
                 Err(e) => return Err(Status::unavailable(format!("bftcd: {e}"))),
             }
             outcome.await.map_err(|_| errors::timeout())?

@@ -2,7 +2,8 @@
 //! runs honest code but tampers with what it sends, so process-level tests can show that the
 //! honest banks stay safe and live.
 
-use bftcd_proto::bftcd::{peer_message::Kind, PeerMessage};
+use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Operation, OperationId, PeerMessage};
+use bftcd_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 
 use crate::consensus::mempool::op_id;
 use crate::consensus::Output;
@@ -24,10 +25,18 @@ pub enum Misbehaviour {
     /// Never send votes (it still proposes when leader): the others need every one of their
     /// own votes for a quorum.
     NoVotes,
+    /// Every 2 s, forward (signed with this bank's own key, never in its own mempool)
+    /// operations that break the chain's rules: one larger than any block, one writing the
+    /// reserved prefix, one Txn putting a key twice.
+    ForwardInvalid,
+    /// Every 10 s from 2 s after start, forward this many valid, signed operations at once
+    /// (small Puts to 4096 keys), on top of its clients' writes: far more than the chain
+    /// applies in a write timeout.
+    Flood(u64),
 }
 
 /// `equivocate`, `bad-signatures`, `censor=<index>`, `panic-after=<steps>`, `withhold`,
-/// `no-votes`; comma-separated.
+/// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`; comma-separated.
 pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -36,17 +45,80 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
             "bad-signatures" => Ok(Misbehaviour::BadSignatures),
             "withhold" => Ok(Misbehaviour::Withhold),
             "no-votes" => Ok(Misbehaviour::NoVotes),
+            "forward-invalid" => Ok(Misbehaviour::ForwardInvalid),
             other => {
                 if let Some(i) = other.strip_prefix("censor=").and_then(|i| i.parse().ok()) {
                     Ok(Misbehaviour::Censor(i))
                 } else if let Some(n) = other.strip_prefix("panic-after=").and_then(|n| n.parse().ok()) {
                     Ok(Misbehaviour::PanicAfter(n))
+                } else if let Some(n) = other.strip_prefix("flood=").and_then(|n| n.parse().ok()) {
+                    Ok(Misbehaviour::Flood(n))
                 } else {
-                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes)"))
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>)"))
                 }
             }
         })
         .collect()
+}
+
+/// Makes up the operations of `forward-invalid` and `flood` (the driver signs and sends them).
+#[derive(Default)]
+pub struct Forger {
+    started_ms: u64,
+    next_flood_ms: u64,
+    last_invalid_ms: u64,
+    nonce: u64,
+}
+
+/// Largest flood batch forwarded at once.
+const FLOOD_BATCH: u64 = 1000;
+
+impl Forger {
+    fn op(&mut self, me: usize, request: Request) -> Operation {
+        self.nonce += 1;
+        // Above any nonce an honest incarnation uses (incarnation < 2^23, shifted by 40).
+        let id = OperationId { bank: me as u32, nonce: (1 << 63) | self.nonce };
+        Operation { id: Some(id), request: Some(request), ..Default::default() }
+    }
+
+    /// Batches of unsigned operations to forward now as bank `me`.
+    pub fn due(&mut self, me: usize, modes: &[Misbehaviour], now_ms: u64) -> Vec<Vec<Operation>> {
+        if self.started_ms == 0 {
+            self.started_ms = now_ms;
+        }
+        let mut batches = Vec::new();
+        let put = |key: &[u8], value: Vec<u8>| Request::Put(PutRequest { key: key.to_vec(), value, ..Default::default() });
+        for m in modes {
+            match m {
+                Misbehaviour::ForwardInvalid if now_ms >= self.last_invalid_ms + 2000 => {
+                    self.last_invalid_ms = now_ms;
+                    let twice = |k: &[u8]| RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: k.to_vec(), ..Default::default() })) };
+                    let dup = Request::Txn(TxnRequest { compare: vec![], success: vec![twice(b"byz/dup"), twice(b"byz/dup")], failure: vec![] });
+                    // Each alone, so that one refused does not take the others with it.
+                    batches.push(vec![self.op(me, put(b"byz/oversized", vec![b'x'; 9 << 20]))]);
+                    batches.push(vec![self.op(me, put(b"\x00bftcd/applied", b"forged".to_vec()))]);
+                    batches.push(vec![self.op(me, dup)]);
+                }
+                Misbehaviour::Flood(burst) if now_ms >= self.started_ms + 2000 && now_ms >= self.next_flood_ms => {
+                    self.next_flood_ms = now_ms + 10_000;
+                    let mut todo = *burst;
+                    while todo > 0 {
+                        let n = todo.min(FLOOD_BATCH);
+                        todo -= n;
+                        let batch = (0..n)
+                            .map(|_| {
+                                let key = format!("byz/flood/{}", self.nonce % 4096);
+                                self.op(me, put(key.as_bytes(), b"flood".to_vec()))
+                            })
+                            .collect();
+                        batches.push(batch);
+                    }
+                }
+                _ => {}
+            }
+        }
+        batches
+    }
 }
 
 fn spoil(sig: &mut [u8]) {
@@ -109,7 +181,7 @@ mod tests {
     #[test]
     fn parses_every_misbehaviour() {
         assert_eq!(
-            parse("equivocate,bad-signatures,censor=2,panic-after=7,withhold,no-votes").unwrap(),
+            parse("equivocate,bad-signatures,censor=2,panic-after=7,withhold,no-votes,forward-invalid,flood=50").unwrap(),
             vec![
                 Misbehaviour::Equivocate,
                 Misbehaviour::BadSignatures,
@@ -117,6 +189,8 @@ mod tests {
                 Misbehaviour::PanicAfter(7),
                 Misbehaviour::Withhold,
                 Misbehaviour::NoVotes,
+                Misbehaviour::ForwardInvalid,
+                Misbehaviour::Flood(50),
             ]
         );
         assert_eq!(parse(" withhold").unwrap(), vec![Misbehaviour::Withhold]);
@@ -167,4 +241,18 @@ mod tests {
     fn no_votes_drops_only_votes() {
         assert_eq!(kinds(&tamper(0, 4, &[Misbehaviour::NoVotes], sample())), ["proposal", "timeout"]);
     }
+}
+
+#[test]
+fn forger_paces_its_operations() {
+    let mut f = Forger::default();
+    assert!(f.due(2, &[Misbehaviour::Flood(2500)], 10_000).is_empty(), "waits 2 s");
+    let batches = f.due(2, &[Misbehaviour::Flood(2500)], 12_500);
+    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [1000, 1000, 500]);
+    assert!(f.due(2, &[Misbehaviour::Flood(2500)], 20_000).is_empty(), "every 10 s");
+    assert_eq!(f.due(2, &[Misbehaviour::Flood(2500)], 22_500).len(), 3);
+    assert!(batches.iter().flatten().all(|op| op.id.is_some_and(|id| id.bank == 2 && id.nonce >= 1 << 63)));
+    let invalid = f.due(2, &[Misbehaviour::ForwardInvalid], 13_000);
+    assert_eq!(invalid.len(), 3);
+    assert!(f.due(2, &[Misbehaviour::ForwardInvalid], 14_000).is_empty(), "every 2 s");
 }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::consensus::mempool::{op_id, OpId};
 use crate::consensus_log::ConsensusLog;
 use crate::cpu::{self, AccountedExt, Component};
-use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
+use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, Refusal, SafetyRules, SafetyState};
 use crate::keys::{BankKeys, ChainCrypto};
 use crate::net::{NetConfig, Network, PeerInfo};
 use crate::stages::{self, Checked, Submission};
@@ -86,7 +86,9 @@ impl HotStuff {
         let crypto = Arc::new(ChainCrypto::new(keys, genesis)?);
         let n = genesis.validators.len();
         let domain = Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n };
-        let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis));
+        let limits = crate::validity::Limits::of(genesis);
+        limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
+        let mut cfg = Config::new(opts.me, domain, genesis_hash(genesis)).with_limits(limits);
         cfg.base_timeout_ms = opts.view_timeout.as_millis().max(50) as u64;
         cfg.max_timeout_ms = cfg.max_timeout_ms.max(cfg.base_timeout_ms * 16);
 
@@ -164,13 +166,15 @@ impl HotStuff {
         let (checked_tx, incoming) = mpsc::channel(1024);
         let (sync_tx, sync_requests) = mpsc::channel(16);
         tokio::spawn(stages::serve_sync(sync_requests, ledger.clone(), network.clone(), max_blocks, max_bytes).accounted(Component::Network));
-        let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx };
+        let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx, max_blocks };
         tokio::spawn(
             stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx, Some(sync))
                 .accounted(Component::Consensus),
         );
         let (submit, raw_submissions) = mpsc::channel(65_536);
         let (signed_tx, submissions) = mpsc::channel(64);
+        #[cfg(feature = "byzantine")]
+        let forge = (crypto.clone(), stage_domain.clone());
         tokio::spawn(stages::sign_submissions(raw_submissions, crypto, stage_domain, signed_tx).accounted(Component::Consensus));
         let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
@@ -199,6 +203,10 @@ impl HotStuff {
             n,
             #[cfg(feature = "byzantine")]
             me: opts.me,
+            #[cfg(feature = "byzantine")]
+            forger: Default::default(),
+            #[cfg(feature = "byzantine")]
+            forge,
         };
         let task = tokio::spawn(driver.run(incoming, submissions, read_requests).accounted(Component::Consensus));
         let (stopped_tx, stopped) = watch::channel(None);
@@ -356,7 +364,7 @@ fn is_read_index(m: &PeerMessage) -> bool {
 fn independent_of_disk(o: &Output) -> bool {
     match o {
         Output::Send { msg, .. } | Output::Broadcast(msg) => is_read_index(msg),
-        Output::ReadRoundStarted(_) | Output::ReadIndex { .. } | Output::Rejected { .. } => true,
+        Output::ReadRoundStarted(_) | Output::ReadIndex { .. } | Output::Rejected { .. } | Output::Refused { .. } => true,
         _ => false,
     }
 }
@@ -395,6 +403,11 @@ struct Driver {
     n: usize,
     #[cfg(feature = "byzantine")]
     me: usize,
+    #[cfg(feature = "byzantine")]
+    forger: crate::byzantine::Forger,
+    /// This bank's own signing key and domain, to sign what the forger makes up.
+    #[cfg(feature = "byzantine")]
+    forge: (Arc<ChainCrypto>, Domain),
 }
 
 
@@ -417,7 +430,12 @@ impl Driver {
                     }
                 }
             }
+            #[cfg(feature = "byzantine")]
+            self.forge();
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
+            // A forging bank wakes often enough to pace what it makes up.
+            #[cfg(feature = "byzantine")]
+            let wake = if self.misbehaviour.iter().any(|m| matches!(m, crate::byzantine::Misbehaviour::ForwardInvalid | crate::byzantine::Misbehaviour::Flood(_))) { wake.min(200) } else { wake };
             let input = tokio::select! {
                 // What waited out a consensus-log write comes before anything newer from peers,
                 // but takes its turn with this bank's own writes and reads.
@@ -599,6 +617,15 @@ impl Driver {
                 self.rejected += 1;
                 tracing::warn!(peer = from, reason, "consensus: message dropped");
             }
+            Output::Refused { id, why } => {
+                let waiter = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(match why {
+                        Refusal::Invalid(e) => SequencerError::Invalid(e),
+                        Refusal::Busy => SequencerError::Busy,
+                    }));
+                }
+            }
             Output::ReadRoundStarted(round) => {
                 self.reads_assigned.extend(self.reads_unassigned.drain(..).map(|r| (round, r)));
             }
@@ -664,6 +691,24 @@ impl Driver {
         };
         self.disk_us += started.elapsed().as_micros() as u64;
         written?
+    }
+
+    /// Test builds only: forwards the operations the forger makes up, signed with this bank's
+    /// own key but never put in its own mempool (`forward-invalid`, `flood`).
+    #[cfg(feature = "byzantine")]
+    fn forge(&mut self) {
+        use crate::consensus::Crypto;
+        use bftcd_proto::bftcd::{peer_message::Kind, Submit};
+        let now = now_ms();
+        for mut batch in self.forger.due(self.me, &self.misbehaviour, now) {
+            for op in &mut batch {
+                op.submitted_ms = now;
+            }
+            let (crypto, domain) = &self.forge;
+            domain.sign_batch(&mut batch, |b| crypto.sign_operation(b));
+            let msg = PeerMessage { kind: Some(Kind::Submit(Submit { operations: batch })) };
+            self.network.broadcast(Bytes::from(msg.encode_to_vec()));
+        }
     }
 
     /// A read-index step taken while the consensus log is being written (see `write_durably`).

@@ -17,10 +17,12 @@ pub mod crypto;
 pub mod keys;
 pub mod ledger;
 pub mod merkle;
+pub mod reserved;
 pub mod net;
 pub mod sim;
 pub mod single;
 pub mod stages;
+pub mod validity;
 
 /// Tracing target of the per-step timing events (`BFTCD_LOG=info,bftcd::trace=debug`): one
 /// event per consensus step, ledger write, applied block and client write, each with its wall
@@ -38,6 +40,7 @@ use std::pin::Pin;
 
 use bftcd_proto::bftcd::Operation;
 
+
 pub use block::{block_hash, genesis_hash, header, operations_digest, Position};
 pub use ledger::{Ledger, LedgerError, LedgerFile};
 pub use single::SingleReplica;
@@ -51,6 +54,12 @@ pub enum SequencerError {
     /// The operation could not be made durable.
     #[error("ledger write failed: {0}")]
     Ledger(String),
+    /// The operation breaks the chain's rules (the front should have refused it already).
+    #[error("invalid operation: {}", .0.reason())]
+    Invalid(validity::Invalid),
+    /// This bank's share of the mempool is full: etcd's "too many requests".
+    #[error("too many operations waiting to be ordered")]
+    Busy,
 }
 
 /// The one interface between the etcd front and ordering.

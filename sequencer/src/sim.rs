@@ -531,6 +531,7 @@ pub fn run(s: &Scenario) -> Report {
                     Output::PersistTc(tc) => format!("store tc {}", tc.view),
                     Output::Commit(cb) => format!("commit {}", cb.block.as_ref().unwrap().height),
                     Output::Rejected { from, reason } => format!("reject {from}: {reason}"),
+                    Output::Refused { id, why } => format!("refuse {id:?}: {why:?}"),
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
                     Output::ReadRoundStarted(r) => format!("read round {r}"),
                     Output::ReadIndex { round, height } => format!("read index {round} -> {height}"),
@@ -585,7 +586,7 @@ pub fn run(s: &Scenario) -> Report {
                         }
                     }
                 }
-                Output::Rejected { .. } => {}
+                Output::Rejected { .. } | Output::Refused { .. } => {}
                 Output::SafetyViolation(what) => {
                     if honest(to) {
                         report.violations.push(format!("instance {to}: {what}"));

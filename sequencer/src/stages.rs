@@ -74,9 +74,15 @@ pub async fn check_incoming(
         if let Some(sync) = &sync {
             decoded.retain_mut(|m| !sync.divert(m));
         }
+        // Blocks this bank has committed need no certificate checked again (a second answer
+        // to a request passed over, or one overlapping the last).
+        let sync_view = sync.as_ref().map_or(SyncView { committed: 0, max_blocks: DEFAULT_SYNC_BLOCKS }, |s| SyncView {
+            committed: s.ledger.committed_height(),
+            max_blocks: s.max_blocks,
+        });
         for m in &decoded {
             if let Checked::Message { from, msg } = m {
-                precheck_bls(*from, msg, &mut tally, &crypto, &domain);
+                precheck_bls(*from, msg, &mut tally, &crypto, &domain, sync_view);
             }
         }
         let signed = operation_signatures(&decoded, &domain);
@@ -121,10 +127,17 @@ struct VoteTally {
 
 const TALLY_PER_PEER: usize = 4;
 
-/// Most certificates of one sync answer checked here: a block's justify QC for each of the
-/// core's `max_sync_blocks` (128) committed and as many uncommitted blocks, and a commit proof
-/// (two QCs) for each committed one.
-const SYNC_PRECHECK_CERTIFICATES: usize = 4 * 128;
+/// What the check stage knows of catching up: the committed height, and the core's
+/// `max_sync_blocks`. At most four certificates per block of an answer are checked here: a
+/// block's justify QC for each committed and uncommitted block, and a commit proof (two QCs) for
+/// each committed one.
+#[derive(Clone, Copy)]
+struct SyncView {
+    committed: u64,
+    max_blocks: usize,
+}
+
+const DEFAULT_SYNC_BLOCKS: usize = 128;
 
 impl VoteTally {
     /// Records `v` from `from`; returns the votes to check together when this one completes a
@@ -166,7 +179,7 @@ impl VoteTally {
 
 /// The BLS checks of `msg` the consensus core would otherwise do itself, done here and left in
 /// the cache. Only what the core will need: malformed messages are left for it to refuse.
-fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &ChainCrypto, domain: &Domain) {
+fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &ChainCrypto, domain: &Domain, sync: SyncView) {
     let quorum = domain.quorum();
     match &msg.kind {
         Some(Kind::Vote(v)) => {
@@ -206,12 +219,13 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
         }
         Some(Kind::SyncResponse(r)) => {
             // A catch-up carries a certificate per block: checked here as one batch.
-            let blocks = r.committed.iter().filter_map(|cb| cb.block.as_ref()).chain(&r.uncommitted);
-            let proofs = r.committed.iter().filter_map(|cb| cb.commit_child.as_ref()).chain(blocks);
-            let qcs = proofs.filter_map(|b| b.justify.as_ref()).chain(r.committed.iter().filter_map(|cb| cb.commit_qc.as_ref()));
+            let new = |cb: &&bftcd_proto::bftcd::CommittedBlock| cb.block.as_ref().is_some_and(|b| b.height > sync.committed);
+            let blocks = r.committed.iter().filter(new).filter_map(|cb| cb.block.as_ref()).chain(&r.uncommitted);
+            let proofs = r.committed.iter().filter(new).filter_map(|cb| cb.commit_child.as_ref()).chain(blocks);
+            let qcs = proofs.filter_map(|b| b.justify.as_ref()).chain(r.committed.iter().filter(new).filter_map(|cb| cb.commit_qc.as_ref()));
             // The stage cannot tell whether this bank asked for the answer (the core drops it
             // then): at most what an answer the core reads can carry.
-            let certificates: Vec<_> = qcs.take(SYNC_PRECHECK_CERTIFICATES).filter_map(|qc| certificate(qc, crypto, domain)).collect();
+            let certificates: Vec<_> = qcs.take(4 * sync.max_blocks).filter_map(|qc| certificate(qc, crypto, domain)).collect();
             if !certificates.is_empty() {
                 crypto.precheck_certificates(&certificates);
             }
@@ -284,6 +298,8 @@ fn operation_signatures(messages: &[Checked], domain: &Domain) -> Vec<(usize, Ve
 pub struct SyncDiversion {
     pub ledger: Arc<Ledger>,
     pub requests: mpsc::Sender<(usize, SyncRequest)>,
+    /// The core's `max_sync_blocks`.
+    pub max_blocks: usize,
 }
 
 /// A peer whose committed height is more than this many blocks below this bank's ledger is
@@ -409,7 +425,7 @@ mod tests {
             ledger.append(&CommittedBlock { block: Some(block), commit_qc: proof, commit_child: None }).unwrap();
         }
         let (tx, mut rx) = mpsc::channel(4);
-        let sync = SyncDiversion { ledger: ledger.clone(), requests: tx };
+        let sync = SyncDiversion { ledger: ledger.clone(), requests: tx, max_blocks: 128 };
         let ask = |committed_height| Checked::Message {
             from: 2,
             msg: PeerMessage { kind: Some(Kind::SyncRequest(SyncRequest { committed_height, want_block: vec![] })) },

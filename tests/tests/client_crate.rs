@@ -21,7 +21,7 @@ async fn connect(endpoint: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_client_round_trips() {
     let dir = TestDir::new("client-crate");
-    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", &["--max-request-bytes=10485760"]);
+    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", bftcd_tests::sidecar::BANK_ETCD_ARGS);
     let bank = Sidecar::start(&dir, "bank1", &etcd.endpoint());
     let mut c = connect(&bank.endpoint()).await;
 

@@ -12,7 +12,7 @@ use bftcd_sequencer::{LedgerFile, Position};
 use bftcd_tests::{bftcd_bin, EtcdProcess, Sidecar, TestDir};
 use tonic::transport::Channel;
 
-const ETCD_ARGS: &[&str] = &["--max-request-bytes=10485760"];
+const ETCD_ARGS: &[&str] = bftcd_tests::sidecar::BANK_ETCD_ARGS;
 
 fn client(endpoint: &str) -> KvClient<Channel> {
     let ch = Channel::from_shared(format!("http://{endpoint}"))

@@ -66,7 +66,7 @@ async fn run_cases(endpoint: &str) -> Vec<(String, Code, String)> {
 async fn invalid_requests_get_etcds_code_and_message() {
     let dir = TestDir::new("errors");
     let stock = EtcdProcess::start(&dir, "stock");
-    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", &["--max-request-bytes=10485760"]);
+    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", bftcd_tests::sidecar::BANK_ETCD_ARGS);
     let bank = Sidecar::start(&dir, "bank1", &etcd.endpoint());
 
     let expected: &[(&str, Code, &str)] = &[
@@ -102,7 +102,7 @@ async fn invalid_requests_get_etcds_code_and_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_keys_are_invisible_and_unwritable() {
     let dir = TestDir::new("reserved");
-    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", &["--max-request-bytes=10485760"]);
+    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", bftcd_tests::sidecar::BANK_ETCD_ARGS);
     let bank = Sidecar::start(&dir, "bank1", &etcd.endpoint());
     let (mut kv, _) = clients(&bank.endpoint()).await;
     let (mut raw, _) = clients(&etcd.endpoint()).await;

@@ -39,6 +39,8 @@ mod tokio_stream_shim {
 }
 
 const ETCD_ARGS: &[&str] = &["--max-request-bytes=10485760", "--experimental-watch-progress-notify-interval=1s"];
+/// The bank's etcd also needs room for the sidecar's bookkeeping in the widest Txn.
+const BANK_ETCD_ARGS: &[&str] = &["--max-request-bytes=10485760", "--max-txn-ops=10240", "--experimental-watch-progress-notify-interval=1s"];
 
 struct Target {
     kv: KvClient<Channel>,
@@ -314,7 +316,7 @@ async fn script(endpoint: &str) -> Vec<String> {
 async fn kubernetes_storage_patterns_match_stock_etcd() {
     let dir = TestDir::new("kubernetes");
     let stock = EtcdProcess::start_with_args(&dir, "stock", ETCD_ARGS);
-    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", ETCD_ARGS);
+    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", BANK_ETCD_ARGS);
     let bank = Sidecar::start(&dir, "bank1", &etcd.endpoint());
 
     let reference = script(&stock.endpoint()).await;

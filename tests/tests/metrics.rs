@@ -27,7 +27,7 @@ fn component(body: &str, name: &str) -> u64 {
 #[test]
 fn metrics_listener_exports_cpu_by_component() {
     let dir = TestDir::new("metrics");
-    let etcd = EtcdProcess::start(&dir, "etcd");
+    let etcd = EtcdProcess::start_with_args(&dir, "etcd", bftcd_tests::sidecar::BANK_ETCD_ARGS);
     let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("--listen-metrics-urls=http://{addr}");
     let sidecar = Sidecar::start_with_args(&dir, "bank", &etcd.endpoint(), &[&url, "--account-cpu"]);
@@ -49,7 +49,7 @@ fn metrics_listener_exports_cpu_by_component() {
 #[test]
 fn account_cpu_needs_a_metrics_listener() {
     let dir = TestDir::new("metrics-flag");
-    let etcd = EtcdProcess::start(&dir, "etcd");
+    let etcd = EtcdProcess::start_with_args(&dir, "etcd", bftcd_tests::sidecar::BANK_ETCD_ARGS);
     let err = Sidecar::try_start_with_args(&dir, "bank", &etcd.endpoint(), &["--account-cpu"]).err().expect("started");
     assert!(err.contains("--listen-metrics-urls"), "{err}");
 }

@@ -39,6 +39,7 @@ use bftcd_proto::bftcd::{
 use bftcd_proto::Message;
 
 use crate::block::{block_hash, header};
+use crate::validity::{self, Invalid, Limits};
 pub use certs::{Crypto, Domain};
 use mempool::{op_id, Mempool, OpId, Recent};
 use read_index::ReadRounds;
@@ -75,6 +76,13 @@ pub struct Config {
     pub skew_ms: u64,
     pub max_block_operations: usize,
     pub max_block_bytes: usize,
+    /// The genesis's limits every operation is checked against ([`crate::validity`]); set with
+    /// [`Config::with_limits`], which also sets the block limits from them.
+    pub limits: Limits,
+    /// Caps of this bank's mempool, shared equally among the submitting banks (local memory
+    /// bounds: banks may differ).
+    pub mempool_max_operations: usize,
+    pub mempool_max_bytes: usize,
     /// An operation waiting this long without being proposed makes validators leave the view.
     pub inclusion_deadline_ms: u64,
     /// Operations older than this (by their submitted time vs. the block time) are refused.
@@ -107,8 +115,13 @@ impl Config {
             base_timeout_ms: 1000,
             max_timeout_ms: 16_000,
             skew_ms: 2000,
-            max_block_operations: 4096,
-            max_block_bytes: 8 << 20,
+            max_block_operations: Limits::default().max_block_operations,
+            max_block_bytes: Limits::default().max_block_bytes,
+            limits: Limits::default(),
+            // A quarter each with four banks: one full block's operations per bank, and ten
+            // requests of the largest size; more would only wait past the write timeout.
+            mempool_max_operations: 16_384,
+            mempool_max_bytes: 64 << 20,
             inclusion_deadline_ms: 5000,
             operation_ttl_ms: 120_000,
             max_sync_blocks: 512,
@@ -117,6 +130,14 @@ impl Config {
             broken_read_index: false,
             round_robin_leaders: false,
         }
+    }
+
+    /// The chain's limits (from the genesis), block limits included.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.max_block_operations = limits.max_block_operations;
+        self.max_block_bytes = limits.max_block_bytes;
+        self.limits = limits;
+        self
     }
 }
 
@@ -156,6 +177,8 @@ pub enum Output {
     Commit(CommittedBlock),
     /// A message was dropped; for logs and counters.
     Rejected { from: usize, reason: &'static str },
+    /// One of this bank's own operations was not accepted for ordering: answer its submitter.
+    Refused { id: OpId, why: Refusal },
     /// More than f validators are Byzantine: the committed chain would fork. Stop.
     SafetyViolation(String),
     /// A read-index round began: it answers every read that arrived before this output.
@@ -163,6 +186,15 @@ pub enum Output {
     /// A read-index round ended: reads it answers may be served once every block up to
     /// `height` is applied.
     ReadIndex { round: u64, height: u64 },
+}
+
+/// Why this bank's own operation was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It breaks the chain's rules ([`crate::validity`]).
+    Invalid(Invalid),
+    /// This bank's share of the mempool is full.
+    Busy,
 }
 
 /// Where the committed chain ends.
@@ -315,6 +347,7 @@ impl Core {
         let last_voted = safety.state().last_voted_view;
         let view = last_voted.max(high_qc.view.saturating_add(1));
         let n = cfg.domain.n;
+        let mempool = Mempool::new(n, cfg.mempool_max_operations, cfg.mempool_max_bytes);
         Core {
             cfg,
             crypto,
@@ -334,7 +367,7 @@ impl Core {
             proposals: BTreeMap::new(),
             helped: BTreeMap::new(),
             gave_up: vec![0; n],
-            mempool: Mempool::default(),
+            mempool,
             recent: r,
             proposed_view: last_voted,
             timed_out_view: 0,
@@ -535,9 +568,19 @@ impl Core {
             let crypto = &self.crypto;
             self.cfg.domain.sign_batch(&mut ops, |bytes| crypto.sign_operation(bytes));
         }
-        for op in &ops {
-            self.mempool.insert(op.clone(), self.now);
-        }
+        // The front checked them already; the same rules again here, so that nothing this bank
+        // forwards is refused by the others, and its share of the mempool bounds its clients.
+        ops.retain(|op| {
+            let Some(id) = op_id(op) else { return false };
+            let refused = match validity::check_operation(op, &self.cfg.limits) {
+                Err(e) => Some(Refusal::Invalid(e)),
+                Ok(()) => self.mempool.insert(op.clone(), self.now).err().map(|_| Refusal::Busy),
+            };
+            if let Some(why) = refused {
+                self.out.push(Output::Refused { id, why });
+            }
+            refused.is_none()
+        });
         if !ops.is_empty() {
             self.out.push(Output::Broadcast(msg(Kind::Submit(Submit { operations: ops }))));
         }
@@ -555,6 +598,10 @@ impl Core {
     fn on_submit_remote(&mut self, from: usize, s: Submit) {
         let mut fresh = Vec::with_capacity(s.operations.len());
         let mut malformed = false;
+        let mut invalid = None;
+        // The forwarding bank's share of the mempool: what is beyond it is dropped unverified.
+        let (mut ops_left, mut bytes_left) = self.mempool.room(from as u32);
+        let mut over_quota = false;
         for op in s.operations {
             let Some(id) = op_id(&op) else { return self.reject(from, "operation without id") };
             if id.0 as usize != from {
@@ -567,7 +614,26 @@ impl Core {
                 malformed = true;
                 break;
             }
+            // Content as every bank checks it: one bad operation must not enter a mempool,
+            // where a leader would propose it and every bank refuse the block.
+            if let Err(e) = validity::check_operation(&op, &self.cfg.limits) {
+                invalid = Some(e);
+                continue;
+            }
+            let len = mempool::block_bytes(&op);
+            if ops_left == 0 || bytes_left < len {
+                over_quota = true;
+                continue;
+            }
+            ops_left -= 1;
+            bytes_left -= len;
             fresh.push(op);
+        }
+        if let Some(e) = invalid {
+            self.reject(from, e.reason());
+        }
+        if over_quota {
+            self.reject(from, "forwarded operations beyond the bank's mempool share");
         }
         // One bank signed all of them, usually with one signature over one batch's root: check
         // each distinct (root, signature) once, all of them as one Ed25519 batch, and one by one
@@ -590,7 +656,8 @@ impl Core {
             if !ok {
                 return self.reject(from, "invalid operation");
             }
-            self.mempool.insert(op, self.now);
+            // Room was checked above, so this only fails if the caps changed meanwhile.
+            let _ = self.mempool.insert(op, self.now);
         }
         if malformed {
             self.reject(from, "invalid operation");
@@ -676,7 +743,7 @@ impl Core {
     }
 
     fn probe(&mut self) {
-        if self.now < self.next_probe_ms || self.cfg.domain.n < 2 {
+        if self.now < self.next_probe_ms || self.cfg.domain.n < 2 || self.sync_in_flight() {
             return;
         }
         let n = self.cfg.domain.n;
@@ -684,6 +751,7 @@ impl Core {
         self.probes += 1;
         self.probe_interval_ms = (self.probe_interval_ms * 2).clamp(self.cfg.base_timeout_ms, self.cfg.sync_probe_max_ms);
         self.next_probe_ms = self.now + self.probe_interval_ms;
+        self.sync_waiting = Some((peer, self.now));
         self.send_sync_request(peer, None);
     }
 
@@ -766,7 +834,6 @@ impl Core {
             let content = (1..n).map(|k| (self.cfg.me + k) % n).find(|p| self.gave_up[*p] < view);
             let peer = content.unwrap_or((self.cfg.me + 1 + self.failed_views as usize % (n - 1)) % n);
             let want = hash32(&self.high_qc.block_hash).unwrap_or_default();
-            self.sync_waiting = None;
             self.ask_sync(peer, &want);
         }
     }
@@ -1053,7 +1120,7 @@ impl Core {
         let exclude = self.in_flight(&parent_hash);
         let ops: Vec<Operation> = self
             .mempool
-            .take(self.cfg.max_block_operations, self.cfg.max_block_bytes, &exclude)
+            .take(self.cfg.max_block_operations, self.cfg.max_block_bytes, &exclude, (view % self.cfg.domain.n as u64) as usize)
             .into_iter()
             .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms.saturating_add(1))))
             .collect();
@@ -1178,6 +1245,9 @@ impl Core {
         if !me && !self.operations_acceptable(&block, &parent_hash) {
             return self.reject(from, "block carries invalid or repeated operations");
         }
+        // The banks whose operations it carries had their turn (the inclusion deadline of each
+        // bank's backlog restarts: see Mempool::oldest_waiting).
+        self.mempool.note_included(&block.operations, self.now);
         let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
         let head = header(&block);
         let hash = block_hash(&head);
@@ -1225,7 +1295,7 @@ impl Core {
             if self.mempool.holds(op) && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block.timestamp_ms {
                 return true;
             }
-            if !self.operation_well_formed(op, block.timestamp_ms) {
+            if !self.operation_well_formed(op, block.timestamp_ms) || validity::check_operation(op, &self.cfg.limits).is_err() {
                 return false;
             }
             unchecked.insert((id.0 as usize, self.cfg.domain.operation_bytes(op), op.bank_signature.as_slice()));
@@ -1304,12 +1374,18 @@ impl Core {
 
     // ---- catching up ----------------------------------------------------------------------
 
+    /// A peer that has not answered within two view timeouts is passed over: a full answer
+    /// (hundreds of blocks, each certificate checked) can take longer than one, and asking
+    /// another peer then only doubles the work.
+    fn sync_in_flight(&self) -> bool {
+        self.sync_waiting.is_some_and(|(_, at)| self.now < at.saturating_add(2 * self.cfg.base_timeout_ms))
+    }
+
     fn ask_sync(&mut self, to: usize, want: &Hash) {
         if to == self.cfg.me {
             return;
         }
-        // A peer that has not answered within a view timeout is passed over.
-        if self.sync_waiting.is_some_and(|(_, at)| self.now < at + self.cfg.base_timeout_ms) {
+        if self.sync_in_flight() {
             return;
         }
         self.sync_waiting = Some((to, self.now));

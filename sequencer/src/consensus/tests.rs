@@ -444,7 +444,7 @@ fn a_sync_answer_stays_within_its_byte_budget_and_is_never_empty() {
 fn one_sync_request_is_in_flight_at_a_time() {
     // Bank 0 hears of a block it lacks, again and again (as from the stale messages that reach a
     // bank after a partition heals): it asks once, and again only when the asked peer has not
-    // answered within a view timeout.
+    // answered within two view timeouts.
     let first = |out: &[Output], want: &dyn Fn(&PeerMessage) -> bool| {
         out.iter().find_map(|o| match o {
             Output::Broadcast(m) | Output::Send { msg: m, .. } if want(m) => Some(m.clone()),
@@ -470,12 +470,12 @@ fn one_sync_request_is_in_flight_at_a_time() {
     let timeout = Config::new(0, domain(), [3; 32]).base_timeout_ms;
     let out = c.cores[0].handle(NOW + 2, Input::Message { from: 2, msg: p2.clone() }, &NoLog);
     assert!(first(&out, &is_ask).is_some(), "bank 0 asks for the missing parent: {out:?}");
-    for t in [3, 10, timeout / 2] {
+    for t in [3, 10, timeout / 2, timeout + 3] {
         let out = c.cores[0].handle(NOW + t, Input::Message { from: 2, msg: p2.clone() }, &NoLog);
         assert!(first(&out, &is_ask).is_none(), "asked again {t} ms later while waiting: {out:?}");
     }
-    let out = c.cores[0].handle(NOW + 3 + timeout, Input::Message { from: 2, msg: p2 }, &NoLog);
-    assert!(first(&out, &is_ask).is_some(), "a peer silent for a view timeout is passed over: {out:?}");
+    let out = c.cores[0].handle(NOW + 3 + 2 * timeout, Input::Message { from: 2, msg: p2 }, &NoLog);
+    assert!(first(&out, &is_ask).is_some(), "a peer silent for two view timeouts is passed over: {out:?}");
 }
 
 fn refused(out: &[Output], why: &str) -> bool {
@@ -803,4 +803,107 @@ fn extreme_numbers_in_any_field_of_any_peer_message_are_dropped_not_a_panic() {
         fresh.handle(NOW + 100_000, Input::Tick, &NoLog);
     }
     long_lived.handle(NOW + 100_000, Input::Tick, &NoLog);
+}
+
+// ---- operation content, mempool shares, fairness (issue 11) --------------------------------
+
+fn core_with(me: usize, limits: crate::validity::Limits, mempool_ops: usize) -> Core {
+    let mut cfg = Config::new(me, domain(), [3; 32]).with_limits(limits);
+    cfg.mempool_max_operations = mempool_ops;
+    Core::new(cfg, Box::new(SimCrypto { me, n: N }), SafetyRules::new(SafetyState::default()), 1, None, vec![], vec![])
+}
+
+fn small_limits() -> crate::validity::Limits {
+    crate::validity::Limits { max_request_bytes: 1000, ..Default::default() }
+}
+
+/// Operations `bank` signed as one batch, nonces from `first`.
+fn signed_ops(bank: usize, first: u64, count: u64, key: &[u8], value: &[u8]) -> Vec<Operation> {
+    let mut ops: Vec<Operation> = (first..first + count)
+        .map(|nonce| Operation {
+            id: Some(OperationId { bank: bank as u32, nonce }),
+            request: Some(put(key, value)),
+            submitted_ms: NOW,
+            ..Default::default()
+        })
+        .collect();
+    domain().sign_batch(&mut ops, |b| SimCrypto { me: bank, n: N }.sign_operation(b));
+    ops
+}
+
+fn forward(ops: Vec<Operation>) -> PeerMessage {
+    PeerMessage { kind: Some(Kind::Submit(Submit { operations: ops })) }
+}
+
+fn rejected_for(out: &[Output], from: usize, why: &str) -> bool {
+    out.iter().any(|o| matches!(o, Output::Rejected { from: f, reason } if *f == from && reason.contains(why)))
+}
+
+#[test]
+fn a_forwarded_operation_breaking_the_chains_rules_never_enters_the_mempool() {
+    let mut replica = core_with(0, small_limits(), 65_536);
+    // Validly signed by its bank, but above the chain's request limit ...
+    let out = replica.handle(NOW, Input::Message { from: 3, msg: forward(signed_ops(3, 1, 1, b"k", &[0; 2000])) }, &NoLog);
+    assert!(rejected_for(&out, 3, "size limit"), "{out:?}");
+    // ... or writing the reserved prefix.
+    let out = replica.handle(NOW, Input::Message { from: 3, msg: forward(signed_ops(3, 2, 1, b"\x00bftcd/applied", b"x")) }, &NoLog);
+    assert!(rejected_for(&out, 3, "reserved prefix"), "{out:?}");
+    assert_eq!(replica.mempool_len(), 0);
+    // A valid one from the same message's bank still gets in.
+    replica.handle(NOW, Input::Message { from: 3, msg: forward(signed_ops(3, 3, 1, b"k", b"v")) }, &NoLog);
+    assert_eq!(replica.mempool_len(), 1);
+}
+
+#[test]
+fn a_block_carrying_an_operation_that_breaks_the_rules_gets_no_vote() {
+    // The leader runs with larger limits (a Byzantine or misconfigured bank) ...
+    let big = signed_ops(3, 1, 1, b"k", &[0; 2000]).remove(0);
+    let p = proposal_carrying(&big);
+    // ... the replica checks the operation against the chain's: refused, no vote.
+    let mut replica = core_with(0, small_limits(), 65_536);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: p }, &NoLog);
+    assert!(!voted(&out), "{out:?}");
+    assert!(rejected_for(&out, 1, "invalid"), "{out:?}");
+}
+
+#[test]
+fn a_flooding_bank_is_held_to_its_share_of_the_mempool() {
+    // 40 in all: 10 per bank.
+    let mut replica = core_with(0, Default::default(), 40);
+    let out = replica.handle(NOW, Input::Message { from: 3, msg: forward(signed_ops(3, 1, 25, b"k", b"v")) }, &NoLog);
+    assert!(rejected_for(&out, 3, "mempool share"), "{out:?}");
+    assert_eq!(replica.mempool_len(), 10);
+    // The other banks' shares are untouched.
+    replica.handle(NOW, Input::Message { from: 2, msg: forward(signed_ops(2, 1, 3, b"k", b"v")) }, &NoLog);
+    assert_eq!(replica.mempool_len(), 13);
+}
+
+#[test]
+fn own_writes_beyond_the_share_or_the_rules_are_refused_to_their_clients() {
+    let mut me = core_with(0, small_limits(), 8);
+    let ops: Vec<Operation> = (1..=4u64)
+        .map(|nonce| Operation { id: Some(OperationId { bank: 0, nonce }), request: Some(put(b"k", b"v")), ..Default::default() })
+        .chain(std::iter::once(Operation {
+            id: Some(OperationId { bank: 0, nonce: 9 }),
+            request: Some(put(b"k", &[0; 2000])),
+            ..Default::default()
+        }))
+        .collect();
+    let out = me.handle(NOW, Input::Submit(ops), &NoLog);
+    let refused: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Refused { id, why } => Some((*id, *why)),
+            _ => None,
+        })
+        .collect();
+    use super::Refusal;
+    use crate::validity::Invalid;
+    assert_eq!(refused, vec![((0, 3), Refusal::Busy), ((0, 4), Refusal::Busy), ((0, 9), Refusal::Invalid(Invalid::TooLarge))]);
+    // Only what was accepted is forwarded.
+    let forwarded = out.iter().find_map(|o| match o {
+        Output::Broadcast(PeerMessage { kind: Some(Kind::Submit(s)) }) => Some(s.operations.len()),
+        _ => None,
+    });
+    assert_eq!(forwarded, Some(2));
 }
