@@ -261,6 +261,10 @@ pub struct Core {
     /// The sync request in flight (peer, when asked): one at a time, since answers are large
     /// and overlapping ones repeat each other.
     sync_waiting: Option<(usize, u64)>,
+    /// The peer last probed and when: no second probe while its answer may be on its way (a
+    /// full answer takes a while to check). Any answer from it ends the wait; a probe never holds
+    /// up a request for a block this validator lacks.
+    probe_waiting: Option<(usize, u64)>,
     /// Per peer, the sync requests sent to it and not answered yet (the block each asked for):
     /// answers to nothing are dropped unread.
     sync_asks: Vec<std::collections::VecDeque<Option<Hash>>>,
@@ -380,6 +384,7 @@ impl Core {
             history: BTreeMap::new(),
             leaders_cache: Default::default(),
             sync_waiting: None,
+            probe_waiting: None,
             sync_asks: vec![Default::default(); n],
             next_probe_ms: 0,
             probe_interval_ms: 0,
@@ -743,7 +748,8 @@ impl Core {
     }
 
     fn probe(&mut self) {
-        if self.now < self.next_probe_ms || self.cfg.domain.n < 2 || self.sync_in_flight() {
+        let probing = self.probe_waiting.is_some_and(|(_, at)| self.now < at.saturating_add(2 * self.cfg.base_timeout_ms));
+        if self.now < self.next_probe_ms || self.cfg.domain.n < 2 || self.sync_in_flight() || probing {
             return;
         }
         let n = self.cfg.domain.n;
@@ -751,7 +757,7 @@ impl Core {
         self.probes += 1;
         self.probe_interval_ms = (self.probe_interval_ms * 2).clamp(self.cfg.base_timeout_ms, self.cfg.sync_probe_max_ms);
         self.next_probe_ms = self.now + self.probe_interval_ms;
-        self.sync_waiting = Some((peer, self.now));
+        self.probe_waiting = Some((peer, self.now));
         self.send_sync_request(peer, None);
     }
 
@@ -1554,6 +1560,9 @@ impl Core {
         // for the same kept proposal, answered the same way, over and over).
         if progressed && self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
             self.sync_waiting = None;
+        }
+        if self.probe_waiting.is_some_and(|(peer, _)| peer == from) {
+            self.probe_waiting = None;
         }
         for (from, p) in std::mem::take(&mut self.pending) {
             self.on_proposal(from, p);
