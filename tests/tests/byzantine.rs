@@ -5,19 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bftcd_tests::{workspace_root, Chain, Deviant, Etcdctl, TestDir};
+use bftcd_tests::{Chain, Deviant, Etcdctl, TestDir};
 
+/// The test-only build with `--byzantine` (scripts/test.sh makes it).
 fn byzantine_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BFTCD_BYZANTINE_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = workspace_root().join("target/byzantine/debug/bftcd");
-    assert!(
-        p.is_file(),
-        "{} missing: build it with `cargo build -p bftcd-proxy --features byzantine --target-dir target/byzantine` (scripts/test.sh does)",
-        p.display()
-    );
-    p
+    bftcd_tests::bins::try_byzantine_bin("debug").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn hashkv(ctl: &Etcdctl) -> i64 {
