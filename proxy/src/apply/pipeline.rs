@@ -361,7 +361,8 @@ impl Applier {
                 return match refusal(s) {
                     Attempt::Refused(s) => Landing::Refused(s),
                     Attempt::Transient(s) | Attempt::Local(s) => Landing::Failed(s),
-                    Attempt::Done(..) => unreachable!("refusal never says done"),
+                    // `refusal` never says done; if it did, nothing is known to have run.
+                    Attempt::Done(..) => Landing::Failed(Status::internal("bftcd: an etcd error read as applied")),
                 }
             }
         };
