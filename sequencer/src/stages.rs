@@ -80,6 +80,7 @@ pub async fn check_incoming(
             committed: s.ledger.committed_height(),
             max_blocks: s.max_blocks,
         });
+        precheck_carried_certificates(&decoded, &crypto, &domain);
         for m in &decoded {
             if let Checked::Message { from, msg } = m {
                 precheck_bls(*from, msg, &mut tally, &crypto, &domain, sync_view);
@@ -225,7 +226,14 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
             let qcs = proofs.filter_map(|b| b.justify.as_ref()).chain(r.committed.iter().filter(new).filter_map(|cb| cb.commit_qc.as_ref()));
             // The stage cannot tell whether this bank asked for the answer (the core drops it
             // then): at most what an answer the core reads can carry.
-            let certificates: Vec<_> = qcs.take(4 * sync.max_blocks).filter_map(|qc| certificate(qc, crypto, domain)).collect();
+            // Each certificate appears up to three times (a block's justify, the commit proofs
+            // of it and of its parent); the core keeps one per certified block, so one is checked.
+            let mut seen = HashSet::new();
+            let certificates: Vec<_> = qcs
+                .take(4 * sync.max_blocks)
+                .filter_map(|qc| certificate(qc, crypto, domain))
+                .filter(|(_, msg, _)| seen.insert(msg.clone()))
+                .collect();
             if !certificates.is_empty() {
                 crypto.precheck_certificates(&certificates);
             }
@@ -242,6 +250,30 @@ fn precheck_bls(from: usize, msg: &PeerMessage, tally: &mut VoteTally, crypto: &
             }
         }
         _ => {}
+    }
+}
+
+/// The certificates that proposals and timeouts of one batch carry, checked together when there
+/// are several (one check of a few hundred costs about what a handful alone do): a bank back
+/// from a cut receives seconds of queued proposals at once. [`precheck_bls`] then finds them
+/// known. When the batch fails, nothing is remembered and each is checked alone as before.
+fn precheck_carried_certificates(messages: &[Checked], crypto: &ChainCrypto, domain: &Domain) {
+    let mut seen = HashSet::new();
+    let certificates: Vec<_> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Checked::Message { msg, .. } => match &msg.kind {
+                Some(Kind::Proposal(p)) => p.block.as_ref().and_then(|b| b.justify.as_ref()),
+                Some(Kind::Timeout(t)) => t.high_qc.as_ref().filter(|qc| qc.view < t.view),
+                _ => None,
+            },
+            Checked::Refused { .. } => None,
+        })
+        .filter_map(|qc| certificate(qc, crypto, domain))
+        .filter(|(_, msg, _)| seen.insert(msg.clone()))
+        .collect();
+    if certificates.len() > 1 {
+        crypto.precheck_certificates(&certificates);
     }
 }
 

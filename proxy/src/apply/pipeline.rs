@@ -246,6 +246,8 @@ struct State {
     /// The last operation that left no trace in etcd since the position key last moved.
     traceless: Option<Position>,
     backoff: Duration,
+    /// Txns sent again since the last block was traced (overtaken, or behind a wrong guess).
+    resent: u64,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -256,7 +258,7 @@ impl Applier {
         let mut cursor = Cursor { height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
         let mut todo: VecDeque<Work> = VecDeque::new();
         let mut flights: VecDeque<Flight> = VecDeque::new();
-        let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF };
+        let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF, resent: 0 };
         loop {
             // Send as much as the window allows.
             let mut waiting_for_commit = false;
@@ -298,7 +300,8 @@ impl Applier {
             if let Work::EndOfBlock { height, operations, started, t_us } = front.work {
                 self.applied_height.send_replace(height);
                 tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations,
-                    apply_us = started.elapsed().as_micros() as u64);
+                    apply_us = started.elapsed().as_micros() as u64, resent = st.resent);
+                st.resent = 0;
                 flights.pop_front();
                 continue;
             }
@@ -438,6 +441,7 @@ impl Applier {
             // It overtook the Txn before it inside etcd, which has landed since: the guesses
             // behind it still hold, so send it again, and the others that overtook too.
             Landing::Early(_) if !alone && guard == st.recorded => {
+                st.resent += 1;
                 t.landed = None;
                 flights.push_front(self.send(t, guard, false));
                 for f in flights.iter_mut().skip(1) {
@@ -447,6 +451,7 @@ impl Applier {
                     if matches!((&f.ready, &f.work), (Some(Ok(r)), Work::Txn(_)) if !r.succeeded) {
                         let placeholder = Work::EndOfBlock { height: 0, operations: 0, started: Instant::now(), t_us: 0 };
                         if let Work::Txn(mut again) = std::mem::replace(&mut f.work, placeholder) {
+                            st.resent += 1;
                             again.landed = None;
                             *f = self.send(again, f.guard, false);
                         }
@@ -508,6 +513,7 @@ impl Applier {
             f.settle().await;
         }
         while let Some(mut f) = flights.pop_back() {
+            st.resent += u64::from(matches!(f.work, Work::Txn(_)));
             if let (Work::Txn(t), Some(plan), Some(Ok(resp))) = (&mut f.work, &f.plan, &f.ready) {
                 let ran = match wrap::unguard(resp.clone(), matches!(plan, Plan::Single(w) if w.nested_in_guard())) {
                     Ok(_) => Some(resp.clone()),

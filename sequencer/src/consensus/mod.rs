@@ -1557,8 +1557,12 @@ impl Core {
         }
         // An answer that brought nothing counts as none: the next request waits out the view
         // timeout as for a silent peer, rather than going out again at once (to the same peer,
-        // for the same kept proposal, answered the same way, over and over).
-        if progressed && self.sync_waiting.is_some_and(|(peer, _)| peer == from) {
+        // for the same kept proposal, answered the same way, over and over). One that brought
+        // something, from any peer, ends the wait: the request still out asked from a lower
+        // height, and its answer, when it comes, brings blocks already here (a probe's answer
+        // and a request's overlap so during a catch-up; waiting for it stalled each for two
+        // view timeouts).
+        if progressed {
             self.sync_waiting = None;
         }
         if self.probe_waiting.is_some_and(|(peer, _)| peer == from) {
