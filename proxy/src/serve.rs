@@ -288,6 +288,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         emulated_version: args.emulated_etcd_version.clone(),
         max_recv_bytes: limits.max_request_bytes + 512 * 1024,
         consensus: consensus_status,
+        defrag: Default::default(),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
     let listener = TcpListener::bind(args.listen_client)

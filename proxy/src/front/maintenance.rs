@@ -17,6 +17,9 @@ use crate::errors;
 
 pub struct MaintenanceFront(pub Arc<Front>);
 
+/// Shortest time between two defragmentations of a bank's etcd on clients' request.
+pub const DEFRAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceFront {
     /// GET and DEACTIVATE as etcd; ACTIVATE is refused: an alarm raised at one bank's etcd
@@ -61,8 +64,20 @@ impl Maintenance for MaintenanceFront {
         }))
     }
 
+    /// Passed to this bank's etcd (never ordered: every bank's etcd would stop at once), at most
+    /// one at a time and one per [`DEFRAG_INTERVAL`]: etcd blocks its writes while it defragments,
+    /// so a client calling it in a loop would stall this bank's apply. Others get etcd's
+    /// `too many requests`.
     async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        let mut r = self.0.etcd.maintenance().defragment(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        let Ok(mut last) = self.0.defrag.try_lock() else { return Err(errors::too_many_requests()) };
+        if last.is_some_and(|at| at.elapsed() < DEFRAG_INTERVAL) {
+            return Err(errors::too_many_requests());
+        }
+        let started = std::time::Instant::now();
+        let answer = self.0.etcd.maintenance().defragment(request.into_inner()).await;
+        *last = Some(std::time::Instant::now());
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "maintenance: defragmented this bank's etcd");
+        let mut r = answer.map_err(errors::from_etcd)?.into_inner();
         r.header = self.0.identity.header(r.header);
         Ok(Response::new(r))
     }

@@ -47,6 +47,8 @@ pub struct Front {
     pub max_recv_bytes: usize,
     /// HotStuff-2's view of things, when ordering with several banks.
     pub consensus: Option<tokio::sync::watch::Receiver<bftcd_sequencer::hotstuff::ConsensusStatus>>,
+    /// When a client's defragmentation last finished; held while one runs.
+    pub defrag: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Front {
