@@ -97,7 +97,8 @@ impl Planner {
         deadline_ms.saturating_add(self.rank(id).saturating_mul(GRACE_MS))
     }
 
-    pub fn outstanding(&self) -> usize {
+    #[cfg(test)]
+    fn outstanding(&self) -> usize {
         self.asks.len()
     }
 
