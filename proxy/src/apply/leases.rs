@@ -11,7 +11,7 @@
 //! The table lives in memory and is rebuilt at start by replaying the ledger up to the applied
 //! position; every bank therefore holds the same table after the same operations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bftcd_proto::bftcd::{operation::Request as Op, Operation};
 use bftcd_sequencer::Position;
@@ -42,6 +42,9 @@ pub struct Lease {
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub struct LeaseTable {
     leases: BTreeMap<i64, Lease>,
+    /// The same leases by (deadline, id): due leases and the soonest-first listing come from
+    /// here in O(log n + k), never from a scan of every lease.
+    by_deadline: BTreeSet<(u64, i64)>,
 }
 
 fn deadline(block_ms: u64, ttl: i64) -> u64 {
@@ -59,29 +62,39 @@ impl LeaseTable {
             return Err(errors::lease_exists());
         }
         let ttl = ttl.max(MIN_TTL);
-        self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms: deadline(block_ms, ttl) });
+        let deadline_ms = deadline(block_ms, ttl);
+        self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms });
+        self.by_deadline.insert((deadline_ms, id));
         Ok(ttl)
     }
 
     /// Ends `id`; false when there is no such lease.
     pub fn revoke(&mut self, id: i64) -> bool {
-        self.leases.remove(&id).is_some()
+        match self.leases.remove(&id) {
+            Some(l) => {
+                self.by_deadline.remove(&(l.deadline_ms, id));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Renews `id` from `block_ms`; its TTL, or None when there is no such lease.
     pub fn keep_alive(&mut self, id: i64, block_ms: u64) -> Option<i64> {
         let lease = self.leases.get_mut(&id)?;
-        lease.deadline_ms = lease.deadline_ms.max(deadline(block_ms, lease.granted_ttl));
+        let old = lease.deadline_ms;
+        lease.deadline_ms = old.max(deadline(block_ms, lease.granted_ttl));
+        if lease.deadline_ms != old {
+            self.by_deadline.remove(&(old, id));
+            self.by_deadline.insert((lease.deadline_ms, id));
+        }
         Some(lease.granted_ttl)
     }
 
     /// Ends `id` if its deadline is not after `block_ms`; true when it did.
     pub fn expire(&mut self, id: i64, block_ms: u64) -> bool {
         match self.leases.get(&id) {
-            Some(l) if l.deadline_ms <= block_ms => {
-                self.leases.remove(&id);
-                true
-            }
+            Some(l) if l.deadline_ms <= block_ms => self.revoke(id),
             _ => false,
         }
     }
@@ -96,14 +109,13 @@ impl LeaseTable {
 
     /// Every lease ID, soonest deadline first (etcd lists leases by expiry).
     pub fn ids(&self) -> Vec<i64> {
-        let mut v: Vec<(u64, i64)> = self.leases.iter().map(|(id, l)| (l.deadline_ms, *id)).collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, id)| id).collect()
+        self.by_deadline.iter().map(|(_, id)| *id).collect()
     }
 
-    /// Leases whose deadline is not after `now_ms`.
-    pub fn due(&self, now_ms: u64) -> Vec<i64> {
-        self.leases.iter().filter(|(_, l)| l.deadline_ms <= now_ms).map(|(id, _)| *id).collect()
+    /// At most `limit` leases whose deadline is not after `now_ms`, soonest first, with their
+    /// deadlines.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<(i64, u64)> {
+        self.by_deadline.iter().take_while(|(d, _)| *d <= now_ms).take(limit).map(|(d, id)| (*id, *d)).collect()
     }
 }
 
@@ -178,12 +190,31 @@ mod tests {
         assert!(t.contains(1));
         assert_eq!(t.keep_alive(1, 14_000), Some(5));
         assert!(!t.expire(1, 15_000), "the keepalive moved the deadline");
-        assert_eq!(t.due(18_999), Vec::<i64>::new());
-        assert_eq!(t.due(19_000), vec![1]);
+        assert_eq!(t.due(18_999, 10), vec![]);
+        assert_eq!(t.due(19_000, 10), vec![(1, 19_000)]);
         assert!(t.expire(1, 19_000));
         assert!(!t.contains(1));
         assert_eq!(t.keep_alive(1, 19_001), None);
         assert!(!t.revoke(1));
+    }
+
+    #[test]
+    fn the_deadline_index_follows_every_change() {
+        let mut t = LeaseTable::default();
+        for id in 1..=5 {
+            t.grant(id, 10, 1000 * (6 - id) as u64).unwrap();
+        }
+        // Deadlines 15 s (id 1) down to 11 s (id 5): soonest first, bounded.
+        assert_eq!(t.ids(), vec![5, 4, 3, 2, 1]);
+        assert_eq!(t.due(13_000, 10), vec![(5, 11_000), (4, 12_000), (3, 13_000)]);
+        assert_eq!(t.due(13_000, 2), vec![(5, 11_000), (4, 12_000)]);
+        t.keep_alive(5, 8_000);
+        assert!(t.revoke(4));
+        assert!(t.expire(3, 13_000));
+        assert_eq!(t.due(18_000, 10), vec![(2, 14_000), (1, 15_000), (5, 18_000)]);
+        assert_eq!(t.ids(), vec![2, 1, 5]);
+        assert_eq!(t.leases.len(), 3);
+        assert_eq!(t.by_deadline.len(), 3);
     }
 
     #[test]

@@ -193,9 +193,10 @@ impl Applier {
         self.leases.lock().unwrap().ids()
     }
 
-    /// Leases whose deadline is not after `now_ms`.
-    pub fn leases_due(&self, now_ms: u64) -> Vec<i64> {
-        self.leases.lock().unwrap().due(now_ms)
+    /// At most `limit` leases whose deadline is not after `now_ms`, soonest first, with their
+    /// deadlines.
+    pub fn leases_due(&self, now_ms: u64, limit: usize) -> Vec<(i64, u64)> {
+        self.leases.lock().unwrap().due(now_ms, limit)
     }
 
     /// Applies committed blocks forever. Returns only on an error that needs an operator.
