@@ -256,7 +256,13 @@ impl Applier {
         }
         let (last, behind) = match verdict {
             Verdict::Refuse(why) => anyhow::bail!("{why}"),
-            Verdict::Resume(p) => (p, None),
+            Verdict::Resume(p) => {
+                // A cursor file of an earlier version gets the base it lacks: the key now.
+                if let Some(c @ CursorFile { base: None, .. }) = cursor {
+                    self.write_cursor(CursorFile { base: Some(in_etcd), ..c })?;
+                }
+                (p, None)
+            }
             Verdict::Behind { from, cursor, base } => (from, Some((cursor, base))),
         };
         if let Some(p) = last {
