@@ -19,6 +19,11 @@ async fn a_bank_restored_from_an_older_snapshot_replays_what_came_after() {
     for (i, ep) in eps.iter().enumerate() {
         put(ep, &format!("before/{i}"), "v1").await.unwrap();
     }
+    // A lease granted after the last recorded write is in the snapshot but not at its applied
+    // position: the sidecar revokes it before the replay grants it again.
+    let ctl = chain.etcdctl(0);
+    assert_eq!(ctl.run(&["del", "nothing/before"]).expect_success().trim(), "0");
+    let early = ctl.run(&["lease", "grant", "600"]).expect_success().split_whitespace().nth(1).unwrap().to_string();
     chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
     let snapshot = dir.join("bank2-etcd.snapshot.db");
     let etcd2 = Etcdctl::new(chain.banks[BANK].etcd.endpoint());
@@ -31,7 +36,6 @@ async fn a_bank_restored_from_an_older_snapshot_replays_what_came_after() {
         put(ep, &format!("after/{i}"), "v2").await.unwrap();
     }
     put(&eps[2], "before/0", "v3").await.unwrap();
-    let ctl = chain.etcdctl(0);
     assert_eq!(ctl.run(&["del", "before/1"]).expect_success().trim(), "1");
     assert_eq!(ctl.run(&["del", "nothing/here"]).expect_success().trim(), "0");
     let granted = ctl.run(&["lease", "grant", "600"]);
@@ -71,6 +75,17 @@ async fn a_bank_restored_from_an_older_snapshot_replays_what_came_after() {
     assert_eq!(hashes[0].1, rev);
     let log = std::fs::read_to_string(chain.banks[BANK].sidecar.stderr_log()).unwrap();
     assert!(log.contains("behind this sidecar's apply cursor"), "the sidecar did not say it resumed from the etcd's position");
+    let put_back = log.lines().find(|l| l.contains("leases put back")).expect("the sidecar put the leases back");
+    assert!(put_back.contains(early.trim_start_matches('0')), "the lease granted before the snapshot was not revoked: {put_back}");
+    // Every bank's own etcd holds the same leases.
+    let leases = |b: usize| {
+        let out = Etcdctl::new(chain.banks[b].etcd.endpoint()).run(&["lease", "list"]);
+        let mut ids: Vec<String> = out.expect_success().lines().skip(1).map(|l| l.trim().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(leases(BANK), leases(0), "bank 2's etcd holds other leases than bank 1's");
+    assert_eq!(leases(BANK).len(), 2);
 
     // An etcd with data but no applied position (another etcd, or a snapshot from before the
     // bank's first write) is refused, saying so.

@@ -237,8 +237,13 @@ impl Applier {
             Err(e) => return Err(e.into()),
         };
         let show = |p: Option<Position>| p.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-        tracing::info!(in_etcd = %show(in_etcd), cursor = ?cursor, revision, ledger_height = self.ledger.height(),
-            "apply: applied position found");
+        let base = match cursor.map(|c| c.base) {
+            Some(Some(b)) => show(b),
+            Some(None) => "unrecorded".into(),
+            None => "none".into(),
+        };
+        tracing::info!(in_etcd = %show(in_etcd), cursor = %show(cursor.map(|c| c.last)), cursor_base = %base, revision,
+            ledger_height = self.ledger.height(), "apply: applied position found");
         let mut verdict = restore::judge(in_etcd, revision, cursor);
         if let (Verdict::Resume(Some(p)), Some(c)) = (&verdict, cursor) {
             // The cursor is ahead of the key, as after a crash; but a snapshot taken between the
