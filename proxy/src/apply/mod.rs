@@ -31,7 +31,7 @@ use std::time::Duration;
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest, LeaseRevokeResponse, PutResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, PutResponse,
     RangeRequest, ResponseHeader, TxnResponse,
 };
 use bftcd_sequencer::{Ledger, Position};
@@ -333,6 +333,16 @@ impl Applier {
         let ledger = self.ledger.clone();
         let (table, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, from)).await??;
         let (revoke, grant) = restore::lease_fix(&table, &self.etcd_lease_ids().await?);
+        for id in &revoke {
+            // Checked before anything is touched: revoking a lease with keys would delete them.
+            let ttl = self.etcd.lease().lease_time_to_live(LeaseTimeToLiveRequest { id: *id, keys: true }).await?.into_inner();
+            anyhow::ensure!(
+                ttl.keys.is_empty(),
+                "the local etcd holds lease {id:016x} with keys attached, which the ledger had not granted at the etcd's \
+                 applied position: this etcd's data does not belong to this ledger. Restore a snapshot of this bank's own \
+                 etcd, or give it an empty data directory and remove the apply-cursor file to rebuild it from the ledger"
+            );
+        }
         for id in &revoke {
             // Granted after `from`: nothing can be attached to it (that would have moved the key).
             if let Err(s) = self.etcd.lease().lease_revoke(LeaseRevokeRequest { id: *id }).await {
