@@ -12,7 +12,8 @@
 //! own call too. Their replay is harmless (a grant of an existing ID, a revoke of a missing lease
 //! or a repeated compaction leave the same state). What must not happen is replaying a traceless operation after one of those calls
 //! changed what it sees, so before such a call the position of any traceless operation is
-//! first stored in a small cursor file.
+//! first stored in a small cursor file, with the position key it was written over, so that a
+//! start over an etcd restored from an older snapshot is told apart ([`restore`]).
 
 mod batch;
 pub mod leases;
