@@ -271,6 +271,32 @@ impl EtcdProcess {
         self.wait_ready(ETCD_START_TIMEOUT)
     }
 
+    /// Stops the member, replaces its data directory with `etcdutl snapshot restore` of
+    /// `snapshot` (same member name, peer URL, cluster and token, as an operator restoring a
+    /// single-member etcd does), and starts it again. Panics with etcdutl's output on failure.
+    pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.data_dir);
+        let (data_dir, peer) = (self.data_dir.display().to_string(), self.peer_url());
+        let out = crate::etcdctl::Etcdutl::new().run(&[
+            "snapshot",
+            "restore",
+            &snapshot.display().to_string(),
+            "--data-dir",
+            &data_dir,
+            "--name",
+            &self.name,
+            "--initial-cluster",
+            &self.initial_cluster,
+            "--initial-cluster-token",
+            &self.cluster_token,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ]);
+        out.expect_success();
+        self.restart();
+    }
+
     /// Starts a member whose process was killed, without waiting for health (a cluster member
     /// alone cannot become healthy). Use [`EtcdProcess::wait_healthy`] afterwards.
     pub fn restart_no_wait(&mut self) {

@@ -12,17 +12,19 @@
 //! own call too. Their replay is harmless (a grant of an existing ID, a revoke of a missing lease
 //! or a repeated compaction leave the same state). What must not happen is replaying a traceless operation after one of those calls
 //! changed what it sees, so before such a call the position of any traceless operation is
-//! first stored in a small cursor file.
+//! first stored in a small cursor file, with the position key it was written over, so that a
+//! start over an etcd restored from an older snapshot is told apart ([`restore`]).
 
 mod batch;
 pub mod leases;
 mod pipeline;
+mod restore;
 mod wrap;
 
 pub use batch::BatchLimits;
 pub use leases::{Lease, LeaseTable};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +32,7 @@ use std::time::Duration;
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
 use bftcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, PutResponse,
     RangeRequest, ResponseHeader, TxnResponse,
 };
 use bftcd_sequencer::{Ledger, Position};
@@ -42,6 +44,7 @@ use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::reserved::APPLIED_KEY;
 use leases::LeaseDecision;
+use restore::{CursorFile, Verdict};
 
 /// What a client gets back for its write.
 #[derive(Debug)]
@@ -212,12 +215,13 @@ impl Applier {
         self.pipeline(pipeline::Start { height, skip, in_etcd }).await
     }
 
-    /// Where to resume: the later of the position in etcd and the cursor file; and the first.
+    /// Where to resume, and the position key in etcd. Usually the later of that key and the
+    /// cursor file; from etcd's own position when its etcd was rolled back ([`restore`]).
     async fn recover(&self) -> anyhow::Result<(Option<Position>, Option<Position>)> {
         let mut warned = false;
-        let in_etcd = loop {
-            match self.read_position().await {
-                Ok(p) => break p,
+        let (in_etcd, key_revision, revision) = loop {
+            match self.read_state().await {
+                Ok(s) => break s,
                 Err(e) => {
                     if !warned {
                         tracing::warn!(etcd = %self.etcd.endpoint, error = %e, "apply: waiting for the local etcd");
@@ -227,14 +231,47 @@ impl Applier {
                 }
             }
         };
-        let in_cursor = match std::fs::read(&self.cursor_path) {
-            Ok(b) => Some(Position::from_bytes(&b).ok_or_else(|| {
+        let cursor = match std::fs::read(&self.cursor_path) {
+            Ok(b) => Some(CursorFile::from_bytes(&b).ok_or_else(|| {
                 anyhow::anyhow!("{} is damaged; remove it only if you know the local etcd is current", self.cursor_path.display())
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let last = in_etcd.max(in_cursor);
+        let show = |p: Option<Position>| p.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        let base = match cursor.map(|c| c.base) {
+            Some(Some(b)) => show(b),
+            Some(None) => "unrecorded".into(),
+            None => "none".into(),
+        };
+        tracing::info!(in_etcd = %show(in_etcd), cursor = %show(cursor.map(|c| c.last)), cursor_base = %base, revision,
+            ledger_height = self.ledger.height(), "apply: applied position found");
+        let mut verdict = restore::judge(in_etcd, revision, cursor);
+        if let (Verdict::Resume(Some(p)), Some(c)) = (&verdict, cursor) {
+            // The cursor is ahead of the key, as after a crash; but a snapshot taken between the
+            // cursor's base and the cursor looks the same and may lack lease calls made before
+            // the cursor. etcd's leases tell: after a crash they are the table's at the cursor
+            // or after a lease call that followed it.
+            if Some(*p) > in_etcd && p.height <= self.ledger.height() {
+                let ledger = self.ledger.clone();
+                let p = *p;
+                let (_, sets) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, Some(p))).await??;
+                if !sets.contains(&self.etcd_lease_ids().await?) {
+                    verdict = Verdict::Behind { from: in_etcd, cursor: c.last, base: in_etcd };
+                }
+            }
+        }
+        let (last, behind) = match verdict {
+            Verdict::Refuse(why) => anyhow::bail!("{why}"),
+            Verdict::Resume(p) => {
+                // A cursor file of an earlier version gets the base it lacks: the key now.
+                if let Some(c @ CursorFile { base: None, .. }) = cursor {
+                    self.write_cursor(CursorFile { base: Some(in_etcd), ..c })?;
+                }
+                (p, None)
+            }
+            Verdict::Behind { from, cursor, base } => (from, Some((cursor, base))),
+        };
         if let Some(p) = last {
             // With several banks, blocks are applied as soon as they commit, while the ledger
             // writes them: a crash can leave etcd a few blocks ahead of the ledger. Those blocks
@@ -257,18 +294,107 @@ impl Applier {
             if p.height > self.ledger.height() {
                 anyhow::bail!(
                     "the local etcd has applied up to block {} but the ledger {} ends at block {}: \
-                     this etcd's data does not belong to this ledger",
+                     this etcd's data does not belong to this ledger (another chain's or bank's snapshot?). \
+                     Restore a snapshot of this bank's own etcd, or give it an empty data directory and remove \
+                     the apply-cursor file to rebuild it from the ledger",
                     p.height,
                     self.ledger.path().display(),
                     self.ledger.height()
                 );
             }
-            let ledger = self.ledger.clone();
-            let table = tokio::task::spawn_blocking(move || replay_leases(&ledger, p)).await??;
-            tracing::info!(leases = table.ids().len(), "apply: lease table rebuilt from the ledger");
-            *self.leases.lock().unwrap() = table;
         }
+        if let Some((cursor, base)) = behind {
+            tracing::info!(resume_after = %show(last), cursor = %cursor, cursor_base = %show(base),
+                ledger_height = self.ledger.height(),
+                "apply: the local etcd is behind this sidecar's apply cursor (restored from an older snapshot); \
+                 replaying the ledger from the etcd's own position");
+            self.rewind(last, key_revision, revision).await?;
+        }
+        let ledger = self.ledger.clone();
+        let (table, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, last)).await??;
+        tracing::info!(leases = table.ids().len(), "apply: lease table rebuilt from the ledger");
+        *self.leases.lock().unwrap() = table;
         Ok((last, in_etcd))
+    }
+
+    /// Puts a rolled-back etcd's leases back as they stood right after `from`, so that the
+    /// replay meets the state the original apply met ([`restore`]), then forgets the cursor
+    /// file, which describes an etcd that is gone. Repeatable: a crash midway redoes it.
+    async fn rewind(&self, from: Option<Position>, key_revision: i64, revision: i64) -> anyhow::Result<()> {
+        // A fresh etcd is at revision 1; the Txn that wrote the key made its revision.
+        let expected = if from.is_some() { key_revision } else { 1 };
+        if revision != expected {
+            anyhow::bail!(
+                "the local etcd was restored from a snapshot taken after a lease revoke or expiry deleted keys beyond its \
+                 applied position {} (etcd at revision {revision}, the position written at {expected}): replaying from \
+                 there would meet different keys than the other banks did. Restore a snapshot taken at another moment, or \
+                 give this etcd an empty data directory and remove the apply-cursor file to rebuild it from the ledger",
+                from.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+            );
+        }
+        let ledger = self.ledger.clone();
+        let (table, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, from)).await??;
+        let (revoke, grant) = restore::lease_fix(&table, &self.etcd_lease_ids().await?);
+        for id in &revoke {
+            // Checked before anything is touched: revoking a lease with keys would delete them.
+            let ttl = self.etcd.lease().lease_time_to_live(LeaseTimeToLiveRequest { id: *id, keys: true }).await?.into_inner();
+            anyhow::ensure!(
+                ttl.keys.is_empty(),
+                "the local etcd holds lease {id:016x} with keys attached, which the ledger had not granted at the etcd's \
+                 applied position: this etcd's data does not belong to this ledger. Restore a snapshot of this bank's own \
+                 etcd, or give it an empty data directory and remove the apply-cursor file to rebuild it from the ledger"
+            );
+        }
+        for id in &revoke {
+            // Granted after `from`: nothing can be attached to it (that would have moved the key).
+            if let Err(s) = self.etcd.lease().lease_revoke(LeaseRevokeRequest { id: *id }).await {
+                anyhow::ensure!(s.message() == errors::lease_not_found().message(), "revoking lease {id:016x} in the local etcd: {s}");
+            }
+        }
+        for id in &grant {
+            // Revoked after `from` while no key was attached (no revision moved): granted again.
+            if let Err(s) = self.etcd.lease().lease_grant(LeaseGrantRequest { ttl: leases::LOCAL_TTL, id: *id }).await {
+                anyhow::ensure!(s.message() == errors::lease_exists().message(), "granting lease {id:016x} in the local etcd: {s}");
+            }
+        }
+        let (_, _, now) = self.read_state().await?;
+        anyhow::ensure!(now == revision, "the local etcd's revision moved from {revision} to {now} while its leases were put back");
+        tracing::info!(revoked = ?revoke.iter().map(|i| format!("{i:016x}")).collect::<Vec<_>>(),
+            granted = ?grant.iter().map(|i| format!("{i:016x}")).collect::<Vec<_>>(),
+            "apply: the local etcd's leases put back as they stood at its applied position");
+        match std::fs::remove_file(&self.cursor_path) {
+            Ok(()) => {
+                if let Some(dir) = self.cursor_path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The applied-position key, the revision that wrote it, and etcd's current revision.
+    async fn read_state(&self) -> Result<(Option<Position>, i64, i64), Status> {
+        let r = self
+            .etcd
+            .kv()
+            .range(RangeRequest { key: APPLIED_KEY.to_vec(), serializable: true, ..Default::default() })
+            .await?
+            .into_inner();
+        let revision = r.header.map(|h| h.revision).unwrap_or_default();
+        match r.kvs.first() {
+            None => Ok((None, 0, revision)),
+            Some(kv) => Position::from_bytes(&kv.value)
+                .map(|p| (Some(p), kv.mod_revision, revision))
+                .ok_or_else(|| Status::data_loss("bftcd: the applied-position key in the local etcd is damaged")),
+        }
+    }
+
+    /// The IDs of every lease the local etcd holds.
+    async fn etcd_lease_ids(&self) -> anyhow::Result<BTreeSet<i64>> {
+        let r = self.etcd.lease().lease_leases(LeaseLeasesRequest {}).await?.into_inner();
+        Ok(r.leases.into_iter().map(|l| l.id).collect())
     }
 
     async fn read_position(&self) -> Result<Option<Position>, Status> {
@@ -286,10 +412,10 @@ impl Applier {
         }
     }
 
-    fn write_cursor(&self, pos: Position) -> std::io::Result<()> {
+    fn write_cursor(&self, cursor: CursorFile) -> std::io::Result<()> {
         let tmp = self.cursor_path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &pos.to_bytes())?;
+        std::io::Write::write_all(&mut f, &cursor.to_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.cursor_path)?;
         if let Some(dir) = self.cursor_path.parent() {
@@ -298,8 +424,10 @@ impl Applier {
         Ok(())
     }
 
-    async fn store_cursor(&self, pos: Position) {
-        while let Err(e) = self.write_cursor(pos) {
+    /// `base`: the applied-position key in etcd now, so that a later start can tell a rolled
+    /// back etcd from one that merely did not move since.
+    async fn store_cursor(&self, pos: Position, base: Option<Position>) {
+        while let Err(e) = self.write_cursor(CursorFile { last: pos, base: Some(base) }) {
             tracing::error!(error = %e, path = %self.cursor_path.display(), "apply: cannot write the apply cursor; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -411,21 +539,4 @@ impl Applier {
         let probe = RangeRequest { key: APPLIED_KEY.to_vec(), count_only: true, serializable: true, ..Default::default() };
         Ok(self.etcd.kv().range(probe).await?.into_inner().header)
     }
-}
-
-/// The lease table as it stood right after the operation at `last`.
-fn replay_leases(ledger: &Ledger, last: Position) -> anyhow::Result<LeaseTable> {
-    let chain_id = &ledger.genesis().chain_id;
-    let mut table = LeaseTable::default();
-    for height in 1..=last.height {
-        let block = ledger.read(height)?.block.unwrap_or_default();
-        for (i, op) in block.operations.iter().enumerate() {
-            let pos = Position { height, index: i as u32 };
-            if pos > last {
-                break;
-            }
-            leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
-        }
-    }
-    Ok(table)
 }

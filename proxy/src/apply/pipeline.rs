@@ -548,7 +548,7 @@ impl Applier {
         // Such a call changes what a traceless operation before it would see if replayed after a
         // crash: remember that it is done.
         if let Some(p) = st.traceless.take() {
-            self.store_cursor(p).await;
+            self.store_cursor(p, st.recorded).await;
         }
         let chain_id = &self.ledger.genesis().chain_id;
         let decision = leases::step(chain_id, &mut self.leases.lock().unwrap(), op, pos, b.timestamp_ms);

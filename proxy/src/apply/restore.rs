@@ -1,0 +1,232 @@
+//! Starting over a local etcd that is not where this sidecar left it: an etcd restored from an
+//! older snapshot (docs/operations.md, "Restoring a bank's etcd"), or one that holds someone
+//! else's data.
+//!
+//! The apply cursor file names the last traceless operation applied before a lease call or
+//! compaction, and the applied-position key it was written over (its *base*). Normally etcd's
+//! key is still at that base or has moved past the cursor. A key behind the base means the etcd
+//! was rolled back: the cursor no longer describes it, and resuming after the cursor would skip
+//! every write between the snapshot and the cursor. Applying then resumes from etcd's own
+//! position, the ledger holding every block since.
+//!
+//! Why replaying from etcd's position is exact. The snapshot was taken at some moment after the
+//! operation at that position and before the next one that moved the key, so everything the
+//! snapshot holds beyond that position came from calls that move no key:
+//! * traceless operations (refused writes, read-only Txns, failed compares, deletes of nothing)
+//!   changed nothing; replaying them against the same state changes nothing again;
+//! * lease grants and revokes did change etcd. Replaying a traceless operation after them could
+//!   make it write (a Put naming a lease granted later, a compare on a key a revoke deleted
+//!   later), so before replaying, etcd's leases are put back as they were right after that
+//!   position: later grants are revoked (no key can be attached to them: attaching moves the key)
+//!   and later revokes of leases without keys are granted again. A later revoke that deleted
+//!   keys raised etcd's revision past the key's own; that cannot be undone, so the sidecar
+//!   refuses to start;
+//! * a compaction can only turn a read into a "compacted" refusal, never into a write, so the
+//!   replay stays traceless where it was, and the replayed compaction finds its work done.
+//!
+//! Nothing acknowledged is lost (every acknowledged write is in the ledger and is replayed) and
+//! nothing is applied twice (the key guards every Txn, and lease calls and compactions are
+//! idempotent).
+
+use std::collections::BTreeSet;
+
+use bftcd_proto::bftcd::operation::Request as Op;
+use bftcd_sequencer::{Ledger, Position};
+
+use super::leases::{self, LeaseTable};
+
+/// What the apply cursor file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct CursorFile {
+    /// The last traceless operation applied before a lease call or compaction.
+    pub last: Position,
+    /// The applied-position key in etcd when it was written; None for a file written by an
+    /// earlier version, which did not record it.
+    pub base: Option<Option<Position>>,
+}
+
+const V2_LEN: usize = 12 + 1 + 12;
+
+impl CursorFile {
+    pub fn to_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(V2_LEN);
+        out.extend_from_slice(&self.last.to_bytes());
+        match self.base.flatten() {
+            Some(b) => {
+                out.push(1);
+                out.extend_from_slice(&b.to_bytes());
+            }
+            None => {
+                out.push(0);
+                out.extend_from_slice(&[0; 12]);
+            }
+        }
+        out
+    }
+
+    /// Both the 12-byte file of earlier versions and the current one; None if damaged.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        match b.len() {
+            12 => Some(CursorFile { last: Position::from_bytes(b)?, base: None }),
+            V2_LEN => {
+                let last = Position::from_bytes(&b[..12])?;
+                let base = match b[12] {
+                    0 => None,
+                    1 => Some(Position::from_bytes(&b[13..])?),
+                    _ => return None,
+                };
+                Some(CursorFile { last, base: Some(base) })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the applied-position key and the cursor file together say.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The usual case: resume after this position.
+    Resume(Option<Position>),
+    /// etcd is behind what this sidecar applied: resume from etcd's own position, after putting
+    /// its leases back as they stood there.
+    Behind { from: Option<Position>, cursor: Position, base: Option<Position> },
+    Refuse(String),
+}
+
+/// `in_etcd`: the applied-position key; `revision`: etcd's current revision (used only when the
+/// key is missing).
+pub(super) fn judge(in_etcd: Option<Position>, revision: i64, cursor: Option<CursorFile>) -> Verdict {
+    let Some(c) = cursor else {
+        if in_etcd.is_none() && revision > 1 {
+            // Only a sidecar writes to its etcd, and its first write records the key.
+            return Verdict::Refuse(format!(
+                "the local etcd holds data (revision {revision}) but no applied-position key, and this sidecar has \
+                 applied nothing: it is not this bank's etcd. Point --etcd-endpoint at this bank's own etcd, or give \
+                 it an empty data directory to rebuild it from the ledger"
+            ));
+        }
+        return Verdict::Resume(in_etcd);
+    };
+    match c.base {
+        // Written by an earlier version: no base to compare with.
+        None => Verdict::Resume(in_etcd.max(Some(c.last))),
+        Some(base) if in_etcd >= base => Verdict::Resume(in_etcd.max(Some(c.last))),
+        Some(None) => Verdict::Resume(in_etcd.max(Some(c.last))),
+        Some(Some(base)) if in_etcd.is_none() => Verdict::Refuse(format!(
+            "the local etcd holds no applied-position key, but this sidecar had applied up to block {} (apply cursor \
+             {}): this etcd was restored from a snapshot taken before this bank's first write, or is not this bank's \
+             etcd. Restore a snapshot of this bank's etcd that holds the key, or give it an empty data directory and \
+             remove the apply-cursor file to rebuild it from the ledger",
+            base.height, c.last
+        )),
+        Some(base) => Verdict::Behind { from: in_etcd, cursor: c.last, base },
+    }
+}
+
+/// The lease table right after `last` (empty for None); and the lease IDs etcd may hold after a
+/// crash there: the table's at `last` and after each lease call or compaction that follows it,
+/// up to the next Put, DeleteRange or Txn (that one moves the key, or is traceless and the next
+/// lease call writes a newer cursor).
+pub(super) fn replay_leases(ledger: &Ledger, last: Option<Position>) -> anyhow::Result<(LeaseTable, Vec<BTreeSet<i64>>)> {
+    let chain_id = &ledger.genesis().chain_id;
+    let ids = |t: &LeaseTable| t.ids().into_iter().collect::<BTreeSet<i64>>();
+    let mut table = LeaseTable::default();
+    let mut at_last = None;
+    let mut sets = Vec::new();
+    for height in 1..=ledger.height() {
+        let block = ledger.read(height)?.block.unwrap_or_default();
+        for (i, op) in block.operations.iter().enumerate() {
+            let pos = Position { height, index: i as u32 };
+            if Some(pos) > last {
+                if at_last.is_none() {
+                    at_last = Some(table.clone());
+                    sets.push(ids(&table));
+                }
+                if matches!(op.request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_))) {
+                    return Ok((at_last.unwrap_or_default(), sets));
+                }
+                leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
+                sets.push(ids(&table));
+                continue;
+            }
+            leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
+        }
+    }
+    match at_last {
+        Some(t) => Ok((t, sets)),
+        None => {
+            sets.push(ids(&table));
+            Ok((table, sets))
+        }
+    }
+}
+
+/// Leases to revoke in etcd (granted after the resume position) and to grant again (revoked
+/// after it), for etcd's leases to be the table's.
+pub(super) fn lease_fix(table: &LeaseTable, in_etcd: &BTreeSet<i64>) -> (Vec<i64>, Vec<i64>) {
+    let want: BTreeSet<i64> = table.ids().into_iter().collect();
+    (in_etcd.difference(&want).copied().collect(), want.difference(in_etcd).copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(height: u64, index: u32) -> Position {
+        Position { height, index }
+    }
+
+    #[test]
+    fn cursor_file_round_trips_and_reads_the_old_format() {
+        for c in [
+            CursorFile { last: p(7, 3), base: Some(Some(p(6, 1))) },
+            CursorFile { last: p(7, 3), base: Some(None) },
+        ] {
+            assert_eq!(CursorFile::from_bytes(&c.to_bytes()), Some(c));
+        }
+        assert_eq!(CursorFile::from_bytes(&p(9, 2).to_bytes()), Some(CursorFile { last: p(9, 2), base: None }));
+        assert_eq!(CursorFile::from_bytes(&[1, 2, 3]), None);
+        let mut bad = CursorFile { last: p(1, 0), base: Some(None) }.to_bytes();
+        bad[12] = 7;
+        assert_eq!(CursorFile::from_bytes(&bad), None);
+    }
+
+    #[test]
+    fn usual_states_resume_after_the_later_position() {
+        assert_eq!(judge(None, 1, None), Verdict::Resume(None));
+        assert_eq!(judge(Some(p(5, 0)), 9, None), Verdict::Resume(Some(p(5, 0))));
+        // Traceless operations then a lease call since the key last moved.
+        let c = CursorFile { last: p(6, 2), base: Some(Some(p(5, 0))) };
+        assert_eq!(judge(Some(p(5, 0)), 9, Some(c)), Verdict::Resume(Some(p(6, 2))));
+        // The key moved on since.
+        assert_eq!(judge(Some(p(8, 0)), 9, Some(c)), Verdict::Resume(Some(p(8, 0))));
+        // Nothing recorded yet when the cursor was written.
+        let c = CursorFile { last: p(1, 0), base: Some(None) };
+        assert_eq!(judge(None, 1, Some(c)), Verdict::Resume(Some(p(1, 0))));
+        // An old cursor file: trusted as before.
+        let c = CursorFile { last: p(6, 2), base: None };
+        assert_eq!(judge(Some(p(3, 0)), 9, Some(c)), Verdict::Resume(Some(p(6, 2))));
+    }
+
+    #[test]
+    fn an_etcd_behind_the_cursor_base_resumes_from_its_own_position() {
+        let c = CursorFile { last: p(9, 2), base: Some(Some(p(8, 0))) };
+        assert_eq!(judge(Some(p(4, 1)), 9, Some(c)), Verdict::Behind { from: Some(p(4, 1)), cursor: p(9, 2), base: Some(p(8, 0)) });
+    }
+
+    #[test]
+    fn foreign_or_emptied_etcds_are_refused() {
+        assert!(matches!(judge(None, 12, None), Verdict::Refuse(m) if m.contains("not this bank's etcd")));
+        let c = CursorFile { last: p(9, 2), base: Some(Some(p(8, 0))) };
+        assert!(matches!(judge(None, 1, Some(c)), Verdict::Refuse(m) if m.contains("no applied-position key")));
+    }
+
+    #[test]
+    fn lease_fix_revokes_later_grants_and_regrants_later_revokes() {
+        let mut t = LeaseTable::default();
+        t.grant(1, 10, 0).unwrap();
+        t.grant(2, 10, 0).unwrap();
+        let etcd: BTreeSet<i64> = [2, 3].into_iter().collect();
+        assert_eq!(lease_fix(&t, &etcd), (vec![3], vec![1]));
+    }
+}
