@@ -101,7 +101,7 @@ async fn half_open_connections_cannot_lock_a_bank_out() {
     assert_eq!(hashes[0].1, rev);
     // The refusals were noticed, and rate-limited (one warning per 10 s at most).
     let log = std::fs::read_to_string(chain.banks[0].sidecar.stderr_log()).unwrap_or_default();
-    let warnings = log.lines().filter(|l| l.contains("refusing inbound connections before their handshake")).count();
+    let warnings = log.lines().filter(|l| l.contains("inbound connections refused before authentication")).count();
     assert!(warnings >= 1, "bank 1 never warned about the refused connections");
     eprintln!("bank 1 warned {warnings} times about refused connections; converged at revision {rev}");
 }

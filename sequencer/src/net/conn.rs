@@ -33,8 +33,8 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Writes are issued (and deadlined) in pieces of at most this many bytes.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// How often at most the refusal of connections for want of handshake slots is logged as a
-/// warning (each one is logged at debug).
+/// How often at most a connection refused before authentication is logged as a warning (each
+/// one is logged at debug): anyone can cause them, as fast as they can connect.
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A handshake slot of one source address, given back when dropped.
@@ -69,15 +69,16 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Counts and logs a connection refused before its handshake: at debug each time, and as a
-/// warning at most once per [`REFUSAL_WARN_EVERY`] with the number refused since.
-fn refuse(shared: &Shared, addr: SocketAddr, why: &'static str) {
+/// Counts and logs a connection refused before it was authenticated (no slot, or a failed or
+/// timed-out handshake): at debug each time, and as a warning at most once per
+/// [`REFUSAL_WARN_EVERY`] with the number refused since the last one.
+fn refuse(shared: &Shared, addr: SocketAddr, why: &dyn std::fmt::Display) {
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-    debug!(%addr, why, "refusing inbound connection before its handshake");
+    debug!(%addr, %why, "inbound connection refused before authentication");
     let mut w = shared.refusal_warning.lock().unwrap_or_else(|e| e.into_inner());
     w.1 += 1;
     if w.0.is_none_or(|at| at.elapsed() >= REFUSAL_WARN_EVERY) {
-        warn!(%addr, why, refused = w.1, "refusing inbound connections before their handshake (count since the last warning)");
+        warn!(%addr, %why, refused = w.1, "inbound connections refused before authentication (count since the last warning)");
         *w = (Some(Instant::now()), 0);
     }
 }
@@ -90,14 +91,14 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 // The per-source slot first: a source at its limit must not take global ones.
                 Ok((tcp, addr)) => match SourceSlot::take(&shared, addr) {
-                    None => refuse(&shared, addr, "too many handshakes from this address"),
+                    None => refuse(&shared, addr, &"too many handshakes from this address"),
                     Some(slot) => match shared.handshakes.clone().try_acquire_owned() {
                         Ok(permit) => {
                             conns.spawn(serve_inbound(
                                 shared.clone(), tcp, addr, (permit, slot),
                             ).accounted(Component::Network));
                         }
-                        Err(_) => refuse(&shared, addr, "too many pending handshakes"),
+                        Err(_) => refuse(&shared, addr, &"too many pending handshakes"),
                     },
                 },
                 Err(e) => {
@@ -126,8 +127,8 @@ async fn serve_inbound(
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tls = match timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)).await {
-        Err(_) => return reject(&shared, addr, &"TLS handshake timed out"),
-        Ok(Err(e)) => return reject(&shared, addr, &e),
+        Err(_) => return refuse(&shared, addr, &"TLS handshake timed out"),
+        Ok(Err(e)) => return refuse(&shared, addr, &e),
         Ok(Ok(tls)) => tls,
     };
     drop(slots);
