@@ -37,7 +37,7 @@ use crate::consensus::sync::committed_answer;
 use crate::cpu::{self, Component};
 use crate::keys::ChainCrypto;
 use crate::ledger::Ledger;
-use crate::net::Network;
+use crate::net::{InboundReceiver, Network};
 use crate::{Position, SequencerError};
 
 /// Bound on any message from a peer, before it is even decoded.
@@ -56,9 +56,10 @@ pub enum Checked {
 }
 
 /// Decodes peer messages and pre-checks the operation signatures they carry; see the module
-/// documentation. Ends when either channel closes.
+/// documentation. `raw` hands out peers' messages round-robin, so a batch holds at most one
+/// message from each peer more than from any other one. Ends when either channel closes.
 pub async fn check_incoming(
-    mut raw: mpsc::Receiver<(u32, Bytes)>,
+    mut raw: InboundReceiver,
     crypto: Arc<ChainCrypto>,
     domain: Domain,
     out: mpsc::Sender<Checked>,

@@ -1,7 +1,7 @@
 //! Connection tasks: the accept loop with its inbound readers, and one dialer/writer per peer.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -20,7 +20,9 @@ use super::frame::{encode_header, read_frame, Frame, ReadError, PING};
 use super::pki::fingerprint;
 use super::queue::PeerQueue;
 use super::stats::PeerCounters;
-use super::{tls, Keepalive, Shared, HANDSHAKE_TIMEOUT};
+use super::{
+    source_key, tls, Keepalive, Shared, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES_PER_SOURCE,
+};
 use crate::cpu::{AccountedExt, Component};
 
 /// First pause between reconnect attempts; doubles up to `Keepalive::reconnect_max`.
@@ -31,26 +33,73 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Writes are issued (and deadlined) in pieces of at most this many bytes.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Accepts connections until aborted. Dropping this future aborts every inbound reader.
-pub(super) async fn accept_loop(
+/// How often at most a connection refused before authentication is logged as a warning (each
+/// one is logged at debug): anyone can cause them, as fast as they can connect.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A handshake slot of one source address, given back when dropped.
+struct SourceSlot {
     shared: Arc<Shared>,
-    listener: TcpListener,
-    inbound_tx: mpsc::Sender<(u32, Bytes)>,
-) {
+    key: IpAddr,
+}
+
+impl SourceSlot {
+    /// A slot for `addr`'s source, if it has fewer than [`MAX_HANDSHAKES_PER_SOURCE`].
+    fn take(shared: &Arc<Shared>, addr: SocketAddr) -> Option<SourceSlot> {
+        let key = source_key(addr.ip());
+        let mut pending = shared.pending_by_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = pending.entry(key).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { shared: shared.clone(), key })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut pending = self.shared.pending_by_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pending.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Counts and logs a connection refused before it was authenticated (no slot, or a failed or
+/// timed-out handshake): at debug each time, and as a warning at most once per
+/// [`REFUSAL_WARN_EVERY`] with the number refused since the last one.
+fn refuse(shared: &Shared, addr: SocketAddr, why: &dyn std::fmt::Display) {
+    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    debug!(%addr, %why, "inbound connection refused before authentication");
+    let mut w = shared.refusal_warning.lock().unwrap_or_else(|e| e.into_inner());
+    w.1 += 1;
+    if w.0.is_none_or(|at| at.elapsed() >= REFUSAL_WARN_EVERY) {
+        warn!(%addr, %why, refused = w.1, "inbound connections refused before authentication (count since the last warning)");
+        *w = (Some(Instant::now()), 0);
+    }
+}
+
+/// Accepts connections until aborted. Dropping this future aborts every inbound reader.
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => match shared.handshakes.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        conns.spawn(serve_inbound(
-                            shared.clone(), tcp, addr, permit, inbound_tx.clone(),
-                        ).accounted(Component::Network));
-                    }
-                    Err(_) => {
-                        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                        debug!(%addr, "too many pending handshakes; refusing connection");
-                    }
+                // The per-source slot first: a source at its limit must not take global ones.
+                Ok((tcp, addr)) => match SourceSlot::take(&shared, addr) {
+                    None => refuse(&shared, addr, &"too many handshakes from this address"),
+                    Some(slot) => match shared.handshakes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            conns.spawn(serve_inbound(
+                                shared.clone(), tcp, addr, (permit, slot),
+                            ).accounted(Component::Network));
+                        }
+                        Err(_) => refuse(&shared, addr, &"too many pending handshakes"),
+                    },
                 },
                 Err(e) => {
                     // Typically out of file descriptors: pause instead of spinning.
@@ -68,21 +117,21 @@ fn reject(shared: &Shared, addr: SocketAddr, reason: &dyn std::fmt::Display) {
     warn!(%addr, %reason, "rejected inbound peer connection");
 }
 
-/// Authenticates one inbound connection and delivers its frames.
+/// Authenticates one inbound connection and delivers its frames. `slots` are held until the
+/// handshake ends.
 async fn serve_inbound(
     shared: Arc<Shared>,
     tcp: TcpStream,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    inbound_tx: mpsc::Sender<(u32, Bytes)>,
+    slots: (OwnedSemaphorePermit, SourceSlot),
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tls = match timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)).await {
-        Err(_) => return reject(&shared, addr, &"TLS handshake timed out"),
-        Ok(Err(e)) => return reject(&shared, addr, &e),
+        Err(_) => return refuse(&shared, addr, &"TLS handshake timed out"),
+        Ok(Err(e)) => return refuse(&shared, addr, &e),
         Ok(Ok(tls)) => tls,
     };
-    drop(permit);
+    drop(slots);
     let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return reject(&shared, addr, &"no client certificate");
     };
@@ -113,9 +162,9 @@ async fn serve_inbound(
         let _ = old.send(());
     }
     info!(peer = from, %addr, "inbound peer connected");
-    let counters = shared
-        .peer(from)
-        .expect("authenticated peers have counters");
+    let Some(counters) = shared.peer(from) else {
+        return reject(&shared, addr, &format!("validator {from} has no counters"));
+    };
     counters.inbound_connected.store(true, Ordering::Relaxed);
     counters.heard(shared.counters.epoch);
     let keepalive = shared.keepalive;
@@ -126,7 +175,7 @@ async fn serve_inbound(
             match read_frame(&mut rd, &mut buf, shared.max_frame, keepalive.idle_timeout).await {
                 Ok(Some(Frame::Data(frame))) => {
                     counters.received(frame.len(), shared.counters.epoch);
-                    if inbound_tx.send((from, frame)).await.is_err() {
+                    if shared.deliver(from, frame).is_err() {
                         return;
                     }
                 }

@@ -7,9 +7,15 @@
 //! Outbound messages wait in a bounded per-peer queue that survives reconnects; when it is full,
 //! [`Network::send`] drops the oldest message and counts it (see `queue.rs` for why the oldest).
 //! `send` never waits, so the consensus task is never blocked by a slow or silent peer. Inbound
-//! frames are delivered as `(from_index, payload)` through the receiver returned by
-//! [`Network::start`]; readers apply back-pressure to the TCP connection when that receiver is not
-//! drained.
+//! frames are delivered as `(from_index, payload)` through the [`InboundReceiver`] returned by
+//! [`Network::start`]: each peer has its own bounded inbound queue, drained round-robin, so one
+//! peer's flood does not delay the others' messages (see `inbox.rs`, also for why a full queue
+//! drops its oldest message).
+//!
+//! Before a connection is authenticated it holds one of [`MAX_PENDING_HANDSHAKES`] slots, and at
+//! most [`MAX_HANDSHAKES_PER_SOURCE`] of them per source address, for at most
+//! [`HANDSHAKE_TIMEOUT`]: anyone who reaches the port can hold a few slots, but connections from
+//! one address cannot keep a peer connecting from another one out.
 //!
 //! # Liveness of connections (peer protocol `bftcd-peer/2`)
 //!
@@ -36,6 +42,7 @@
 
 mod conn;
 mod frame;
+mod inbox;
 pub mod pki;
 mod queue;
 mod stats;
@@ -45,20 +52,22 @@ mod tls;
 mod tests;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use queue::PeerQueue;
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 pub use frame::{decode_frame, encode_header, FrameDecode, FrameError, HEADER_LEN};
+pub use inbox::InboundReceiver;
+use inbox::{Inbox, PushError};
 pub use pki::{DevCa, Issued, PkiError};
 pub use stats::{NetStats, PeerStats};
 use crate::cpu::{AccountedExt, Component};
@@ -69,6 +78,11 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 pub const DEFAULT_QUEUE_PER_PEER: usize = 4096;
 /// Default [`NetConfig::queue_bytes_per_peer`]: 64 MiB (four largest frames).
 pub const DEFAULT_QUEUE_BYTES_PER_PEER: usize = 64 << 20;
+/// Default [`NetConfig::inbound_per_peer`].
+pub const DEFAULT_INBOUND_PER_PEER: usize = 4096;
+/// Default [`NetConfig::inbound_bytes_per_peer`]: 32 MiB (two largest frames), so all peers
+/// together hold at most n times that before the check stage takes it.
+pub const DEFAULT_INBOUND_BYTES_PER_PEER: usize = 32 << 20;
 /// Limit for TCP connect plus TLS handshake, both directions.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The peer protocol spoken on every connection, negotiated with TLS ALPN. Version 2 added
@@ -103,7 +117,11 @@ impl Default for Keepalive {
     }
 }
 /// Inbound handshakes in progress at once; further connections are refused until one finishes.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Inbound handshakes in progress at once from one source address (an IPv4 address, or an IPv6
+/// /64, the least one host usually gets). Peers dial each other once, so an honest address has
+/// one handshake in progress per bank behind it; beyond this, connections are refused.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
 
 /// One validator as listed in genesis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +154,11 @@ pub struct NetConfig {
     /// Outbound payload bytes buffered per peer; beyond it the oldest are dropped. At least
     /// `max_frame_bytes`.
     pub queue_bytes_per_peer: usize,
+    /// Inbound messages buffered per peer until the receiver takes them; beyond it that peer's
+    /// oldest are dropped.
+    pub inbound_per_peer: usize,
+    /// Inbound payload bytes buffered per peer; at least `max_frame_bytes`.
+    pub inbound_bytes_per_peer: usize,
     /// Keepalive, deadlines and reconnection.
     pub keepalive: Keepalive,
 }
@@ -160,6 +183,8 @@ impl NetConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             queue_per_peer: DEFAULT_QUEUE_PER_PEER,
             queue_bytes_per_peer: DEFAULT_QUEUE_BYTES_PER_PEER,
+            inbound_per_peer: DEFAULT_INBOUND_PER_PEER,
+            inbound_bytes_per_peer: DEFAULT_INBOUND_BYTES_PER_PEER,
             keepalive: Keepalive::default(),
         }
     }
@@ -181,6 +206,8 @@ impl std::fmt::Debug for NetConfig {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("queue_per_peer", &self.queue_per_peer)
             .field("queue_bytes_per_peer", &self.queue_bytes_per_peer)
+            .field("inbound_per_peer", &self.inbound_per_peer)
+            .field("inbound_bytes_per_peer", &self.inbound_bytes_per_peer)
             .field("keepalive", &self.keepalive)
             .finish_non_exhaustive()
     }
@@ -212,6 +239,13 @@ pub(crate) struct Shared {
     by_cert: Arc<HashMap<Vec<u8>, u32>>,
     acceptor: TlsAcceptor,
     handshakes: Arc<Semaphore>,
+    /// Handshakes in progress per source (see [`source_key`]).
+    pending_by_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Rate limit for the warning about refused connections: when it was last given and how
+    /// many refusals were only logged at debug since.
+    refusal_warning: Mutex<(Option<std::time::Instant>, u64)>,
+    /// Every peer's inbound queue (and mine, for local delivery).
+    inbox: Arc<Inbox>,
     /// The live inbound connection per peer: (connection id, kill switch).
     inbound: Mutex<HashMap<u32, (u64, oneshot::Sender<()>)>>,
     next_conn: AtomicU64,
@@ -221,6 +255,34 @@ impl Shared {
     fn peer(&self, index: u32) -> Option<&stats::PeerCounters> {
         self.slot_of.get(&index).map(|&s| &self.counters.peers[s].1)
     }
+
+    /// Queues an inbound message from `from`, counting what its full queue dropped. `Err` once
+    /// the receiver is gone or the network shut down.
+    fn deliver(&self, from: u32, payload: Bytes) -> Result<(), PushError> {
+        let slot = *self.slot_of.get(&from).ok_or(PushError::UnknownSlot)?;
+        let dropped = self.inbox.push(slot, payload)?;
+        if dropped > 0 {
+            self.counters.peers[slot]
+                .1
+                .inbound_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            debug!(peer = from, dropped, "inbound queue full; dropped its oldest");
+        }
+        Ok(())
+    }
+}
+
+/// What the per-source handshake limit counts by: an IPv4 address (IPv4-mapped IPv6 included),
+/// or the /64 of an IPv6 address.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
 }
 
 struct Inner {
@@ -228,8 +290,6 @@ struct Inner {
     local_addr: SocketAddr,
     /// Outbound queue per other validator.
     queues: HashMap<u32, Arc<PeerQueue>>,
-    /// Kept for local delivery; taken at shutdown so that the receiver ends.
-    inbound_tx: Mutex<Option<mpsc::Sender<(u32, Bytes)>>>,
     tasks: Mutex<Option<JoinSet<()>>>,
     closed: AtomicBool,
 }
@@ -259,6 +319,15 @@ fn validate(cfg: &NetConfig, my_leaf: &[u8]) -> Result<(), NetError> {
     }
     if cfg.queue_per_peer == 0 {
         return bad("queue_per_peer must be positive".into());
+    }
+    if cfg.inbound_per_peer == 0 {
+        return bad("inbound_per_peer must be positive".into());
+    }
+    if cfg.inbound_bytes_per_peer < cfg.max_frame_bytes {
+        return bad(format!(
+            "inbound_bytes_per_peer {} is below max_frame_bytes {}",
+            cfg.inbound_bytes_per_peer, cfg.max_frame_bytes
+        ));
     }
     if cfg.queue_bytes_per_peer < cfg.max_frame_bytes {
         return bad(format!(
@@ -304,7 +373,7 @@ impl Network {
     /// sends to `me`). The receiver ends after [`Network::shutdown`].
     pub async fn start(
         cfg: NetConfig,
-    ) -> Result<(Network, mpsc::Receiver<(u32, Bytes)>), NetError> {
+    ) -> Result<(Network, InboundReceiver), NetError> {
         // Configuration errors win over bind errors.
         let identity = tls::Identity::from_pem(&cfg.my_cert_pem, &cfg.my_key_pem)?;
         validate(&cfg, identity.chain[0].as_ref())?;
@@ -317,7 +386,7 @@ impl Network {
     pub async fn start_with_listener(
         mut cfg: NetConfig,
         listener: TcpListener,
-    ) -> Result<(Network, mpsc::Receiver<(u32, Bytes)>), NetError> {
+    ) -> Result<(Network, InboundReceiver), NetError> {
         let identity = tls::Identity::from_pem(&cfg.my_cert_pem, &cfg.my_key_pem)?;
         validate(&cfg, identity.chain[0].as_ref())?;
         cfg.peers.sort_by_key(|p| p.index);
@@ -332,6 +401,11 @@ impl Network {
         let server = tls::server_config(&provider, &roots, by_cert.clone(), &identity)?;
         let local_addr = listener.local_addr()?;
 
+        let inbox = Arc::new(Inbox::new(
+            cfg.peers.iter().map(|p| p.index),
+            cfg.inbound_per_peer,
+            cfg.inbound_bytes_per_peer,
+        ));
         let shared = Arc::new(Shared {
             me: cfg.me,
             max_frame: cfg.max_frame_bytes,
@@ -346,10 +420,12 @@ impl Network {
             by_cert,
             acceptor: TlsAcceptor::from(server),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            pending_by_source: Mutex::new(HashMap::new()),
+            refusal_warning: Mutex::new((None, 0)),
+            inbox: inbox.clone(),
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
         });
-        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.queue_per_peer);
         let mut tasks = JoinSet::new();
         let mut queues = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.index != cfg.me) {
@@ -364,17 +440,12 @@ impl Network {
                 queue,
             ).accounted(Component::Network));
         }
-        tasks.spawn(conn::accept_loop(
-            shared.clone(),
-            listener,
-            inbound_tx.clone(),
-        ).accounted(Component::Network));
+        tasks.spawn(conn::accept_loop(shared.clone(), listener).accounted(Component::Network));
         info!(me = cfg.me, %local_addr, peers = cfg.peers.len(), "peer transport started");
         let inner = Inner {
             shared,
             local_addr,
             queues,
-            inbound_tx: Mutex::new(Some(inbound_tx)),
             tasks: Mutex::new(Some(tasks)),
             closed: AtomicBool::new(false),
         };
@@ -382,7 +453,7 @@ impl Network {
             Network {
                 inner: Arc::new(inner),
             },
-            inbound_rx,
+            InboundReceiver::new(inbox),
         ))
     }
 
@@ -405,7 +476,7 @@ impl Network {
     /// Queues `payload` for validator `to`. Never blocks: when that peer's queue is full the
     /// oldest queued message makes room and is counted as dropped; an empty or oversized payload
     /// or an unknown `to` is dropped and counted. Sending to `me` delivers locally through the
-    /// receiver (dropping the new message if the receiver is full).
+    /// receiver, in my own inbound queue (which, when full, drops its oldest like any peer's).
     pub fn send(&self, to: u32, payload: Bytes) {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -422,21 +493,16 @@ impl Network {
             return self.drop_for(to);
         }
         if to == shared.me {
-            let tx = inner
-                .inbound_tx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
             let len = payload.len();
-            match tx.map(|tx| tx.try_send((to, payload))) {
-                Some(Ok(())) => {
+            match shared.deliver(to, payload) {
+                Ok(()) => {
                     if let Some(c) = shared.peer(to) {
                         c.sent(len);
                         c.received(len, shared.counters.epoch);
                     }
                 }
-                _ => {
-                    debug!(to, "local delivery queue full; dropping");
+                Err(e) => {
+                    debug!(to, error = ?e, "local delivery refused; dropping");
                     self.drop_for(to);
                 }
             }
@@ -472,6 +538,9 @@ impl Network {
         for p in &mut s.peers {
             if let Some(q) = self.inner.queues.get(&p.index) {
                 p.queued = q.len() as u64;
+            }
+            if let Some(&slot) = self.inner.shared.slot_of.get(&p.index) {
+                p.inbound_queued = self.inner.shared.inbox.len(slot) as u64;
             }
         }
         s
@@ -515,10 +584,6 @@ impl Network {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.inner
-            .inbound_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.inner.shared.inbox.close();
     }
 }

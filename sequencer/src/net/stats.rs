@@ -33,6 +33,10 @@ pub struct PeerStats {
     pub keepalive_timeouts: u64,
     /// Messages waiting in this peer's outbound queue.
     pub queued: u64,
+    /// Messages from this peer dropped because its inbound queue was full (the oldest go).
+    pub inbound_dropped: u64,
+    /// Messages from this peer waiting for the receiver.
+    pub inbound_queued: u64,
 }
 
 /// A snapshot of all transport counters.
@@ -47,7 +51,7 @@ pub struct NetStats {
     /// All dropped outbound messages, including those for unknown validator indices.
     pub dropped: u64,
     /// Inbound connections refused: failed or timed-out handshakes, certificates that are not a
-    /// validator's, too many concurrent handshakes.
+    /// validator's, too many concurrent handshakes (in all or from one source address).
     pub rejected_connections: u64,
     pub malformed_frames: u64,
 }
@@ -73,6 +77,7 @@ pub(crate) struct PeerCounters {
     /// Milliseconds since `Counters::epoch` plus one when last heard; 0 for never.
     pub last_heard_ms: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
+    pub inbound_dropped: AtomicU64,
 }
 
 impl PeerCounters {
@@ -141,6 +146,8 @@ impl Counters {
                     .then(|| Duration::from_millis(now_ms.saturating_sub(heard))),
                 keepalive_timeouts: c.keepalive_timeouts.load(Relaxed),
                 queued: 0,
+                inbound_dropped: c.inbound_dropped.load(Relaxed),
+                inbound_queued: 0,
             };
             s.frames_sent += p.frames_sent;
             s.bytes_sent += p.bytes_sent;

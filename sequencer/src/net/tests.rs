@@ -6,14 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::Receiver;
 use tokio::time::{sleep, timeout, Instant};
 
 use super::*;
 
 struct Node {
     net: Network,
-    rx: Receiver<(u32, Bytes)>,
+    rx: InboundReceiver,
 }
 
 struct Cluster {
@@ -34,6 +33,11 @@ async fn cluster(n: u32) -> Cluster {
 /// Binds every listener first, then builds the configs with the real addresses and starts the
 /// first `running` of the `listed` validators.
 async fn cluster_with(listed: u32, running: u32) -> Cluster {
+    cluster_tuned(listed, running, |_| {}).await
+}
+
+/// [`cluster_with`] with every config changed by `tune`.
+async fn cluster_tuned(listed: u32, running: u32, tune: impl Fn(&mut NetConfig)) -> Cluster {
     let ca = DevCa::generate("bftcd test CA");
     let issued: Vec<Issued> = (0..listed)
         .map(|i| ca.issue(&format!("bank-{i}")))
@@ -55,7 +59,7 @@ async fn cluster_with(listed: u32, running: u32) -> Cluster {
     let mut cfgs = Vec::new();
     let mut nodes = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let cfg = NetConfig::new(
+        let mut cfg = NetConfig::new(
             i as u32,
             listener.local_addr().unwrap(),
             peers.clone(),
@@ -63,6 +67,7 @@ async fn cluster_with(listed: u32, running: u32) -> Cluster {
             issued[i].cert_pem.clone(),
             issued[i].key_pem.clone(),
         );
+        tune(&mut cfg);
         if (i as u32) < running {
             let (net, rx) = Network::start_with_listener(cfg.clone(), listener)
                 .await
@@ -79,7 +84,7 @@ async fn cluster_with(listed: u32, running: u32) -> Cluster {
     }
 }
 
-async fn recv(rx: &mut Receiver<(u32, Bytes)>, d: Duration) -> Option<(u32, Bytes)> {
+async fn recv(rx: &mut InboundReceiver, d: Duration) -> Option<(u32, Bytes)> {
     timeout(d, rx.recv()).await.ok().flatten()
 }
 
@@ -755,9 +760,10 @@ async fn repeated_cuts_keep_the_newest_messages() {
     }
 }
 
-/// A peer that stays connected and pings but stops reading (its consumer is stuck): the
-/// sender's write stalls and is given up after the write timeout; once the consumer drains
-/// again, traffic flows on a new connection.
+/// A peer that stays connected and pings but stops reading (stuck): the sender's write stalls
+/// and is given up after the write timeout; once the peer reads again, traffic flows on a new
+/// connection. (The stuck peer is a bare TLS endpoint: a real node never stops reading, since
+/// its full inbound queues drop instead of waiting.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_writes_are_given_up() {
     let k = Keepalive {
@@ -767,15 +773,33 @@ async fn stalled_writes_are_given_up() {
         connect_timeout: Duration::from_millis(300),
         reconnect_max: Duration::from_millis(200),
     };
-    let (mut nodes, _relays) = relayed_pair(|cfg| {
-        cfg.keepalive = k;
-        cfg.queue_per_peer = 4;
-    })
-    .await;
-    let a = nodes[0].net.clone();
-    within_limit("link up", Duration::from_secs(5), || link_up(&a, 1)).await;
-    // Node 1 does not drain its receiver: after 4 queued messages its reader blocks, the TCP
-    // buffers fill and node 0's write makes no progress.
+    let mut c = cluster_tuned(2, 1, |cfg| cfg.keepalive = k).await;
+    let a = c.nodes[0].net.clone();
+    // Validator 1's port: a TLS endpoint with its identity that pings and never reads.
+    let listener = TcpListener::bind(c.cfgs[1].listen).await.unwrap();
+    let me = tls::Identity::from_pem(&c.issued[1].cert_pem, &c.issued[1].key_pem).unwrap();
+    let known = Arc::new(c.cfgs[1].peers.iter().map(|p| (p.cert_der.clone(), p.index)).collect());
+    let server = tls::server_config(
+        &tls::provider(),
+        &tls::roots_from_pem(&c.ca.cert_pem).unwrap(),
+        known,
+        &me,
+    )
+    .unwrap();
+    let stuck = tokio::spawn(async move {
+        let mut held = JoinSet::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            held.spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                while s.write_all(&[0, 0, 0, 0]).await.is_ok() && s.flush().await.is_ok() {
+                    sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    within_limit("link up", Duration::from_secs(5), || a.stats().peer(1).unwrap().connected).await;
     let start = Instant::now();
     let big = Bytes::from(vec![7u8; 1 << 20]);
     while a.stats().peer(1).unwrap().keepalive_timeouts == 0 {
@@ -790,16 +814,133 @@ async fn stalled_writes_are_given_up() {
         sleep(Duration::from_millis(20)).await;
     }
     eprintln!("stalled write given up after {:?}", start.elapsed());
-    // Node 1's side of the stuck connection is not idle (it is blocked delivering), so it did
-    // not time out; the stall showed on the writer only.
-    assert_eq!(nodes[1].net.stats().peer(0).unwrap().keepalive_timeouts, 0);
-    while recv(&mut nodes[1].rx, Duration::from_millis(200))
-        .await
-        .is_some()
-    {}
-    deliver_pair(&mut nodes, b"unstuck").await;
+    stuck.abort();
+    let _ = stuck.await;
+    let (net, rx) = Network::start(c.cfgs[1].clone()).await.expect("rebind validator 1's port");
+    c.nodes.push(Node { net, rx });
+    deliver_pair(&mut c.nodes, b"unstuck").await;
     assert!(a.stats().peer(1).unwrap().connects >= 2);
-    for node in &nodes {
+    for node in &c.nodes {
+        node.net.shutdown().await;
+    }
+}
+
+/// Writes `n` frames of `payload` as fast as the connection takes them.
+async fn flood(mut s: tokio_rustls::client::TlsStream<TcpStream>, n: usize, payload: &[u8]) {
+    let mut frame = encode_header(payload.len()).to_vec();
+    frame.extend_from_slice(payload);
+    for _ in 0..n {
+        if s.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = s.flush().await;
+    // Hold the connection open.
+    sleep(Duration::from_secs(60)).await;
+}
+
+/// One peer floods (thousands of frames, more than its inbound queue holds) while the receiver
+/// is not draining; another peer's single message is then handed out within one round of the
+/// peers, not behind the flood. The flooder's queue dropped its own oldest messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_peer_does_not_starve_another() {
+    const FLOOD: usize = 20_000;
+    // Validators 1 and 2 are listed, not running: raw clients hold their certificates.
+    let mut c = cluster_with(3, 1).await;
+    let n0 = c.nodes[0].net.clone();
+    let flooder = tokio::spawn(flood(raw_client(&c, 1, 0).await, FLOOD, &[0xf1; 100]));
+    wait_for("the flood to fill node 0's queue", || {
+        n0.stats().peer(1).unwrap().frames_received >= 4096
+    })
+    .await;
+    let mut honest = raw_client(&c, 2, 0).await;
+    honest.write_all(&[0, 0, 0, 6]).await.unwrap();
+    honest.write_all(b"honest").await.unwrap();
+    honest.flush().await.unwrap();
+    wait_for("node 0 to read the honest frame", || {
+        n0.stats().peer(2).unwrap().frames_received == 1
+    })
+    .await;
+    let mut position = None;
+    for i in 0..FLOOD {
+        let (from, payload) = recv(&mut c.nodes[0].rx, Duration::from_secs(10))
+            .await
+            .expect("a message");
+        if from == 2 {
+            assert_eq!(&payload[..], b"honest");
+            position = Some(i);
+            break;
+        }
+        assert_eq!((from, payload.len()), (1, 100));
+    }
+    let position = position.expect("the honest message was delivered");
+    eprintln!("the honest message came after {position} of the flooder's");
+    // The peers' lanes (0, 1, 2) are drained in turn: at most one of the flooder's first.
+    assert!(position <= 2, "the honest message waited behind {position} flood messages");
+    let s = n0.stats();
+    assert!(s.peer(1).unwrap().inbound_dropped > 0, "{s:?}");
+    assert_eq!(s.peer(2).unwrap().inbound_dropped, 0);
+    assert!(s.peer(1).unwrap().inbound_queued as usize <= DEFAULT_INBOUND_PER_PEER);
+    // Local delivery still works beside the flood.
+    n0.send(0, Bytes::from_static(b"self"));
+    let mut seen_self = false;
+    for _ in 0..4 {
+        let (from, payload) = recv(&mut c.nodes[0].rx, Duration::from_secs(10)).await.unwrap();
+        if from == 0 {
+            assert_eq!(&payload[..], b"self");
+            seen_self = true;
+            break;
+        }
+    }
+    assert!(seen_self, "local delivery waited behind the flood");
+    flooder.abort();
+    n0.shutdown().await;
+}
+
+/// Many connections from one address (127.0.0.2) that never send a byte hold every handshake
+/// slot they can get; a validator connecting from another address (127.0.0.1) still gets in
+/// at once, not only after the attacker's handshakes time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_open_connections_from_one_address_do_not_lock_out_a_peer() {
+    const ATTACKERS: usize = 100;
+    let mut c = cluster_with(4, 3).await;
+    let target = c.nodes[0].net.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..ATTACKERS {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        held.push(sock.connect(target).await.unwrap());
+    }
+    let n0 = c.nodes[0].net.clone();
+    wait_for("node 0 to refuse the attacker's surplus", || {
+        n0.stats().rejected_connections >= (ATTACKERS - MAX_PENDING_HANDSHAKES) as u64
+    })
+    .await;
+    let refused = n0.stats().rejected_connections;
+    eprintln!("node 0 refused {refused} of {ATTACKERS} half-open connections from 127.0.0.2");
+
+    // Validator 3 starts only now and must get through well before HANDSHAKE_TIMEOUT (10 s).
+    let started = Instant::now();
+    let (net, rx) = Network::start(c.cfgs[3].clone()).await.unwrap();
+    c.nodes.push(Node { net, rx });
+    let limit = Duration::from_secs(5);
+    let took = within_limit("validator 3 connected to node 0", limit, || {
+        n0.stats().peer(3).unwrap().inbound_connected
+    })
+    .await;
+    eprintln!("validator 3 connected after {took:?}");
+    c.nodes[3].net.send(0, Bytes::from_static(b"through"));
+    let (from, payload) = recv(&mut c.nodes[0].rx, limit.saturating_sub(started.elapsed()))
+        .await
+        .expect("validator 3's message within the limit");
+    assert_eq!((from, &payload[..]), (3, &b"through"[..]));
+    // All but the per-address limit were refused (some may still have been in the backlog above).
+    wait_for("node 0 to refuse all but 4 of the attacker's connections", || {
+        n0.stats().rejected_connections >= (ATTACKERS - MAX_HANDSHAKES_PER_SOURCE) as u64
+    })
+    .await;
+    drop(held);
+    for node in &c.nodes {
         node.net.shutdown().await;
     }
 }
