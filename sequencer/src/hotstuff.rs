@@ -105,19 +105,20 @@ impl HotStuff {
                 }
             }
         };
-        let mut recent = Vec::new();
+        // Every operation a later block could still repeat: the whole acceptance window by block
+        // time, however many blocks that is (ids only, not the operations).
+        let recent = crate::consensus::committed_in_window(&cfg, ledger.height(), |h| {
+            ledger.read(h).map(|cb| cb.block.unwrap_or_default())
+        })?;
         let mut last_operations = 0;
         // The leader choice looks back on the last blocks' headers (consensus::leader).
         let mut history = Vec::new();
         let window = crate::consensus::leader::window_blocks(n) as u64;
-        let from = ledger.height().saturating_sub(1024.max(window)) + 1;
+        let from = ledger.height().saturating_sub(window) + 1;
         for h in from..=ledger.height() {
             let mut b = ledger.read(h)?.block.unwrap_or_default();
             if !b.operations.is_empty() {
                 last_operations = h;
-            }
-            if h + 1024 > ledger.height() {
-                recent.extend(std::mem::take(&mut b.operations).into_iter().map(|op| (b.timestamp_ms, op)));
             }
             b.operations.clear();
             history.push(b);
