@@ -2,7 +2,7 @@
 //! runs honest code but tampers with what it sends, so process-level tests can show that the
 //! honest banks stay safe and live.
 
-use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Operation, OperationId, PeerMessage};
+use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Block, Operation, OperationId, PeerMessage};
 use bftcd_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 
 use crate::consensus::mempool::op_id;
@@ -33,10 +33,14 @@ pub enum Misbehaviour {
     /// (small Puts to 4096 keys), on top of its clients' writes: far more than the chain
     /// applies in a write timeout.
     Flood(u64),
+    /// As leader, add to each proposal the oldest operation of its own ledger that a block could
+    /// still take (submitted within the acceptance window), from a block at least this many
+    /// blocks below its ledger's tip: the replay of an already committed operation.
+    Replay(u64),
 }
 
 /// `equivocate`, `bad-signatures`, `censor=<index>`, `panic-after=<steps>`, `withhold`,
-/// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`; comma-separated.
+/// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`, `replay=<blocks back>`; comma-separated.
 pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -53,8 +57,10 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
                     Ok(Misbehaviour::PanicAfter(n))
                 } else if let Some(n) = other.strip_prefix("flood=").and_then(|n| n.parse().ok()) {
                     Ok(Misbehaviour::Flood(n))
+                } else if let Some(n) = other.strip_prefix("replay=").and_then(|n| n.parse().ok()) {
+                    Ok(Misbehaviour::Replay(n))
                 } else {
-                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>)"))
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>)"))
                 }
             }
         })
@@ -121,6 +127,45 @@ impl Forger {
     }
 }
 
+/// `Config::new`'s operation_ttl_ms: how long after its submit time a block may take an operation.
+const OPERATION_TTL_MS: u64 = 120_000;
+
+/// Finds what `replay` repeats, walking its own ledger upwards once (operations only age).
+#[derive(Default)]
+pub struct Replayer {
+    next: u64,
+}
+
+impl Replayer {
+    /// The oldest operation committed at least `depth` blocks below `height` that a block of time
+    /// `now_ms` would still take by its submit time (with 2 s to spare); `read` gives a block.
+    pub fn pick(&mut self, height: u64, depth: u64, now_ms: u64, read: impl Fn(u64) -> Option<Block>) -> Option<Operation> {
+        self.next = self.next.max(1);
+        while self.next.saturating_add(depth) <= height {
+            let b = read(self.next)?;
+            if let Some(op) = b.operations.into_iter().find(|op| op.submitted_ms.saturating_add(OPERATION_TTL_MS) > now_ms.saturating_add(2000)) {
+                return Some(op);
+            }
+            self.next += 1;
+        }
+        None
+    }
+}
+
+/// Adds `op` in front of the operations of every proposal in `outputs` (`replay`).
+pub fn replay(op: &Operation, outputs: &mut [Output]) -> bool {
+    let mut added = false;
+    for o in outputs {
+        if let Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(p)) }) = o {
+            if let Some(b) = p.block.as_mut() {
+                b.operations.insert(0, op.clone());
+                added = true;
+            }
+        }
+    }
+    added
+}
+
 fn spoil(sig: &mut [u8]) {
     if let Some(b) = sig.first_mut() {
         *b ^= 0x01;
@@ -181,7 +226,7 @@ mod tests {
     #[test]
     fn parses_every_misbehaviour() {
         assert_eq!(
-            parse("equivocate,bad-signatures,censor=2,panic-after=7,withhold,no-votes,forward-invalid,flood=50").unwrap(),
+            parse("equivocate,bad-signatures,censor=2,panic-after=7,withhold,no-votes,forward-invalid,flood=50,replay=1024").unwrap(),
             vec![
                 Misbehaviour::Equivocate,
                 Misbehaviour::BadSignatures,
@@ -191,6 +236,7 @@ mod tests {
                 Misbehaviour::NoVotes,
                 Misbehaviour::ForwardInvalid,
                 Misbehaviour::Flood(50),
+                Misbehaviour::Replay(1024),
             ]
         );
         assert_eq!(parse(" withhold").unwrap(), vec![Misbehaviour::Withhold]);
@@ -255,4 +301,22 @@ fn forger_paces_its_operations() {
     let invalid = f.due(2, &[Misbehaviour::ForwardInvalid], 13_000);
     assert_eq!(invalid.len(), 3);
     assert!(f.due(2, &[Misbehaviour::ForwardInvalid], 14_000).is_empty(), "every 2 s");
+}
+
+#[test]
+fn replay_picks_the_oldest_operation_still_in_the_window_deep_enough() {
+    let block = |h: u64| {
+        let op = |n: u64| Operation { id: Some(OperationId { bank: 1, nonce: n }), submitted_ms: h * 10_000, ..Default::default() };
+        Some(Block { height: h, operations: vec![op(2 * h), op(2 * h + 1)], ..Default::default() })
+    };
+    let mut r = Replayer::default();
+    let nonce = |op: Option<Operation>| op.and_then(|o| o.id).map(|id| id.nonce);
+    // Submitted at 10 s, 20 s ...; at 135 s the block at height 1 is out (10 + 120 < 137).
+    assert_eq!(nonce(r.pick(10, 5, 135_000, block)), Some(4), "height 2, its first operation");
+    assert_eq!(nonce(r.pick(10, 9, 135_000, block)), None, "height 2 is not 9 blocks down");
+    assert_eq!(nonce(r.pick(20, 5, 1_000_000, block)), None, "every operation aged out");
+    assert_eq!(r.next, 16, "and is not read again");
+    let mut out = vec![Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(bftcd_proto::bftcd::Proposal { block: Some(Block::default()), tc: None })) })];
+    assert!(replay(&block(3).unwrap().operations[0], &mut out));
+    assert!(!replay(&Operation::default(), &mut []));
 }

@@ -105,19 +105,20 @@ impl HotStuff {
                 }
             }
         };
-        let mut recent = Vec::new();
+        // Every operation a later block could still repeat: the whole acceptance window by block
+        // time, however many blocks that is (ids only, not the operations).
+        let recent = crate::consensus::committed_in_window(&cfg, ledger.height(), |h| {
+            ledger.read(h).map(|cb| cb.block.unwrap_or_default())
+        })?;
         let mut last_operations = 0;
         // The leader choice looks back on the last blocks' headers (consensus::leader).
         let mut history = Vec::new();
         let window = crate::consensus::leader::window_blocks(n) as u64;
-        let from = ledger.height().saturating_sub(1024.max(window)) + 1;
+        let from = ledger.height().saturating_sub(window) + 1;
         for h in from..=ledger.height() {
             let mut b = ledger.read(h)?.block.unwrap_or_default();
             if !b.operations.is_empty() {
                 last_operations = h;
-            }
-            if h + 1024 > ledger.height() {
-                recent.extend(std::mem::take(&mut b.operations).into_iter().map(|op| (b.timestamp_ms, op)));
             }
             b.operations.clear();
             history.push(b);
@@ -205,6 +206,8 @@ impl HotStuff {
             me: opts.me,
             #[cfg(feature = "byzantine")]
             forger: Default::default(),
+            #[cfg(feature = "byzantine")]
+            replayer: Default::default(),
             #[cfg(feature = "byzantine")]
             forge,
         };
@@ -405,6 +408,8 @@ struct Driver {
     me: usize,
     #[cfg(feature = "byzantine")]
     forger: crate::byzantine::Forger,
+    #[cfg(feature = "byzantine")]
+    replayer: crate::byzantine::Replayer,
     /// This bank's own signing key and domain, to sign what the forger makes up.
     #[cfg(feature = "byzantine")]
     forge: (Arc<ChainCrypto>, Domain),
@@ -502,6 +507,8 @@ impl Driver {
                 if trace {
                     traced.push((t_us, what, core_us, describe_outputs(&out)));
                 }
+                #[cfg(feature = "byzantine")]
+                let out = self.replay(out);
                 #[cfg(feature = "byzantine")]
                 let out = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out);
                 outputs.extend(out);
@@ -709,6 +716,28 @@ impl Driver {
             let msg = PeerMessage { kind: Some(Kind::Submit(Submit { operations: batch })) };
             self.network.broadcast(Bytes::from(msg.encode_to_vec()));
         }
+    }
+
+    /// Test builds only (`replay=<blocks>`): its proposals repeat an operation committed long ago.
+    #[cfg(feature = "byzantine")]
+    fn replay(&mut self, mut out: Vec<Output>) -> Vec<Output> {
+        let Some(depth) = self.misbehaviour.iter().find_map(|m| match m {
+            crate::byzantine::Misbehaviour::Replay(d) => Some(*d),
+            _ => None,
+        }) else {
+            return out;
+        };
+        if !out.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(bftcd_proto::bftcd::peer_message::Kind::Proposal(_)) }))) {
+            return out;
+        }
+        let ledger = self.ledger.clone();
+        let op = self.replayer.pick(ledger.height(), depth, now_ms(), |h| ledger.read(h).ok().and_then(|cb| cb.block));
+        if let Some(op) = op {
+            if crate::byzantine::replay(&op, &mut out) {
+                tracing::warn!(id = ?op.id, "THIS BANK IS BYZANTINE: replaying a committed operation");
+            }
+        }
+        out
     }
 
     /// A read-index step taken while the consensus log is being written (see `write_durably`).

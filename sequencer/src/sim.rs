@@ -222,17 +222,14 @@ fn new_core(
         let qc = cb.commit_child.as_ref()?.justify.clone()?;
         Some((cb.block.clone()?, qc))
     });
-    let recent = ledger
-        .iter()
-        .rev()
-        .take(256)
-        .flat_map(|cb| {
-            let b = cb.block.clone().unwrap_or_default();
-            b.operations.into_iter().map(move |op| (b.timestamp_ms, op))
-        })
-        .collect();
     let n = s.n;
-    let mut core = Core::new(config(n, validator, s.broken_read_index, s.round_robin_leaders), Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
+    let cfg = config(n, validator, s.broken_read_index, s.round_robin_leaders);
+    // As the runtime does (`HotStuff::start`): the whole deduplication window, by block time.
+    let recent = crate::consensus::committed_in_window(&cfg, ledger.len() as u64, |h| {
+        ledger.get(h as usize - 1).and_then(|cb| cb.block.clone()).ok_or(())
+    })
+    .unwrap_or_default();
+    let mut core = Core::new(cfg, Box::new(SimCrypto { me: validator, n }), safety, GENESIS_MS, tip, stored.to_vec(), recent);
     let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
     core.set_last_committed_operations(last_operations);
     core.set_committed_history(ledger.iter().filter_map(|cb| cb.block.as_ref()));

@@ -132,6 +132,23 @@ impl Config {
         }
     }
 
+    /// How far back, by block time from the newest committed block, committed operations are
+    /// remembered so that no later block repeats one. A block of time t takes an operation only
+    /// if it was submitted at or after t - ttl. Honest banks voted for the block that committed
+    /// it only if it was submitted at most 4 skews after that block's time (at most one skew
+    /// ahead of a bank's clock when it arrived, the block at most three behind when voted). So a
+    /// block after the tip can only repeat one committed within ttl + 4 skews of the tip's time.
+    pub fn dedup_window_ms(&self) -> u64 {
+        self.operation_ttl_ms.saturating_add(self.skew_ms.saturating_mul(4))
+    }
+
+    /// Must the operations of a committed block of time `block_ms` still be remembered while the
+    /// newest committed block's time is `tip_ms`? Block times grow along the chain, so once
+    /// one block is out, every block below it is too.
+    pub fn remembers(&self, block_ms: u64, tip_ms: u64) -> bool {
+        block_ms.saturating_add(self.dedup_window_ms()) >= tip_ms
+    }
+
     /// The chain's limits (from the genesis), block limits included.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.max_block_operations = limits.max_block_operations;
@@ -139,6 +156,29 @@ impl Config {
         self.limits = limits;
         self
     }
+}
+
+/// After a restart: (block time, id) of the operations committed in the blocks the
+/// deduplication must remember (`Config::remembers`), oldest first, reading the committed chain
+/// back from `height` (`read` gives the block at a height). By block time, not a block count:
+/// a busy chain commits thousands of blocks within one acceptance window.
+pub fn committed_in_window<E>(
+    cfg: &Config,
+    height: u64,
+    mut read: impl FnMut(u64) -> Result<Block, E>,
+) -> Result<Vec<(u64, OpId)>, E> {
+    let mut ids = Vec::new();
+    let mut tip_ms = None;
+    for h in (1..=height).rev() {
+        let b = read(h)?;
+        let tip = *tip_ms.get_or_insert(b.timestamp_ms);
+        if !cfg.remembers(b.timestamp_ms, tip) {
+            break;
+        }
+        ids.extend(b.operations.iter().rev().filter_map(op_id).map(|id| (b.timestamp_ms, id)));
+    }
+    ids.reverse();
+    Ok(ids)
 }
 
 /// Read access to the committed ledger (for answering peers that are behind).
@@ -292,7 +332,7 @@ fn msg(kind: Kind) -> PeerMessage {
 impl Core {
     /// `tip` is the last committed block from the ledger (None: only the genesis), with a QC
     /// certifying it; `stored` the blocks persisted by `PersistBlock` before a restart;
-    /// `recent` are (block time, operation) committed lately.
+    /// `recent` are (block time, operation id) committed lately ([`committed_in_window`]).
     pub fn new(
         cfg: Config,
         crypto: Box<dyn Crypto>,
@@ -300,7 +340,7 @@ impl Core {
         genesis_time_ms: u64,
         tip: Option<(Block, QuorumCert)>,
         stored: Vec<Block>,
-        recent: Vec<(u64, Operation)>,
+        recent: Vec<(u64, OpId)>,
     ) -> Core {
         let genesis_qc = cfg.domain.genesis_qc(&cfg.genesis_hash);
         let (committed, high_qc, tip_block) = match tip {
@@ -340,11 +380,10 @@ impl Core {
             blocks.insert(block_hash(&b), Arc::new(b));
         }
         let mut r = Recent::default();
-        for (ms, op) in &recent {
-            if let Some(id) = op_id(op) {
-                r.insert(*ms, id);
-            }
+        for (ms, id) in recent {
+            r.insert(ms, id);
         }
+        r.forget_before(committed.timestamp_ms.saturating_sub(cfg.dedup_window_ms()));
         // Back in the view it last voted or timed out in (not past it: its timeout there may
         // never have arrived, and with a bank down the others need it again); it may time out
         // there again, but never vote or propose again.
@@ -1090,7 +1129,7 @@ impl Core {
             let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
         }
-        self.recent.forget_before(self.committed.timestamp_ms.saturating_sub(self.cfg.operation_ttl_ms + 2 * self.cfg.skew_ms));
+        self.recent.forget_before(self.committed.timestamp_ms.saturating_sub(self.cfg.dedup_window_ms()));
         while self.committed_hashes.len() > 4096 {
             self.committed_hashes.pop_first();
         }
@@ -1248,8 +1287,10 @@ impl Core {
         if block.operations.len() > self.cfg.max_block_operations || block.encoded_len() > self.cfg.max_block_bytes + 4096 {
             return self.reject(from, "block too large");
         }
-        if !me && !self.operations_acceptable(&block, &parent_hash) {
-            return self.reject(from, "block carries invalid or repeated operations");
+        if !me {
+            if let Err(why) = self.operations_acceptable(&block, &parent_hash) {
+                return self.reject(from, why);
+            }
         }
         // The banks whose operations it carries had their turn (the inclusion deadline of each
         // bank's backlog restarts: see Mempool::oldest_waiting).
@@ -1288,14 +1329,19 @@ impl Core {
         self.on_vote(self.cfg.me, vote);
     }
 
-    fn operations_acceptable(&self, block: &Block, parent: &Hash) -> bool {
+    fn operations_acceptable(&self, block: &Block, parent: &Hash) -> Result<(), &'static str> {
+        // A replay of a committed operation is named apart: it is what a Byzantine leader tries
+        // after honest banks restart (the threat model).
+        if block.operations.iter().filter_map(op_id).any(|id| self.recent.contains(&id)) {
+            return Err("block repeats an operation committed before");
+        }
         let ancestors = self.in_flight(parent);
         let mut seen = HashSet::new();
         // Signatures still to check, each distinct (bank, batch root, signature) once.
         let mut unchecked: HashSet<(usize, Vec<u8>, &[u8])> = HashSet::new();
         let fine = block.operations.iter().all(|op| {
             let Some(id) = op_id(op) else { return false };
-            if !seen.insert(id) || ancestors.contains(&id) || self.recent.contains(&id) {
+            if !seen.insert(id) || ancestors.contains(&id) {
                 return false;
             }
             if self.mempool.holds(op) && op.submitted_ms.saturating_add(self.cfg.operation_ttl_ms) >= block.timestamp_ms {
@@ -1307,7 +1353,11 @@ impl Core {
             unchecked.insert((id.0 as usize, self.cfg.domain.operation_bytes(op), op.bank_signature.as_slice()));
             true
         });
-        fine && unchecked.iter().all(|(bank, msg, sig)| self.crypto.verify_operation(*bank, msg, sig))
+        if fine && unchecked.iter().all(|(bank, msg, sig)| self.crypto.verify_operation(*bank, msg, sig)) {
+            Ok(())
+        } else {
+            Err("block carries invalid or repeated operations")
+        }
     }
 
     fn on_vote(&mut self, from: usize, v: Vote) {

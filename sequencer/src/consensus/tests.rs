@@ -907,3 +907,57 @@ fn own_writes_beyond_the_share_or_the_rules_are_refused_to_their_clients() {
     });
     assert_eq!(forwarded, Some(2));
 }
+
+// ---- deduplication across restarts (issue 11) ------------------------------------------------
+
+#[test]
+fn a_restart_remembers_the_whole_acceptance_window_by_block_time_not_a_block_count() {
+    let cfg = Config::new(0, domain(), GENESIS);
+    let window = cfg.dedup_window_ms();
+    assert_eq!(window, cfg.operation_ttl_ms + 4 * cfg.skew_ms);
+    // 3,000 blocks 50 ms apart (150 s), one operation each: the window holds 2,561 of them,
+    // far more than the 1,024 blocks remembered before.
+    let tip_ms = 1_000_000;
+    let block = |h: u64| Block {
+        height: h,
+        timestamp_ms: tip_ms - (3000 - h) * 50,
+        operations: vec![Operation { id: Some(OperationId { bank: 2, nonce: h }), ..Default::default() }],
+        ..Default::default()
+    };
+    let mut reads = 0;
+    let ids = super::committed_in_window(&cfg, 3000, |h| {
+        reads += 1;
+        Ok::<_, ()>(block(h))
+    })
+    .unwrap();
+    // Every block with time >= tip - window, oldest first; the walk stops at the first one out.
+    assert_eq!(ids.len(), 2561);
+    assert_eq!(ids[0], (tip_ms - window, (2, 440)));
+    assert_eq!(ids.last(), Some(&(tip_ms, (2, 3000))));
+    assert!(ids.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(reads, 2562);
+    assert!(cfg.remembers(tip_ms - window, tip_ms) && !cfg.remembers(tip_ms - window - 1, tip_ms));
+    // A short chain is read to the genesis; a read error is passed on.
+    assert_eq!(super::committed_in_window(&cfg, 3, |h| Ok::<_, ()>(block(h))).unwrap().len(), 3);
+    assert_eq!(super::committed_in_window(&cfg, 3000, |h| if h < 2000 { Err("torn") } else { Ok(block(h)) }), Err("torn"));
+}
+
+#[test]
+fn after_a_restart_a_block_repeating_a_remembered_operation_gets_no_vote() {
+    let op = signed_op(3, b"v");
+    let restarted = |recent| {
+        let cfg = Config::new(0, domain(), [3; 32]);
+        Core::new(cfg, Box::new(SimCrypto { me: 0, n: N }), SafetyRules::new(SafetyState::default()), 1, None, vec![], recent)
+    };
+    // Committed before the restart and read back from the ledger: neither proposed again nor
+    // forwarded again into the mempool.
+    let mut replica = restarted(vec![(1, (3, 1))]);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_carrying(&op) }, &NoLog);
+    assert!(!voted(&out), "{out:?}");
+    assert!(rejected_for(&out, 1, "repeats an operation committed before"), "{out:?}");
+    replica.handle(NOW, Input::Message { from: 3, msg: submit(&op) }, &NoLog);
+    assert_eq!(replica.mempool_len(), 0);
+    // Not remembered: the same block is voted for.
+    let mut replica = restarted(vec![]);
+    assert!(voted(&replica.handle(NOW, Input::Message { from: 1, msg: proposal_carrying(&op) }, &NoLog)));
+}
