@@ -34,9 +34,11 @@ use super::{batch, is_transient, key_of, leases, refusal, wrap, Applier, Attempt
 use crate::errors;
 use crate::rewrite::{self, TxnPlan};
 
-/// Txns in flight at most. etcd commits concurrent requests together; beyond a few dozen the
-/// gain flattens and a wrong guard prediction costs more resends.
+/// Txns in flight at most, and their bytes (one Txn may carry up to a block). etcd commits
+/// concurrent requests together; on two cores the gain flattens beyond a few dozen, and each Txn
+/// that etcd runs out of order costs a resend however large the window.
 const WINDOW: usize = 32;
+const WINDOW_BYTES: usize = 16 << 20;
 
 /// A unit of applying, in commit order.
 enum Work {
@@ -92,6 +94,19 @@ struct Flight {
     alone: bool,
     answer: Option<JoinHandle<Result<TxnResponse, Status>>>,
     ready: Option<Result<TxnResponse, Status>>,
+    /// The request's encoded size.
+    bytes: usize,
+}
+
+/// Whether another Txn may be sent: end-of-block markers take no room, and one Txn is always
+/// allowed however large.
+fn has_room(flights: &VecDeque<Flight>) -> bool {
+    let (mut txns, mut bytes) = (0, 0);
+    for f in flights.iter().filter(|f| f.plan.is_some()) {
+        txns += 1;
+        bytes += f.bytes;
+    }
+    txns == 0 || (txns < WINDOW && bytes < WINDOW_BYTES)
 }
 
 impl Flight {
@@ -193,6 +208,22 @@ fn single(height: u64, block: &Arc<CommittedBlock>, i: usize) -> Work {
     }
 }
 
+/// Polls a request once here, which queues it on the etcd connection, and hands back the rest.
+///
+/// A spawned task may run after one spawned later (tokio runs the newest task first), and a Txn
+/// that reaches etcd before the one it follows fails its guard and is sent again, together with
+/// every Txn sent behind it. Queued from the pipeline task itself, the requests leave in commit
+/// order; etcd may still reorder them, but it no longer has to put right an order we made.
+fn queue_in_order<F: std::future::Future + Send + 'static>(call: F) -> Result<F::Output, std::pin::Pin<Box<F>>> {
+    let mut call = Box::pin(call);
+    let waker = futures::task::noop_waker();
+    match call.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+        std::task::Poll::Ready(r) => Ok(r),
+        // The spawned task polls it again with its own waker.
+        std::task::Poll::Pending => Err(call),
+    }
+}
+
 /// A Put, DeleteRange or Txn as the client Txn it amounts to.
 fn client_txn(op: &Operation) -> Option<TxnRequest> {
     let one = |request| TxnRequest { compare: vec![], success: vec![RequestOp { request: Some(request) }], failure: vec![] };
@@ -262,7 +293,7 @@ impl Applier {
         loop {
             // Send as much as the window allows.
             let mut waiting_for_commit = false;
-            while flights.len() < WINDOW {
+            while has_room(&flights) {
                 if todo.is_empty() {
                     match cursor.next_block(self).await? {
                         Some(work) => todo.extend(work),
@@ -279,7 +310,7 @@ impl Applier {
                         break;
                     }
                     Work::Alone { height, block, index } => self.apply_alone(height, &block, index, &mut st).await,
-                    Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None }),
+                    Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None, bytes: 0 }),
                     Work::Txn(t) => {
                         let alone = flights.iter().all(|f| f.plan.is_none());
                         let f = self.send(t, st.predicted, alone);
@@ -290,7 +321,7 @@ impl Applier {
                     }
                 }
             }
-            let room = flights.len() < WINDOW;
+            let room = has_room(&flights);
             let Some(front) = flights.front_mut() else {
                 if cursor.commits.changed().await.is_err() {
                     return Ok(());
@@ -345,15 +376,19 @@ impl Applier {
                 (wrap::guard(TxnRequest { compare: vec![], success, failure: vec![] }, after), Plan::Batch(plans))
             }
         };
+        let bytes = prost::Message::encoded_len(&request);
         let (answer, ready) = match t.landed.clone() {
             Some(r) => (None, Some(Ok(r))),
             None => {
                 let kv = self.etcd.kv();
                 let call = async move { kv.clone().txn(request).await.map(|r| r.into_inner()) };
-                (Some(tokio::spawn(call.accounted(Component::Apply))), None)
+                match queue_in_order(call.accounted(Component::Apply)) {
+                    Ok(r) => (None, Some(r)),
+                    Err(rest) => (Some(tokio::spawn(rest)), None),
+                }
             }
         };
-        Flight { work: Work::Txn(t), plan: Some(plan), guard: after, alone, answer, ready }
+        Flight { work: Work::Txn(t), plan: Some(plan), guard: after, alone, answer, ready, bytes }
     }
 
     /// Reads etcd's answer to a guarded Txn.

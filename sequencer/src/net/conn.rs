@@ -304,12 +304,7 @@ pub(super) async fn dial_loop(
     loop {
         let started = Instant::now();
         let attempt = async {
-            let tcp = timeout(
-                keepalive.connect_timeout,
-                TcpStream::connect(address.as_str()),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+            let tcp = connect_staggered(&address, keepalive.connect_timeout).await?;
             tcp.set_nodelay(true)?;
             let stream = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
                 .await
@@ -356,6 +351,40 @@ pub(super) async fn dial_loop(
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(keepalive.reconnect_max);
     }
+}
+
+/// A fresh TCP connect starts this often while earlier ones still wait for an answer.
+const CONNECT_STAGGER: Duration = Duration::from_millis(200);
+
+/// Opens a TCP connection within `limit`, starting a fresh attempt every [`CONNECT_STAGGER`]
+/// while the earlier ones hang.
+///
+/// On a cut link the SYN is lost, and the kernel sends it again only 1 s later, then 3 s: an
+/// attempt under way when the cut heals would find out up to a second late. A fresh attempt
+/// sends its SYN at once, so the link is back within the stagger of the heal, while a far peer
+/// still gets the whole `limit` to answer. A quick refusal ends the attempt at once (the
+/// caller backs off).
+pub(super) async fn connect_staggered(address: &str, limit: Duration) -> io::Result<TcpStream> {
+    let mut attempts = JoinSet::new();
+    let race = async {
+        let mut next = tokio::time::interval(CONNECT_STAGGER);
+        next.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = next.tick() => {
+                    let address = address.to_string();
+                    attempts.spawn(async move { TcpStream::connect(address).await });
+                }
+                Some(done) = attempts.join_next() => {
+                    return done.unwrap_or_else(|e| Err(io::Error::other(format!("connect task failed: {e}"))));
+                }
+            }
+        }
+    };
+    // Dropping the set aborts the attempts still waiting.
+    timeout(limit, race)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))?
 }
 
 /// Runs one outbound connection: writes the queue (pinging when idle) while listening for the

@@ -944,3 +944,37 @@ async fn half_open_connections_from_one_address_do_not_lock_out_a_peer() {
         node.net.shutdown().await;
     }
 }
+
+/// A listener whose accept queue is full drops SYNs, as a cut link does: the staggered connect
+/// gives up at its limit, and gets through once the queue drains (the link heals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_on_a_silent_link_gives_up_at_its_limit_and_gets_through_after_the_heal() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // Fill the accept queue; connects beyond it hang with their SYNs dropped.
+    let mut held = Vec::new();
+    loop {
+        match timeout(Duration::from_millis(300), TcpStream::connect(&address)).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => break,
+        }
+        assert!(held.len() < 64, "the kernel never stopped answering: no silent link to test");
+    }
+    let started = Instant::now();
+    let error = conn::connect_staggered(&address, Duration::from_millis(900)).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    let healing = tokio::spawn(async move {
+        sleep(Duration::from_millis(300)).await;
+        let mut accepted = Vec::new();
+        while let Ok(Ok((s, _))) = timeout(Duration::from_secs(5), listener.accept()).await {
+            accepted.push(s);
+        }
+    });
+    conn::connect_staggered(&address, Duration::from_secs(4)).await.expect("connects once the link heals");
+    healing.abort();
+    drop(held);
+}
