@@ -1,12 +1,14 @@
 //! Anyone who reaches a bank's peer port, without a validator certificate, cannot keep the banks
 //! from connecting to it. Four real sidecars and etcds; an attacker holds 300 TCP connections
-//! from 127.0.0.2 to bank 1's peer port without ever speaking (opening a new one whenever one is
-//! closed), while bank 2's sidecar restarts and must dial bank 1 again. Bank 1 must accept bank 2
-//! (from 127.0.0.1) well before the attacker's handshakes time out (10 s), writes through banks 1
-//! and 2 commit, and all four banks end with the same HashKV.
+//! from 30 addresses (127.0.0.2 to 127.0.0.31) to bank 1's peer port without ever speaking
+//! (opening a new one whenever one is closed), while bank 2's sidecar restarts and must dial
+//! bank 1 again. Bank 1 must accept bank 2 (from 127.0.0.1, the address it is listed with) well
+//! before the attacker's handshakes time out (10 s), writes through banks 1 and 2 commit, and all
+//! four banks end with the same HashKV.
 //!
 //! Before, the 64 pre-authentication slots were shared by every source: the attacker held them
-//! all and bank 2 was refused for as long as the attack went on.
+//! all and bank 2 was refused for as long as the attack went on; then, with at most 4 per
+//! source, 16 or more addresses still held all 64 (30 × 4 here).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use bftcd_tests::{Chain, TestDir};
 use tokio::io::AsyncReadExt;
 
 const ATTACKERS: usize = 300;
+/// Source addresses the attacker spreads its connections over.
+const SOURCES: usize = 30;
 /// Bank 2 must be accepted by bank 1 within this of its restart (the handshake timeout, which
 /// frees the attacker's slots at the earliest, is 10 s).
 const RECONNECT_LIMIT: Duration = Duration::from_secs(6);
@@ -28,12 +32,12 @@ fn count(chain: &Chain, bank: usize, peer: usize, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what) && l.split_whitespace().any(|w| w == tag)).count()
 }
 
-/// Holds one silent connection from 127.0.0.2 to `port`, opening another when it is closed.
-async fn hold_silently(port: u16, open: Arc<AtomicUsize>) {
+/// Holds one silent connection from `source` to `port`, opening another when it is closed.
+async fn hold_silently(port: u16, source: [u8; 4], open: Arc<AtomicUsize>) {
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     loop {
         let Ok(sock) = tokio::net::TcpSocket::new_v4() else { return };
-        if sock.bind(([127, 0, 0, 2], 0).into()).is_err() {
+        if sock.bind((source, 0).into()).is_err() {
             return;
         }
         if let Ok(mut conn) = sock.connect(target).await {
@@ -57,9 +61,11 @@ async fn half_open_connections_cannot_lock_a_bank_out() {
 
     let open = Arc::new(AtomicUsize::new(0));
     let attack: Vec<_> =
-        (0..ATTACKERS).map(|_| tokio::spawn(hold_silently(chain.banks[0].peer_port, open.clone()))).collect();
+        (0..ATTACKERS)
+        .map(|i| tokio::spawn(hold_silently(chain.banks[0].peer_port, [127, 0, 0, 2 + (i % SOURCES) as u8], open.clone())))
+        .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    eprintln!("attacker: {} of {ATTACKERS} connections open from 127.0.0.2", open.load(Ordering::Relaxed));
+    eprintln!("attacker: {} of {ATTACKERS} connections open from {SOURCES} addresses", open.load(Ordering::Relaxed));
 
     // Bank 2 comes back and must dial bank 1 through the attack.
     let accepted_before = count(&chain, 0, 1, "inbound peer connected");

@@ -92,10 +92,14 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 // The per-source slot first: a source at its limit must not take global ones.
                 Ok((tcp, addr)) => match SourceSlot::take(&shared, addr) {
                     None => refuse(&shared, addr, &"too many handshakes from this address"),
+                    // A listed peer's address has its own per-source slots only.
+                    Some(slot) if shared.peer_sources.contains(&slot.key) => {
+                        conns.spawn(serve_inbound(shared.clone(), tcp, addr, (None, slot)).accounted(Component::Network));
+                    }
                     Some(slot) => match shared.handshakes.clone().try_acquire_owned() {
                         Ok(permit) => {
                             conns.spawn(serve_inbound(
-                                shared.clone(), tcp, addr, (permit, slot),
+                                shared.clone(), tcp, addr, (Some(permit), slot),
                             ).accounted(Component::Network));
                         }
                         Err(_) => refuse(&shared, addr, &"too many pending handshakes"),
@@ -123,7 +127,7 @@ async fn serve_inbound(
     shared: Arc<Shared>,
     tcp: TcpStream,
     addr: SocketAddr,
-    slots: (OwnedSemaphorePermit, SourceSlot),
+    slots: (Option<OwnedSemaphorePermit>, SourceSlot),
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tls = match timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)).await {

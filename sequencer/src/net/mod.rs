@@ -15,7 +15,10 @@
 //! Before a connection is authenticated it holds one of [`MAX_PENDING_HANDSHAKES`] slots, and at
 //! most [`MAX_HANDSHAKES_PER_SOURCE`] of them per source address, for at most
 //! [`HANDSHAKE_TIMEOUT`]: anyone who reaches the port can hold a few slots, but connections from
-//! one address cannot keep a peer connecting from another one out.
+//! one address cannot keep a peer connecting from another one out. Connections from a listed
+//! peer's address take no shared slot (only its per-source ones), so strangers holding all the
+//! shared slots from many addresses cannot keep a bank out either, as long as it dials from the
+//! address it is listed with.
 //!
 //! # Liveness of connections (peer protocol `bftcd-peer/2`)
 //!
@@ -52,7 +55,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -240,6 +243,10 @@ pub(crate) struct Shared {
     by_cert: Arc<HashMap<Vec<u8>, u32>>,
     acceptor: TlsAcceptor,
     handshakes: Arc<Semaphore>,
+    /// Sources (see [`source_key`]) of the listed peers' addresses: their handshakes take no
+    /// shared slot, so strangers holding every shared slot from many addresses cannot keep a
+    /// bank that dials from the address it is listed with out.
+    peer_sources: HashSet<IpAddr>,
     /// Handshakes in progress per source (see [`source_key`]).
     pending_by_source: Mutex<HashMap<IpAddr, usize>>,
     /// Rate limit for the warning about refused connections: when it was last given and how
@@ -270,6 +277,16 @@ impl Shared {
             debug!(peer = from, dropped, "inbound queue full; dropped its oldest");
         }
         Ok(())
+    }
+}
+
+/// The sources a peer listed at `address` may dial from: its IP, or what its host name resolves
+/// to at start (best effort; a bank dialing from elsewhere only shares the strangers' slots).
+fn listed_sources(address: &str) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    match address.parse::<SocketAddr>() {
+        Ok(a) => vec![source_key(a.ip())],
+        Err(_) => address.to_socket_addrs().map(|it| it.map(|a| source_key(a.ip())).collect()).unwrap_or_default(),
     }
 }
 
@@ -421,6 +438,7 @@ impl Network {
             by_cert,
             acceptor: TlsAcceptor::from(server),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            peer_sources: cfg.peers.iter().filter(|p| p.index != cfg.me).flat_map(|p| listed_sources(&p.address)).collect(),
             pending_by_source: Mutex::new(HashMap::new()),
             refusal_warning: Mutex::new((None, 0)),
             inbox: inbox.clone(),

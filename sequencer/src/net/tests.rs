@@ -945,6 +945,38 @@ async fn half_open_connections_from_one_address_do_not_lock_out_a_peer() {
     }
 }
 
+/// Half-open connections from 32 addresses (4 each, 128 in all) hold every shared handshake
+/// slot; a validator dialing from the address it is listed with still gets through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_from_many_addresses_do_not_lock_out_a_listed_peer() {
+    const SOURCES: u8 = 32;
+    let mut c = cluster_with(4, 3).await;
+    let target = c.nodes[0].net.local_addr();
+    let mut held = Vec::new();
+    for a in 0..SOURCES {
+        for _ in 0..MAX_HANDSHAKES_PER_SOURCE {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(std::net::SocketAddr::from(([127, 0, 1, 2 + a], 0))).unwrap();
+            held.push(sock.connect(target).await.unwrap());
+        }
+    }
+    let n0 = c.nodes[0].net.clone();
+    let surplus = SOURCES as usize * MAX_HANDSHAKES_PER_SOURCE - MAX_PENDING_HANDSHAKES;
+    wait_for("node 0 to run out of shared handshake slots", || n0.stats().rejected_connections >= surplus as u64).await;
+
+    let (net, rx) = Network::start(c.cfgs[3].clone()).await.unwrap();
+    c.nodes.push(Node { net, rx });
+    let took = within_limit("validator 3 connected to node 0", Duration::from_secs(5), || {
+        n0.stats().peer(3).unwrap().inbound_connected
+    })
+    .await;
+    eprintln!("validator 3 (127.0.0.1) connected after {took:?} with every shared slot held");
+    drop(held);
+    for node in &c.nodes {
+        node.net.shutdown().await;
+    }
+}
+
 /// A listener whose accept queue is full drops SYNs, as a cut link does: the staggered connect
 /// gives up at its limit, and gets through once the queue drains (the link heals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
