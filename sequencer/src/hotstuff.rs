@@ -344,9 +344,8 @@ async fn write_ledger(ledger: Arc<Ledger>, waiters: SharedWaiters, mut committed
 /// Most peer messages handled in one step (one consensus-log write for all of them).
 const GROUP_INPUTS: usize = 64;
 
-/// Most peer messages set aside while the consensus log is being written; beyond it the
-/// transport's own queues hold them.
-const MAX_BACKLOG: usize = 4096;
+/// Most checked peer messages moved into the backlog at once (the rest wait in the channel).
+const TAKE_AT_ONCE: usize = 256;
 
 /// What arrived while the consensus log was being written.
 // Short-lived, one at a time: boxing the message would only add an allocation.
@@ -395,9 +394,9 @@ struct Driver {
     gave_up_quiet: u64,
     /// Time this step spent writing the consensus log (for trace events).
     disk_us: u64,
-    /// Peer messages that arrived while the consensus log was being written, in arrival order:
-    /// the next steps take them before anything newer.
-    backlog: std::collections::VecDeque<Checked>,
+    /// Checked peer messages not yet handled, per peer, taken in turn (see [`crate::backlog`]);
+    /// those that arrived while the consensus log was being written come before anything newer.
+    backlog: crate::backlog::Backlog,
     /// Outputs of read-index steps taken while the log was being written that had to wait.
     deferred: Vec<Output>,
     #[cfg(feature = "byzantine")]
@@ -444,7 +443,7 @@ impl Driver {
             let input = tokio::select! {
                 // What waited out a consensus-log write comes before anything newer from peers,
                 // but takes its turn with this bank's own writes and reads.
-                _ = std::future::ready(()), if !self.backlog.is_empty() => match self.backlog.pop_front() {
+                _ = std::future::ready(()), if !self.backlog.is_empty() => match self.backlog.pop() {
                     Some(Checked::Message { from, msg }) => Input::Message { from, msg },
                     _ => {
                         self.rejected += 1;
@@ -453,9 +452,10 @@ impl Driver {
                 },
                 m = incoming.recv(), if self.backlog.is_empty() => match m {
                     None => return None,
-                    Some(Checked::Message { from, msg }) => Input::Message { from, msg },
-                    Some(Checked::Refused { .. }) => {
-                        self.rejected += 1;
+                    // Whatever else is waiting goes into the backlog, so that peers take turns.
+                    Some(first) => {
+                        self.backlog.push(first);
+                        self.take_waiting(&mut incoming);
                         continue;
                     }
                 },
@@ -514,10 +514,10 @@ impl Driver {
                 outputs.extend(out);
                 grouped += 1;
                 while next.is_none() && grouped < GROUP_INPUTS {
-                    let waiting = match self.backlog.pop_front() {
-                        Some(w) => Ok(w),
-                        None => incoming.try_recv(),
-                    };
+                    if self.backlog.is_empty() {
+                        self.take_waiting(&mut incoming);
+                    }
+                    let waiting = self.backlog.pop().ok_or(());
                     match waiting {
                         Ok(Checked::Message { from, msg }) => next = Some(Input::Message { from, msg }),
                         Ok(Checked::Refused { .. }) => self.rejected += 1,
@@ -551,7 +551,8 @@ impl Driver {
                 leader: self.core.leader(self.core.view()),
                 committed_height: self.core.committed_height(),
                 mempool: self.core.mempool_len(),
-                rejected_messages: self.rejected,
+                // Undecodable, oversized, or over the peer's share of the backlog.
+                rejected_messages: self.rejected + self.backlog.dropped,
             });
         }
     }
@@ -649,6 +650,17 @@ impl Driver {
         }
     }
 
+    /// Moves checked messages already waiting in the channel into the backlog (at most
+    /// [`TAKE_AT_ONCE`]), so the next ones are taken per peer in turn, not in arrival order.
+    fn take_waiting(&mut self, incoming: &mut mpsc::Receiver<Checked>) {
+        for _ in 0..TAKE_AT_ONCE {
+            match incoming.try_recv() {
+                Ok(c) => self.backlog.push(c),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Stores voted blocks and the safety state in the consensus log: one write and one
     /// fdatasync, in one trip to a blocking thread (each trip costs two thread switches). The
     /// ledger is not written here: see [`write_ledger`].
@@ -676,7 +688,7 @@ impl Driver {
         let written = loop {
             let side = tokio::select! {
                 written = &mut write => break written,
-                m = incoming.recv(), if peers_open && self.backlog.len() < MAX_BACKLOG => Side::Peer(m),
+                m = incoming.recv(), if peers_open => Side::Peer(m),
                 r = reads.recv(), if reads_open => Side::Read(r),
             };
             match side {
@@ -685,7 +697,7 @@ impl Driver {
                 Side::Peer(Some(Checked::Message { from, msg })) if is_read_index(&msg) => {
                     self.side_step(Input::Message { from, msg })
                 }
-                Side::Peer(Some(other)) => self.backlog.push_back(other),
+                Side::Peer(Some(other)) => self.backlog.push(other),
                 Side::Read(Some(first)) => {
                     self.reads_unassigned.push(first);
                     while let Ok(more) = reads.try_recv() {

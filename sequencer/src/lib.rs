@@ -5,6 +5,7 @@
 //! f = 0: ordered and ledgered writes, no peers); HotStuff-2 among n = 3f+1 banks replaces it
 //! behind the same interface.
 
+mod backlog;
 pub mod block;
 #[cfg(feature = "byzantine")]
 pub mod byzantine;
