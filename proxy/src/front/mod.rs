@@ -5,8 +5,10 @@
 
 mod auth;
 mod cluster;
+pub mod conns;
 mod kv;
 mod lease;
+pub mod limits;
 mod maintenance;
 mod range;
 mod watch;
