@@ -97,7 +97,8 @@ impl Maintenance for MaintenanceFront {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let upstream = self.0.etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        let etcd = self.0.etcd.dedicated().map_err(|e| Status::unavailable(e.to_string()))?;
+        let upstream = etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
         let identity = self.0.identity.clone();
         let out = upstream.map(move |item| {
             item.map(|mut r| {
