@@ -373,3 +373,46 @@ async fn a_request_flood_on_one_connection_gets_too_many_requests() {
     assert!(refused > 0, "the flooding connection was never refused");
     assert!(done > 0, "the flooding connection got nothing done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed() {
+    // 500 connections from one address that never say anything: the bank serves 64 of them (its
+    // per-IP cap here; 128 in all) and closes the rest at once, so the honest client, from
+    // another address, still connects and writes.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = closed.clone();
+    under_attack(
+        "hostile-front-conns",
+        &["--max-client-connections=128", "--max-client-connections-per-ip=64"],
+        |endpoints, stop| async move {
+            let addr: std::net::SocketAddr = endpoints[ATTACKED].parse().unwrap();
+            let mut held = Vec::new();
+            for _ in 0..500 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((HOSTILE_IP, 0).into()).unwrap();
+                held.push(socket.connect(addr).await.expect("the listener accepts"));
+            }
+            // A closed connection reads end-of-file; an admitted one waits for the HTTP/2
+            // preface and says nothing. All are read at once, each for up to 3 s.
+            let reads = held.into_iter().map(|mut s| async move {
+                let mut byte = [0u8; 1];
+                let read = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s, &mut byte)).await;
+                (matches!(read, Ok(Ok(0)) | Ok(Err(_))), s)
+            });
+            let mut open = Vec::new();
+            for (was_closed, s) in futures::future::join_all(reads).await {
+                if was_closed {
+                    c.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    open.push(s);
+                }
+            }
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(open);
+        },
+    )
+    .await;
+    assert_eq!(closed.load(Ordering::Relaxed), 500 - 64, "connections closed over the per-IP cap");
+}
