@@ -314,6 +314,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_recv_bytes: limits.max_request_bytes + 512 * 1024,
         consensus: consensus_status,
         defrag: Default::default(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_SNAPSHOTS)),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
     let listener = TcpListener::bind(args.listen_client)

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use bftcd_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
+    maintenance_client::MaintenanceClient,
     request_op::Request as Op,
     watch_client::WatchClient,
     watch_request::RequestUnion,
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, PutRequest, RangeRequest, RequestOp, SnapshotRequest, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use bftcd_tests::kv::hashkv;
 use bftcd_tests::{bftcd_bin, Chain, Deviant, TestDir};
@@ -299,12 +300,30 @@ fn tokio_stream_of<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) ->
 async fn connections_that_never_read_cannot_grow_the_bank() {
     // Sixteen connections each send 64 Ranges of 1 MiB and never read the answers: the bank
     // keeps a bounded amount of unsent answers per connection and refuses the rest with etcd's
-    // overload error.
+    // overload error. Unread snapshots must not stall the bank's connection to its etcd, and
+    // more than two at once are refused.
     under_attack("hostile-front-unread", &[], |endpoints, stop| async move {
         let mut kv = KvClient::new(Channel::from_shared(format!("http://{}", endpoints[0])).unwrap().connect().await.unwrap());
         for i in 0..4 {
             kv.put(PutRequest { key: format!("big/{i}").into(), value: vec![b'r'; 256 << 10], ..Default::default() }).await.unwrap();
         }
+        // Enough data that an unread snapshot fills its stream's window (2 MiB) to the etcd.
+        for i in 0..12 {
+            kv.put(PutRequest { key: format!("pad/{i}").into(), value: vec![b'p'; 256 << 10], ..Default::default() }).await.unwrap();
+        }
+        let channel = hostile_channel(&endpoints[ATTACKED]).await;
+        let mut snapshots = Vec::new();
+        for i in 0..4 {
+            let mut m = MaintenanceClient::new(channel.clone());
+            match m.snapshot(SnapshotRequest {}).await {
+                Ok(stream) => snapshots.push(stream.into_inner()),
+                Err(s) => {
+                    assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "etcdserver: too many requests"), "snapshot {i}");
+                    assert!(i >= 2, "snapshot {i} refused");
+                }
+            }
+        }
+        assert_eq!(snapshots.len(), 2, "a bank streams two snapshots at once");
         let mut held = Vec::new();
         for _ in 0..16 {
             let channel = hostile_channel(&endpoints[ATTACKED]).await;
@@ -320,7 +339,7 @@ async fn connections_that_never_read_cannot_grow_the_bank() {
         while !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        drop(held);
+        drop((held, snapshots));
     })
     .await;
 }
