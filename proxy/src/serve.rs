@@ -92,7 +92,7 @@ pub struct ServeArgs {
     /// Client connections served at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = 1024)]
     pub max_client_connections: usize,
-    /// Client connections served at once from one source IP.
+    /// Client connections served at once from one source IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = 256)]
     pub max_client_connections_per_ip: usize,
     /// HTTP/2 streams one client connection may have open (as etcd's flag; etcd's default is

@@ -96,8 +96,21 @@ impl Drop for Slot {
     }
 }
 
+/// The source a per-IP cap counts: an IPv4 address, or an IPv6 /64 (one host usually has a
+/// whole /64 to pick addresses from).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl Admission {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = source(ip);
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
         if c.total >= self.limits.max_connections || from_ip >= self.limits.max_connections_per_ip {
@@ -163,5 +176,14 @@ mod tests {
         assert!(a.admit(ip2).is_none(), "fourth in all");
         drop(s1);
         assert!(a.admit(ip1).is_some(), "a closed connection frees its slot");
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64() {
+        let ip = |s: &str| source(s.parse().unwrap());
+        assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::7"));
+        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
+        assert_ne!(ip("10.0.0.1"), ip("10.0.0.2"));
     }
 }
