@@ -346,7 +346,7 @@ async fn connections_that_never_read_cannot_grow_the_bank() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_on_one_connection_gets_too_many_requests() {
-    // 64 tasks share one connection and send reads and writes as fast as they can, above the
+    // 32 tasks share one connection and send reads and writes as fast as they can, above the
     // connection's rate (lowered to 200 requests/s here). Every request gets an answer: done, or
     // etcd's overload error.
     let refused = Arc::new(AtomicUsize::new(0));
@@ -354,7 +354,7 @@ async fn a_request_flood_on_one_connection_gets_too_many_requests() {
     let (r, d) = (refused.clone(), done.clone());
     under_attack("hostile-front-flood", &["--client-requests-per-second=200"], |endpoints, stop| async move {
         let channel = hostile_channel(&endpoints[ATTACKED]).await;
-        let tasks: Vec<_> = (0..64)
+        let tasks: Vec<_> = (0..32)
             .map(|t| {
                 let (mut kv, stop, refused, done) = (KvClient::new(channel.clone()), stop.clone(), r.clone(), d.clone());
                 tokio::spawn(async move {
