@@ -344,6 +344,90 @@ async fn connections_that_never_read_cannot_grow_the_bank() {
     .await;
 }
 
+/// A relay from a local port to `target` (connecting from [`HOSTILE_IP`]) that passes the
+/// client's bytes on but, once `deaf` is set, stops reading the bank's until `stop`: to the bank
+/// it is a client that advertised large HTTP/2 windows and then stopped reading its socket.
+async fn deaf_relay(target: std::net::SocketAddr, deaf: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((HOSTILE_IP, 0).into()).unwrap();
+            let bank = socket.connect(target).await.expect("connect to the bank");
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut bank_read, mut bank_write) = bank.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut bank_write).await });
+            let (deaf, stop) = (deaf.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    while deaf.load(Ordering::Relaxed) {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let n = match bank_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_read_cannot_grow_the_bank() {
+    // As above, but the clients advertise the largest HTTP/2 windows and then stop reading their
+    // sockets: flow control no longer holds the answers back, and HTTP/2 would buffer every one
+    // of them; the bank must count what its connection has not written yet.
+    under_attack("hostile-front-deaf", &[], |endpoints, stop| async move {
+        let mut kv = KvClient::new(Channel::from_shared(format!("http://{}", endpoints[0])).unwrap().connect().await.unwrap());
+        for i in 0..4 {
+            kv.put(PutRequest { key: format!("big/{i}").into(), value: vec![b'r'; 256 << 10], ..Default::default() }).await.unwrap();
+        }
+        let deaf = Arc::new(AtomicBool::new(false));
+        let relay = deaf_relay(endpoints[ATTACKED].parse().unwrap(), deaf.clone(), stop.clone()).await;
+        let range = || RangeRequest { key: b"big/".to_vec(), range_end: b"big0".to_vec(), serializable: true, ..Default::default() };
+        let mut channels = Vec::new();
+        for _ in 0..16 {
+            let channel = Endpoint::from_shared(format!("http://{relay}"))
+                .unwrap()
+                .initial_stream_window_size((1u32 << 31) - 1)
+                .initial_connection_window_size((1u32 << 31) - 1)
+                .connect()
+                .await
+                .expect("connection through the relay");
+            // One answer read, so that both sides' settings are in force.
+            KvClient::new(channel.clone()).max_decoding_message_size(8 << 20).range(range()).await.expect("a first Range");
+            channels.push(channel);
+        }
+        deaf.store(true, Ordering::Relaxed);
+        let mut held = Vec::new();
+        for channel in &channels {
+            for _ in 0..64 {
+                let mut kv = KvClient::new(channel.clone()).max_decoding_message_size(8 << 20);
+                let r = range();
+                let mut call = Box::pin(async move { kv.range(r).await });
+                let _ = tokio::time::timeout(Duration::from_millis(5), &mut call).await;
+                held.push(call);
+            }
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((held, channels));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_on_one_connection_gets_too_many_requests() {
     // 32 tasks share one connection and send reads and writes as fast as they can, above the

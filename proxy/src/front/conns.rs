@@ -40,6 +40,15 @@ impl Connected for ClientConn {
     }
 }
 
+impl ClientConn {
+    /// Counts what left for the client, so that its budget knows what HTTP/2 still holds.
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.info.budget.wrote(*n);
+        }
+    }
+}
+
 impl AsyncRead for ClientConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
@@ -48,10 +57,14 @@ impl AsyncRead for ClientConn {
 
 impl AsyncWrite for ClientConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -61,6 +61,11 @@ pub struct ClientBudget {
     inbound: AtomicUsize,
     outbound: AtomicUsize,
     watches: AtomicUsize,
+    /// Bytes of answers handed to HTTP/2, and bytes the connection wrote to its socket: the
+    /// difference is what HTTP/2 still buffers, which flow control does not bound when a client
+    /// advertises large windows and then stops reading its socket.
+    handed: AtomicU64,
+    written: AtomicU64,
 }
 
 /// Bytes charged to a client, given back when dropped.
@@ -86,6 +91,8 @@ impl ClientBudget {
             inbound: AtomicUsize::new(0),
             outbound: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         })
     }
 
@@ -112,12 +119,28 @@ impl ClientBudget {
         }
     }
 
-    /// Charges `bytes` if they fit in the client's buffer. The first charge always fits, so a
-    /// single request or answer of any allowed size goes through.
+    /// The connection wrote `n` bytes to its socket.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes of answers HTTP/2 has taken but not yet written (an estimate: HTTP/2's own framing
+    /// counts as written).
+    fn backlog(&self) -> usize {
+        let handed = self.handed.load(Ordering::Relaxed);
+        handed.saturating_sub(self.written.load(Ordering::Relaxed)) as usize
+    }
+
+    /// Charges `bytes` if they fit in the client's buffer (on the way out, beside what HTTP/2
+    /// has not written yet). The first charge always fits, so a single request or answer of
+    /// any allowed size goes through.
     pub fn try_charge(self: &Arc<Self>, bytes: usize, inbound: bool) -> Option<Charge> {
         let cap = self.limits.max_buffered_bytes;
+        let backlog = if inbound { 0 } else { self.backlog() };
         self.counter(inbound)
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| (cur == 0 || cur + bytes <= cap).then_some(cur + bytes))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur + backlog == 0 || cur + backlog + bytes <= cap).then_some(cur + bytes)
+            })
             .ok()?;
         Some(Charge { budget: self.clone(), bytes, inbound })
     }
@@ -259,9 +282,9 @@ where
     }
 }
 
-/// An answer's body: holds the call's in-flight slot until HTTP/2 drops it, and keeps each data
-/// frame charged to the client until HTTP/2 asks for the next one, which it does only once the
-/// frame found room in the client's flow-control window.
+/// An answer's body: holds the call's in-flight slot until HTTP/2 drops it, keeps a unary
+/// answer charged to the client until HTTP/2 takes it, and counts what HTTP/2 takes as handed
+/// (part of the connection's backlog until written).
 struct HeldAnswer<B> {
     inner: B,
     first: Option<Result<Frame<Bytes>, BoxError>>,
@@ -279,16 +302,16 @@ where
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(first));
-        }
-        self.held = None;
-        let polled = Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into);
+        let polled = match self.first.take() {
+            Some(first) => Poll::Ready(Some(first)),
+            None => Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into),
+        };
         if let Poll::Ready(Some(Ok(f))) = &polled {
             if let Some(d) = f.data_ref() {
-                self.held = Some(self.budget.charge(d.len(), false));
+                self.budget.handed.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
         }
+        self.held = None;
         polled
     }
 
@@ -430,6 +453,18 @@ mod tests {
         let _c = b.try_charge(40, true).unwrap();
         drop(a);
         assert_eq!(b.inbound.load(Ordering::Relaxed), 40);
+    }
+
+    #[test]
+    fn what_http2_has_not_written_counts_against_answers() {
+        let b = budget();
+        b.handed.fetch_add(90, Ordering::Relaxed);
+        assert!(b.try_charge(20, false).is_none(), "90 bytes not yet written");
+        assert!(b.try_charge(20, true).is_some(), "requests have their own buffer");
+        b.wrote(50);
+        assert!(b.try_charge(20, false).is_some());
+        b.wrote(1000);
+        assert_eq!(b.backlog(), 0, "framing counts as written");
     }
 
     #[test]
