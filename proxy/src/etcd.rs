@@ -54,6 +54,13 @@ impl LocalEtcd {
         Ok(grpc.unary(req, path, RawReply::default()).await?.into_inner())
     }
 
+    /// A connection of its own, for a stream the client paces (Snapshot): on the shared channel
+    /// a client that stops reading would hold its flow-control window, and the apply engine's
+    /// Txns would wait behind it.
+    pub fn dedicated(&self) -> anyhow::Result<LocalEtcd> {
+        Self::connect_lazy(&self.endpoint)
+    }
+
     pub fn watch(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }

@@ -34,6 +34,15 @@ pub async fn start(addrs: &[SocketAddr], account_cpu: bool) -> anyhow::Result<Ve
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    metrics::describe_gauge!("bftcd_client_connections", "client connections being served");
+    metrics::describe_counter!(
+        "bftcd_client_connections_refused_total",
+        "client connections closed on accept, over --max-client-connections or its per-IP cap"
+    );
+    metrics::describe_counter!(
+        "bftcd_client_requests_refused_total",
+        "client calls answered with etcd's `too many requests` (or closed, for watch_events), by the limit they hit"
+    );
     if account_cpu {
         metrics::describe_counter!(
             "bftcd_cpu_nanoseconds_total",

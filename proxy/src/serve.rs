@@ -89,6 +89,31 @@ pub struct ServeArgs {
     /// sidecar's CPU. Needs --listen-metrics-urls.
     #[arg(long, requires = "listen_metrics_urls")]
     pub account_cpu: bool,
+    /// Client connections served at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_client_connections: usize,
+    /// Client connections served at once from one source IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = 256)]
+    pub max_client_connections_per_ip: usize,
+    /// HTTP/2 streams one client connection may have open (as etcd's flag; etcd's default is
+    /// unlimited). Clients queue calls beyond it.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// Calls one client connection may have in progress (streams count until they end); more
+    /// get etcd's `too many requests`.
+    #[arg(long, default_value_t = 200)]
+    pub client_max_in_flight: usize,
+    /// Requests, and messages on streams, one client connection may send per second (bursts of
+    /// one second's worth); more get etcd's `too many requests`.
+    #[arg(long, default_value_t = 10_000)]
+    pub client_requests_per_second: u32,
+    /// Bytes the bank holds for one client connection on each side: requests still arriving,
+    /// and answers and watch events not yet taken by the client.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub client_max_buffered_bytes: usize,
+    /// Watches one client connection may hold open.
+    #[arg(long, default_value_t = 10_000)]
+    pub client_max_watches: usize,
     /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>,
     /// panic-after=<steps>, withhold, no-votes, stale-reads; comma-separated).
     #[cfg(feature = "byzantine")]
@@ -289,20 +314,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_recv_bytes: limits.max_request_bytes + 512 * 1024,
         consensus: consensus_status,
         defrag: Default::default(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_SNAPSHOTS)),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
     let listener = TcpListener::bind(args.listen_client)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client))?;
     let local = listener.local_addr()?;
-    // tonic applies no socket options to an incoming stream it is handed, so Nagle is switched off
-    // here: left on, every small response waits for the client's delayed ACK (about 40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let client_limits = client_limits(&args, front.max_recv_bytes)?;
+    let incoming = crate::front::conns::incoming(listener, client_limits);
     let server = tonic::transport::Server::builder()
+        .layer(crate::front::limits::ClientLimitLayer)
         .layer(crate::front::FrontCpu)
         // etcd's server keepalive: ping idle clients every 2 h, tolerate client pings (5 s and up).
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(client_limits.max_concurrent_streams)
+        // What a client may make the bank hold of a request not yet read: 1 MiB per stream and
+        // per connection (hyper's defaults, fixed here so that the bound is ours).
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        // Metadata is small (a method, a deadline, etcd's hasleader, a token); 64 KiB is ample.
+        .http2_max_header_list_size(64 << 10)
         .add_routes(front.routes())
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
     println!("READY {local}");
@@ -315,6 +348,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn client_limits(args: &ServeArgs, max_recv_bytes: usize) -> anyhow::Result<crate::front::limits::ClientLimits> {
+    for (flag, value) in [
+        ("--max-client-connections", args.max_client_connections),
+        ("--max-client-connections-per-ip", args.max_client_connections_per_ip),
+        ("--max-concurrent-streams", args.max_concurrent_streams as usize),
+        ("--client-max-in-flight", args.client_max_in_flight),
+        ("--client-requests-per-second", args.client_requests_per_second as usize),
+        ("--client-max-buffered-bytes", args.client_max_buffered_bytes),
+    ] {
+        anyhow::ensure!(value > 0, "{flag} must be at least 1");
+    }
+    Ok(crate::front::limits::ClientLimits {
+        max_connections: args.max_client_connections,
+        max_connections_per_ip: args.max_client_connections_per_ip,
+        max_concurrent_streams: args.max_concurrent_streams,
+        max_in_flight: args.client_max_in_flight,
+        requests_per_second: args.client_requests_per_second,
+        max_buffered_bytes: args.client_max_buffered_bytes,
+        max_watches: args.client_max_watches,
+        max_recv_bytes,
+    })
 }
 
 fn ordering_died(why: String) -> anyhow::Error {

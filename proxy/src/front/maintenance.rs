@@ -20,6 +20,9 @@ pub struct MaintenanceFront(pub Arc<Front>);
 /// Shortest time between two defragmentations of a bank's etcd on clients' request.
 pub const DEFRAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a snapshot waits for its client to take the next chunk.
+const SNAPSHOT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceFront {
     /// GET and DEACTIVATE as etcd; ACTIVATE is refused: an alarm raised at one bank's etcd
@@ -96,16 +99,46 @@ impl Maintenance for MaintenanceFront {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+    /// At most [`MAX_SNAPSHOTS`](super::MAX_SNAPSHOTS) at once, each on a connection to etcd of
+    /// its own (a client that stops reading must not hold the shared connection's flow-control
+    /// window), and closed with an error when its client takes nothing for [`SNAPSHOT_STALL`],
+    /// so that a client cannot hold the slots by not reading.
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let upstream = self.0.etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
+        let slot = self.0.snapshots.clone().try_acquire_owned().map_err(|_| errors::too_many_requests())?;
+        let etcd = self.0.etcd.dedicated().map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut upstream = etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
         let identity = self.0.identity.clone();
-        let out = upstream.map(move |item| {
-            item.map(|mut r| {
-                r.header = identity.header(r.header);
-                r
-            })
-            .map_err(errors::from_etcd)
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = stalled.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            while let Some(item) = upstream.next().await {
+                let item = item
+                    .map(|mut r: SnapshotResponse| {
+                        r.header = identity.header(r.header);
+                        r
+                    })
+                    .map_err(errors::from_etcd);
+                match tx.send_timeout(item, SNAPSHOT_STALL).await {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        stall.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
         });
+        let out = async_stream::stream! {
+            while let Some(item) = rx.recv().await {
+                yield item;
+            }
+            // Ending without an error would pass a truncated snapshot off as complete.
+            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                yield Err(Status::unavailable("bftcd: snapshot stream closed: the client read nothing for 30 s"));
+            }
+        };
         Ok(Response::new(Box::pin(out)))
     }
 

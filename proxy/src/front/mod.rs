@@ -5,8 +5,10 @@
 
 mod auth;
 mod cluster;
+pub mod conns;
 mod kv;
 mod lease;
+pub mod limits;
 mod maintenance;
 mod range;
 mod watch;
@@ -27,6 +29,9 @@ use crate::errors;
 use crate::etcd::LocalEtcd;
 use crate::identity::Identity;
 use crate::writes::Writes;
+
+/// Snapshots a bank streams at once; more get etcd's `too many requests`.
+pub const MAX_SNAPSHOTS: usize = 2;
 
 /// What every service of the front shares.
 pub struct Front {
@@ -49,6 +54,9 @@ pub struct Front {
     pub consensus: Option<tokio::sync::watch::Receiver<bftcd_sequencer::hotstuff::ConsensusStatus>>,
     /// When a client's defragmentation last finished; held while one runs.
     pub defrag: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Snapshots streaming at once; each holds a connection to etcd and an etcd read
+    /// transaction (which keeps etcd from reusing freed pages) for as long as its client reads.
+    pub snapshots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Front {

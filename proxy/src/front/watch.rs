@@ -1,16 +1,22 @@
 //! Watch: each client stream is proxied to one watch stream on the local etcd. etcd keeps the
 //! semantics clients depend on (ordering, progress notify, RequestProgress answered with watch
-//! id -1 only when synced, compaction cancels); the front hides reserved keys and rewrites headers.
+//! id -1 only when synced, compaction cancels); the front hides reserved keys and rewrites headers,
+//! and keeps each client within its watch and buffer limits.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bftcd_proto::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bftcd_proto::etcdserverpb::{watch_request::RequestUnion, watch_server::Watch, WatchRequest, WatchResponse};
+use bftcd_proto::Message;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::conns::ClientConnInfo;
+use super::limits::{Charge, ClientBudget};
 use super::Front;
 use crate::identity::Identity;
 use crate::{errors, reserved};
@@ -29,35 +35,139 @@ fn filter(mut resp: WatchResponse, identity: &Identity) -> Option<WatchResponse>
     Some(resp)
 }
 
+/// How a stream ends when its client does not take its events: etcd clients watch again from
+/// the last revision they received (Unavailable is not a halting error for them).
+fn too_slow() -> Status {
+    Status::unavailable("bftcd: watch stream closed: the client did not read its events; watch again from the last revision received")
+}
+
+/// The watches one stream holds, counted against its client's cap until the stream ends.
+struct StreamWatches {
+    budget: Option<Arc<ClientBudget>>,
+    open: AtomicUsize,
+}
+
+impl StreamWatches {
+    /// A create counts when it is asked for, so a flood cannot outrun the cap.
+    fn create(&self) -> Result<(), Status> {
+        if let Some(b) = &self.budget {
+            b.add_watches(1)?;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// etcd answers every cancel, asked for or not (compaction, a refused create), with one
+    /// canceled response.
+    fn canceled(&self) {
+        if self.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            if let Some(b) = &self.budget {
+                b.remove_watches(1);
+            }
+        }
+    }
+}
+
+impl Drop for StreamWatches {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.remove_watches(*self.open.get_mut());
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Watch for WatchFront {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
+    /// etcd's stream is always read at once, whether or not the client reads ours: a stalled
+    /// stream on the one HTTP/2 connection to etcd would hold its flow-control window and stall
+    /// the apply engine's Txns behind it. What the client has not taken is charged to its
+    /// buffer; a client over it loses the stream ([`too_slow`]).
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let budget = request.extensions().get::<ClientConnInfo>().map(|c| c.budget.clone());
+        let watches = Arc::new(StreamWatches { budget: budget.clone(), open: AtomicUsize::new(0) });
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<WatchRequest>(64);
+        let (up_tx, up_rx) = mpsc::channel::<WatchRequest>(64);
+        let (refused_tx, mut refused_rx) = mpsc::channel::<Status>(1);
+        let counted = watches.clone();
         tokio::spawn(async move {
-            while let Ok(Some(req)) = inbound.message().await {
-                if tx.send(req).await.is_err() {
+            loop {
+                let req = tokio::select! {
+                    r = inbound.message() => r,
+                    _ = up_tx.closed() => break,
+                };
+                let req = match req {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(s) => {
+                        let _ = refused_tx.send(s).await;
+                        break;
+                    }
+                };
+                if let Some(RequestUnion::CreateRequest(_)) = &req.request_union {
+                    if let Err(s) = counted.create() {
+                        let _ = refused_tx.send(s).await;
+                        break;
+                    }
+                }
+                if up_tx.send(req).await.is_err() {
                     break;
                 }
             }
         });
-        let upstream = self
+        let mut upstream = self
             .0
             .etcd
             .watch()
-            .watch(ReceiverStream::new(rx))
+            .watch(ReceiverStream::new(up_rx))
             .await
             .map_err(errors::from_etcd)?
             .into_inner();
         let identity = self.0.identity.clone();
-        let out = upstream.filter_map(move |item| {
-            let out = match item {
-                Ok(resp) => filter(resp, &identity).map(Ok),
-                Err(s) => Some(Err(errors::from_etcd(s))),
-            };
-            std::future::ready(out)
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<(Result<WatchResponse, Status>, Option<Charge>)>();
+        let counted = watches.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    i = upstream.next() => i,
+                    Some(s) = refused_rx.recv() => Some(Err(s)),
+                    _ = out_tx.closed() => break,
+                };
+                let item = match item {
+                    None => break,
+                    Some(Ok(resp)) => {
+                        if resp.canceled {
+                            counted.canceled();
+                        }
+                        match filter(resp, &identity) {
+                            Some(r) => Ok(r),
+                            None => continue,
+                        }
+                    }
+                    Some(Err(s)) => Err(errors::from_etcd(s)),
+                };
+                let charge = match (&item, &budget) {
+                    (Ok(r), Some(b)) => match b.try_charge(r.encoded_len(), false) {
+                        Some(c) => Some(c),
+                        None => {
+                            let _ = b.refused("watch_events");
+                            let _ = out_tx.send((Err(too_slow()), None));
+                            break;
+                        }
+                    },
+                    _ => None,
+                };
+                let last = item.is_err();
+                if out_tx.send((item, charge)).is_err() || last {
+                    break;
+                }
+            }
+        });
+        // The stream holds the count of its watches until the client's stream is dropped.
+        let out = UnboundedReceiverStream::new(out_rx).map(move |(item, charge)| {
+            let _ = (&watches, charge);
+            item
         });
         Ok(Response::new(Box::pin(out)))
     }
