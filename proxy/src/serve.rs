@@ -96,12 +96,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 256)]
     pub max_client_connections_per_ip: usize,
     /// HTTP/2 streams one client connection may have open (as etcd's flag; etcd's default is
-    /// unlimited). Clients queue calls beyond it.
-    #[arg(long, default_value_t = 256)]
+    /// unlimited). Clients queue calls beyond it: kube-apiserver sends all its calls over one
+    /// connection per etcd endpoint.
+    #[arg(long, default_value_t = 1024)]
     pub max_concurrent_streams: u32,
     /// Calls one client connection may have in progress (streams count until they end); more
-    /// get etcd's `too many requests`.
-    #[arg(long, default_value_t = 200)]
+    /// get etcd's `too many requests`. At least --max-concurrent-streams by default, so that a
+    /// client that keeps to HTTP/2's limit queues instead of being refused.
+    #[arg(long, default_value_t = 1024)]
     pub client_max_in_flight: usize,
     /// Requests, and messages on streams, one client connection may send per second (bursts of
     /// one second's worth); more get etcd's `too many requests`.
