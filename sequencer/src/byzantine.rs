@@ -37,10 +37,20 @@ pub enum Misbehaviour {
     /// still take (submitted within the acceptance window), from a block at least this many
     /// blocks below its ledger's tip: the replay of an already committed operation.
     Replay(u64),
+    /// From [`SPAM_AFTER_MS`] after start, this many peer messages per second to every peer, on
+    /// top of its honest ones: correctly signed votes and timeouts for the next views (each a
+    /// signature check for the others), votes for far-future views, sync requests from height 0
+    /// and from u64::MAX, unrequested sync answers claiming huge heights, read-index requests,
+    /// and undecodable frames.
+    Spam(u64),
 }
 
+/// When `spam` starts, so that a test can measure the same run without it first.
+pub const SPAM_AFTER_MS: u64 = 15_000;
+
 /// `equivocate`, `bad-signatures`, `censor=<index>`, `panic-after=<steps>`, `withhold`,
-/// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`, `replay=<blocks back>`; comma-separated.
+/// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`, `replay=<blocks back>`,
+/// `spam=<messages per second>`; comma-separated.
 pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -59,8 +69,10 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
                     Ok(Misbehaviour::Flood(n))
                 } else if let Some(n) = other.strip_prefix("replay=").and_then(|n| n.parse().ok()) {
                     Ok(Misbehaviour::Replay(n))
+                } else if let Some(n) = other.strip_prefix("spam=").and_then(|n| n.parse().ok()) {
+                    Ok(Misbehaviour::Spam(n))
                 } else {
-                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>)"))
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>, spam=<messages per second>)"))
                 }
             }
         })
@@ -125,6 +137,90 @@ impl Forger {
         }
         batches
     }
+}
+
+/// Makes up the messages of `spam`.
+#[derive(Default)]
+pub struct Spammer {
+    started_ms: u64,
+    last_ms: u64,
+    sent: u64,
+    announced: bool,
+}
+
+impl Spammer {
+    /// Encoded messages to broadcast now. `view` is the bank's current view; `sign` signs bytes
+    /// with its BLS key; `domain` gives the signed bytes of votes and timeouts.
+    pub fn due(
+        &mut self,
+        me: usize,
+        rate: u64,
+        now_ms: u64,
+        view: u64,
+        domain: &crate::consensus::Domain,
+        sign: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Vec<bytes::Bytes> {
+        use bftcd_proto::bftcd::{CommittedBlock, QuorumCert, ReadIndexRequest, SyncRequest, SyncResponse, Timeout, Vote};
+        use prost::Message;
+        if self.started_ms == 0 {
+            self.started_ms = now_ms;
+            self.last_ms = now_ms;
+        }
+        if now_ms < self.started_ms + SPAM_AFTER_MS {
+            self.last_ms = now_ms;
+            return Vec::new();
+        }
+        if !self.announced {
+            self.announced = true;
+            tracing::warn!(rate, "THIS BANK IS BYZANTINE: spamming every peer");
+        }
+        let n = (now_ms.saturating_sub(self.last_ms) * rate / 1000).min(rate);
+        self.last_ms = now_ms;
+        let msg = |kind| PeerMessage { kind: Some(kind) }.encode_to_vec().into();
+        (0..n)
+            .map(|_| {
+                self.sent += 1;
+                let i = self.sent;
+                let hash = blake3_like(i);
+                match i % 7 {
+                    0 => {
+                        let (v, jv) = (view + 1 + i % 3, view);
+                        let signature = sign(&domain.vote_bytes(v, &hash, jv));
+                        msg(Kind::Vote(Vote { epoch: 1, view: v, block_hash: hash, justify_view: jv, signer: me as u32, signature }))
+                    }
+                    1 => msg(Kind::Vote(Vote {
+                        epoch: 1,
+                        view: view + 1_000_000 + i,
+                        block_hash: hash,
+                        justify_view: view,
+                        signer: me as u32,
+                        signature: vec![0xab; (i % 200) as usize],
+                    })),
+                    2 => {
+                        let v = view + i % 3;
+                        let signature = sign(&domain.timeout_bytes(v, 0));
+                        let high_qc = Some(QuorumCert { epoch: 1, view: 0, ..Default::default() });
+                        msg(Kind::Timeout(Timeout { epoch: 1, view: v, high_qc, signer: me as u32, signature, high_tc: None }))
+                    }
+                    3 => msg(Kind::SyncRequest(SyncRequest { committed_height: if i % 2 == 0 { 0 } else { u64::MAX }, want_block: vec![] })),
+                    4 => {
+                        let block = Block { height: u64::MAX - i, view: view + i, proposer: me as u32, ..Default::default() };
+                        msg(Kind::SyncResponse(SyncResponse { committed: vec![CommittedBlock { block: Some(block), ..Default::default() }], uncommitted: vec![] }))
+                    }
+                    5 => msg(Kind::ReadIndexRequest(ReadIndexRequest { round: i })),
+                    _ => bytes::Bytes::from(vec![0xff; 64 + (i % 512) as usize]),
+                }
+            })
+            .collect()
+    }
+}
+
+/// 32 bytes that differ for each `i` (no hash needed: only distinctness matters).
+fn blake3_like(i: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 32];
+    h[..8].copy_from_slice(&i.to_be_bytes());
+    h[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    h
 }
 
 /// `Config::new`'s operation_ttl_ms: how long after its submit time a block may take an operation.

@@ -207,6 +207,8 @@ impl HotStuff {
             #[cfg(feature = "byzantine")]
             forger: Default::default(),
             #[cfg(feature = "byzantine")]
+            spammer: Default::default(),
+            #[cfg(feature = "byzantine")]
             replayer: Default::default(),
             #[cfg(feature = "byzantine")]
             forge,
@@ -408,6 +410,8 @@ struct Driver {
     #[cfg(feature = "byzantine")]
     forger: crate::byzantine::Forger,
     #[cfg(feature = "byzantine")]
+    spammer: crate::byzantine::Spammer,
+    #[cfg(feature = "byzantine")]
     replayer: crate::byzantine::Replayer,
     /// This bank's own signing key and domain, to sign what the forger makes up.
     #[cfg(feature = "byzantine")]
@@ -439,7 +443,7 @@ impl Driver {
             let wake = self.core.next_wakeup().map(|t| t.saturating_sub(now_ms())).unwrap_or(1000).min(1000);
             // A forging bank wakes often enough to pace what it makes up.
             #[cfg(feature = "byzantine")]
-            let wake = if self.misbehaviour.iter().any(|m| matches!(m, crate::byzantine::Misbehaviour::ForwardInvalid | crate::byzantine::Misbehaviour::Flood(_))) { wake.min(200) } else { wake };
+            let wake = if self.misbehaviour.iter().any(|m| matches!(m, crate::byzantine::Misbehaviour::ForwardInvalid | crate::byzantine::Misbehaviour::Flood(_) | crate::byzantine::Misbehaviour::Spam(_))) { wake.min(100) } else { wake };
             let input = tokio::select! {
                 // What waited out a consensus-log write comes before anything newer from peers,
                 // but takes its turn with this bank's own writes and reads.
@@ -727,6 +731,17 @@ impl Driver {
             domain.sign_batch(&mut batch, |b| crypto.sign_operation(b));
             let msg = PeerMessage { kind: Some(Kind::Submit(Submit { operations: batch })) };
             self.network.broadcast(Bytes::from(msg.encode_to_vec()));
+        }
+        let spam = self.misbehaviour.iter().find_map(|m| match m {
+            crate::byzantine::Misbehaviour::Spam(r) => Some(*r),
+            _ => None,
+        });
+        if let Some(rate) = spam {
+            let (crypto, domain) = &self.forge;
+            let view = self.core.view();
+            for frame in self.spammer.due(self.me, rate, now, view, domain, |b| crypto.sign(b)) {
+                self.network.broadcast(frame);
+            }
         }
     }
 

@@ -1,0 +1,117 @@
+//! A Byzantine bank floods every peer with peer-protocol messages (issue 11's adversarial
+//! harness, `--byzantine=spam=<per second>` in the test-only build): correctly signed votes and
+//! timeouts for the next views, votes for far-future views, sync requests from height 0 and from
+//! u64::MAX, unrequested sync answers claiming huge heights, read-index requests and undecodable
+//! frames, on top of its honest messages. The spam starts 15 s after the bank does, so the
+//! honest write rate is measured first without it, then under it, in the same run.
+//!
+//! Asserted: honest writes through banks 1 and 2 keep committing within the write timeout, the
+//! honest sidecars' memory stays under a bound, and all four banks end with the same HashKV.
+//! The honest rate under the spam as a fraction of the rate without it is printed, not
+//! asserted (timings are for benchmarks).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bftcd_proto::etcdserverpb::PutRequest;
+use bftcd_tests::kv::hashkv;
+use bftcd_tests::{Chain, Deviant, TestDir};
+
+/// Messages per second the Byzantine bank sends to each peer.
+const SPAM_RATE: u64 = 3_000;
+/// The harness's write timeout (`--write-timeout=20s`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on an honest sidecar's resident memory during the spam.
+const RSS_BOUND_MIB: u64 = 400;
+const UNDER_ATTACK: Duration = Duration::from_secs(12);
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    kib / 1024
+}
+
+/// Sequential Puts through `endpoint` until `stop`; each must succeed within the write timeout.
+async fn honest_writer(endpoint: String, phase: &'static str, bank: usize, stop: Arc<AtomicBool>) -> usize {
+    let mut kv = bftcd_tests::kv::client(&endpoint, WRITE_TIMEOUT + Duration::from_secs(5));
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("honest/{phase}/{bank}/{n:06}");
+        let started = Instant::now();
+        let req = PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() };
+        if let Err(e) = kv.put(req).await {
+            panic!("honest write {key} through bank {} failed ({phase}, after {:?}): {e}", bank + 1, started.elapsed());
+        }
+        assert!(started.elapsed() <= WRITE_TIMEOUT, "honest write {key} took {:?}", started.elapsed());
+        n += 1;
+    }
+    n
+}
+
+/// Runs the honest writers (banks 1 and 2) for `d` and returns their writes per second.
+async fn measure(chain: &Chain, phase: &'static str, d: Duration, sample: impl Fn()) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let endpoints = chain.endpoints();
+    let writers: Vec<_> =
+        (0..2).map(|b| tokio::spawn(honest_writer(endpoints[b].clone(), phase, b, stop.clone()))).collect();
+    let started = Instant::now();
+    while started.elapsed() < d {
+        sample();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut n = 0;
+    for w in writers {
+        n += w.await.expect("honest writer");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spamming_bank_cannot_halt_or_exhaust_the_others() {
+    let bin = bftcd_tests::bins::try_byzantine_bin("debug").unwrap_or_else(|e| panic!("{e}"));
+    let dir = TestDir::new("byzantine-spam");
+    let deviant = Deviant { bank: 3, bin, args: vec![format!("--byzantine=spam={SPAM_RATE}")] };
+    let started = Instant::now();
+    let chain = tokio::task::block_in_place(|| Chain::start_with(&dir, 4, Some(deviant)));
+    tokio::task::block_in_place(|| chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30)));
+    let pids: Vec<u32> = (0..3).filter_map(|b| chain.banks[b].sidecar.pid()).collect();
+    let peak = std::sync::Mutex::new(0u64);
+    let sample = || {
+        let m = pids.iter().map(|&p| rss_mib(p)).max().unwrap_or(0);
+        let mut p = peak.lock().unwrap();
+        *p = (*p).max(m);
+    };
+
+    // Without the spam: what is left of its first 15 s, minus a margin.
+    let quiet = Duration::from_secs(13).saturating_sub(started.elapsed()).max(Duration::from_secs(2));
+    let before = measure(&chain, "before", quiet, &sample).await;
+    let idle_peak = *peak.lock().unwrap();
+
+    let deviant_log = || std::fs::read_to_string(chain.banks[3].sidecar.stderr_log()).unwrap_or_default();
+    let waited = Instant::now();
+    while !deviant_log().contains("THIS BANK IS BYZANTINE: spamming") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "bank 4 never started spamming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    *peak.lock().unwrap() = 0;
+    let during = measure(&chain, "during", UNDER_ATTACK, &sample).await;
+    let attack_peak = *peak.lock().unwrap();
+    eprintln!(
+        "byzantine-spam ({SPAM_RATE} messages/s to each peer): honest writes through banks 1-2: {before:.1}/s without, \
+         {during:.1}/s under the spam: {:.2} of the rate without it; honest sidecars' RSS at most {idle_peak} MiB before, \
+         {attack_peak} MiB under the spam (bound {RSS_BOUND_MIB} MiB)",
+        during / before.max(f64::MIN_POSITIVE)
+    );
+    assert!(during > 0.0, "no honest write committed under the spam");
+    assert!(attack_peak < RSS_BOUND_MIB, "an honest sidecar grew to {attack_peak} MiB under the spam");
+
+    // The honest banks saw the spam and dropped it (the log says why at debug; the counters
+    // are in `rejected_messages` and the peer queues), and the chain stays whole.
+    let rev = tokio::task::block_in_place(|| chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(60)));
+    let hashes: Vec<(i64, i64)> = (0..4).map(|b| hashkv(&chain.etcdctl(b))).collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "HashKV or revision differs between banks: {hashes:?}");
+    assert_eq!(hashes[0].1, rev);
+}
