@@ -43,6 +43,10 @@ pub enum Misbehaviour {
     /// and from u64::MAX, unrequested sync answers claiming huge heights, read-index requests,
     /// and undecodable frames.
     Spam(u64),
+    /// Start `forward-invalid`, `flood` and `spam` this many ms after the bank starts (`spam`
+    /// defaults to [`SPAM_AFTER_MS`], the others to at once), so that a test can measure the
+    /// same run without them first.
+    After(u64),
 }
 
 /// When `spam` starts, so that a test can measure the same run without it first.
@@ -50,7 +54,7 @@ pub const SPAM_AFTER_MS: u64 = 15_000;
 
 /// `equivocate`, `bad-signatures`, `censor=<index>`, `panic-after=<steps>`, `withhold`,
 /// `no-votes`, `forward-invalid`, `flood=<ops per 10 s>`, `replay=<blocks back>`,
-/// `spam=<messages per second>`; comma-separated.
+/// `spam=<messages per second>`, `after=<ms>`; comma-separated.
 pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -71,8 +75,10 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
                     Ok(Misbehaviour::Replay(n))
                 } else if let Some(n) = other.strip_prefix("spam=").and_then(|n| n.parse().ok()) {
                     Ok(Misbehaviour::Spam(n))
+                } else if let Some(n) = other.strip_prefix("after=").and_then(|n| n.parse().ok()) {
+                    Ok(Misbehaviour::After(n))
                 } else {
-                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>, spam=<messages per second>)"))
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>, spam=<messages per second>, after=<ms>)"))
                 }
             }
         })
@@ -83,6 +89,7 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
 #[derive(Default)]
 pub struct Forger {
     started_ms: u64,
+    announced: bool,
     next_flood_ms: u64,
     last_invalid_ms: u64,
     nonce: u64,
@@ -103,6 +110,13 @@ impl Forger {
     pub fn due(&mut self, me: usize, modes: &[Misbehaviour], now_ms: u64) -> Vec<Vec<Operation>> {
         if self.started_ms == 0 {
             self.started_ms = now_ms;
+        }
+        let after = modes.iter().find_map(|m| match m {
+            Misbehaviour::After(ms) => Some(*ms),
+            _ => None,
+        });
+        if now_ms < self.started_ms + after.unwrap_or(0) {
+            return Vec::new();
         }
         let mut batches = Vec::new();
         let put = |key: &[u8], value: Vec<u8>| Request::Put(PutRequest { key: key.to_vec(), value, ..Default::default() });
@@ -135,6 +149,10 @@ impl Forger {
                 _ => {}
             }
         }
+        if !batches.is_empty() && !self.announced {
+            self.announced = true;
+            tracing::warn!("THIS BANK IS BYZANTINE: forging operations");
+        }
         batches
     }
 }
@@ -155,6 +173,7 @@ impl Spammer {
         &mut self,
         me: usize,
         rate: u64,
+        after_ms: Option<u64>,
         now_ms: u64,
         view: u64,
         domain: &crate::consensus::Domain,
@@ -166,7 +185,7 @@ impl Spammer {
             self.started_ms = now_ms;
             self.last_ms = now_ms;
         }
-        if now_ms < self.started_ms + SPAM_AFTER_MS {
+        if now_ms < self.started_ms + after_ms.unwrap_or(SPAM_AFTER_MS) {
             self.last_ms = now_ms;
             return Vec::new();
         }

@@ -167,7 +167,7 @@ impl HotStuff {
         let (checked_tx, incoming) = mpsc::channel(1024);
         let (sync_tx, sync_requests) = mpsc::channel(16);
         tokio::spawn(stages::serve_sync(sync_requests, ledger.clone(), network.clone(), max_blocks, max_bytes).accounted(Component::Network));
-        let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx, max_blocks };
+        let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx, max_blocks, budget: Default::default() };
         tokio::spawn(
             stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx, Some(sync))
                 .accounted(Component::Consensus),
@@ -739,7 +739,11 @@ impl Driver {
         if let Some(rate) = spam {
             let (crypto, domain) = &self.forge;
             let view = self.core.view();
-            for frame in self.spammer.due(self.me, rate, now, view, domain, |b| crypto.sign(b)) {
+            let after = self.misbehaviour.iter().find_map(|m| match m {
+                crate::byzantine::Misbehaviour::After(ms) => Some(*ms),
+                _ => None,
+            });
+            for frame in self.spammer.due(self.me, rate, after, now, view, domain, |b| crypto.sign(b)) {
                 self.network.broadcast(frame);
             }
         }

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use bftcd_proto::bftcd::peer_message::Kind;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bftcd_proto::bftcd::{Operation, PeerMessage, QuorumCert, SyncRequest, SyncResponse, Vote};
 use bftcd_proto::Message;
@@ -333,6 +333,39 @@ pub struct SyncDiversion {
     pub requests: mpsc::Sender<(usize, SyncRequest)>,
     /// The core's `max_sync_blocks`.
     pub max_blocks: usize,
+    /// Requests each peer may still have served (see [`SyncBudget`]).
+    pub budget: std::sync::Mutex<SyncBudget>,
+}
+
+/// How many ledger answers each peer may ask for: a bucket of [`SYNC_BURST`] refilled at
+/// [`SYNC_PER_SECOND`]. A request is a few bytes and its answer up to `max_bytes` read from disk
+/// and encoded, so a peer asking from height 0 as fast as it can would keep the server (and a
+/// core of this bank) busy and its queue full for the banks really catching up. One catching
+/// up asks again only once an answer arrived: about 10 answers a second at full speed.
+#[derive(Default)]
+pub struct SyncBudget {
+    peers: HashMap<usize, (f64, std::time::Instant)>,
+    /// Requests refused for being over budget.
+    pub refused: u64,
+}
+
+pub const SYNC_BURST: f64 = 4.0;
+pub const SYNC_PER_SECOND: f64 = 25.0;
+
+impl SyncBudget {
+    /// Takes one request's worth from `peer`'s bucket, if there is one.
+    pub fn take(&mut self, peer: usize, now: std::time::Instant) -> bool {
+        let (tokens, at) = self.peers.entry(peer).or_insert((SYNC_BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * SYNC_PER_SECOND).min(SYNC_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
 }
 
 /// A peer whose committed height is more than this many blocks below this bank's ledger is
@@ -348,7 +381,10 @@ impl SyncDiversion {
         if r.committed_height.saturating_add(SERVED_BESIDE_LAG) >= self.ledger.height() {
             return false;
         }
-        if self.requests.try_send((*from, std::mem::take(r))).is_err() {
+        let allowed = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take(*from, std::time::Instant::now());
+        if !allowed {
+            tracing::debug!(peer = *from, "sync: peer over its budget of ledger answers, request dropped");
+        } else if self.requests.try_send((*from, std::mem::take(r))).is_err() {
             tracing::debug!(peer = *from, "sync: server busy, request dropped");
         }
         true
@@ -417,6 +453,20 @@ pub async fn sign_submissions(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_peer_gets_a_burst_of_ledger_answers_then_the_refill_rate() {
+        let mut b = SyncBudget::default();
+        let t0 = std::time::Instant::now();
+        let burst = (0..10).filter(|_| b.take(7, t0)).count();
+        assert_eq!(burst, SYNC_BURST as usize);
+        assert!(b.take(3, t0), "another peer has its own bucket");
+        // One more per 1/SYNC_PER_SECOND seconds.
+        let later = t0 + std::time::Duration::from_millis((1000.0 / SYNC_PER_SECOND) as u64 + 1);
+        assert!(b.take(7, later));
+        assert!(!b.take(7, later));
+        assert_eq!(b.refused, (10 - SYNC_BURST as u64) + 1);
+    }
+
     fn vote(view: u64, block: u8, signer: u32) -> Vote {
         Vote { epoch: 1, view, block_hash: vec![block; 32], justify_view: view - 1, signer, signature: vec![signer as u8; 48] }
     }
@@ -458,7 +508,7 @@ mod tests {
             ledger.append(&CommittedBlock { block: Some(block), commit_qc: proof, commit_child: None }).unwrap();
         }
         let (tx, mut rx) = mpsc::channel(4);
-        let sync = SyncDiversion { ledger: ledger.clone(), requests: tx, max_blocks: 128 };
+        let sync = SyncDiversion { ledger: ledger.clone(), requests: tx, max_blocks: 128, budget: Default::default() };
         let ask = |committed_height| Checked::Message {
             from: 2,
             msg: PeerMessage { kind: Some(Kind::SyncRequest(SyncRequest { committed_height, want_block: vec![] })) },

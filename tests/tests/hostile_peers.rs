@@ -51,6 +51,17 @@ async fn hold_silently(port: u16, source: [u8; 4], open: Arc<AtomicUsize>) {
     }
 }
 
+/// Sequential writes through `endpoint` for `d`: writes per second (printed, not asserted).
+async fn write_rate(endpoint: &str, phase: &str, d: Duration) -> f64 {
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < d {
+        put(endpoint, &format!("hostile/rate/{phase}/{n}"), "v").await.unwrap_or_else(|e| panic!("honest write ({phase}): {e}"));
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_cannot_lock_a_bank_out() {
     let dir = TestDir::new("hostile-peers");
@@ -58,6 +69,7 @@ async fn half_open_connections_cannot_lock_a_bank_out() {
     let endpoints = chain.endpoints();
     chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
     put(&endpoints[0], "hostile/before", "v").await.expect("a write before the attack");
+    let before = write_rate(&endpoints[0], "before", Duration::from_secs(3)).await;
 
     let open = Arc::new(AtomicUsize::new(0));
     let attack: Vec<_> =
@@ -84,6 +96,11 @@ async fn half_open_connections_cannot_lock_a_bank_out() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("bank 1 accepted bank 2 {:?} after its restart", restarted.elapsed());
+    let during = write_rate(&endpoints[0], "during", Duration::from_secs(3)).await;
+    eprintln!(
+        "honest writes through bank 1: {before:.1}/s before the attack, {during:.1}/s under it: {:.2} of the rate without it",
+        during / before.max(f64::MIN_POSITIVE)
+    );
 
     for round in 0..5 {
         for b in [0, 1] {
