@@ -36,5 +36,5 @@ pub use dir::{log_tail, TestDir};
 pub use etcd::{EtcdCluster, EtcdProcess};
 pub use etcdctl::{Etcdctl, Etcdutl};
 pub use ports::{free_port, free_ports};
-pub use process::{Background, CmdOutput};
+pub use process::{rss_mib, Background, CmdOutput};
 pub use sidecar::Sidecar;

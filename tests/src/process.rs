@@ -392,3 +392,11 @@ pub fn run_with_timeout(
 ) -> CmdOutput {
     Background::start(cmd, command, stdin, timeout).wait(timeout)
 }
+
+/// Resident memory of process `pid` in MiB (0 once it is gone), from /proc.
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    kib / 1024
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bftcd_proto::etcdserverpb::PutRequest;
 use bftcd_tests::kv::hashkv;
-use bftcd_tests::{Chain, Deviant, TestDir};
+use bftcd_tests::{rss_mib, Chain, Deviant, TestDir};
 
 /// The harness's write timeout (`--write-timeout=20s`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,12 +30,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 const RSS_BOUND_MIB: u64 = 400;
 const UNDER_ATTACK: Duration = Duration::from_secs(12);
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-    kib / 1024
-}
 
 /// Sequential Puts through `endpoint` until `stop`; each must succeed within the write timeout.
 async fn honest_writer(endpoint: String, phase: &'static str, bank: usize, stop: Arc<AtomicBool>) -> usize {

@@ -23,7 +23,7 @@ use bftcd_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, SnapshotRequest, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use bftcd_tests::kv::hashkv;
-use bftcd_tests::{bftcd_bin, Chain, Deviant, EtcdProcess, TestDir};
+use bftcd_tests::{bftcd_bin, rss_mib, Chain, Deviant, EtcdProcess, TestDir};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -57,12 +57,6 @@ async fn hostile_channel(endpoint: &str) -> Channel {
         .expect("hostile connection")
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-    kib / 1024
-}
 
 /// Sequential Puts through `endpoint` on a connection of their own until `stop`; every one must
 /// succeed within the write timeout.
