@@ -38,3 +38,31 @@ pub fn hashkv(ctl: &Etcdctl) -> (i64, i64) {
     let v: serde_json::Value = serde_json::from_str(out.expect_success().trim()).unwrap();
     (v[0]["HashKV"]["hash"].as_i64().unwrap(), v[0]["HashKV"]["header"]["revision"].as_i64().unwrap())
 }
+
+/// The chain's write timeout in the test harness (`--write-timeout=20s`).
+pub const HARNESS_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sequential Puts of `<prefix>/<n>` through `endpoint`, on a connection of their own, until
+/// `stop`; every one must succeed within the harness's write timeout. Returns the writes made
+/// and the slowest. The attack tests measure an honest client's rate with it.
+pub async fn honest_writer(
+    endpoint: String,
+    prefix: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Duration) {
+    let mut kv = client(&endpoint, HARNESS_WRITE_TIMEOUT + Duration::from_secs(5));
+    let (mut n, mut slowest) = (0, Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = format!("{prefix}/{n:06}");
+        let started = std::time::Instant::now();
+        let req = PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() };
+        if let Err(e) = kv.put(req).await {
+            panic!("honest write {key} through {endpoint} failed after {:?}: {e}", started.elapsed());
+        }
+        let took = started.elapsed();
+        assert!(took <= HARNESS_WRITE_TIMEOUT, "honest write {key} took {took:?}");
+        slowest = slowest.max(took);
+        n += 1;
+    }
+    (n, slowest)
+}

@@ -20,40 +20,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bftcd_proto::etcdserverpb::PutRequest;
-use bftcd_tests::kv::hashkv;
+use bftcd_tests::kv::{hashkv, honest_writer};
 use bftcd_tests::{rss_mib, Chain, Deviant, TestDir};
 
-/// The harness's write timeout (`--write-timeout=20s`).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on an honest sidecar's resident memory during the spam.
 const RSS_BOUND_MIB: u64 = 400;
 const UNDER_ATTACK: Duration = Duration::from_secs(12);
-
-
-/// Sequential Puts through `endpoint` until `stop`; each must succeed within the write timeout.
-async fn honest_writer(endpoint: String, phase: &'static str, bank: usize, stop: Arc<AtomicBool>) -> usize {
-    let mut kv = bftcd_tests::kv::client(&endpoint, WRITE_TIMEOUT + Duration::from_secs(5));
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("honest/{phase}/{bank}/{n:06}");
-        let started = Instant::now();
-        let req = PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() };
-        if let Err(e) = kv.put(req).await {
-            panic!("honest write {key} through bank {} failed ({phase}, after {:?}): {e}", bank + 1, started.elapsed());
-        }
-        assert!(started.elapsed() <= WRITE_TIMEOUT, "honest write {key} took {:?}", started.elapsed());
-        n += 1;
-    }
-    n
-}
 
 /// Runs the honest writers (banks 1 and 2) for `d` and returns their writes per second.
 async fn measure(chain: &Chain, phase: &'static str, d: Duration, sample: impl Fn()) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let endpoints = chain.endpoints();
     let writers: Vec<_> =
-        (0..2).map(|b| tokio::spawn(honest_writer(endpoints[b].clone(), phase, b, stop.clone()))).collect();
+        (0..2).map(|b| tokio::spawn(honest_writer(endpoints[b].clone(), format!("honest/{phase}/{b}"), stop.clone()))).collect();
     let started = Instant::now();
     while started.elapsed() < d {
         sample();
@@ -62,7 +41,7 @@ async fn measure(chain: &Chain, phase: &'static str, d: Duration, sample: impl F
     stop.store(true, Ordering::Relaxed);
     let mut n = 0;
     for w in writers {
-        n += w.await.expect("honest writer");
+        n += w.await.expect("honest writer").0;
     }
     n as f64 / started.elapsed().as_secs_f64()
 }

@@ -22,15 +22,13 @@ use bftcd_proto::etcdserverpb::{
     watch_request::RequestUnion,
     Compare, PutRequest, RangeRequest, RequestOp, SnapshotRequest, TxnRequest, WatchCreateRequest, WatchRequest,
 };
-use bftcd_tests::kv::hashkv;
+use bftcd_tests::kv::{hashkv, honest_writer};
 use bftcd_tests::{bftcd_bin, rss_mib, Chain, Deviant, EtcdProcess, TestDir};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 /// The bank under attack (0-based): bank 2.
 const ATTACKED: usize = 1;
-/// The chain's write timeout in the harness (`--write-timeout=20s`).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The honest client's rate is measured this long before the attack.
 const BASELINE: Duration = Duration::from_secs(4);
 /// How long each attack lasts.
@@ -57,24 +55,6 @@ async fn hostile_channel(endpoint: &str) -> Channel {
         .expect("hostile connection")
 }
 
-
-/// Sequential Puts through `endpoint` on a connection of their own until `stop`; every one must
-/// succeed within the write timeout.
-async fn honest_writer(endpoint: String, phase: &'static str, stop: Arc<AtomicBool>) -> usize {
-    let mut kv = bftcd_tests::kv::client(&endpoint, WRITE_TIMEOUT + Duration::from_secs(5));
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("honest/{phase}/{n:06}");
-        let started = Instant::now();
-        let req = PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() };
-        if let Err(e) = kv.put(req).await {
-            panic!("honest write {key} failed ({phase}, after {:?}): {e}", started.elapsed());
-        }
-        n += 1;
-    }
-    n
-}
-
 /// Runs `attack` against bank 2 for [`ATTACK`] after an honest-only baseline, then checks the
 /// honest writes, the memory bound and that the four banks converge to one HashKV. `extra`
 /// are flags for bank 2's sidecar.
@@ -93,10 +73,10 @@ where
     let idle_rss = rss_mib(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let baseline = tokio::spawn(honest_writer(endpoints[ATTACKED].clone(), "baseline", stop.clone()));
+    let baseline = tokio::spawn(honest_writer(endpoints[ATTACKED].clone(), "honest/baseline".into(), stop.clone()));
     tokio::time::sleep(BASELINE).await;
     stop.store(true, Ordering::Relaxed);
-    let base_writes = baseline.await.unwrap();
+    let base_writes = baseline.await.unwrap().0;
 
     let max_rss = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -111,13 +91,13 @@ where
     };
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let honest = tokio::spawn(honest_writer(endpoints[ATTACKED].clone(), "attack", stop.clone()));
+    let honest = tokio::spawn(honest_writer(endpoints[ATTACKED].clone(), "honest/attack".into(), stop.clone()));
     let attack_stop = Arc::new(AtomicBool::new(false));
     let attacker = tokio::spawn(attack(endpoints.clone(), attack_stop.clone()));
     tokio::time::sleep(ATTACK).await;
     stop.store(true, Ordering::Relaxed);
     let attack_writes = match honest.await {
-        Ok(n) => n,
+        Ok((n, _)) => n,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
     let lasted = started.elapsed();

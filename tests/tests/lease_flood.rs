@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bftcd_proto::etcdserverpb::PutRequest;
-use bftcd_tests::kv::hashkv;
+use bftcd_tests::kv::{hashkv, honest_writer};
 use bftcd_tests::{Chain, TestDir};
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 
@@ -25,8 +24,6 @@ const TTL: i64 = 3;
 const KEY_EVERY: usize = 10;
 /// Concurrent grant streams of the hostile client.
 const GRANTERS: usize = 32;
-/// The chain's write timeout in the harness (`--write-timeout=20s`).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The honest client's rate is measured this long before the flood.
 const BASELINE: Duration = Duration::from_secs(5);
 /// Every lease must be gone from every bank within this of the last grant.
@@ -35,27 +32,6 @@ const EXPIRY_LIMIT: Duration = Duration::from_secs(45);
 async fn connect(endpoint: &str) -> Client {
     let opts = ConnectOptions::new().with_timeout(Duration::from_secs(30)).with_connect_timeout(Duration::from_secs(5));
     Client::connect([endpoint], Some(opts)).await.expect("connect")
-}
-
-/// Sequential Puts through one bank until `stop`: each must succeed within the write timeout.
-/// Returns the writes made and the slowest.
-async fn honest_writer(endpoint: String, phase: &'static str, stop: Arc<AtomicBool>) -> (usize, Duration) {
-    let mut kv = bftcd_tests::kv::client(&endpoint, WRITE_TIMEOUT + Duration::from_secs(5));
-    let mut n = 0;
-    let mut slowest = Duration::ZERO;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("honest/{phase}/{n:06}");
-        let started = Instant::now();
-        let req = PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() };
-        if let Err(e) = kv.put(req).await {
-            panic!("honest write {key} through bank 2 failed ({phase}, after {:?}): {e}", started.elapsed());
-        }
-        let took = started.elapsed();
-        assert!(took <= WRITE_TIMEOUT, "honest write {key} took {took:?}");
-        slowest = slowest.max(took);
-        n += 1;
-    }
-    (n, slowest)
 }
 
 /// Grants `count` leases through `client`, attaching a key to every KEY_EVERY-th. A grant or a
@@ -99,7 +75,7 @@ async fn a_lease_flood_through_one_bank_does_not_stall_the_others_writes() {
 
     // The honest client alone.
     let stop = Arc::new(AtomicBool::new(false));
-    let baseline = tokio::spawn(honest_writer(endpoints[1].clone(), "baseline", stop.clone()));
+    let baseline = tokio::spawn(honest_writer(endpoints[1].clone(), "honest/baseline".into(), stop.clone()));
     tokio::time::sleep(BASELINE).await;
     stop.store(true, Ordering::Relaxed);
     let (base_writes, base_slowest) = baseline.await.unwrap();
@@ -108,7 +84,7 @@ async fn a_lease_flood_through_one_bank_does_not_stall_the_others_writes() {
     // The flood, with the honest client writing through bank 2 all along.
     let stop = Arc::new(AtomicBool::new(false));
     let flood_started = Instant::now();
-    let mut honest = tokio::spawn(honest_writer(endpoints[1].clone(), "flood", stop.clone()));
+    let mut honest = tokio::spawn(honest_writer(endpoints[1].clone(), "honest/flood".into(), stop.clone()));
     let hostile = connect(&endpoints[0]).await;
     let attached = Arc::new(AtomicUsize::new(0));
     let per = leases.div_ceil(GRANTERS);
