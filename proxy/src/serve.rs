@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// and answers and watch events not yet taken by the client.
     #[arg(long, default_value_t = 8 << 20)]
     pub client_max_buffered_bytes: usize,
+    /// Bytes the bank holds for all clients together (requests, answers, watch events); beyond
+    /// it a client gets only an equal share of it, so everything held stays within twice this.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub client_max_buffered_bytes_total: usize,
     /// Watches one client connection may hold open.
     #[arg(long, default_value_t = 10_000)]
     pub client_max_watches: usize,
@@ -360,6 +364,7 @@ fn client_limits(args: &ServeArgs, max_recv_bytes: usize) -> anyhow::Result<crat
         ("--client-max-in-flight", args.client_max_in_flight),
         ("--client-requests-per-second", args.client_requests_per_second as usize),
         ("--client-max-buffered-bytes", args.client_max_buffered_bytes),
+        ("--client-max-buffered-bytes-total", args.client_max_buffered_bytes_total),
     ] {
         anyhow::ensure!(value > 0, "{flag} must be at least 1");
     }
@@ -371,6 +376,7 @@ fn client_limits(args: &ServeArgs, max_recv_bytes: usize) -> anyhow::Result<crat
         requests_per_second: args.client_requests_per_second,
         max_buffered_bytes: args.client_max_buffered_bytes,
         max_watches: args.client_max_watches,
+        max_buffered_bytes_total: args.client_max_buffered_bytes_total,
         max_recv_bytes,
     })
 }

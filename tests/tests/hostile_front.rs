@@ -406,6 +406,49 @@ async fn sockets_that_never_read_cannot_grow_the_bank() {
     .await;
 }
 
+/// The bank-wide budget the next test gives bank 2 (`--client-max-buffered-bytes-total`).
+const TOTAL_BUDGET: usize = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_share_one_memory_budget() {
+    // Sixty-four connections each leave 16 unread 1 MiB Ranges: every one stays within its own
+    // 8 MiB, which makes 512 MiB in all unless the bank also bounds what all clients hold
+    // together. Beyond the total a client gets only an equal share, so the honest writer (whose
+    // answers are always delivered) is not locked out.
+    let total = TOTAL_BUDGET.to_string();
+    under_attack("hostile-front-many", &["--client-max-buffered-bytes-total", &total], |endpoints, stop| async move {
+        let mut kv = KvClient::new(Channel::from_shared(format!("http://{}", endpoints[0])).unwrap().connect().await.unwrap());
+        for i in 0..4 {
+            kv.put(PutRequest { key: format!("big/{i}").into(), value: vec![b'r'; 256 << 10], ..Default::default() }).await.unwrap();
+        }
+        let refused = Arc::new(AtomicUsize::new(0));
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let channel = hostile_channel(&endpoints[ATTACKED]).await;
+            for _ in 0..16 {
+                let mut kv = KvClient::new(channel.clone()).max_decoding_message_size(8 << 20);
+                let range = RangeRequest { key: b"big/".to_vec(), range_end: b"big0".to_vec(), serializable: true, ..Default::default() };
+                let refused = refused.clone();
+                let mut call = Box::pin(async move {
+                    if let Err(s) = kv.range(range).await {
+                        assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "etcdserver: too many requests"));
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                // Polled only until the request is on its way (or refused), then never again.
+                let _ = tokio::time::timeout(Duration::from_millis(5), &mut call).await;
+                held.push(call);
+            }
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("many connections: {} of {} Ranges refused at once", refused.load(Ordering::Relaxed), held.len());
+        drop(held);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_on_one_connection_gets_too_many_requests() {
     // 32 tasks share one connection and send reads and writes as fast as they can, above the

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use super::limits::{ClientBudget, ClientKey, ClientLimits};
+use super::limits::{ClientBudget, ClientKey, ClientLimits, SharedBudget};
 
 /// What every request on a connection carries (as a request extension, put there by tonic).
 #[derive(Clone)]
@@ -149,6 +149,7 @@ impl Admission {
 /// The client listener's connections, each admitted or closed at once.
 pub fn incoming(listener: TcpListener, limits: ClientLimits) -> impl Stream<Item = io::Result<ClientConn>> {
     let admission = Arc::new(Admission { limits, counts: Mutex::default() });
+    let shared = SharedBudget::new(limits.max_buffered_bytes_total);
     // tonic applies no socket options to an incoming stream it is handed, so Nagle is switched
     // off here: left on, every small response waits for the client's delayed ACK (about 40 ms).
     TcpIncoming::from(listener).with_nodelay(Some(true)).filter_map(move |accepted| {
@@ -156,7 +157,7 @@ pub fn incoming(listener: TcpListener, limits: ClientLimits) -> impl Stream<Item
             Err(e) => Some(Err(e)),
             Ok(stream) => stream.peer_addr().ok().and_then(|remote| {
                 let slot = admission.admit(remote.ip())?;
-                let budget = ClientBudget::new(ClientKey::Connection(remote), limits);
+                let budget = ClientBudget::new(ClientKey::Connection(remote), limits, shared.clone());
                 Some(Ok(ClientConn { stream, info: ClientConnInfo { budget }, _slot: slot }))
             }),
         };
@@ -178,6 +179,7 @@ mod tests {
             requests_per_second: 1,
             max_buffered_bytes: 1,
             max_watches: 1,
+            max_buffered_bytes_total: 1,
             max_recv_bytes: 1,
         };
         let a = Arc::new(Admission { limits, counts: Mutex::default() });

@@ -48,14 +48,57 @@ pub struct ClientLimits {
     pub max_buffered_bytes: usize,
     /// Watches a client may hold open.
     pub max_watches: usize,
+    /// What all clients together may make the bank hold ([`SharedBudget`]).
+    pub max_buffered_bytes_total: usize,
     /// gRPC's receive limit (max-request-bytes + 512 KiB, as etcd).
     pub max_recv_bytes: usize,
+}
+
+/// The bytes every client together holds, requests and answers alike.
+///
+/// Per-client buffers alone let a thousand connections each fill their own. Within the total,
+/// a client takes what its own buffer allows; beyond it, only what keeps it within an equal
+/// share of the total among the clients connected, so a few clients that fill the total do
+/// not lock the others out. Everything held thus stays within twice the total (plus answers to
+/// writes, which are always delivered).
+pub struct SharedBudget {
+    cap: usize,
+    held: AtomicUsize,
+    clients: AtomicUsize,
+}
+
+impl SharedBudget {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(SharedBudget { cap, held: AtomicUsize::new(0), clients: AtomicUsize::new(0) })
+    }
+
+    /// Takes `bytes` for a client that would then hold `own` in all.
+    fn take(&self, bytes: usize, own: usize) -> bool {
+        let share = self.cap / self.clients.load(Ordering::Relaxed).max(1);
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| (held + bytes <= self.cap || own <= share).then_some(held + bytes))
+            .is_ok()
+    }
+
+    fn add(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let _ = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(bytes)));
+    }
+
+    /// Bytes held for all clients.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
 }
 
 /// What one client may still use. Dropped with the client's last connection and request.
 pub struct ClientBudget {
     pub key: ClientKey,
     pub limits: ClientLimits,
+    shared: Arc<SharedBudget>,
     in_flight: Arc<Semaphore>,
     tokens: Mutex<(f64, Instant)>,
     inbound: AtomicUsize,
@@ -78,14 +121,25 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.counter(self.inbound).fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.shared.give_back(self.bytes);
+    }
+}
+
+impl Drop for ClientBudget {
+    fn drop(&mut self) {
+        // What HTTP/2 still held for the client went with its connection.
+        self.shared.give_back(self.unwritten.load(Ordering::Relaxed));
+        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl ClientBudget {
-    pub fn new(key: ClientKey, limits: ClientLimits) -> Arc<Self> {
+    pub fn new(key: ClientKey, limits: ClientLimits, shared: Arc<SharedBudget>) -> Arc<Self> {
+        shared.clients.fetch_add(1, Ordering::Relaxed);
         Arc::new(ClientBudget {
             key,
             limits,
+            shared,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             tokens: Mutex::new((limits.requests_per_second as f64, Instant::now())),
             inbound: AtomicUsize::new(0),
@@ -120,7 +174,15 @@ impl ClientBudget {
 
     /// The connection wrote `n` bytes to its socket.
     pub fn wrote(&self, n: usize) {
-        let _ = self.unwritten.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)));
+        if let Ok(before) = self.unwritten.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n))) {
+            self.shared.give_back(before.min(n));
+        }
+    }
+
+    /// HTTP/2 took `n` bytes of answers to write.
+    fn handed(&self, n: usize) {
+        self.unwritten.fetch_add(n, Ordering::Relaxed);
+        self.shared.add(n);
     }
 
     /// Bytes of answers HTTP/2 has taken but not yet written (an estimate: HTTP/2's own framing
@@ -130,23 +192,32 @@ impl ClientBudget {
     }
 
     /// Charges `bytes` if they fit in the client's buffer (on the way out, beside what HTTP/2
-    /// has not written yet). The first charge always fits, so a single request or answer of
-    /// any allowed size goes through.
+    /// has not written yet) and in the bank's [`SharedBudget`]. The first charge always fits
+    /// the client's buffer, so a single request or answer of any allowed size goes through
+    /// unless the bank as a whole is full.
     pub fn try_charge(self: &Arc<Self>, bytes: usize, inbound: bool) -> Option<Charge> {
         let cap = self.limits.max_buffered_bytes;
         let backlog = if inbound { 0 } else { self.backlog() };
-        self.counter(inbound)
+        let before = self
+            .counter(inbound)
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
                 (cur + backlog == 0 || cur + backlog + bytes <= cap).then_some(cur + bytes)
             })
             .ok()?;
+        let own = self.inbound.load(Ordering::Relaxed) + self.outbound.load(Ordering::Relaxed) + self.backlog();
+        if !self.shared.take(bytes, own) {
+            self.counter(inbound).fetch_sub(bytes, Ordering::Relaxed);
+            tracing::trace!(held = self.shared.held(), before, "the bank's client buffers are full");
+            return None;
+        }
         Some(Charge { budget: self.clone(), bytes, inbound })
     }
 
-    /// Charges `bytes` whatever the buffer holds: for answers to writes, which must reach the
+    /// Charges `bytes` whatever the buffers hold: for answers to writes, which must reach the
     /// client once the write is done.
     pub fn charge(self: &Arc<Self>, bytes: usize, inbound: bool) -> Charge {
         self.counter(inbound).fetch_add(bytes, Ordering::Relaxed);
+        self.shared.add(bytes);
         Charge { budget: self.clone(), bytes, inbound }
     }
 
@@ -306,7 +377,7 @@ where
         };
         if let Poll::Ready(Some(Ok(f))) = &polled {
             if let Some(d) = f.data_ref() {
-                self.budget.unwritten.fetch_add(d.len(), Ordering::Relaxed);
+                self.budget.handed(d.len());
             }
         }
         self.held = None;
@@ -424,12 +495,47 @@ mod tests {
             requests_per_second: 3,
             max_buffered_bytes: 100,
             max_watches: 5,
+            max_buffered_bytes_total: 1 << 20,
             max_recv_bytes: 1000,
         }
     }
 
     fn budget() -> Arc<ClientBudget> {
-        ClientBudget::new(ClientKey::Connection("127.0.0.1:1".parse().unwrap()), limits())
+        client(&SharedBudget::new(1 << 20))
+    }
+
+    fn client(shared: &Arc<SharedBudget>) -> Arc<ClientBudget> {
+        ClientBudget::new(ClientKey::Connection("127.0.0.1:1".parse().unwrap()), limits(), shared.clone())
+    }
+
+    #[test]
+    fn beyond_the_banks_total_a_client_gets_only_its_share() {
+        // Four clients, 300 bytes in all: a share is 75.
+        let shared = SharedBudget::new(300);
+        let [a, b, c, d] = [(); 4].map(|_| client(&shared));
+        let _a = a.try_charge(100, true).unwrap();
+        let _a2 = a.try_charge(100, false).unwrap();
+        let _b = b.try_charge(100, true).unwrap();
+        assert_eq!(shared.held(), 300);
+        assert!(b.try_charge(10, false).is_none(), "b holds more than its share");
+        assert!(c.try_charge(80, true).is_none(), "80 is more than a share");
+        let c1 = c.try_charge(70, true).expect("within its share");
+        let _forced = d.charge(500, false);
+        assert_eq!(shared.held(), 870);
+        assert_eq!(c.inbound.load(Ordering::Relaxed), 70, "a refused charge leaves nothing behind");
+        drop(c1);
+        drop(_forced);
+        assert_eq!(shared.held(), 300);
+        // What HTTP/2 holds counts; written or dropped with the connection, it is given back.
+        d.handed(40);
+        assert_eq!(shared.held(), 340);
+        d.wrote(10);
+        d.wrote(1000);
+        assert_eq!(shared.held(), 300);
+        d.handed(25);
+        drop(d);
+        assert_eq!(shared.held(), 300);
+        assert_eq!(shared.clients.load(Ordering::Relaxed), 3);
     }
 
     #[test]
@@ -456,7 +562,7 @@ mod tests {
     #[test]
     fn what_http2_has_not_written_counts_against_answers() {
         let b = budget();
-        b.unwritten.fetch_add(90, Ordering::Relaxed);
+        b.handed(90);
         assert!(b.try_charge(20, false).is_none(), "90 bytes not yet written");
         assert!(b.try_charge(20, true).is_some(), "requests have their own buffer");
         b.wrote(50);
@@ -464,7 +570,7 @@ mod tests {
         // Framing written beyond the answers earns no credit for answers handed later.
         b.wrote(1000);
         assert_eq!(b.backlog(), 0);
-        b.unwritten.fetch_add(90, Ordering::Relaxed);
+        b.handed(90);
         assert_eq!(b.backlog(), 90);
     }
 
