@@ -24,6 +24,8 @@ use super::limits::{ClientBudget, ClientKey, ClientLimits, SharedBudget};
 #[derive(Clone)]
 pub struct ClientConnInfo {
     pub budget: Arc<ClientBudget>,
+    /// The common name of the client's certificate, when client certificate auth is on.
+    pub certificate_cn: Option<String>,
 }
 
 /// An admitted client connection; its slot is given back when hyper drops it.
@@ -158,7 +160,7 @@ pub fn incoming(listener: TcpListener, limits: ClientLimits) -> impl Stream<Item
             Ok(stream) => stream.peer_addr().ok().and_then(|remote| {
                 let slot = admission.admit(remote.ip())?;
                 let budget = ClientBudget::new(ClientKey::Connection(remote), limits, shared.clone());
-                Some(Ok(ClientConn { stream, info: ClientConnInfo { budget }, _slot: slot }))
+                Some(Ok(ClientConn { stream, info: ClientConnInfo { budget, certificate_cn: None }, _slot: slot }))
             }),
         };
         std::future::ready(admitted)
