@@ -157,7 +157,7 @@ pub async fn run(front: Arc<Front>) {
             let front = front.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let outcome = match front.writes.submit(Op::LeaseExpire(LeaseExpire { id })).await {
+                let outcome = match front.writes.submit(Op::LeaseExpire(LeaseExpire { id }), None).await {
                     Ok(OpResponse::LeaseExpire(true)) => {
                         tracing::debug!(lease = format!("{id:016x}"), "lease expired on this bank's request");
                         Outcome::Expired

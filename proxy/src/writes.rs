@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
+use bftcd_proto::bftcd::{operation::Request as Op, ClientIdentity, Operation, OperationId};
 use bftcd_sequencer::validity::{self, Limits};
 use bftcd_sequencer::{Sequencer, SequencerError};
 use tonic::Status;
@@ -60,17 +60,22 @@ impl Writes {
         })
     }
 
-    pub async fn submit(&self, request: Op) -> Result<OpResponse, Status> {
+    /// Orders `request` on behalf of `client` (as the front authenticated it; None for a client
+    /// it did not, and for the bank's own requests).
+    pub async fn submit(&self, request: Op, client: Option<ClientIdentity>) -> Result<OpResponse, Status> {
         // The chain's rules, exactly as every bank's consensus core checks them: what passes
         // here is never refused by another bank, and what no block could hold never queues.
         validity::check_request(&request, &self.limits).map_err(crate::validate::status)?;
+        if let Some(c) = &client {
+            validity::check_client(c).map_err(crate::validate::status)?;
+        }
         // The incarnation in the high bits keeps ids unique across restarts of this bank.
         let nonce = (self.incarnation << 40) | self.counter.fetch_add(1, Ordering::Relaxed);
         let id = OperationId { bank: self.bank, nonce };
         let outcome = self.applier.register(&id);
         let mut pending = Pending { applier: &self.applier, id, armed: true };
         // The sequencer stamps and signs it as the submitting bank.
-        let op = Operation { id: Some(id), request: Some(request), ..Default::default() };
+        let op = Operation { id: Some(id), request: Some(request), client, ..Default::default() };
         let ordered = async {
             match self.sequencer.submit(op).await {
                 Ok(_) => pending.armed = false,

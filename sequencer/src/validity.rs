@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use bftcd_proto::bftcd::{operation::Request as Op, Genesis, Operation};
+use bftcd_proto::bftcd::{operation::Request as Op, ClientIdentity, Genesis, Operation};
 use bftcd_proto::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use bftcd_proto::Message;
 
@@ -29,6 +29,9 @@ pub const OPERATION_OVERHEAD: usize = 4096;
 pub const MAX_BLOCK_BYTES_LIMIT: usize = 15 << 20;
 /// etcd's largest lease TTL in seconds (lease.MaxLeaseTTL).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// The longest client name (certificate CN or etcd user) an operation may carry; X.509 allows a
+/// CN of 64 characters, and [`OPERATION_OVERHEAD`] must hold two of these beside the rest.
+pub const MAX_CLIENT_NAME_BYTES: usize = 256;
 
 /// The chain-wide limits, from the genesis (absent fields: etcd's and this version's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +127,8 @@ pub enum Invalid {
     ReservedKey,
     /// An operation without a request (never sent by an honest bank).
     NoRequest,
+    /// A client name above [`MAX_CLIENT_NAME_BYTES`], or a client on a request of the bank's own.
+    ClientIdentity,
 }
 
 impl Invalid {
@@ -139,6 +144,7 @@ impl Invalid {
             Invalid::LeaseTtlTooLarge => "operation with a lease TTL above etcd's",
             Invalid::ReservedKey => "operation touching the reserved prefix",
             Invalid::NoRequest => "operation without a request",
+            Invalid::ClientIdentity => "operation with a malformed client identity",
         }
     }
 }
@@ -148,8 +154,22 @@ impl Invalid {
 pub fn check_operation(op: &Operation, limits: &Limits) -> Result<(), Invalid> {
     let Some(request) = &op.request else { return Err(Invalid::NoRequest) };
     check_request(request, limits)?;
+    if let Some(c) = &op.client {
+        check_client(c)?;
+        if matches!(request, Op::LeaseExpire(_)) {
+            return Err(Invalid::ClientIdentity);
+        }
+    }
     if op.encoded_len() > limits.max_operation_bytes() {
         return Err(Invalid::TooLarge);
+    }
+    Ok(())
+}
+
+/// A client identity a bank may put on an operation.
+pub fn check_client(c: &ClientIdentity) -> Result<(), Invalid> {
+    if c.certificate_cn.len() > MAX_CLIENT_NAME_BYTES || c.user.len() > MAX_CLIENT_NAME_BYTES {
+        return Err(Invalid::ClientIdentity);
     }
     Ok(())
 }
@@ -416,6 +436,30 @@ mod tests {
         assert_eq!(check_operation(&op(wide), &Limits::default()), Err(Invalid::TooManyOps));
         let reserved = Op::Put(PutRequest { key: reserved::APPLIED_KEY.to_vec(), ..Default::default() });
         assert_eq!(check_operation(&op(reserved), &limits), Err(Invalid::ReservedKey));
+    }
+
+    #[test]
+    fn client_identities_are_bounded_and_only_on_client_requests() {
+        let limits = Limits::default();
+        let named = |cn: usize, user: usize, request| Operation {
+            client: Some(ClientIdentity { certificate_cn: "c".repeat(cn), user: "u".repeat(user) }),
+            ..op(request)
+        };
+        let put = || Op::Put(PutRequest { key: b"k".to_vec(), ..Default::default() });
+        assert_eq!(check_operation(&named(64, MAX_CLIENT_NAME_BYTES, put()), &limits), Ok(()));
+        assert_eq!(check_operation(&named(MAX_CLIENT_NAME_BYTES + 1, 0, put()), &limits), Err(Invalid::ClientIdentity));
+        assert_eq!(check_operation(&named(0, MAX_CLIENT_NAME_BYTES + 1, put()), &limits), Err(Invalid::ClientIdentity));
+        let expire = Op::LeaseExpire(bftcd_proto::bftcd::LeaseExpire { id: 7 });
+        assert_eq!(check_operation(&op(expire.clone()), &limits), Ok(()));
+        assert_eq!(check_operation(&named(1, 0, expire), &limits), Err(Invalid::ClientIdentity), "a bank's own request has no client");
+        // The largest request with the longest names still fits the room an operation has.
+        let big = Op::Put(PutRequest { key: b"k".to_vec(), value: vec![0; limits.max_request_bytes - 16], ..Default::default() });
+        let mut full = named(MAX_CLIENT_NAME_BYTES, MAX_CLIENT_NAME_BYTES, big);
+        full.bank_signature = vec![0; 64];
+        full.batch_path = vec![vec![0; 32]; 24];
+        full.id = Some(bftcd_proto::bftcd::OperationId { bank: u32::MAX, nonce: u64::MAX });
+        full.submitted_ms = u64::MAX;
+        assert_eq!(check_operation(&full, &limits), Ok(()));
     }
 
     #[test]

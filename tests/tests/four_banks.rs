@@ -217,10 +217,10 @@ async fn one_etcd_killed_during_load() {
 }
 
 /// Every bank's ledger passes `bftcd-verify`; a copy in which one committed write was rewritten
-/// (with a valid CRC, as a bank covering its tracks would) does not.
+/// (with a valid CRC, as a bank covering its tracks would) does not, nor one in which a write
+/// was credited to a client its bank never named.
 fn verify_ledgers(chain: &Chain, dir: &TestDir) {
-    use bftcd_proto::bftcd::{ledger_record::Record, operation::Request, LedgerRecord};
-    use bftcd_proto::Message;
+    use bftcd_proto::bftcd::{operation::Request, ClientIdentity};
     let verify = |path: &std::path::Path| {
         std::process::Command::new(bftcd_tests::bftcd_bin().with_file_name("bftcd-verify"))
             .args(["ledger", path.to_str().unwrap()])
@@ -232,33 +232,36 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
         assert!(out.status.success(), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("commit proofs verified"));
     }
-    let bytes = std::fs::read(chain.banks[0].sidecar.data_dir().join("ledger.log")).unwrap();
-    let (mut out, mut at, mut tampered) = (bytes[..8].to_vec(), 8, false);
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let mut payload = bytes[at + 8..at + 8 + len].to_vec();
-        let mut rec = LedgerRecord::decode(payload.as_slice()).unwrap();
-        if let Some(Record::Block(cb)) = rec.record.as_mut() {
-            for op in &mut cb.block.as_mut().unwrap().operations {
-                if let (false, Some(Request::Put(p))) = (tampered, op.request.as_mut()) {
+    let ledger = chain.banks[0].sidecar.data_dir().join("ledger.log");
+    let rewrites: [(&str, Box<dyn Fn(&mut bftcd_proto::bftcd::Operation) -> bool>); 2] = [
+        (
+            "value",
+            Box::new(|op| match op.request.as_mut() {
+                Some(Request::Put(p)) => {
                     p.value = b"forged".to_vec();
-                    tampered = true;
-                    payload = rec.encode_to_vec();
-                    break;
+                    true
                 }
-            }
-        }
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        at += 8 + len;
+                _ => false,
+            }),
+        ),
+        (
+            "client",
+            Box::new(|op| {
+                let put = matches!(op.request, Some(Request::Put(_)));
+                if put {
+                    op.client = Some(ClientIdentity { certificate_cn: "admin".into(), user: String::new() });
+                }
+                put
+            }),
+        ),
+    ];
+    for (what, rewrite) in rewrites {
+        let forged = dir.join(format!("forged-{what}-ledger.log"));
+        std::fs::write(&forged, bftcd_tests::forge_ledger(&ledger, rewrite)).unwrap();
+        let res = verify(&forged);
+        assert!(!res.status.success(), "bftcd-verify accepted a ledger with a rewritten {what}");
+        assert!(String::from_utf8_lossy(&res.stderr).contains("INVALID"));
     }
-    assert!(tampered);
-    let forged = dir.join("forged-ledger.log");
-    std::fs::write(&forged, out).unwrap();
-    let res = verify(&forged);
-    assert!(!res.status.success(), "bftcd-verify accepted a rewritten ledger");
-    assert!(String::from_utf8_lossy(&res.stderr).contains("INVALID"));
 }
 
 /// A bank applies a committed block while its ledger writer is still writing it, so a crash can

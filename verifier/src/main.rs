@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bftcd_proto::bftcd::operation::Request;
+use bftcd_proto::bftcd::{operation::Request, Operation};
 use bftcd_sequencer::consensus::{Crypto, Domain};
 use bftcd_sequencer::keys::ChainCrypto;
 use bftcd_sequencer::{block_hash, genesis_hash, header, LedgerFile};
@@ -35,7 +35,8 @@ enum Command {
     Ledger {
         /// Path to the ledger (a bank's <data-dir>/ledger.log).
         path: PathBuf,
-        /// Also list every operation: position, submitting bank, kind and key.
+        /// Also list every operation: position, submitting bank, the client the bank vouched for
+        /// (`cn=`, `user=`, or `-`), kind and key.
         #[arg(long)]
         ops: bool,
     },
@@ -53,6 +54,25 @@ fn kind_and_key(r: &Option<Request>) -> (&'static str, String) {
         Some(Request::LeaseKeepAlive(k)) => ("lease-keepalive", format!("{:x}", k.id)),
         Some(Request::LeaseExpire(e)) => ("lease-expire", format!("{:x}", e.id)),
         None => ("empty", String::new()),
+    }
+}
+
+/// The client its bank vouched for: `cn=NAME`, `user=NAME`, both, or `-` when the bank did not
+/// authenticate it (or the operation is the bank's own).
+fn client_of(op: &Operation) -> String {
+    let show = |s: &str| s.escape_debug().to_string();
+    let Some(c) = &op.client else { return "-".into() };
+    let mut parts = Vec::new();
+    if !c.certificate_cn.is_empty() {
+        parts.push(format!("cn={}", show(&c.certificate_cn)));
+    }
+    if !c.user.is_empty() {
+        parts.push(format!("user={}", show(&c.user)));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
     }
 }
 
@@ -132,10 +152,15 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
             if !seen.insert((id.bank, id.nonce)) {
                 return Err(format!("operation {}.{i} repeats an earlier operation id", block.height));
             }
+            if op.client.as_ref().is_some_and(|c| bftcd_sequencer::validity::check_client(c).is_err())
+                || (op.client.is_some() && matches!(op.request, Some(Request::LeaseExpire(_))))
+            {
+                return Err(format!("operation {}.{i} carries a malformed client identity", block.height));
+            }
             if list_ops {
                 let (kind, key) = kind_and_key(&op.request);
                 let bank = &genesis.validators[id.bank as usize].name;
-                println!("{}.{i}\t{bank}\t{kind}\t{key}", block.height);
+                println!("{}.{i}\t{bank}\t{}\t{kind}\t{key}", block.height, client_of(op));
             }
             operations += 1;
         }

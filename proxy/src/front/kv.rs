@@ -115,28 +115,31 @@ impl Kv for KvFront {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let client = super::client_of(&request);
         let r = request.into_inner();
         validate::check_put(&r)?;
-        match self.0.writes.submit(Op::Put(r)).await? {
+        match self.0.writes.submit(Op::Put(r), client).await? {
             OpResponse::Put(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }
     }
 
     async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let client = super::client_of(&request);
         let r = request.into_inner();
         validate::check_delete(&r)?;
-        match self.0.writes.submit(Op::DeleteRange(r)).await? {
+        match self.0.writes.submit(Op::DeleteRange(r), client).await? {
             OpResponse::DeleteRange(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let client = super::client_of(&request);
         let r = request.into_inner();
         validate::check_txn(&r, self.0.max_txn_ops)?;
         if validate::txn_writes(&r) {
-            return match self.0.writes.submit(Op::Txn(r)).await? {
+            return match self.0.writes.submit(Op::Txn(r), client).await? {
                 OpResponse::Txn(resp) => Ok(Response::new(resp)),
                 _ => Err(unexpected()),
             };
@@ -155,7 +158,8 @@ impl Kv for KvFront {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        match self.0.writes.submit(Op::Compact(request.into_inner())).await? {
+        let client = super::client_of(&request);
+        match self.0.writes.submit(Op::Compact(request.into_inner()), client).await? {
             OpResponse::Compact(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }

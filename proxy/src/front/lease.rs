@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bftcd_proto::bftcd::operation::Request as Op;
+use bftcd_proto::bftcd::{operation::Request as Op, ClientIdentity};
 use bftcd_proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
@@ -29,18 +29,20 @@ fn unexpected() -> Status {
 #[tonic::async_trait]
 impl Lease for LeaseFront {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let client = super::client_of(&request);
         let r = request.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(errors::lease_ttl_too_large());
         }
-        match self.0.writes.submit(Op::LeaseGrant(r)).await? {
+        match self.0.writes.submit(Op::LeaseGrant(r), client).await? {
             OpResponse::LeaseGrant(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }
     }
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self.0.writes.submit(Op::LeaseRevoke(request.into_inner())).await? {
+        let client = super::client_of(&request);
+        match self.0.writes.submit(Op::LeaseRevoke(request.into_inner()), client).await? {
             OpResponse::LeaseRevoke(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
         }
@@ -52,12 +54,13 @@ impl Lease for LeaseFront {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let client = super::client_of(&request);
         let mut inbound = request.into_inner();
         let front = self.0.clone();
         let out = async_stream::stream! {
             loop {
                 match inbound.message().await {
-                    Ok(Some(req)) => match front.keep_alive(req).await {
+                    Ok(Some(req)) => match front.keep_alive(req, client.clone()).await {
                         Ok(resp) => yield Ok(resp),
                         Err(s) => { yield Err(s); break; }
                     },
@@ -115,15 +118,16 @@ impl super::Front {
     /// Renews a lease through ordering. Keepalives of one lease that arrive while one is being
     /// ordered (several clients, or a client retrying) ride on it instead of each becoming a
     /// committed operation; the renewal they get is at most one commit older than their arrival.
-    async fn keep_alive(self: &Arc<Self>, req: LeaseKeepAliveRequest) -> Result<LeaseKeepAliveResponse, Status> {
+    async fn keep_alive(self: &Arc<Self>, req: LeaseKeepAliveRequest, client: Option<ClientIdentity>) -> Result<LeaseKeepAliveResponse, Status> {
+        let key = (req.id, client.clone());
         let shared = {
             let mut inflight = self.keep_alives.lock().unwrap();
             inflight
-                .entry(req.id)
+                .entry(key.clone())
                 .or_insert_with(|| {
                     let front = self.clone();
                     async move {
-                        match front.writes.submit(Op::LeaseKeepAlive(req)).await? {
+                        match front.writes.submit(Op::LeaseKeepAlive(req), client).await? {
                             OpResponse::LeaseKeepAlive(resp) => Ok(resp),
                             _ => Err(unexpected()),
                         }
@@ -135,8 +139,8 @@ impl super::Front {
         };
         let result = shared.clone().await;
         let mut inflight = self.keep_alives.lock().unwrap();
-        if inflight.get(&req.id).is_some_and(|f| f.ptr_eq(&shared)) {
-            inflight.remove(&req.id);
+        if inflight.get(&key).is_some_and(|f| f.ptr_eq(&shared)) {
+            inflight.remove(&key);
         }
         result
     }

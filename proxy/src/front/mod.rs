@@ -15,6 +15,7 @@ mod watch;
 
 use std::sync::Arc;
 
+use bftcd_proto::bftcd::ClientIdentity;
 use bftcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -45,7 +46,8 @@ pub struct Front {
     pub read_timeout: std::time::Duration,
     /// Test builds only: serve linearizable reads without a read index.
     pub stale_reads: bool,
-    pub keep_alives: std::sync::Mutex<std::collections::HashMap<i64, lease::KeepAliveInFlight>>,
+    /// Keyed by lease and client, so that a coalesced keepalive names the client that sent it.
+    pub keep_alives: std::sync::Mutex<std::collections::HashMap<(i64, Option<ClientIdentity>), lease::KeepAliveInFlight>>,
     pub max_txn_ops: usize,
     pub emulated_version: String,
     /// gRPC's own receive limit; etcd allows 512 KiB of framing on top of max-request-bytes.
@@ -57,6 +59,12 @@ pub struct Front {
     /// Snapshots streaming at once; each holds a connection to etcd and an etcd read
     /// transaction (which keeps etcd from reusing freed pages) for as long as its client reads.
     pub snapshots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Who the client of `request` is, as this bank authenticated it (None: not authenticated).
+pub fn client_of<T>(request: &tonic::Request<T>) -> Option<ClientIdentity> {
+    let cn = request.extensions().get::<conns::ClientConnInfo>()?.certificate_cn.clone()?;
+    Some(ClientIdentity { certificate_cn: cn, user: String::new() })
 }
 
 impl Front {
