@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use bftcd_proto::bftcd::{Genesis, Validator};
+use bftcd_proto::bftcd::{Genesis, KeyOwner, Validator};
 use bftcd_proto::Message;
 use bftcd_sequencer::keys;
+use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::validity::{self, Limits};
 
 #[derive(clap::Args, Debug)]
@@ -48,9 +49,32 @@ pub struct GenesisArgs {
     /// Largest block (default 8 MiB, at most 15 MiB); at least max-request-bytes + 4 KiB.
     #[arg(long)]
     pub max_block_bytes: Option<usize>,
+    /// Gives a key prefix to a bank: only writes that bank submits may create, modify or
+    /// delete keys under it (docs/operations.md, "Key ownership"). PREFIX=BANK, BANK a validator
+    /// name or its 1-based position; repeat for more prefixes.
+    #[arg(long = "key-owner", value_name = "PREFIX=BANK")]
+    pub key_owners: Vec<String>,
     /// The banks' validator.pb files, in validator order.
     #[arg(required = true)]
     pub validators: Vec<PathBuf>,
+}
+
+/// `PREFIX=BANK` rules as the genesis holds them.
+pub fn key_owners(rules: &[String], validators: &[Validator]) -> anyhow::Result<Vec<KeyOwner>> {
+    rules
+        .iter()
+        .map(|rule| {
+            let (prefix, bank) = rule.rsplit_once('=').ok_or_else(|| anyhow::anyhow!("--key-owner {rule:?}: expected PREFIX=BANK"))?;
+            let index = match validators.iter().position(|v| v.name == bank) {
+                Some(i) => i,
+                None => match bank.parse::<usize>() {
+                    Ok(i) if (1..=validators.len()).contains(&i) => i - 1,
+                    _ => anyhow::bail!("--key-owner {rule:?}: {bank:?} is neither a bank's name nor a number from 1 to {}", validators.len()),
+                },
+            };
+            Ok(KeyOwner { prefix: prefix.as_bytes().to_vec(), bank: index as u32 })
+        })
+        .collect()
 }
 
 pub fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
@@ -106,7 +130,10 @@ pub fn genesis(a: GenesisArgs) -> anyhow::Result<()> {
             Validator::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a validator descriptor: {e}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let g = make_genesis(&a.chain_id, validators, a.apply_mode, limits(a.max_request_bytes, a.max_txn_ops, a.max_block_bytes)?)?;
+    let owners = key_owners(&a.key_owners, &validators)?;
+    let mut g = make_genesis(&a.chain_id, validators, a.apply_mode, limits(a.max_request_bytes, a.max_txn_ops, a.max_block_bytes)?)?;
+    g.key_owners = owners;
+    Owners::of(&g).map_err(|e| anyhow::anyhow!("--key-owner: {e}"))?;
     std::fs::write(&a.out, g.encode_to_vec())?;
     let f = (g.validators.len() - 1) / 3;
     println!("genesis {} for chain {:?}: {} banks, tolerates f = {f} Byzantine", a.out.display(), g.chain_id, g.validators.len());

@@ -121,7 +121,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub client_max_watches: usize,
     /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>,
-    /// panic-after=<steps>, withhold, no-votes, stale-reads; comma-separated).
+    /// panic-after=<steps>, withhold, no-votes, stale-reads, foreign-writes; comma-separated).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
     pub byzantine: String,
@@ -155,12 +155,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Test builds only: `--byzantine stale-reads` (the front's own misbehaviour).
-fn stale_reads_requested(_args: &ServeArgs) -> bool {
+/// The front's own misbehaviours (test builds only); the rest are the consensus core's.
+#[cfg(feature = "byzantine")]
+const FRONT_MISBEHAVIOURS: &[&str] = &["stale-reads", "foreign-writes"];
+
+/// Test builds only: `--byzantine stale-reads` or `foreign-writes`.
+fn front_misbehaves(_args: &ServeArgs, _mode: &str) -> bool {
     #[cfg(feature = "byzantine")]
-    return _args.byzantine.split(',').any(|m| m.trim() == "stale-reads");
+    return _args.byzantine.split(',').any(|m| m.trim() == _mode);
     #[cfg(not(feature = "byzantine"))]
     false
+}
+
+fn stale_reads_requested(args: &ServeArgs) -> bool {
+    front_misbehaves(args, "stale-reads")
 }
 
 /// Reads the genesis, or creates a single-bank one when this bank starts for the first time.
@@ -213,6 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let genesis = load_genesis(&args)?;
     let limits = Limits::of(&genesis);
     limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
+    let owners = bftcd_sequencer::ownership::Owners::of(&genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;
     for (flag, given, chain) in [
         ("--max-request-bytes", args.max_request_bytes, limits.max_request_bytes),
         ("--max-txn-ops", args.max_txn_ops, limits.max_txn_ops),
@@ -261,9 +270,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             listen_peer,
             view_timeout: args.view_timeout,
             #[cfg(feature = "byzantine")]
-            // `stale-reads` is the front's own misbehaviour (above).
             misbehaviour: bftcd_sequencer::byzantine::parse(
-                &args.byzantine.split(',').filter(|m| m.trim() != "stale-reads").collect::<Vec<_>>().join(","),
+                &args.byzantine.split(',').filter(|m| !FRONT_MISBEHAVIOURS.contains(&m.trim())).collect::<Vec<_>>().join(","),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
         };
@@ -280,7 +288,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // From the genesis: every bank must batch identically, or revisions would differ.
     let batching = (genesis.apply_batch_max > 0)
         .then(|| crate::apply::BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
-    let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching);
+    let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching, owners.clone());
     let stale_reads = stale_reads_requested(&args);
     if stale_reads {
         tracing::warn!("THIS BANK SERVES STALE READS (test build): no read index, apply 300 ms late");
@@ -304,7 +312,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
+    let mut writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
+    // Test builds only: order writes under other banks' prefixes, as a Byzantine bank would.
+    if !front_misbehaves(&args, "foreign-writes") {
+        writes.owners = owners;
+    } else {
+        tracing::warn!("THIS BANK SUBMITS WRITES TO OTHER BANKS' KEYS (test build)");
+    }
     let front = Arc::new(Front {
         etcd,
         writes,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bftcd_proto::bftcd::{operation::Request as Op, ClientIdentity, Operation, OperationId};
+use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::validity::{self, Limits};
 use bftcd_sequencer::{Sequencer, SequencerError};
 use tonic::Status;
@@ -23,6 +24,8 @@ pub struct Writes {
     counter: AtomicU64,
     limits: Limits,
     timeout: std::time::Duration,
+    /// The genesis's key owners (empty: every bank may write every key).
+    pub owners: Owners,
 }
 
 /// Forgets the waiter if the op never reached the sequencer (client gone, sequencer stopped).
@@ -57,6 +60,7 @@ impl Writes {
             counter: AtomicU64::new(0),
             limits,
             timeout,
+            owners: Owners::default(),
         })
     }
 
@@ -76,6 +80,10 @@ impl Writes {
         let mut pending = Pending { applier: &self.applier, id, armed: true };
         // The sequencer stamps and signs it as the submitting bank.
         let op = Operation { id: Some(id), request: Some(request), client, ..Default::default() };
+        // Every bank refuses it at apply; refusing it here spares ordering it.
+        if self.owners.refuses(&op).is_some() {
+            return Err(errors::permission_denied());
+        }
         let ordered = async {
             match self.sequencer.submit(op).await {
                 Ok(_) => pending.armed = false,

@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod merkle;
 pub mod reserved;
 pub mod net;
+pub mod ownership;
 pub mod sim;
 pub mod single;
 pub mod stages;

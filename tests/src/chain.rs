@@ -45,29 +45,34 @@ impl Chain {
     }
 
     pub fn start_with(dir: &TestDir, n: usize, deviant: Option<Deviant>) -> Chain {
-        Self::start_prefixed(dir, n, deviant.into_iter().collect(), "", false)
+        Self::start_prefixed(dir, n, deviant.into_iter().collect(), "", false, &[])
+    }
+
+    /// A chain whose genesis is made with extra `bftcd genesis` arguments (e.g. `--key-owner`).
+    pub fn start_with_genesis(dir: &TestDir, n: usize, deviants: Vec<Deviant>, genesis_args: &[&str]) -> Chain {
+        Self::start_prefixed(dir, n, deviants, "", false, genesis_args)
     }
 
     /// Several banks run by other binaries (at most one [`Deviant`] per bank), e.g. every bank
     /// in a cgroup of its own so that any of them can be cut off later.
     pub fn start_with_all(dir: &TestDir, n: usize, deviants: Vec<Deviant>) -> Chain {
-        Self::start_prefixed(dir, n, deviants, "", false)
+        Self::start_prefixed(dir, n, deviants, "", false, &[])
     }
 
     /// A chain whose files and process names start with `prefix`, so that several chains can
     /// share one directory (the benchmark runs four and seven banks side by side). With
     /// `account_cpu`, every sidecar serves metrics and accounts its CPU by component.
     pub fn start_named(dir: &TestDir, n: usize, prefix: &str, account_cpu: bool) -> Chain {
-        Self::start_prefixed(dir, n, Vec::new(), prefix, account_cpu)
+        Self::start_prefixed(dir, n, Vec::new(), prefix, account_cpu, &[])
     }
 
     /// [`Chain::start_named`] with one bank run by another binary (the benchmark's fault
     /// targets: a Byzantine build, or bftcd inside a cgroup of its own so it can be cut off).
     pub fn start_named_with(dir: &TestDir, n: usize, prefix: &str, account_cpu: bool, deviant: Option<Deviant>) -> Chain {
-        Self::start_prefixed(dir, n, deviant.into_iter().collect(), prefix, account_cpu)
+        Self::start_prefixed(dir, n, deviant.into_iter().collect(), prefix, account_cpu, &[])
     }
 
-    fn start_prefixed(dir: &TestDir, n: usize, deviants: Vec<Deviant>, prefix: &str, account_cpu: bool) -> Chain {
+    fn start_prefixed(dir: &TestDir, n: usize, deviants: Vec<Deviant>, prefix: &str, account_cpu: bool, genesis_args: &[&str]) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let mut descriptors = Vec::new();
@@ -85,6 +90,7 @@ impl Chain {
         }
         let genesis = dir.join(format!("{prefix}genesis.pb"));
         let mut args = vec!["genesis".into(), "--chain-id=test-chain".into(), format!("--out={}", genesis.display())];
+        args.extend(genesis_args.iter().map(|a| a.to_string()));
         args.extend(descriptors);
         bftcd(&args);
         let mut banks = Vec::new();

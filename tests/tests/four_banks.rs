@@ -233,7 +233,8 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
         assert!(String::from_utf8_lossy(&out.stdout).contains("commit proofs verified"));
     }
     let ledger = chain.banks[0].sidecar.data_dir().join("ledger.log");
-    let rewrites: [(&str, Box<dyn Fn(&mut bftcd_proto::bftcd::Operation) -> bool>); 2] = [
+    type Rewrite = Box<dyn Fn(&mut bftcd_proto::bftcd::Operation) -> bool>;
+    let rewrites: [(&str, Rewrite); 2] = [
         (
             "value",
             Box::new(|op| match op.request.as_mut() {

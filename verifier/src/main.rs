@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use bftcd_proto::bftcd::{operation::Request, Operation};
 use bftcd_sequencer::consensus::{Crypto, Domain};
 use bftcd_sequencer::keys::ChainCrypto;
+use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::{block_hash, genesis_hash, header, LedgerFile};
 use clap::{Parser, Subcommand};
 
@@ -85,6 +86,8 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     let mut parent_view = 0u64;
     let mut proofs = 0u64;
     let mut checked_batches: HashSet<(usize, Vec<u8>, Vec<u8>)> = HashSet::new();
+    let mut owners: Option<Owners> = None;
+    let mut refused_ops = 0u64;
     let file = LedgerFile::scan(&path, |genesis, cb| {
         let block = cb.block.as_ref().ok_or("block record without a block")?;
         let n = genesis.validators.len();
@@ -157,10 +160,23 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
             {
                 return Err(format!("operation {}.{i} carries a malformed client identity", block.height));
             }
+            let owners = match &owners {
+                Some(o) => o,
+                None => owners.insert(Owners::of(genesis).map_err(|e| format!("genesis key owners: {e}"))?),
+            };
+            let refused = owners.refuses(op);
+            if let Some(owner) = refused {
+                refused_ops += 1;
+                if !list_ops {
+                    let (bank, owner) = (&genesis.validators[id.bank as usize].name, &genesis.validators[owner as usize].name);
+                    println!("refused     {}.{i}: {bank} signed a write to keys owned by {owner}", block.height);
+                }
+            }
             if list_ops {
                 let (kind, key) = kind_and_key(&op.request);
                 let bank = &genesis.validators[id.bank as usize].name;
-                println!("{}.{i}\t{bank}\t{}\t{kind}\t{key}", block.height, client_of(op));
+                let note = refused.map_or(String::new(), |o| format!("\trefused: keys owned by {}", genesis.validators[o as usize].name));
+                println!("{}.{i}\t{bank}\t{}\t{kind}\t{key}{note}", block.height, client_of(op));
             }
             operations += 1;
         }
@@ -182,6 +198,9 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     }
     println!("blocks      {}", file.blocks.len());
     println!("operations  {operations}");
+    if refused_ops > 0 {
+        println!("refused     {refused_ops} operations that write keys another bank owns (refused at apply on every bank)");
+    }
     println!("tip hash    {}", hex::encode(file.tip_hash));
     if file.valid_len < file.file_len {
         println!("torn tail   {} bytes after the last whole record (a crash during an append; never committed)", file.file_len - file.valid_len);

@@ -104,13 +104,14 @@ impl Default for BatchLimits {
 }
 
 /// Splits `ops` into runs, in order: each run is one operation, or several that can share a Txn.
-pub fn split(ops: &[Operation], limits: BatchLimits) -> Vec<std::ops::Range<usize>> {
+/// Operations for which `alone` holds (refused ones) get a run of their own.
+pub fn split(ops: &[Operation], limits: BatchLimits, alone: impl Fn(usize) -> bool) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     let mut acc: Option<Footprint> = None;
     let mut bytes = 0;
     for (i, op) in ops.iter().enumerate() {
-        let f = Footprint::of(op);
+        let f = if alone(i) { None } else { Footprint::of(op) };
         let len = op.encoded_len();
         let fits = i - start < limits.max_operations && bytes + len <= limits.max_bytes;
         match (f, acc.as_mut()) {
@@ -166,22 +167,22 @@ mod tests {
     #[test]
     fn independent_writes_share_a_batch_conflicts_split_it() {
         let ops = vec![put("a"), put("b"), put("c"), put("a"), put("d")];
-        assert_eq!(split(&ops, BatchLimits::default()), vec![0..3, 3..5]);
+        assert_eq!(split(&ops, BatchLimits::default(), |_| false), vec![0..3, 3..5]);
     }
 
     #[test]
     fn ranges_reads_and_lease_calls() {
         let ops = vec![put("b"), del("a", "c"), read_txn("x", "z"), put("y"), grant(), put("q")];
         // del [a,c) overlaps b; the read of [x,z) conflicts with the put of y; the grant stands alone.
-        assert_eq!(split(&ops, BatchLimits::default()), vec![0..1, 1..3, 3..4, 4..5, 5..6]);
+        assert_eq!(split(&ops, BatchLimits::default(), |_| false), vec![0..1, 1..3, 3..4, 4..5, 5..6]);
         let everything = vec![put("k"), del("\0", "\0")];
-        assert_eq!(split(&everything, BatchLimits::default()), vec![0..1, 1..2]);
+        assert_eq!(split(&everything, BatchLimits::default(), |_| false), vec![0..1, 1..2]);
     }
 
     #[test]
     fn limits_cut_batches() {
         let ops: Vec<Operation> = (0..250).map(|i| put(&format!("k{i}"))).collect();
-        let runs = split(&ops, BatchLimits::default());
+        let runs = split(&ops, BatchLimits::default(), |_| false);
         assert_eq!(runs, vec![0..100, 100..200, 200..250]);
     }
 }

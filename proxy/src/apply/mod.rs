@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
+use bftcd_sequencer::ownership::Owners;
 use bftcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, PutResponse,
@@ -93,6 +94,9 @@ pub struct Applier {
     cursor_path: PathBuf,
     /// None: `exact` mode, one etcd Txn (and revision) per operation.
     batching: Option<BatchLimits>,
+    /// The genesis's key owners: an operation writing another bank's keys is refused here, on
+    /// every bank alike, whatever its submitting bank checked.
+    owners: Owners,
     /// Test builds only (`--byzantine stale-reads`): apply each block this long after its time,
     /// so the bank is reliably behind.
     pub lag: Duration,
@@ -150,6 +154,7 @@ impl Applier {
         identity: Arc<Identity>,
         data_dir: &std::path::Path,
         batching: Option<BatchLimits>,
+        owners: Owners,
     ) -> Self {
         let (applied, _) = watch::channel(None);
         let (applied_height, _) = watch::channel(0);
@@ -163,6 +168,7 @@ impl Applier {
             applied,
             cursor_path: data_dir.join("apply-cursor"),
             batching,
+            owners,
             lag: Duration::ZERO,
         }
     }

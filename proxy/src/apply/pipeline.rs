@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use bftcd_proto::bftcd::{operation::Request as Op, Block, CommittedBlock, Operation};
 use bftcd_proto::etcdserverpb::{
-    request_op::Request, response_op::Response, DeleteRangeResponse, PutResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+    request_op::Request, response_op::Response, DeleteRangeResponse, LeaseTimeToLiveRequest, PutResponse, RequestOp, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use bftcd_sequencer::cpu::{AccountedExt, Component};
 use bftcd_sequencer::Position;
@@ -45,6 +46,9 @@ enum Work {
     Txn(TxnWork),
     /// A lease operation or compaction (or an empty operation): applied alone.
     Alone { height: u64, block: Arc<CommittedBlock>, index: usize },
+    /// An operation that writes keys of a bank other than the one that submitted it: refused
+    /// on every bank, without touching etcd, once everything before it has landed.
+    Refused { height: u64, block: Arc<CommittedBlock>, index: usize, owner: u32 },
     /// Every operation of the block at `height` has been applied once this is reached.
     EndOfBlock { height: u64, operations: usize, started: Instant, t_us: u64 },
 }
@@ -175,8 +179,9 @@ impl Cursor {
                 tokio::time::sleep(wait).await;
             }
         }
+        let refused: Vec<Option<u32>> = block.operations.iter().map(|op| applier.owners.refuses(op)).collect();
         let runs = match applier.batching {
-            Some(limits) => batch::split(&block.operations, limits),
+            Some(limits) => batch::split(&block.operations, limits, |i| refused[i].is_some()),
             None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
         };
         let skip = std::mem::take(&mut self.skip);
@@ -190,8 +195,12 @@ impl Cursor {
                 work.push(Work::Txn(TxnWork { height, block: committed.clone(), run, batch: true, landed: None }));
                 continue;
             }
-            for i in run.start.max(skip)..run.end {
-                work.push(single(height, &committed, i));
+            let first = run.start.max(skip);
+            for (i, refusal) in refused.iter().enumerate().take(run.end).skip(first) {
+                work.push(match refusal {
+                    Some(owner) => Work::Refused { height, block: committed.clone(), index: i, owner: *owner },
+                    None => single(height, &committed, i),
+                });
             }
         }
         work.push(Work::EndOfBlock { height, operations: block.operations.len(), started, t_us });
@@ -305,11 +314,12 @@ impl Applier {
                 }
                 let Some(work) = todo.pop_front() else { continue };
                 match work {
-                    Work::Alone { .. } if !flights.is_empty() => {
+                    Work::Alone { .. } | Work::Refused { .. } if !flights.is_empty() => {
                         todo.push_front(work);
                         break;
                     }
                     Work::Alone { height, block, index } => self.apply_alone(height, &block, index, &mut st).await,
+                    Work::Refused { height, block, index, owner } => self.refuse(height, &block, index, owner, &mut st),
                     Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None, bytes: 0 }),
                     Work::Txn(t) => {
                         let alone = flights.iter().all(|f| f.plan.is_none());
@@ -575,6 +585,25 @@ impl Applier {
         }
     }
 
+    /// An operation that writes another bank's keys, with nothing else in flight. It leaves no
+    /// trace in etcd; replayed after a crash, it is refused again.
+    fn refuse(&self, height: u64, block: &CommittedBlock, index: usize, owner: u32, st: &mut State) {
+        let op = &block_of(block).operations[index];
+        let pos = Position { height, index: index as u32 };
+        self.refused_for_owner(op, pos, owner);
+        st.traceless = Some(pos);
+        self.applied.send_replace(Some(pos));
+        self.deliver(std::slice::from_ref(op), vec![Err(errors::permission_denied())]);
+    }
+
+    fn refused_for_owner(&self, op: &Operation, pos: Position, owner: u32) {
+        let name = |i: u32| self.ledger.genesis().validators.get(i as usize).map_or_else(|| format!("#{i}"), |v| v.name.clone());
+        let submitter = op.id.as_ref().map_or(u32::MAX, |id| id.bank);
+        metrics::counter!("bftcd_apply_refused_total", "reason" => "key_owner").increment(1);
+        tracing::warn!(position = %pos, submitted_by = %name(submitter), owner = %name(owner),
+            "apply: refused an operation that writes keys owned by another bank (permission denied on every bank)");
+    }
+
     /// A lease operation, compaction or empty operation, with nothing else in flight.
     async fn apply_alone(&self, height: u64, block: &CommittedBlock, index: usize, st: &mut State) {
         let b = block_of(block);
@@ -585,10 +614,40 @@ impl Applier {
         if let Some(p) = st.traceless.take() {
             self.store_cursor(p, st.recorded).await;
         }
+        // Revoking a lease deletes its keys: refused when one belongs to a bank other than the
+        // submitter. The local etcd holds exactly what every bank's holds at this position.
+        if let (Some(Op::LeaseRevoke(r)), false) = (&op.request, self.owners.is_empty()) {
+            if let Some(owner) = self.foreign_lease_keys(op, r.id).await {
+                self.refused_for_owner(op, pos, owner);
+                st.traceless = Some(pos);
+                self.applied.send_replace(Some(pos));
+                self.deliver(std::slice::from_ref(op), vec![Err(errors::permission_denied())]);
+                return;
+            }
+        }
         let chain_id = &self.ledger.genesis().chain_id;
         let decision = leases::step(chain_id, &mut self.leases.lock().unwrap(), op, pos, b.timestamp_ms);
         let (outcome, _) = self.apply(op, pos, decision.as_ref()).await;
         self.applied.send_replace(Some(pos));
         self.deliver(std::slice::from_ref(op), vec![outcome]);
+    }
+
+    /// The owner of a key attached to lease `id` other than the revoking operation's bank,
+    /// asking the local etcd until it answers.
+    async fn foreign_lease_keys(&self, op: &Operation, id: i64) -> Option<u32> {
+        let bank = op.id.as_ref().map_or(u32::MAX, |i| i.bank);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.etcd.lease().lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await {
+                Ok(r) => return self.owners.foreign_keys(bank, r.get_ref().keys.iter().map(|k| k.as_slice())),
+                // A lease etcd does not hold has no keys.
+                Err(s) if s.message() == errors::lease_not_found().message() => return None,
+                Err(s) => {
+                    tracing::warn!(lease = format!("{id:016x}"), error = %s, "apply: cannot read a lease's keys from the local etcd; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 }

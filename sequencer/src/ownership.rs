@@ -1,0 +1,215 @@
+//! Key ownership: chain rules that give a key prefix to one bank. Only operations its bank
+//! submitted may create, modify or delete keys under a prefix; everyone may read them.
+//!
+//! Whether an operation is refused is a pure function of the rules and the operation (plus, for
+//! a lease revocation, the keys attached to the lease when it is applied), so every bank refuses
+//! the same operations at apply and an auditor can tell from the ledger which were refused and
+//! which bank signed them. A bank checks its own clients' writes before ordering as well, but the
+//! apply-time check is what a Byzantine bank cannot skip.
+
+use bftcd_proto::bftcd::{operation::Request as Op, Genesis, Operation};
+use bftcd_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
+
+use crate::reserved;
+
+/// The chain's key owners, sorted by prefix; no prefix overlaps another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners(Vec<Owned>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Owned {
+    prefix: Vec<u8>,
+    /// The first key after the prefix; None when the prefix is all 0xff (to the end).
+    end: Option<Vec<u8>>,
+    bank: u32,
+}
+
+/// The first key after every key that starts with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// `[key, range_end)` in etcd's encoding as a start and an exclusive end (None: to the end).
+fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    match range_end {
+        b"" => {
+            let mut next = key.to_vec();
+            next.push(0);
+            (key.to_vec(), Some(next))
+        }
+        b"\0" => (key.to_vec(), None),
+        end => (key.to_vec(), Some(end.to_vec())),
+    }
+}
+
+fn overlap(a: &(Vec<u8>, Option<Vec<u8>>), start: &[u8], end: &Option<Vec<u8>>) -> bool {
+    let below = |s: &[u8], e: &Option<Vec<u8>>| e.as_ref().is_some_and(|e| e.as_slice() <= s);
+    // Empty intervals ([k, k) or an end before the start) hold no key.
+    let empty = a.1.as_ref().is_some_and(|e| e.as_slice() <= a.0.as_slice());
+    !empty && !below(start, &a.1) && !below(&a.0, end)
+}
+
+impl Owners {
+    /// The genesis's rules, checked: every prefix non-empty, outside the reserved prefix, owned
+    /// by a validator, and overlapping no other.
+    pub fn of(g: &Genesis) -> Result<Owners, String> {
+        let mut owned: Vec<Owned> = Vec::with_capacity(g.key_owners.len());
+        for o in &g.key_owners {
+            if o.prefix.is_empty() {
+                return Err("a key owner's prefix is empty".into());
+            }
+            if o.bank as usize >= g.validators.len() {
+                return Err(format!("key prefix {:?} is given to bank {}, which is not a validator", show(&o.prefix), o.bank));
+            }
+            let end = prefix_end(&o.prefix);
+            if reserved::overlaps(&o.prefix, end.as_deref().unwrap_or(b"\0")) {
+                return Err(format!("key prefix {:?} overlaps bftcd's reserved prefix", show(&o.prefix)));
+            }
+            owned.push(Owned { prefix: o.prefix.clone(), end, bank: o.bank });
+        }
+        owned.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        for pair in owned.windows(2) {
+            if pair[1].prefix.starts_with(&pair[0].prefix) {
+                return Err(format!("key prefixes {:?} and {:?} overlap", show(&pair[0].prefix), show(&pair[1].prefix)));
+            }
+        }
+        Ok(Owners(owned))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Another bank's prefix that `[key, range_end)` reaches into, written by `bank`.
+    pub fn foreign(&self, bank: u32, key: &[u8], range_end: &[u8]) -> Option<u32> {
+        let iv = interval(key, range_end);
+        self.0.iter().find(|o| o.bank != bank && overlap(&iv, &o.prefix, &o.end)).map(|o| o.bank)
+    }
+
+    /// The bank whose keys `op` would write although another bank submitted it (None: allowed).
+    /// A Txn counts with every write in both branches, nested ones included, as etcd's
+    /// permission check does. Lease revocations depend on the lease's keys: see [`Self::foreign_keys`].
+    pub fn refuses(&self, op: &Operation) -> Option<u32> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let bank = op.id.as_ref()?.bank;
+        match op.request.as_ref()? {
+            Op::Put(p) => self.foreign(bank, &p.key, b""),
+            Op::DeleteRange(d) => self.foreign(bank, &d.key, &d.range_end),
+            Op::Txn(t) => self.txn(bank, t),
+            _ => None,
+        }
+    }
+
+    fn txn(&self, bank: u32, t: &TxnRequest) -> Option<u32> {
+        t.success.iter().chain(&t.failure).find_map(|op: &RequestOp| match &op.request {
+            Some(Request::RequestPut(p)) => self.foreign(bank, &p.key, b""),
+            Some(Request::RequestDeleteRange(d)) => self.foreign(bank, &d.key, &d.range_end),
+            Some(Request::RequestTxn(nested)) => self.txn(bank, nested),
+            _ => None,
+        })
+    }
+
+    /// The bank owning one of `keys` (those a lease revocation would delete), other than `bank`.
+    pub fn foreign_keys<'a>(&self, bank: u32, keys: impl IntoIterator<Item = &'a [u8]>) -> Option<u32> {
+        keys.into_iter().find_map(|k| self.foreign(bank, k, b""))
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bftcd_proto::bftcd::{KeyOwner, OperationId, Validator};
+    use bftcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+
+    fn genesis(owners: &[(&[u8], u32)]) -> Genesis {
+        Genesis {
+            validators: vec![Validator::default(); 4],
+            key_owners: owners.iter().map(|(p, b)| KeyOwner { prefix: p.to_vec(), bank: *b }).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn owners() -> Owners {
+        Owners::of(&genesis(&[(b"/bank1/", 0), (b"/bank2/", 1), (b"\xff\xff", 2)])).unwrap()
+    }
+
+    fn op(bank: u32, request: Op) -> Operation {
+        Operation { id: Some(OperationId { bank, nonce: 1 }), request: Some(request), ..Default::default() }
+    }
+    fn put(k: &[u8]) -> Request {
+        Request::RequestPut(PutRequest { key: k.to_vec(), ..Default::default() })
+    }
+    fn del(k: &[u8], end: &[u8]) -> Request {
+        Request::RequestDeleteRange(DeleteRangeRequest { key: k.to_vec(), range_end: end.to_vec(), ..Default::default() })
+    }
+    fn txn(success: Vec<Request>, failure: Vec<Request>) -> TxnRequest {
+        let ops = |v: Vec<Request>| v.into_iter().map(|r| RequestOp { request: Some(r) }).collect();
+        TxnRequest { compare: vec![], success: ops(success), failure: ops(failure) }
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        assert!(Owners::of(&genesis(&[(b"/a/", 0), (b"/a/b/", 1)])).unwrap_err().contains("overlap"));
+        assert!(Owners::of(&genesis(&[(b"", 0)])).unwrap_err().contains("empty"));
+        assert!(Owners::of(&genesis(&[(b"/a/", 4)])).unwrap_err().contains("not a validator"));
+        assert!(Owners::of(&genesis(&[(b"\x00bftcd/x", 1)])).unwrap_err().contains("reserved"));
+        assert!(Owners::of(&genesis(&[(b"\x00", 1)])).unwrap_err().contains("reserved"));
+        assert!(Owners::of(&genesis(&[(b"/a/", 0), (b"/a0", 0), (b"/b/", 1)])).is_ok());
+    }
+
+    #[test]
+    fn only_the_owner_writes_under_its_prefix() {
+        let o = owners();
+        let p = |bank, k: &[u8]| o.refuses(&op(bank, Op::Put(PutRequest { key: k.to_vec(), ..Default::default() })));
+        assert_eq!(p(1, b"/bank1/x"), Some(0));
+        assert_eq!(p(0, b"/bank1/x"), None);
+        assert_eq!(p(1, b"/bank1"), None, "the prefix is /bank1/, not /bank1");
+        assert_eq!(p(1, b"/other"), None, "unowned keys are anyone's");
+        assert_eq!(p(0, b"\xff\xff\xff"), Some(2), "a prefix of 0xff bytes runs to the end");
+        let d = |bank, k: &[u8], end: &[u8]| {
+            o.refuses(&op(bank, Op::DeleteRange(DeleteRangeRequest { key: k.to_vec(), range_end: end.to_vec(), ..Default::default() })))
+        };
+        assert_eq!(d(3, b"\0", b"\0"), Some(0), "deleting everything reaches every prefix");
+        assert_eq!(d(0, b"/bank1/", b"/bank10"), None);
+        assert_eq!(d(0, b"/bank1/", b"/bank2/"), None, "the end is exclusive");
+        assert_eq!(d(0, b"/bank1/", b"/bank2/\0"), Some(1));
+        assert_eq!(d(0, b"/z", b"/a"), None, "an empty range deletes nothing");
+        assert_eq!(d(1, b"/bank1/", b""), Some(0), "a single key equal to the prefix");
+    }
+
+    #[test]
+    fn every_write_of_a_txn_counts_nested_and_in_either_branch() {
+        let o = owners();
+        let t = |bank, t: TxnRequest| o.refuses(&op(bank, Op::Txn(t)));
+        let read = Request::RequestRange(RangeRequest { key: b"/bank1/x".to_vec(), ..Default::default() });
+        assert_eq!(t(1, txn(vec![read], vec![])), None, "reads are open to everyone");
+        assert_eq!(t(1, txn(vec![put(b"/mine")], vec![put(b"/bank1/x")])), Some(0), "the branch not taken counts too");
+        let nested = Request::RequestTxn(txn(vec![], vec![Request::RequestTxn(txn(vec![del(b"/bank1/", b"/bank10")], vec![]))]));
+        assert_eq!(t(1, txn(vec![nested.clone()], vec![])), Some(0));
+        assert_eq!(t(0, txn(vec![nested], vec![])), None);
+    }
+
+    #[test]
+    fn lease_revocations_are_judged_by_the_keys_they_would_delete() {
+        let o = owners();
+        let revoke = op(1, Op::LeaseRevoke(Default::default()));
+        assert_eq!(o.refuses(&revoke), None, "decided at apply, from the lease's keys");
+        let keys: [&[u8]; 2] = [b"/bank2/a", b"/bank1/b"];
+        assert_eq!(o.foreign_keys(1, keys), Some(0));
+        assert_eq!(o.foreign_keys(1, [b"/bank2/a".as_slice()]), None);
+        assert_eq!(Owners::default().refuses(&op(1, Op::Put(Default::default()))), None);
+    }
+}
