@@ -299,6 +299,77 @@ mod tests {
         assert!(a.admit(ip1).is_some(), "a closed connection frees its slot");
     }
 
+    /// A client that connects and never speaks holds up neither the accept loop nor another
+    /// client's handshake; a verified client is known by its certificate's CN; a connection
+    /// over the cap is closed before any handshake.
+    #[tokio::test]
+    async fn handshakes_run_apart_and_name_the_client() {
+        use bftcd_sequencer::net::DevCa;
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("test client CA");
+        let (server, alice) = (ca.issue("server"), ca.issue("alice"));
+        let file = |name: &str, pem: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            Some(p)
+        };
+        let files = super::super::tls::TlsFiles {
+            cert_file: file("server.pem", &server.cert_pem),
+            key_file: file("server-key.pem", &server.key_pem),
+            trusted_ca_file: file("ca.pem", &ca.cert_pem),
+            client_cert_auth: true,
+        };
+        let tls = ClientTls::load(&files).unwrap().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ClientLimits {
+            max_connections: 2,
+            max_connections_per_ip: 2,
+            max_concurrent_streams: 8,
+            max_in_flight: 8,
+            requests_per_second: 100,
+            max_buffered_bytes: 1 << 20,
+            max_watches: 8,
+            max_buffered_bytes_total: 1 << 20,
+            max_recv_bytes: 1 << 20,
+        };
+        let mut incoming = Box::pin(incoming(listener, limits, Some(tls)));
+
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let client = tokio::spawn(async move {
+            use bftcd_sequencer::net::pki::{certs_from_pem, private_key_from_pem};
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(certs_from_pem(&ca.cert_pem).unwrap().remove(0)).unwrap();
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(certs_from_pem(&alice.cert_pem).unwrap(), private_key_from_pem(&alice.key_pem).unwrap())
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+        });
+        let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await.expect("a handshake while another client is silent");
+        let conn = conn.unwrap().unwrap();
+        assert_eq!(conn.info.certificate_cn.as_deref(), Some("alice"));
+        assert_eq!(conn.info.budget.key, ClientKey::Certificate("alice".into()));
+        let alice_side = client.await.unwrap();
+        assert_eq!(alice_side.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+
+        // The silent client and alice hold both slots: a third is closed unread.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            r = third.read(&mut byte) => assert!(matches!(r, Ok(0) | Err(_)), "over the cap: closed"),
+            _ = incoming.next() => panic!("a connection over the cap was handed on"),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("a connection over the cap was left open"),
+        }
+    }
+
     #[test]
     fn ipv6_sources_are_counted_by_their_64() {
         let ip = |s: &str| source(s.parse().unwrap());
