@@ -411,11 +411,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
     if https {
         println!("READY https://{local}");
+        std::io::stdout().flush()?;
+        tracing::info!(client = %local, client_cert_auth = args.trusted_ca_file.is_some(), "serving the etcd v3 API over TLS");
     } else {
         println!("READY {local}");
+        std::io::stdout().flush()?;
+        tracing::info!(client = %local, "serving the etcd v3 API");
     }
-    std::io::stdout().flush()?;
-    tracing::info!(client = %local, tls = https, client_cert_auth = args.trusted_ca_file.is_some(), "serving the etcd v3 API");
     tokio::select! {
         r = server => r?,
         r = apply_task => return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))),
@@ -471,4 +473,21 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_client;
+
+    #[test]
+    fn listen_client_takes_an_address_or_an_etcd_style_url() {
+        let bare = parse_listen_client("127.0.0.1:2379").unwrap();
+        assert_eq!((bare.addr.to_string().as_str(), bare.https), ("127.0.0.1:2379", None));
+        let https = parse_listen_client("https://0.0.0.0:2379/").unwrap();
+        assert_eq!((https.addr.to_string().as_str(), https.https), ("0.0.0.0:2379", Some(true)));
+        let http = parse_listen_client("http://[::1]:2379").unwrap();
+        assert_eq!((http.addr.to_string().as_str(), http.https), ("[::1]:2379", Some(false)));
+        assert!(parse_listen_client("unix://socket").unwrap_err().contains("unsupported scheme"));
+        assert!(parse_listen_client("https://localhost:2379").is_err());
+    }
 }
