@@ -6,7 +6,8 @@
 //!   P+200+i  the bank's stock etcd, peer URL (a single-member etcd; nothing connects)
 //!   P+300+i  the bank's sidecar peer endpoint (HotStuff-2 over mutual TLS), when N > 1
 //! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/,keys/}; with several
-//! banks the development CA is DIR/ca and the genesis DIR/genesis.pb (made on first run).
+//! banks the development CA is DIR/ca and the genesis DIR/genesis.pb (made on first run). With
+//! --client-tls the client ports' CA and certificates are in DIR/clients.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -45,6 +46,11 @@ pub struct DevClusterArgs {
     /// started with what the sidecar adds on top (probe::required).
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
+    /// Serve every bank's client port over TLS with client certificate auth: makes a CA and
+    /// certificates in DIR/clients (ca.pem; admin.pem and bank<i>.pem client certificates with
+    /// their -key.pem; bank<i>-server.pem for the banks) and prints the etcdctl line to use.
+    #[arg(long)]
+    pub client_tls: bool,
     /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--write-timeout=60s.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -158,6 +164,27 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         single_bank_limits.extend(args.max_txn_ops.map(|n| format!("--max-txn-ops={n}")));
     }
 
+    let clients_dir = dir.join("clients");
+    if args.client_tls {
+        let banks: Vec<String> = (1..=args.banks).map(|i| format!("bank{i}")).collect();
+        let clients: Vec<String> = std::iter::once("admin".to_string()).chain(banks.iter().cloned()).collect();
+        crate::clientcerts::make(&clients_dir, &clients, &banks)?;
+    }
+    // Each bank's client port: plaintext, or TLS that requires a certificate from the CA.
+    let client_port_args = |name: &str, port: u32| -> Vec<String> {
+        if !args.client_tls {
+            return vec![format!("--listen-client=127.0.0.1:{port}")];
+        }
+        let file = |f: String| clients_dir.join(f).display().to_string();
+        vec![
+            format!("--listen-client=https://127.0.0.1:{port}"),
+            format!("--cert-file={}", file(format!("{name}-server.pem"))),
+            format!("--key-file={}", file(format!("{name}-server-key.pem"))),
+            format!("--trusted-ca-file={}", file("ca.pem".into())),
+            "--client-cert-auth".to_string(),
+        ]
+    };
+
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints = Vec::new();
     let started = async {
@@ -198,7 +225,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 .arg("serve")
                 .arg(format!("--name={name}"))
                 .arg(format!("--data-dir={}", bank_dir.join("sidecar").display()))
-                .arg(format!("--listen-client=127.0.0.1:{client}"))
+                .args(client_port_args(&name, client))
                 .arg(format!("--etcd-endpoint={etcd_client}"))
                 .args(if args.banks > 1 {
                     vec![format!("--genesis={}", genesis_path.display()), format!("--keys={}", bank_dir.join("keys").display())]
@@ -236,6 +263,16 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     println!("READY {}", endpoints.join(","));
+    if args.client_tls {
+        let file = |f: &str| clients_dir.join(f).display().to_string();
+        println!(
+            "ETCDCTL_API=3 etcdctl --endpoints={} --cacert {} --cert {} --key {}",
+            endpoints.join(","),
+            file("ca.pem"),
+            file("admin.pem"),
+            file("admin-key.pem")
+        );
+    }
     use std::io::Write;
     std::io::stdout().flush()?;
 

@@ -55,6 +55,15 @@ impl Identity {
         })
     }
 
+    /// Client URLs as https: this bank serves TLS (the banks of a chain are expected to agree).
+    pub fn serve_https(&mut self) {
+        for url in self.members.iter_mut().flat_map(|m| m.client_ur_ls.iter_mut()) {
+            if let Some(rest) = url.strip_prefix("http://") {
+                *url = format!("https://{rest}");
+            }
+        }
+    }
+
     /// The header a client sees: the local etcd's revision, the cluster's ids.
     pub fn header(&self, upstream: Option<ResponseHeader>) -> Option<ResponseHeader> {
         let revision = upstream.map(|h| h.revision).unwrap_or_default();

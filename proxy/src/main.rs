@@ -2,6 +2,7 @@
 
 mod apply;
 mod chain;
+mod clientcerts;
 mod codec;
 mod devcluster;
 mod errors;
@@ -40,6 +41,9 @@ enum Command {
     Keygen(chain::KeygenArgs),
     /// Build a chain's genesis from the banks' validator descriptors (checks every key).
     Genesis(chain::GenesisArgs),
+    /// Make a development CA and certificates for the client port's TLS (client certificates
+    /// with CN = name, server certificates for 127.0.0.1 and localhost).
+    ClientCerts(clientcerts::ClientCertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Command::DevCluster(args) => devcluster::run(args).await,
             Command::Keygen(args) => chain::keygen(args),
             Command::Genesis(args) => chain::genesis(args),
+            Command::ClientCerts(args) => clientcerts::run(args),
         }
     });
     match result {

@@ -30,9 +30,25 @@ pub struct ServeArgs {
     /// Where the ledger and this bank's small state files live.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address clients (kube-apiserver, etcdctl) connect to.
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    pub listen_client: SocketAddr,
+    /// Address clients (kube-apiserver, etcdctl) connect to: `IP:PORT`, `http://IP:PORT` or
+    /// `https://IP:PORT` (https needs --cert-file and --key-file).
+    #[arg(long, default_value = "127.0.0.1:2379", value_parser = parse_listen_client)]
+    pub listen_client: ListenClient,
+    /// TLS certificate (PEM, with its chain) served on the client port, as etcd's flag.
+    /// With --key-file, clients must speak TLS.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates. As with etcd, giving it requires every client
+    /// to present a certificate signed by it.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file (at the handshake); a
+    /// client is then known by its certificate's common name.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
+    pub client_cert_auth: bool,
     /// This bank's own stock etcd; only the sidecar should be able to reach it.
     #[arg(long, default_value = "http://127.0.0.1:12379")]
     pub etcd_endpoint: String,
@@ -144,6 +160,48 @@ impl ApplyMode {
     }
 }
 
+/// `--listen-client`: a socket address, bare or as an etcd-style URL.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenClient {
+    pub addr: SocketAddr,
+    /// `Some(true)` for `https://`, `Some(false)` for `http://`, `None` for a bare address.
+    pub https: Option<bool>,
+}
+
+fn parse_listen_client(s: &str) -> Result<ListenClient, String> {
+    let (https, rest) = match s.split_once("://") {
+        None => (None, s),
+        Some(("https", rest)) => (Some(true), rest),
+        Some(("http", rest)) => (Some(false), rest),
+        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {s:?} (http or https)")),
+    };
+    let addr = rest.strip_suffix('/').unwrap_or(rest).parse().map_err(|e| format!("{s:?}: {e} (IP:PORT, http://IP:PORT or https://IP:PORT)"))?;
+    Ok(ListenClient { addr, https })
+}
+
+/// The client port's TLS from the flags, with the URL's scheme checked against them.
+fn client_tls(args: &ServeArgs) -> anyhow::Result<Option<crate::front::tls::ClientTls>> {
+    let files = crate::front::tls::TlsFiles {
+        cert_file: args.cert_file.clone(),
+        key_file: args.key_file.clone(),
+        trusted_ca_file: args.trusted_ca_file.clone(),
+        client_cert_auth: args.client_cert_auth,
+    };
+    let tls = crate::front::tls::ClientTls::load(&files)?;
+    match (args.listen_client.https, tls.is_some()) {
+        (Some(true), false) => anyhow::bail!(
+            "--listen-client https://{} needs --cert-file and --key-file",
+            args.listen_client.addr
+        ),
+        (Some(false), true) => anyhow::bail!(
+            "--cert-file and --key-file turn TLS on, but --listen-client is http://{}; use https://{}",
+            args.listen_client.addr,
+            args.listen_client.addr
+        ),
+        _ => Ok(tls),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
@@ -182,7 +240,7 @@ fn load_genesis(args: &ServeArgs) -> anyhow::Result<Genesis> {
                 epoch: 1,
                 validators: vec![Validator {
                     name: args.name.clone(),
-                    client_address: args.listen_client.to_string(),
+                    client_address: args.listen_client.addr.to_string(),
                     ..Default::default()
                 }],
                 initial_state_digest: vec![],
@@ -212,6 +270,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything else: a bank must not come up in plaintext when TLS was meant.
+    let tls = client_tls(&args)?;
     std::fs::create_dir_all(&args.data_dir)?;
     if let Some(urls) = &args.listen_metrics_urls {
         for addr in crate::metrics::start(&crate::metrics::parse_urls(urls)?, args.account_cpu).await? {
@@ -234,7 +294,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             given.unwrap_or_default()
         );
     }
-    let identity = Arc::new(Identity::new(&genesis, &args.name)?);
+    let mut identity = Identity::new(&genesis, &args.name)?;
+    if tls.is_some() {
+        identity.serve_https();
+    }
+    let identity = Arc::new(identity);
     let ledger_path = args.data_dir.join("ledger.log");
     let ledger = {
         let (p, g) = (ledger_path.clone(), genesis.clone());
@@ -337,12 +401,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         snapshots: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_SNAPSHOTS)),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
-    let listener = TcpListener::bind(args.listen_client)
+    let listener = TcpListener::bind(args.listen_client.addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client.addr))?;
     let local = listener.local_addr()?;
     let client_limits = client_limits(&args, front.max_recv_bytes)?;
-    let incoming = crate::front::conns::incoming(listener, client_limits);
+    let https = tls.is_some();
+    let incoming = crate::front::conns::incoming(listener, client_limits, tls);
     let server = tonic::transport::Server::builder()
         .layer(crate::front::limits::ClientLimitLayer)
         .layer(crate::front::FrontCpu)
@@ -358,9 +423,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .http2_max_header_list_size(64 << 10)
         .add_routes(front.routes())
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
-    println!("READY {local}");
-    std::io::stdout().flush()?;
-    tracing::info!(client = %local, "serving the etcd v3 API");
+    if https {
+        println!("READY https://{local}");
+        std::io::stdout().flush()?;
+        tracing::info!(client = %local, client_cert_auth = args.trusted_ca_file.is_some(), "serving the etcd v3 API over TLS");
+    } else {
+        println!("READY {local}");
+        std::io::stdout().flush()?;
+        tracing::info!(client = %local, "serving the etcd v3 API");
+    }
     tokio::select! {
         r = server => r?,
         r = apply_task => return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))),
@@ -416,4 +487,21 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_client;
+
+    #[test]
+    fn listen_client_takes_an_address_or_an_etcd_style_url() {
+        let bare = parse_listen_client("127.0.0.1:2379").unwrap();
+        assert_eq!((bare.addr.to_string().as_str(), bare.https), ("127.0.0.1:2379", None));
+        let https = parse_listen_client("https://0.0.0.0:2379/").unwrap();
+        assert_eq!((https.addr.to_string().as_str(), https.https), ("0.0.0.0:2379", Some(true)));
+        let http = parse_listen_client("http://[::1]:2379").unwrap();
+        assert_eq!((http.addr.to_string().as_str(), http.https), ("[::1]:2379", Some(false)));
+        assert!(parse_listen_client("unix://socket").unwrap_err().contains("unsupported scheme"));
+        assert!(parse_listen_client("https://localhost:2379").is_err());
+    }
 }

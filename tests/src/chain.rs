@@ -10,6 +10,7 @@ use crate::etcd::EtcdProcess;
 use crate::etcdctl::Etcdctl;
 use crate::ports;
 use crate::sidecar::{Sidecar, BANK_ETCD_ARGS};
+use crate::tls::ClientCerts;
 
 pub struct Bank {
     pub name: String,
@@ -24,6 +25,9 @@ pub struct Bank {
 pub struct Chain {
     pub banks: Vec<Bank>,
     pub genesis: PathBuf,
+    /// With client TLS: the CA and certificates every bank's client port uses
+    /// (`admin`, `bank<i>` clients; `bank<i>` servers).
+    pub client_certs: Option<ClientCerts>,
 }
 
 /// One bank run by another binary (the Byzantine test build) with extra arguments.
@@ -53,6 +57,16 @@ impl Chain {
         Self::start_prefixed(dir, n, deviants, "", false, genesis_args)
     }
 
+    /// Every bank serves its clients over TLS with client certificate auth; certificates from
+    /// `bftcd client-certs` in `<dir>/clients` (see [`Chain::client_certs`]).
+    pub fn start_client_tls(dir: &TestDir, n: usize) -> Chain {
+        let banks: Vec<String> = (1..=n).map(|i| format!("bank{i}")).collect();
+        let names: Vec<&str> = banks.iter().map(|s| s.as_str()).collect();
+        let clients: Vec<&str> = std::iter::once("admin").chain(names.iter().copied()).collect();
+        let certs = ClientCerts::make(&dir.join("clients"), &clients, &names);
+        Self::start_inner(dir, n, Vec::new(), "", false, Some(certs), &[])
+    }
+
     /// Several banks run by other binaries (at most one [`Deviant`] per bank), e.g. every bank
     /// in a cgroup of its own so that any of them can be cut off later.
     pub fn start_with_all(dir: &TestDir, n: usize, deviants: Vec<Deviant>) -> Chain {
@@ -73,6 +87,18 @@ impl Chain {
     }
 
     fn start_prefixed(dir: &TestDir, n: usize, deviants: Vec<Deviant>, prefix: &str, account_cpu: bool, genesis_args: &[&str]) -> Chain {
+        Self::start_inner(dir, n, deviants, prefix, account_cpu, None, genesis_args)
+    }
+
+    fn start_inner(
+        dir: &TestDir,
+        n: usize,
+        deviants: Vec<Deviant>,
+        prefix: &str,
+        account_cpu: bool,
+        client_certs: Option<ClientCerts>,
+        genesis_args: &[&str],
+    ) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let mut descriptors = Vec::new();
@@ -103,6 +129,9 @@ impl Chain {
                 format!("--listen-peer=127.0.0.1:{}", peer_ports[i]),
                 "--write-timeout=20s".to_string(),
             ];
+            if let Some(certs) = &client_certs {
+                extra.extend(certs.serve_args(&format!("bank{}", i + 1)));
+            }
             let metrics = account_cpu.then(|| format!("127.0.0.1:{}", ports::free_port()));
             if let Some(m) = &metrics {
                 extra.push(format!("--listen-metrics-urls=http://{m}"));
@@ -118,15 +147,19 @@ impl Chain {
                 .unwrap_or_else(|e| panic!("{e}"));
             banks.push(Bank { name, etcd, sidecar, peer_port: peer_ports[i], metrics });
         }
-        Chain { banks, genesis }
+        Chain { banks, genesis, client_certs }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
         self.banks.iter().map(|b| b.sidecar.endpoint()).collect()
     }
 
+    /// etcdctl at one bank; with client TLS, over TLS with the `admin` certificate.
     pub fn etcdctl(&self, bank: usize) -> Etcdctl {
-        Etcdctl::new(self.banks[bank].sidecar.endpoint())
+        match &self.client_certs {
+            Some(certs) => certs.etcdctl(&self.banks[bank].sidecar.endpoint(), Some("admin")),
+            None => Etcdctl::new(self.banks[bank].sidecar.endpoint()),
+        }
     }
 
     /// Waits until every listed bank's etcd is at the same revision (read directly from each

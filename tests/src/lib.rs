@@ -8,6 +8,7 @@
 //! - [`Sidecar`]: `bftcd serve` in front of a stock etcd.
 //! - [`Etcdctl`], [`Etcdutl`]: the stock command-line tools with hard timeouts.
 //! - [`netcut`]: cutting a bank off its peers with iptables (partition tests).
+//! - [`tls`]: client certificates (`bftcd client-certs`) and etcdctl over TLS.
 //! - [`kv`]: the Put, Get and HashKV the fault tests share.
 //! - [`compat`]: running the same etcdctl commands against stock etcd and a sidecar and
 //!   comparing the outputs modulo ids and timing.
@@ -30,6 +31,7 @@ pub mod netcut;
 pub mod ports;
 pub mod process;
 pub mod sidecar;
+pub mod tls;
 
 pub use chain::{Bank, Chain, Deviant};
 pub use bins::{bftcd_bin, etcd_bin, etcdctl_bin, etcdutl_bin, workspace_root};
@@ -40,3 +42,4 @@ pub use ledger::forge_ledger;
 pub use ports::{free_port, free_ports};
 pub use process::{rss_mib, Background, CmdOutput};
 pub use sidecar::Sidecar;
+pub use tls::ClientCerts;

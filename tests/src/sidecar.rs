@@ -39,6 +39,8 @@ pub struct Sidecar {
     etcd_url: String,
     extra_args: Vec<String>,
     endpoint: String,
+    /// The READY line named an https:// endpoint.
+    https: bool,
     child: Option<Child>,
     stdout_copier: Option<thread::JoinHandle<()>>,
     /// Another bftcd binary (e.g. the Byzantine test build) instead of the normal one.
@@ -129,6 +131,7 @@ impl Sidecar {
                 etcd_url: as_url(etcd_endpoint),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
                 endpoint: String::new(),
+                https: false,
                 child: None,
                 stdout_copier: None,
             };
@@ -199,7 +202,7 @@ impl Sidecar {
         self.child = Some(child);
 
         // Copy stdout into its log; report the first READY line.
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<(String, bool)>();
         self.stdout_copier = Some(thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
@@ -213,7 +216,7 @@ impl Sidecar {
                         let _ = out_log.flush();
                         if !sent {
                             if let Some(ep) = parse_ready_line(&line) {
-                                let _ = tx.send(ep);
+                                let _ = tx.send((ep, line.starts_with("READY https://")));
                                 sent = true;
                             }
                         }
@@ -225,8 +228,9 @@ impl Sidecar {
         let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(ep) => {
+                Ok((ep, https)) => {
                     self.endpoint = ep;
+                    self.https = https;
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout)
@@ -238,7 +242,7 @@ impl Sidecar {
                 .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 // Late READY line still in the pipe?
-                if let Ok(ep) = rx.recv_timeout(Duration::from_millis(200)) {
+                if let Ok((ep, _)) = rx.recv_timeout(Duration::from_millis(200)) {
                     self.endpoint = ep;
                     return Err(format!(
                         "sidecar {} printed READY {} but then exited ({status}); stderr {}:\n{}",
@@ -280,9 +284,18 @@ impl Sidecar {
         self.endpoint.clone()
     }
 
-    /// `http://` + [`Sidecar::endpoint`].
+    /// `http://` (or `https://` when it serves TLS) + [`Sidecar::endpoint`].
     pub fn client_url(&self) -> String {
-        as_url(&self.endpoint)
+        if self.https {
+            format!("https://{}", self.endpoint)
+        } else {
+            as_url(&self.endpoint)
+        }
+    }
+
+    /// True when it serves its clients over TLS.
+    pub fn https(&self) -> bool {
+        self.https
     }
 
     /// The port passed with `--listen-client`.

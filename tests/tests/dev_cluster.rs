@@ -11,7 +11,8 @@ use bftcd_tests::{bftcd_bin, Etcdctl, TestDir};
 /// A base port whose whole dev-cluster range (P+1.., P+101.., P+201.., P+301..) is free now.
 fn free_base(banks: u16) -> u16 {
     for attempt in 0..200u16 {
-        let base = 20_000 + (std::process::id() as u16 % 97) * 100 + attempt * 397 % 20_000;
+        // 400 apart per process: a whole range spans P+1..P+304, so neighbours must not overlap.
+        let base = (20_000 + (std::process::id() % 97 * 400 + attempt as u32 * 397) % 40_000) as u16;
         let all_free = (1..=banks)
             .flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i])
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
@@ -62,4 +63,86 @@ fn dev_cluster_serves_and_stops_cleanly() {
             assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} still in use after shutdown");
         }
     }
+}
+
+/// `--client-tls`: certificates in DIR/clients, every bank on https with client certificate
+/// auth, and the printed etcdctl line works as printed.
+#[test]
+fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
+    let dir = TestDir::new("dev-cluster-tls");
+    let base = free_base(4);
+    let cluster = dir.join("cluster");
+    let mut child = Command::new(bftcd_bin())
+        .args(["dev-cluster", "--client-tls", "--banks", "4", "--base-port", &base.to_string(), "--dir"])
+        .arg(&cluster)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dev-cluster.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a READY line").unwrap();
+    let endpoints: Vec<String> = ready.strip_prefix("READY ").expect("READY <endpoints>").split(',').map(String::from).collect();
+    assert_eq!(endpoints.len(), 4);
+    assert_eq!(endpoints[0], format!("https://127.0.0.1:{}", base + 1));
+    let line = lines.next().expect("an etcdctl line").unwrap();
+
+    let clients = cluster.join("clients");
+    let mut files = vec!["ca.pem".to_string(), "admin.pem".into(), "admin-key.pem".into()];
+    for i in 1..=4 {
+        files.extend([format!("bank{i}.pem"), format!("bank{i}-key.pem"), format!("bank{i}-server.pem"), format!("bank{i}-server-key.pem")]);
+    }
+    for f in &files {
+        let meta = std::fs::metadata(clients.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f.ends_with("-key.pem") {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(meta.permissions().mode() & 0o077, 0, "{f} must be private");
+        }
+    }
+
+    // The line as printed: ETCDCTL_API=3 etcdctl <flags>.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&words[..2], ["ETCDCTL_API=3", "etcdctl"], "{line}");
+    assert!(line.contains(&format!("--endpoints={}", endpoints.join(","))), "{line}");
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new(bftcd_tests::etcdctl_bin()).env("ETCDCTL_API", "3").args(&words[2..]).args(args).output().unwrap();
+        assert!(out.status.success(), "{line} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    etcdctl(&["put", "hello", "tls"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bank3: Vec<&str> = words[2..].iter().map(|w| if w.starts_with("--endpoints=") { "" } else { *w }).collect();
+    loop {
+        let out = Command::new(bftcd_tests::etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .args(bank3.iter().filter(|w| !w.is_empty()))
+            .arg(format!("--endpoints={}", endpoints[2]))
+            .args(["get", "hello", "--print-value-only"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "tls" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bank 3 never served bank 1's write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without a certificate a bank refuses the client.
+    let out = Command::new(bftcd_tests::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints[0]))
+        .arg(format!("--cacert={}", clients.join("ca.pem").display()))
+        .args(["--dial-timeout=3s", "--command-timeout=5s", "get", "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a client without a certificate must be refused");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev-cluster did not stop within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "dev-cluster exited with {status}");
 }

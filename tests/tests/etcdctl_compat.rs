@@ -56,7 +56,20 @@ fn json(text: &str) -> Value {
 
 #[test]
 fn put_and_get() {
-    let (_dir, mut p) = start("compat-kv");
+    let (_dir, p) = start("compat-kv");
+    check_put_and_get(p);
+}
+
+/// The same through a sidecar that serves client TLS with client certificate auth (the whole
+/// suite runs so with `BFTCD_COMPAT_CLIENT_TLS=1`).
+#[test]
+fn put_and_get_over_client_tls() {
+    let dir = TestDir::new("compat-kv-tls");
+    let p = CompatPair::start_tls(&dir, &[], &[], true);
+    check_put_and_get(p);
+}
+
+fn check_put_and_get(mut p: CompatPair) {
     p.check(&["put", "foo", "bar"]);
     p.check(&["put", "foo2", "baz", "-w", "json"]);
     p.check(&["put", "fop", "x"]);
@@ -780,7 +793,7 @@ fn member_list_and_snapshot() {
             members.len() == 1,
             format!("{label}: member list should list one member: {v}"),
         );
-        let url = format!("http://{endpoint}");
+        let url = bftcd_tests::sidecar::as_url(&endpoint);
         let has_url = members
             .first()
             .map(|m| {
@@ -815,7 +828,7 @@ fn member_list_and_snapshot() {
         p.expect(
             out.success()
                 && lines.len() == 1
-                && lines[0].contains(&format!("http://{endpoint}"))
+                && lines[0].contains(&bftcd_tests::sidecar::as_url(&endpoint))
                 && lines[0].contains(", started, "),
             format!(
                 "{label}: `member list` should print one started member with its client URL: {out}"

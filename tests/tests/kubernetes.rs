@@ -19,10 +19,10 @@ use bftcd_proto::etcdserverpb::{
     WatchRequest, WatchResponse,
 };
 use bftcd_proto::mvccpb::event::EventType;
-use bftcd_tests::{EtcdProcess, Sidecar, TestDir};
+use bftcd_tests::{ClientCerts, EtcdProcess, Sidecar, TestDir};
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 mod tokio_stream_shim {
     //! A minimal mpsc-backed request stream, so the test needs no extra crate.
@@ -104,8 +104,7 @@ fn prefix_end(p: &str) -> Vec<u8> {
 }
 
 impl Target {
-    async fn connect(endpoint: &str) -> Target {
-        let ch = Channel::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap();
+    async fn connect(ch: Channel) -> Target {
         Target { kv: KvClient::new(ch.clone()), watch: WatchClient::new(ch.clone()), lease: LeaseClient::new(ch), log: vec![] }
     }
 
@@ -141,9 +140,23 @@ async fn next_watch(rx: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
     r
 }
 
-/// The whole Kubernetes script against one endpoint; returns its transcript.
-async fn script(endpoint: &str) -> Vec<String> {
-    let mut t = Target::connect(endpoint).await;
+async fn plaintext(endpoint: &str) -> Channel {
+    Channel::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap()
+}
+
+/// What kube-apiserver's --etcd-servers=https://..., --etcd-cafile, --etcd-certfile and
+/// --etcd-keyfile make: TLS with a client certificate.
+async fn client_tls(endpoint: &str, certs: &ClientCerts, client: &str) -> Channel {
+    let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(certs.ca())))
+        .identity(Identity::from_pem(read(certs.cert(client)), read(certs.key(client))));
+    Channel::from_shared(format!("https://{endpoint}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+}
+
+/// The whole Kubernetes script over one channel; returns its transcript.
+async fn script(ch: Channel) -> Vec<String> {
+    let mut t = Target::connect(ch).await;
 
     // Create (ModRevision == 0), then a second create of the same key fails and returns it.
     let created = t.txn(guarded("/registry/pods/default/a", 0, op_put("/registry/pods/default/a", "v1", 0))).await;
@@ -319,10 +332,31 @@ async fn kubernetes_storage_patterns_match_stock_etcd() {
     let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", BANK_ETCD_ARGS);
     let bank = Sidecar::start(&dir, "bank1", &etcd.endpoint());
 
-    let reference = script(&stock.endpoint()).await;
-    let subject = script(&bank.endpoint()).await;
+    let reference = script(plaintext(&stock.endpoint()).await).await;
+    let subject = script(plaintext(&bank.endpoint()).await).await;
     assert_eq!(reference.len(), subject.len());
     for (i, (a, b)) in reference.iter().zip(&subject).enumerate() {
         assert_eq!(a, b, "step {i} differs between stock etcd (left) and bftcd (right)");
+    }
+}
+
+/// The same script through a bank that serves TLS with client certificate auth, as a
+/// kube-apiserver with its etcd client certificate uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_storage_patterns_over_client_tls() {
+    let dir = TestDir::new("kubernetes-tls");
+    let certs = ClientCerts::make(&dir.join("clients"), &["kube-apiserver"], &["bank1"]);
+    let stock = EtcdProcess::start_with_args(&dir, "stock", ETCD_ARGS);
+    let etcd = EtcdProcess::start_with_args(&dir, "bank1-etcd", BANK_ETCD_ARGS);
+    let args = certs.serve_args("bank1");
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let bank = Sidecar::start_with_args(&dir, "bank1", &etcd.endpoint(), &args);
+    assert!(bank.https());
+
+    let reference = script(plaintext(&stock.endpoint()).await).await;
+    let subject = script(client_tls(&bank.endpoint(), &certs, "kube-apiserver").await).await;
+    assert_eq!(reference.len(), subject.len());
+    for (i, (a, b)) in reference.iter().zip(&subject).enumerate() {
+        assert_eq!(a, b, "step {i} differs between stock etcd (left) and bftcd over TLS (right)");
     }
 }

@@ -3,22 +3,27 @@
 //! admitted connection gets its own [`ClientBudget`].
 //!
 //! A connection over a cap is closed as soon as it is accepted (the client sees the connection
-//! drop, which etcd clients retry); nothing is read from it.
+//! drop, which etcd clients retry); nothing is read from it. With TLS on the client port, an
+//! admitted connection then does its handshake in a task of its own (see [`Handshakes`]).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bftcd_sequencer::cpu::{AccountedExt, Component};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpIncoming};
 
 use super::limits::{ClientBudget, ClientKey, ClientLimits, SharedBudget};
+use super::tls::ClientTls;
 
 /// What every request on a connection carries (as a request extension, put there by tonic).
 #[derive(Clone)]
@@ -28,9 +33,15 @@ pub struct ClientConnInfo {
     pub certificate_cn: Option<String>,
 }
 
+/// A client's byte stream: plain TCP, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// An admitted client connection; its slot is given back when hyper drops it.
 pub struct ClientConn {
-    stream: TcpStream,
+    stream: Transport,
     info: ClientConnInfo,
     _slot: Slot,
 }
@@ -43,7 +54,9 @@ impl Connected for ClientConn {
 }
 
 impl ClientConn {
-    /// Counts what left for the client, so that its budget knows what HTTP/2 still holds.
+    /// Counts what left for the client, so that its budget knows what HTTP/2 still holds. Over
+    /// TLS a write counts once rustls has taken it; rustls holds at most 64 KiB not yet sent
+    /// (its default buffer limit), so the bound stays what it is in plain TCP plus that.
     fn wrote(&self, written: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = written {
             self.info.budget.wrote(*n);
@@ -51,31 +64,50 @@ impl ClientConn {
     }
 }
 
+/// Calls `$method` on whichever stream the connection has.
+macro_rules! on_stream {
+    ($self:expr, $s:ident => $call:expr) => {
+        match &mut $self.stream {
+            Transport::Plain($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Transport::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+        }
+    };
+}
+
 impl AsyncRead for ClientConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for ClientConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let written = on_stream!(self, s => s.poll_write(cx, buf));
         self.wrote(&written);
         written
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let written = on_stream!(self, s => s.poll_write_vectored(cx, bufs));
         self.wrote(&written);
         written
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, s => s.poll_flush(cx))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, s => s.poll_shutdown(cx))
     }
 }
 
@@ -148,23 +180,95 @@ impl Admission {
     }
 }
 
-/// The client listener's connections, each admitted or closed at once.
-pub fn incoming(listener: TcpListener, limits: ClientLimits) -> impl Stream<Item = io::Result<ClientConn>> {
+/// An accepted connection that passed admission, before its budget.
+struct Admitted {
+    stream: TcpStream,
+    remote: SocketAddr,
+    slot: Slot,
+}
+
+/// The client listener's connections, each admitted or closed at once; with `tls`, each
+/// admitted connection is handed on once its handshake succeeded.
+pub fn incoming(listener: TcpListener, limits: ClientLimits, tls: Option<ClientTls>) -> impl Stream<Item = io::Result<ClientConn>> {
     let admission = Arc::new(Admission { limits, counts: Mutex::default() });
     let shared = SharedBudget::new(limits.max_buffered_bytes_total);
     // tonic applies no socket options to an incoming stream it is handed, so Nagle is switched
     // off here: left on, every small response waits for the client's delayed ACK (about 40 ms).
-    TcpIncoming::from(listener).with_nodelay(Some(true)).filter_map(move |accepted| {
+    let admitted = TcpIncoming::from(listener).with_nodelay(Some(true)).filter_map(move |accepted| {
         let admitted = match accepted {
             Err(e) => Some(Err(e)),
             Ok(stream) => stream.peer_addr().ok().and_then(|remote| {
                 let slot = admission.admit(remote.ip())?;
-                let budget = ClientBudget::new(ClientKey::Connection(remote), limits, shared.clone());
-                Some(Ok(ClientConn { stream, info: ClientConnInfo { budget, certificate_cn: None }, _slot: slot }))
+                Some(Ok(Admitted { stream, remote, slot }))
             }),
         };
         std::future::ready(admitted)
-    })
+    });
+    Handshakes { admitted: Box::pin(admitted), tls, pending: JoinSet::new(), ended: false, limits, shared }
+}
+
+/// Admitted connections made into [`ClientConn`]s. A TLS handshake runs in a task of its own,
+/// so that a slow or silent client holds up neither the accept loop nor other handshakes; each
+/// pending handshake holds its connection's slot, so the caps bound them too.
+struct Handshakes<S> {
+    admitted: Pin<Box<S>>,
+    tls: Option<ClientTls>,
+    pending: JoinSet<Option<ClientConn>>,
+    ended: bool,
+    limits: ClientLimits,
+    shared: Arc<SharedBudget>,
+}
+
+impl<S: Stream<Item = io::Result<Admitted>>> Stream for Handshakes<S> {
+    type Item = io::Result<ClientConn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if !this.ended {
+                match this.admitted.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(a))) => match &this.tls {
+                        None => {
+                            let budget = ClientBudget::new(ClientKey::Connection(a.remote), this.limits, this.shared.clone());
+                            let info = ClientConnInfo { budget, certificate_cn: None };
+                            return Poll::Ready(Some(Ok(ClientConn { stream: Transport::Plain(a.stream), info, _slot: a.slot })));
+                        }
+                        Some(tls) => {
+                            let (tls, limits, shared) = (tls.clone(), this.limits, this.shared.clone());
+                            let handshake = async move {
+                                match tls.handshake(a.stream).await {
+                                    Ok((stream, cn)) => {
+                                        // The certificate's name is who the client is; budgets stay per connection.
+                                        let key = cn.clone().map_or(ClientKey::Connection(a.remote), ClientKey::Certificate);
+                                        let info = ClientConnInfo { budget: ClientBudget::new(key, limits, shared), certificate_cn: cn };
+                                        tracing::debug!(remote = %a.remote, certificate_cn = ?info.certificate_cn, "client connected over TLS");
+                                        Some(ClientConn { stream: Transport::Tls(Box::new(stream)), info, _slot: a.slot })
+                                    }
+                                    Err(error) => {
+                                        metrics::counter!("bftcd_client_tls_handshakes_failed_total").increment(1);
+                                        tracing::debug!(remote = %a.remote, %error, "client TLS handshake failed; connection closed");
+                                        None
+                                    }
+                                }
+                            };
+                            this.pending.spawn(handshake.accounted(Component::Front));
+                            continue;
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => this.ended = true,
+                    Poll::Pending => {}
+                }
+            }
+            return match this.pending.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => Poll::Ready(Some(Ok(conn))),
+                // A failed handshake (its connection is closed): look for the next.
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) if this.ended => Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +297,77 @@ mod tests {
         assert!(a.admit(ip2).is_none(), "fourth in all");
         drop(s1);
         assert!(a.admit(ip1).is_some(), "a closed connection frees its slot");
+    }
+
+    /// A client that connects and never speaks holds up neither the accept loop nor another
+    /// client's handshake; a verified client is known by its certificate's CN; a connection
+    /// over the cap is closed before any handshake.
+    #[tokio::test]
+    async fn handshakes_run_apart_and_name_the_client() {
+        use bftcd_sequencer::net::DevCa;
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("test client CA");
+        let (server, alice) = (ca.issue("server"), ca.issue("alice"));
+        let file = |name: &str, pem: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            Some(p)
+        };
+        let files = super::super::tls::TlsFiles {
+            cert_file: file("server.pem", &server.cert_pem),
+            key_file: file("server-key.pem", &server.key_pem),
+            trusted_ca_file: file("ca.pem", &ca.cert_pem),
+            client_cert_auth: true,
+        };
+        let tls = ClientTls::load(&files).unwrap().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ClientLimits {
+            max_connections: 2,
+            max_connections_per_ip: 2,
+            max_concurrent_streams: 8,
+            max_in_flight: 8,
+            requests_per_second: 100,
+            max_buffered_bytes: 1 << 20,
+            max_watches: 8,
+            max_buffered_bytes_total: 1 << 20,
+            max_recv_bytes: 1 << 20,
+        };
+        let mut incoming = Box::pin(incoming(listener, limits, Some(tls)));
+
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let client = tokio::spawn(async move {
+            use bftcd_sequencer::net::pki::{certs_from_pem, private_key_from_pem};
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(certs_from_pem(&ca.cert_pem).unwrap().remove(0)).unwrap();
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(certs_from_pem(&alice.cert_pem).unwrap(), private_key_from_pem(&alice.key_pem).unwrap())
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+        });
+        let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await.expect("a handshake while another client is silent");
+        let conn = conn.unwrap().unwrap();
+        assert_eq!(conn.info.certificate_cn.as_deref(), Some("alice"));
+        assert_eq!(conn.info.budget.key, ClientKey::Certificate("alice".into()));
+        let alice_side = client.await.unwrap();
+        assert_eq!(alice_side.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+
+        // The silent client and alice hold both slots: a third is closed unread.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            r = third.read(&mut byte) => assert!(matches!(r, Ok(0) | Err(_)), "over the cap: closed"),
+            _ = incoming.next() => panic!("a connection over the cap was handed on"),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("a connection over the cap was left open"),
+        }
     }
 
     #[test]

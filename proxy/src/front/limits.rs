@@ -22,12 +22,14 @@ use tonic::Status;
 use super::conns::ClientConnInfo;
 use crate::errors;
 
-/// Whom a budget belongs to. Today every connection is a client of its own; the issue on trusted
-/// clients adds identities (client certificate, etcd user) here, so that one client cannot
-/// escape its limits by opening more connections.
+/// Whom a budget belongs to. Budgets are still per connection; with client certificate auth a
+/// connection is known by its certificate's common name (in logs), and later the issue on
+/// trusted clients shares one budget among a client's connections.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     Connection(SocketAddr),
+    /// The Subject CN of a client certificate verified against `--trusted-ca-file`.
+    Certificate(String),
 }
 
 /// The front's limits (`bftcd serve` flags; docs/operations.md, "Client limits").

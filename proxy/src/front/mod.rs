@@ -11,6 +11,7 @@ mod lease;
 pub mod limits;
 mod maintenance;
 mod range;
+pub mod tls;
 mod watch;
 
 use std::sync::Arc;

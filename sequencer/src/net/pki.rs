@@ -209,6 +209,18 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(&Sha256::digest(der)[..8])
 }
 
+/// The subject common name of a DER certificate (the client identity of etcd's client
+/// certificate auth); `None` without one or when it is not text.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    match subject_of(der).ok()?.get(&DnType::CommonName)? {
+        DnValue::Utf8String(s) => Some(s.clone()),
+        DnValue::PrintableString(s) => Some(s.as_str().to_string()),
+        DnValue::Ia5String(s) => Some(s.as_str().to_string()),
+        DnValue::TeletexString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 // ---- minimal DER reading: just enough to recover a certificate's subject name ----
 
 /// Splits one DER TLV off `input`: (tag, contents, rest). Only single-byte tags.
@@ -325,6 +337,8 @@ mod tests {
         let again = DevCa::from_pem(&ca.cert_pem, ca.key_pem()).unwrap();
         assert_eq!(again.subject, ca.subject);
         let leaf2 = again.issue("bank_1 (weird name)");
+        assert_eq!(common_name(&leaf2.cert_der).as_deref(), Some("bank_1 (weird name)"));
+        assert_eq!(common_name(&leaf.cert_der).as_deref(), Some("bank-0"));
         assert!(!leaf2.cert_der.is_empty());
         assert!(DevCa::from_pem("garbage", ca.key_pem()).is_err());
         assert!(DevCa::from_pem(&ca.cert_pem, "garbage").is_err());

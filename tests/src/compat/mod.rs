@@ -8,6 +8,9 @@
 //!   Used to prove the normaliser makes two stock etcds compare equal, so that any difference
 //!   seen with the sidecar is a real sidecar bug.
 //! - `BFTCD_COMPAT_SIDECAR_ARGS="--flag value ..."`: extra arguments for `bftcd serve`.
+//! - `BFTCD_COMPAT_CLIENT_TLS=1`: the sidecar serves TLS with client certificate auth and
+//!   the subject's etcdctl uses `https://`, the CA and a client certificate (from
+//!   `bftcd client-certs` in `<dir>/clients`); the reference stays plaintext.
 //! - `BFTCD_COMPAT_BANK_ETCD_ARGS="--max-txn-ops=4096 ..."`: flags for the etcd behind the
 //!   sidecar only, replacing the default [`crate::sidecar::BANK_ETCD_ARGS`] (the reference etcd
 //!   keeps stock defaults; the sidecar must enforce them towards clients itself).
@@ -24,6 +27,7 @@ use crate::etcd::EtcdProcess;
 use crate::etcdctl::Etcdctl;
 use crate::process::{Background, CmdOutput};
 use crate::sidecar::Sidecar;
+use crate::tls::ClientCerts;
 
 mod normalize;
 pub use normalize::{
@@ -35,14 +39,25 @@ pub use normalize::{
 pub const BOTH_STOCK_ENV: &str = "BFTCD_COMPAT_BOTH_STOCK";
 /// Env: extra `bftcd serve` arguments (whitespace separated).
 pub const SIDECAR_ARGS_ENV: &str = "BFTCD_COMPAT_SIDECAR_ARGS";
+/// Env switch: the sidecar serves client TLS with client certificate auth.
+pub const CLIENT_TLS_ENV: &str = "BFTCD_COMPAT_CLIENT_TLS";
 /// Env: extra flags for the etcd behind the sidecar (whitespace separated).
 pub const BANK_ETCD_ARGS_ENV: &str = "BFTCD_COMPAT_BANK_ETCD_ARGS";
 
-/// True when `BFTCD_COMPAT_BOTH_STOCK` asks for two stock etcds.
-pub fn both_stock() -> bool {
-    std::env::var(BOTH_STOCK_ENV)
+fn env_flag(var: &str) -> bool {
+    std::env::var(var)
         .map(|v| !v.is_empty() && v != "0")
         .unwrap_or(false)
+}
+
+/// True when `BFTCD_COMPAT_BOTH_STOCK` asks for two stock etcds.
+pub fn both_stock() -> bool {
+    env_flag(BOTH_STOCK_ENV)
+}
+
+/// True when `BFTCD_COMPAT_CLIENT_TLS` asks for a sidecar serving client TLS.
+pub fn client_tls() -> bool {
+    env_flag(CLIENT_TLS_ENV)
 }
 
 fn env_args(var: &str) -> Vec<String> {
@@ -184,6 +199,12 @@ impl CompatPair {
     /// `BFTCD_COMPAT_BOTH_STOCK=1`). `etcd_args` go to both etcds, `sidecar_args` to the sidecar
     /// (followed by `BFTCD_COMPAT_SIDECAR_ARGS`).
     pub fn start(dir: &TestDir, etcd_args: &[&str], sidecar_args: &[&str]) -> CompatPair {
+        Self::start_tls(dir, etcd_args, sidecar_args, client_tls())
+    }
+
+    /// [`CompatPair::start`] with the sidecar serving client TLS or not, whatever
+    /// `BFTCD_COMPAT_CLIENT_TLS` says.
+    pub fn start_tls(dir: &TestDir, etcd_args: &[&str], sidecar_args: &[&str], tls: bool) -> CompatPair {
         let stock = both_stock();
         let bank_extra: Vec<String> = match std::env::var_os(BANK_ETCD_ARGS_ENV) {
             Some(_) => env_args(BANK_ETCD_ARGS_ENV),
@@ -218,9 +239,20 @@ impl CompatPair {
         } else {
             let mut args: Vec<String> = sidecar_args.iter().map(|s| s.to_string()).collect();
             args.extend(env_args(SIDECAR_ARGS_ENV));
+            let certs = tls.then(|| ClientCerts::make(&dir.join("clients"), &["admin"], &["sidecar"]));
+            if let Some(c) = &certs {
+                args.extend(c.serve_args("sidecar"));
+            }
             let arg_refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             let sc = Sidecar::start_with_args(dir, "sidecar", &bank_etcd.endpoint(), &arg_refs);
-            let side = Side::new("subject", "bftcd sidecar", sc.endpoint());
+            let side = match &certs {
+                None => Side::new("subject", "bftcd sidecar", sc.endpoint()),
+                Some(c) => {
+                    let mut side = Side::new("subject", "bftcd sidecar over client TLS", sc.client_url());
+                    side.ctl = c.etcdctl(&sc.endpoint(), Some("admin"));
+                    side
+                }
+            };
             (Some(sc), side)
         };
         let reference = Side::new("reference", "stock etcd", reference_etcd.endpoint());

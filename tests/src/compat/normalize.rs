@@ -72,8 +72,12 @@ fn replace_endpoint(text: &str, endpoint: &str) -> String {
     if endpoint.is_empty() {
         return text.to_string();
     }
-    // Only whole endpoints: 127.0.0.1:2379 must not match inside 127.0.0.1:23790.
-    let pat = format!(r"{}\b", regex::escape(endpoint));
+    // Only whole endpoints: 127.0.0.1:2379 must not match inside 127.0.0.1:23790. A side
+    // known by its URL (client TLS) prints it with or without the scheme.
+    let pat = match endpoint.split_once("://") {
+        Some((_, bare)) => format!(r"(?:https?://)?{}\b", regex::escape(bare)),
+        None => format!(r"{}\b", regex::escape(endpoint)),
+    };
     match Regex::new(&pat) {
         Ok(r) => r.replace_all(text, "<endpoint>").into_owned(),
         Err(_) => text.replace(endpoint, "<endpoint>"),
