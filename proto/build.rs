@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/etcdserverpb/rpc.proto",
                 "proto/bftcd/ledger.proto",
                 "proto/bftcd/peer.proto",
+                "proto/bftcd/admin.proto",
             ],
             &includes,
         )?;

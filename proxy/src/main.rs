@@ -1,5 +1,6 @@
 //! `bftcd`: the BFTcd sidecar and its operator commands.
 
+mod admin;
 mod apply;
 mod chain;
 mod clientcerts;
@@ -9,6 +10,7 @@ mod errors;
 mod etcd;
 mod expiry;
 mod front;
+mod govern;
 mod identity;
 mod metrics;
 mod probe;
@@ -44,6 +46,9 @@ enum Command {
     /// Make a development CA and certificates for the client port's TLS (client certificates
     /// with CN = name, server certificates for 127.0.0.1 and localhost).
     ClientCerts(clientcerts::ClientCertsArgs),
+    /// Show the chain's rules (key owners) and approve changes for this bank, through its
+    /// running sidecar; a change takes effect once every bank approves it.
+    Govern(govern::GovernArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +68,7 @@ fn main() -> std::process::ExitCode {
             Command::Keygen(args) => chain::keygen(args),
             Command::Genesis(args) => chain::genesis(args),
             Command::ClientCerts(args) => clientcerts::run(args),
+            Command::Govern(args) => govern::run(args).await,
         }
     });
     match result {

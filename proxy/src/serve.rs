@@ -281,7 +281,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let genesis = load_genesis(&args)?;
     let limits = Limits::of(&genesis);
     limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
-    let owners = bftcd_sequencer::ownership::Owners::of(&genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;
+    let rules = bftcd_sequencer::governance::ChainRules::of(&genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;
     for (flag, given, chain) in [
         ("--max-request-bytes", args.max_request_bytes, limits.max_request_bytes),
         ("--max-txn-ops", args.max_txn_ops, limits.max_txn_ops),
@@ -352,7 +352,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // From the genesis: every bank must batch identically, or revisions would differ.
     let batching = (genesis.apply_batch_max > 0)
         .then(|| crate::apply::BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
-    let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching, owners.clone());
+    let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching, rules);
     let stale_reads = stale_reads_requested(&args);
     if stale_reads {
         tracing::warn!("THIS BANK SERVES STALE READS (test build): no read index, apply 300 ms late");
@@ -378,9 +378,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
     // Test builds only: order writes under other banks' prefixes, as a Byzantine bank would.
-    if !front_misbehaves(&args, "foreign-writes") {
-        writes.owners = owners;
-    } else {
+    if front_misbehaves(&args, "foreign-writes") {
+        writes.check_owners = false;
         tracing::warn!("THIS BANK SUBMITS WRITES TO OTHER BANKS' KEYS (test build)");
     }
     let front = Arc::new(Front {
@@ -401,6 +400,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         snapshots: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_SNAPSHOTS)),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
+    crate::admin::serve(&args.data_dir, front.clone())?;
     let listener = TcpListener::bind(args.listen_client.addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen_client.addr))?;

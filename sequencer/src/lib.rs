@@ -13,6 +13,7 @@ pub mod consensus;
 pub mod consensus_log;
 pub mod cpu;
 pub mod fuzzing;
+pub mod governance;
 pub mod hotstuff;
 pub mod crypto;
 pub mod keys;

@@ -127,7 +127,8 @@ pub enum Invalid {
     ReservedKey,
     /// An operation without a request (never sent by an honest bank).
     NoRequest,
-    /// A client name above [`MAX_CLIENT_NAME_BYTES`], or a client on a request of the bank's own.
+    /// A client name above [`MAX_CLIENT_NAME_BYTES`], or a client on a request of the bank's own
+    /// (lease expiry, governance).
     ClientIdentity,
 }
 
@@ -156,7 +157,7 @@ pub fn check_operation(op: &Operation, limits: &Limits) -> Result<(), Invalid> {
     check_request(request, limits)?;
     if let Some(c) = &op.client {
         check_client(c)?;
-        if matches!(request, Op::LeaseExpire(_)) {
+        if matches!(request, Op::LeaseExpire(_) | Op::Governance(_)) {
             return Err(Invalid::ClientIdentity);
         }
     }
@@ -184,6 +185,7 @@ pub fn request_len(request: &Op) -> usize {
         Op::LeaseRevoke(r) => r.encoded_len(),
         Op::LeaseKeepAlive(r) => r.encoded_len(),
         Op::LeaseExpire(r) => r.encoded_len(),
+        Op::Governance(r) => r.encoded_len(),
     }
 }
 

@@ -24,7 +24,7 @@ fn denied(out: &bftcd_tests::CmdOutput, what: &str) {
 fn writes_to_another_banks_keys_are_refused_on_every_bank() {
     let dir = TestDir::new("key-owners");
     let byzantine = Deviant { bank: 1, bin: byzantine_bin(), args: vec!["--byzantine=foreign-writes".into()] };
-    let chain = Chain::start_with_genesis(&dir, 4, vec![byzantine], &["--key-owner=/bank1/=bank1", "--key-owner=/bank2/=2"]);
+    let mut chain = Chain::start_with_genesis(&dir, 4, vec![byzantine], &["--key-owner=/bank1/=bank1", "--key-owner=/bank2/=2"]);
     let (honest, rogue) = (chain.etcdctl(0), chain.etcdctl(1));
 
     // An honest bank refuses before ordering; the owner writes; everyone reads.
@@ -45,6 +45,10 @@ fn writes_to_another_banks_keys_are_refused_on_every_bank() {
     let lease = grant.split_whitespace().nth(1).expect("lease id").to_string();
     honest.run(&["put", "/bank1/leased", "v", &format!("--lease={lease}")]).expect_success();
     denied(&rogue.run(&["lease", "revoke", &lease]), "bank 2 revoking a lease holding bank 1's key");
+    // The refusal is rebuilt from the ledger after a restart (leases live in a replayed table).
+    chain.banks[2].sidecar.restart();
+    let ttl = chain.etcdctl(2).run(&["lease", "timetolive", &lease]).expect_success().to_string();
+    assert!(ttl.contains("remaining"), "bank 3 lost the lease after a restart: {ttl}");
 
     let rev = chain.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
     for b in 0..4 {

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use bftcd_proto::bftcd::{operation::Request, Operation};
 use bftcd_sequencer::consensus::{Crypto, Domain};
 use bftcd_sequencer::keys::ChainCrypto;
-use bftcd_sequencer::ownership::Owners;
+use bftcd_sequencer::governance::{Approval, ChainRules};
 use bftcd_sequencer::{block_hash, genesis_hash, header, LedgerFile};
 use clap::{Parser, Subcommand};
 
@@ -54,6 +54,7 @@ fn kind_and_key(r: &Option<Request>) -> (&'static str, String) {
         Some(Request::LeaseRevoke(l)) => ("lease-revoke", format!("{:x}", l.id)),
         Some(Request::LeaseKeepAlive(k)) => ("lease-keepalive", format!("{:x}", k.id)),
         Some(Request::LeaseExpire(e)) => ("lease-expire", format!("{:x}", e.id)),
+        Some(Request::Governance(c)) => ("governance", format!("rules-version={}", c.rules_version)),
         None => ("empty", String::new()),
     }
 }
@@ -86,7 +87,7 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     let mut parent_view = 0u64;
     let mut proofs = 0u64;
     let mut checked_batches: HashSet<(usize, Vec<u8>, Vec<u8>)> = HashSet::new();
-    let mut owners: Option<Owners> = None;
+    let mut rules: Option<ChainRules> = None;
     let mut refused_ops = 0u64;
     let file = LedgerFile::scan(&path, |genesis, cb| {
         let block = cb.block.as_ref().ok_or("block record without a block")?;
@@ -156,15 +157,26 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
                 return Err(format!("operation {}.{i} repeats an earlier operation id", block.height));
             }
             if op.client.as_ref().is_some_and(|c| bftcd_sequencer::validity::check_client(c).is_err())
-                || (op.client.is_some() && matches!(op.request, Some(Request::LeaseExpire(_))))
+                || (op.client.is_some() && matches!(op.request, Some(Request::LeaseExpire(_) | Request::Governance(_))))
             {
                 return Err(format!("operation {}.{i} carries a malformed client identity", block.height));
             }
-            let owners = match &owners {
-                Some(o) => o,
-                None => owners.insert(Owners::of(genesis).map_err(|e| format!("genesis key owners: {e}"))?),
+            let rules = match &mut rules {
+                Some(r) => r,
+                None => rules.insert(ChainRules::of(genesis).map_err(|e| format!("genesis key owners: {e}"))?),
             };
-            let refused = owners.refuses(op);
+            // The rules in effect when it was applied; an approval may change them after it.
+            let refused = rules.owners().refuses(op);
+            let approval = rules.step(op);
+            if let Some(Approval::Enacted { rules_version }) = approval {
+                let owners: Vec<String> = rules
+                    .key_owners()
+                    .iter()
+                    .map(|o| format!("{}={}", String::from_utf8_lossy(&o.prefix), genesis.validators[o.bank as usize].name))
+                    .collect();
+                println!("governance  {}.{i}: rules version {rules_version} in effect, approved by every bank; key owners: {}",
+                    block.height, if owners.is_empty() { "none".into() } else { owners.join(" ") });
+            }
             if let Some(owner) = refused {
                 refused_ops += 1;
                 if !list_ops {
@@ -175,7 +187,13 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
             if list_ops {
                 let (kind, key) = kind_and_key(&op.request);
                 let bank = &genesis.validators[id.bank as usize].name;
-                let note = refused.map_or(String::new(), |o| format!("\trefused: keys owned by {}", genesis.validators[o as usize].name));
+                let note = match (refused, &approval) {
+                    (Some(o), _) => format!("\trefused: keys owned by {}", genesis.validators[o as usize].name),
+                    (_, Some(Approval::Stale { .. })) => "\tcounts for nothing (other rules in effect)".into(),
+                    (_, Some(Approval::Pending { approvals, needed, .. })) => format!("\tapproval {approvals} of {needed}"),
+                    (_, Some(Approval::Enacted { .. })) => "\tenacted".into(),
+                    _ => String::new(),
+                };
                 println!("{}.{i}\t{bank}\t{}\t{kind}\t{key}{note}", block.height, client_of(op));
             }
             operations += 1;

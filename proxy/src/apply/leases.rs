@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bftcd_proto::bftcd::{operation::Request as Op, Operation};
+use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::Position;
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -37,6 +38,8 @@ pub struct Lease {
     pub granted_ttl: i64,
     /// Block time (ms) from which a `LeaseExpire` ends it.
     pub deadline_ms: u64,
+    /// The bank that submitted the grant: with key ownership, only it may revoke the lease.
+    pub grantor: u32,
 }
 
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -63,7 +66,7 @@ impl LeaseTable {
         }
         let ttl = ttl.max(MIN_TTL);
         let deadline_ms = deadline(block_ms, ttl);
-        self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms });
+        self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms, grantor: u32::MAX });
         self.by_deadline.insert((deadline_ms, id));
         Ok(ttl)
     }
@@ -125,19 +128,42 @@ impl LeaseTable {
 pub enum LeaseDecision {
     Grant { id: i64, result: Result<i64, Status> },
     Revoke { id: i64, found: bool },
+    /// A revocation by a bank other than the grantor of a lease whose grantor owns keys
+    /// (docs/operations.md, "Key ownership"): refused, the table unchanged.
+    RevokeRefused { owner: u32 },
     KeepAlive { id: i64, ttl: Option<i64> },
     Expire { id: i64, expired: bool },
 }
 
 /// Applies `op` (committed at `pos`, in a block with time `block_ms`) to the table; None for
 /// operations that are not about leases.
-pub fn step(chain_id: &str, table: &mut LeaseTable, op: &Operation, pos: Position, block_ms: u64) -> Option<LeaseDecision> {
+///
+/// With key ownership, a lease granted through a bank that owns keys may be revoked only through
+/// that bank: revoking deletes the lease's keys, which may be the owner's. (A bank that attaches
+/// its keys to another bank's lease has handed that bank their lifetime anyway: the grantor can
+/// let the lease expire.) Decided from the table alone, so a replay decides the same.
+pub fn step(
+    chain_id: &str,
+    table: &mut LeaseTable,
+    op: &Operation,
+    pos: Position,
+    block_ms: u64,
+    owners: &Owners,
+) -> Option<LeaseDecision> {
+    let bank = op.id.as_ref().map_or(u32::MAX, |i| i.bank);
     Some(match op.request.as_ref()? {
         Op::LeaseGrant(g) => {
             let id = if g.id == 0 { pick_id(chain_id, pos, table) } else { g.id };
-            LeaseDecision::Grant { id, result: table.grant(id, g.ttl, block_ms) }
+            let result = table.grant(id, g.ttl, block_ms);
+            if let (Ok(_), Some(l)) = (&result, table.leases.get_mut(&id)) {
+                l.grantor = bank;
+            }
+            LeaseDecision::Grant { id, result }
         }
-        Op::LeaseRevoke(r) => LeaseDecision::Revoke { id: r.id, found: table.revoke(r.id) },
+        Op::LeaseRevoke(r) => match table.get(r.id) {
+            Some(l) if l.grantor != bank && owners.owns_any(l.grantor) => LeaseDecision::RevokeRefused { owner: l.grantor },
+            _ => LeaseDecision::Revoke { id: r.id, found: table.revoke(r.id) },
+        },
         Op::LeaseKeepAlive(k) => LeaseDecision::KeepAlive { id: k.id, ttl: table.keep_alive(k.id, block_ms) },
         Op::LeaseExpire(e) => LeaseDecision::Expire { id: e.id, expired: table.expire(e.id, block_ms) },
         _ => return None,
@@ -170,6 +196,33 @@ fn pick_id(chain_id: &str, pos: Position, table: &LeaseTable) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_grantor_revokes_a_lease_of_a_bank_that_owns_keys() {
+        use bftcd_proto::bftcd::{Genesis, KeyOwner, OperationId, Validator};
+        use bftcd_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+        let g = Genesis {
+            validators: vec![Validator::default(); 4],
+            key_owners: vec![KeyOwner { prefix: b"/a/".to_vec(), bank: 0 }],
+            ..Default::default()
+        };
+        let owners = Owners::of(&g).unwrap();
+        let op = |bank, request| Operation { id: Some(OperationId { bank, nonce: 1 }), request: Some(request), ..Default::default() };
+        let pos = Position { height: 1, index: 0 };
+        let mut t = LeaseTable::default();
+        for (bank, id) in [(0, 10), (1, 11)] {
+            step("c", &mut t, &op(bank, Op::LeaseGrant(LeaseGrantRequest { ttl: 60, id })), pos, 0, &owners);
+        }
+        let revoke = |t: &mut LeaseTable, bank, id| step("c", t, &op(bank, Op::LeaseRevoke(LeaseRevokeRequest { id })), pos, 0, &owners);
+        assert!(matches!(revoke(&mut t, 1, 10), Some(LeaseDecision::RevokeRefused { owner: 0 })));
+        assert!(t.contains(10), "a refused revocation leaves the lease");
+        assert!(matches!(revoke(&mut t, 0, 11), Some(LeaseDecision::Revoke { found: true, .. })), "bank 2 owns no keys");
+        assert!(matches!(revoke(&mut t, 0, 10), Some(LeaseDecision::Revoke { found: true, .. })));
+        // Without rules anyone revokes anything, as in etcd.
+        step("c", &mut t, &op(0, Op::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 12 })), pos, 0, &owners);
+        assert!(matches!(step("c", &mut t, &op(3, Op::LeaseRevoke(LeaseRevokeRequest { id: 12 })), pos, 0, &Owners::default()),
+            Some(LeaseDecision::Revoke { found: true, .. })));
+    }
 
     #[test]
     fn grant_rounds_up_and_refuses_duplicates_and_huge_ttls() {

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bftcd_proto::bftcd::{operation::Request as Op, Operation, OperationId};
-use bftcd_sequencer::ownership::Owners;
+use bftcd_sequencer::governance::{Approval, ChainRules};
 use bftcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, PutResponse,
@@ -59,6 +59,8 @@ pub enum OpResponse {
     LeaseKeepAlive(LeaseKeepAliveResponse),
     /// A bank's expiry request: whether the lease ended.
     LeaseExpire(bool),
+    /// A bank's approval of a change of the chain's rules.
+    Governance(Approval),
 }
 
 pub type Outcome = Result<OpResponse, Status>;
@@ -94,9 +96,10 @@ pub struct Applier {
     cursor_path: PathBuf,
     /// None: `exact` mode, one etcd Txn (and revision) per operation.
     batching: Option<BatchLimits>,
-    /// The genesis's key owners: an operation writing another bank's keys is refused here, on
-    /// every bank alike, whatever its submitting bank checked.
-    owners: Owners,
+    /// The chain's rules as of the last operation applied (key owners; [`ChainRules`]): an
+    /// operation writing another bank's keys is refused here, on every bank alike, whatever its
+    /// submitting bank checked. The pipeline plans with its own copy, ahead of this one.
+    rules: std::sync::RwLock<Arc<ChainRules>>,
     /// Test builds only (`--byzantine stale-reads`): apply each block this long after its time,
     /// so the bank is reliably behind.
     pub lag: Duration,
@@ -154,7 +157,7 @@ impl Applier {
         identity: Arc<Identity>,
         data_dir: &std::path::Path,
         batching: Option<BatchLimits>,
-        owners: Owners,
+        rules: ChainRules,
     ) -> Self {
         let (applied, _) = watch::channel(None);
         let (applied_height, _) = watch::channel(0);
@@ -168,9 +171,14 @@ impl Applier {
             applied,
             cursor_path: data_dir.join("apply-cursor"),
             batching,
-            owners,
+            rules: std::sync::RwLock::new(Arc::new(rules)),
             lag: Duration::ZERO,
         }
+    }
+
+    /// The chain's rules as of the last operation applied.
+    pub fn rules(&self) -> Arc<ChainRules> {
+        self.rules.read().unwrap().clone()
     }
 
     /// Registers interest in the outcome of an operation about to be submitted.
@@ -261,7 +269,7 @@ impl Applier {
             if Some(*p) > in_etcd && p.height <= self.ledger.height() {
                 let ledger = self.ledger.clone();
                 let p = *p;
-                let (_, sets) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, Some(p))).await??;
+                let (_, sets, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, Some(p))).await??;
                 if !sets.contains(&self.etcd_lease_ids().await?) {
                     verdict = Verdict::Behind { from: in_etcd, cursor: c.last, base: in_etcd };
                 }
@@ -317,9 +325,10 @@ impl Applier {
             self.rewind(last, key_revision, revision).await?;
         }
         let ledger = self.ledger.clone();
-        let (table, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, last)).await??;
-        tracing::info!(leases = table.ids().len(), "apply: lease table rebuilt from the ledger");
+        let (table, _, rules) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, last)).await??;
+        tracing::info!(leases = table.ids().len(), rules_version = rules.version(), "apply: lease table and chain rules rebuilt from the ledger");
         *self.leases.lock().unwrap() = table;
+        *self.rules.write().unwrap() = Arc::new(rules);
         Ok((last, in_etcd))
     }
 
@@ -339,7 +348,7 @@ impl Applier {
             );
         }
         let ledger = self.ledger.clone();
-        let (table, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, from)).await??;
+        let (table, _, _) = tokio::task::spawn_blocking(move || restore::replay_leases(&ledger, from)).await??;
         let (revoke, grant) = restore::lease_fix(&table, &self.etcd_lease_ids().await?);
         for id in &revoke {
             // Checked before anything is touched: revoking a lease with keys would delete them.
@@ -475,8 +484,8 @@ impl Applier {
             return Attempt::Refused(errors::key_not_found());
         };
         match request {
-            // The pipeline applies these, guarded.
-            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) => {
+            // The pipeline applies these, guarded (and approvals, which change no key).
+            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Governance(_) => {
                 Attempt::Local(Status::internal("bftcd: a Put, DeleteRange or Txn reached the single-call path"))
             }
             Op::Compact(c) => match self.etcd.kv().compact(*c).await {
@@ -509,6 +518,7 @@ impl Applier {
                 })
             }
             LeaseDecision::Revoke { found: false, .. } => return Attempt::Refused(errors::lease_not_found()),
+            LeaseDecision::RevokeRefused { .. } => return Attempt::Refused(errors::permission_denied()),
             LeaseDecision::Revoke { id, found: true } => {
                 self.revoke_local(*id).await.map(|h| OpResponse::LeaseRevoke(LeaseRevokeResponse { header: self.identity.header(h) }))
             }

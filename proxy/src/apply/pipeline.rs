@@ -22,15 +22,16 @@ use std::time::{Duration, Instant};
 
 use bftcd_proto::bftcd::{operation::Request as Op, Block, CommittedBlock, Operation};
 use bftcd_proto::etcdserverpb::{
-    request_op::Request, response_op::Response, DeleteRangeResponse, LeaseTimeToLiveRequest, PutResponse, RequestOp, ResponseHeader,
-    TxnRequest, TxnResponse,
+    request_op::Request, response_op::Response, DeleteRangeResponse, PutResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use bftcd_sequencer::cpu::{AccountedExt, Component};
+use bftcd_sequencer::governance::{Approval, ChainRules};
 use bftcd_sequencer::Position;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
+use super::leases::LeaseDecision;
 use super::{batch, is_transient, key_of, leases, refusal, wrap, Applier, Attempt, OpResponse, Outcome};
 use crate::errors;
 use crate::rewrite::{self, TxnPlan};
@@ -49,6 +50,9 @@ enum Work {
     /// An operation that writes keys of a bank other than the one that submitted it: refused
     /// on every bank, without touching etcd, once everything before it has landed.
     Refused { height: u64, block: Arc<CommittedBlock>, index: usize, owner: u32 },
+    /// A bank's approval of a change of the chain's rules, with the rules it leaves: changes no
+    /// key, so it only takes its turn.
+    Governance { height: u64, block: Arc<CommittedBlock>, index: usize, approval: Approval, rules: Arc<ChainRules> },
     /// Every operation of the block at `height` has been applied once this is reached.
     EndOfBlock { height: u64, operations: usize, started: Instant, t_us: u64 },
 }
@@ -150,6 +154,8 @@ enum Landing {
 
 /// The committed blocks still to be turned into [`Work`].
 struct Cursor {
+    /// The chain's rules as of the last operation turned into work (ahead of what is applied).
+    rules: ChainRules,
     height: u64,
     /// Operations of the first block already applied before a restart.
     skip: usize,
@@ -179,12 +185,25 @@ impl Cursor {
                 tokio::time::sleep(wait).await;
             }
         }
-        let refused: Vec<Option<u32>> = block.operations.iter().map(|op| applier.owners.refuses(op)).collect();
+        // The rules in order: an approval may change them for the operations after it. Those
+        // applied before a restart are in the rules already.
+        let skip = std::mem::take(&mut self.skip);
+        let mut special: Vec<Option<Work>> = Vec::with_capacity(block.operations.len());
+        for (index, op) in block.operations.iter().enumerate() {
+            if index < skip {
+                special.push(None);
+                continue;
+            }
+            let block = committed.clone();
+            special.push(match self.rules.step(op) {
+                Some(approval) => Some(Work::Governance { height, block, index, approval, rules: Arc::new(self.rules.clone()) }),
+                None => self.rules.owners().refuses(op).map(|owner| Work::Refused { height, block, index, owner }),
+            });
+        }
         let runs = match applier.batching {
-            Some(limits) => batch::split(&block.operations, limits, |i| refused[i].is_some()),
+            Some(limits) => batch::split(&block.operations, limits, |i| special[i].is_some()),
             None => (0..block.operations.len()).map(|i| i..i + 1).collect(),
         };
-        let skip = std::mem::take(&mut self.skip);
         let mut work = Vec::with_capacity(runs.len() + 1);
         for run in runs {
             if run.end <= skip {
@@ -196,11 +215,8 @@ impl Cursor {
                 continue;
             }
             let first = run.start.max(skip);
-            for (i, refusal) in refused.iter().enumerate().take(run.end).skip(first) {
-                work.push(match refusal {
-                    Some(owner) => Work::Refused { height, block: committed.clone(), index: i, owner: *owner },
-                    None => single(height, &committed, i),
-                });
+            for (i, special) in special.iter_mut().enumerate().take(run.end).skip(first) {
+                work.push(special.take().unwrap_or_else(|| single(height, &committed, i)));
             }
         }
         work.push(Work::EndOfBlock { height, operations: block.operations.len(), started, t_us });
@@ -295,7 +311,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 impl Applier {
     /// Applies committed blocks forever, from `start`.
     pub(super) async fn pipeline(self: &Arc<Self>, start: Start) -> anyhow::Result<()> {
-        let mut cursor = Cursor { height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
+        let rules = (*self.rules()).clone();
+        let mut cursor = Cursor { rules, height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
         let mut todo: VecDeque<Work> = VecDeque::new();
         let mut flights: VecDeque<Flight> = VecDeque::new();
         let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF, resent: 0 };
@@ -314,10 +331,11 @@ impl Applier {
                 }
                 let Some(work) = todo.pop_front() else { continue };
                 match work {
-                    Work::Alone { .. } | Work::Refused { .. } if !flights.is_empty() => {
+                    Work::Alone { .. } | Work::Refused { .. } | Work::Governance { .. } if !flights.is_empty() => {
                         todo.push_front(work);
                         break;
                     }
+                    Work::Governance { height, block, index, approval, rules } => self.govern(height, &block, index, approval, rules, &mut st),
                     Work::Alone { height, block, index } => self.apply_alone(height, &block, index, &mut st).await,
                     Work::Refused { height, block, index, owner } => self.refuse(height, &block, index, owner, &mut st),
                     Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None, bytes: 0 }),
@@ -585,6 +603,26 @@ impl Applier {
         }
     }
 
+    /// A bank's approval of a change of the chain's rules, with nothing else in flight. It
+    /// changes no key; replayed after a crash, the rules rebuilt from the ledger meet it again.
+    fn govern(&self, height: u64, block: &CommittedBlock, index: usize, approval: Approval, rules: Arc<ChainRules>, st: &mut State) {
+        let op = &block_of(block).operations[index];
+        let pos = Position { height, index: index as u32 };
+        let bank = op.id.as_ref().and_then(|i| self.ledger.genesis().validators.get(i.bank as usize)).map_or("?", |v| v.name.as_str());
+        match &approval {
+            Approval::Enacted { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
+                key_owners = rules.key_owners().len(), "governance: every bank approved; the new chain rules are in effect"),
+            Approval::Pending { rules_version, approvals, needed } => tracing::info!(position = %pos, approved_by = bank,
+                rules_version, approvals, needed, "governance: a bank approved a change of the chain rules"),
+            Approval::Stale { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
+                "governance: an approval for other rules than those in effect (or an invalid change) counts for nothing"),
+        }
+        *self.rules.write().unwrap() = rules;
+        st.traceless = Some(pos);
+        self.applied.send_replace(Some(pos));
+        self.deliver(std::slice::from_ref(op), vec![Ok(super::OpResponse::Governance(approval))]);
+    }
+
     /// An operation that writes another bank's keys, with nothing else in flight. It leaves no
     /// trace in etcd; replayed after a crash, it is refused again.
     fn refuse(&self, height: u64, block: &CommittedBlock, index: usize, owner: u32, st: &mut State) {
@@ -614,40 +652,14 @@ impl Applier {
         if let Some(p) = st.traceless.take() {
             self.store_cursor(p, st.recorded).await;
         }
-        // Revoking a lease deletes its keys: refused when one belongs to a bank other than the
-        // submitter. The local etcd holds exactly what every bank's holds at this position.
-        if let (Some(Op::LeaseRevoke(r)), false) = (&op.request, self.owners.is_empty()) {
-            if let Some(owner) = self.foreign_lease_keys(op, r.id).await {
-                self.refused_for_owner(op, pos, owner);
-                st.traceless = Some(pos);
-                self.applied.send_replace(Some(pos));
-                self.deliver(std::slice::from_ref(op), vec![Err(errors::permission_denied())]);
-                return;
-            }
-        }
         let chain_id = &self.ledger.genesis().chain_id;
-        let decision = leases::step(chain_id, &mut self.leases.lock().unwrap(), op, pos, b.timestamp_ms);
+        let rules = self.rules();
+        let decision = leases::step(chain_id, &mut self.leases.lock().unwrap(), op, pos, b.timestamp_ms, rules.owners());
+        if let Some(LeaseDecision::RevokeRefused { owner, .. }) = &decision {
+            self.refused_for_owner(op, pos, *owner);
+        }
         let (outcome, _) = self.apply(op, pos, decision.as_ref()).await;
         self.applied.send_replace(Some(pos));
         self.deliver(std::slice::from_ref(op), vec![outcome]);
-    }
-
-    /// The owner of a key attached to lease `id` other than the revoking operation's bank,
-    /// asking the local etcd until it answers.
-    async fn foreign_lease_keys(&self, op: &Operation, id: i64) -> Option<u32> {
-        let bank = op.id.as_ref().map_or(u32::MAX, |i| i.bank);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.etcd.lease().lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await {
-                Ok(r) => return self.owners.foreign_keys(bank, r.get_ref().keys.iter().map(|k| k.as_slice())),
-                // A lease etcd does not hold has no keys.
-                Err(s) if s.message() == errors::lease_not_found().message() => return None,
-                Err(s) => {
-                    tracing::warn!(lease = format!("{id:016x}"), error = %s, "apply: cannot read a lease's keys from the local etcd; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
     }
 }

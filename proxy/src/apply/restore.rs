@@ -31,6 +31,7 @@
 use std::collections::BTreeSet;
 
 use bftcd_proto::bftcd::operation::Request as Op;
+use bftcd_sequencer::governance::ChainRules;
 use bftcd_sequencer::{Ledger, Position};
 
 use super::leases::{self, LeaseTable};
@@ -124,15 +125,18 @@ pub(super) fn judge(in_etcd: Option<Position>, revision: i64, cursor: Option<Cur
     }
 }
 
-/// The lease table right after `last` (empty for None); and the lease IDs etcd may hold after a
+/// The lease table and the chain's rules right after `last` (empty for None; the genesis's); and
+/// the lease IDs etcd may hold after a
 /// crash there: the table's at `last` and after each lease call or compaction that follows it,
 /// up to the next Put, DeleteRange or Txn (that one moves the key, or is traceless and the next
 /// lease call writes a newer cursor).
-pub(super) fn replay_leases(ledger: &Ledger, last: Option<Position>) -> anyhow::Result<(LeaseTable, Vec<BTreeSet<i64>>)> {
+pub(super) fn replay_leases(ledger: &Ledger, last: Option<Position>) -> anyhow::Result<(LeaseTable, Vec<BTreeSet<i64>>, ChainRules)> {
     let chain_id = &ledger.genesis().chain_id;
     let ids = |t: &LeaseTable| t.ids().into_iter().collect::<BTreeSet<i64>>();
     let mut table = LeaseTable::default();
-    let mut at_last = None;
+    // The chain's rules decide some lease calls (key ownership): they are replayed alongside.
+    let mut rules = ChainRules::of(ledger.genesis()).map_err(|e| anyhow::anyhow!("the genesis's rules: {e}"))?;
+    let mut at_last: Option<(LeaseTable, ChainRules)> = None;
     let mut sets = Vec::new();
     for height in 1..=ledger.height() {
         let block = ledger.read(height)?.block.unwrap_or_default();
@@ -140,24 +144,27 @@ pub(super) fn replay_leases(ledger: &Ledger, last: Option<Position>) -> anyhow::
             let pos = Position { height, index: i as u32 };
             if Some(pos) > last {
                 if at_last.is_none() {
-                    at_last = Some(table.clone());
+                    at_last = Some((table.clone(), rules.clone()));
                     sets.push(ids(&table));
                 }
                 if matches!(op.request, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_))) {
-                    return Ok((at_last.unwrap_or_default(), sets));
+                    let (t, r) = at_last.expect("set above");
+                    return Ok((t, sets, r));
                 }
-                leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
+                leases::step(chain_id, &mut table, op, pos, block.timestamp_ms, rules.owners());
+                rules.step(op);
                 sets.push(ids(&table));
                 continue;
             }
-            leases::step(chain_id, &mut table, op, pos, block.timestamp_ms);
+            leases::step(chain_id, &mut table, op, pos, block.timestamp_ms, rules.owners());
+            rules.step(op);
         }
     }
     match at_last {
-        Some(t) => Ok((t, sets)),
+        Some((t, r)) => Ok((t, sets, r)),
         None => {
             sets.push(ids(&table));
-            Ok((table, sets))
+            Ok((table, sets, rules))
         }
     }
 }
