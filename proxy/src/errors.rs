@@ -45,3 +45,23 @@ pub fn unsupported(what: &str) -> Status {
 pub fn from_etcd(s: Status) -> Status {
     Status::new(s.code(), s.message().to_string())
 }
+
+/// etcd's error for an auth refusal (the texts live with the auth store).
+pub fn auth(e: bftcd_sequencer::auth::AuthError) -> Status {
+    use bftcd_sequencer::auth::ErrorCode;
+    let code = match e.code() {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+    };
+    Status::new(code, e.text())
+}
+
+/// Why every bank refused an ordered operation, as etcd's error.
+pub fn refusal(r: bftcd_sequencer::governance::Refusal) -> Status {
+    match r {
+        bftcd_sequencer::governance::Refusal::KeyOwner(_) => permission_denied(),
+        bftcd_sequencer::governance::Refusal::Auth(e) => auth(e),
+    }
+}

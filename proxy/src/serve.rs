@@ -398,6 +398,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         consensus: consensus_status,
         defrag: Default::default(),
         snapshots: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_SNAPSHOTS)),
+        tokens: Default::default(),
     });
     tokio::spawn(crate::expiry::run(front.clone()).accounted(Component::Front));
     crate::admin::serve(&args.data_dir, front.clone())?;

@@ -22,6 +22,7 @@ pub fn status(e: Invalid) -> Status {
         Invalid::TooLarge => errors::request_too_large(),
         Invalid::LeaseTtlTooLarge => errors::lease_ttl_too_large(),
         Invalid::ReservedKey => errors::reserved_key(),
+        Invalid::PlaintextPassword => Status::internal("bftcd: a password reached ordering unhashed"),
         // No etcd equivalent: a certificate CN or user name longer than the ledger holds.
         Invalid::ClientIdentity => {
             Status::invalid_argument(format!("bftcd: client name above {} bytes", validity::MAX_CLIENT_NAME_BYTES))

@@ -81,8 +81,10 @@ impl Writes {
         // The sequencer stamps and signs it as the submitting bank.
         let op = Operation { id: Some(id), request: Some(request), client, ..Default::default() };
         // Every bank refuses it at apply; refusing it here spares ordering it.
-        if self.check_owners && self.applier.rules().owners().refuses(&op).is_some() {
-            return Err(errors::permission_denied());
+        if let Some(why) = self.applier.rules().refuses(&op) {
+            if self.check_owners || !matches!(why, bftcd_sequencer::governance::Refusal::KeyOwner(_)) {
+                return Err(errors::refusal(why));
+            }
         }
         let ordered = async {
             match self.sequencer.submit(op).await {

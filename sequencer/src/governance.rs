@@ -16,6 +16,7 @@ use bftcd_proto::bftcd::{operation::Request as Op, ChainChange, Genesis, KeyOwne
 use bftcd_proto::Message;
 use sha2::{Digest, Sha256};
 
+use crate::auth::{AuthError, AuthStore};
 use crate::ownership::Owners;
 
 /// What an approval did.
@@ -37,6 +38,26 @@ pub struct ChainRules {
     rules: Genesis,
     /// Each bank's pending approval for the current version: its change and that change's hash.
     pending: BTreeMap<u32, ([u8; 32], ChainChange)>,
+    /// etcd's auth state (users, roles, permissions), changed by clients' auth calls.
+    auth: AuthStore,
+}
+
+/// What an operation did to the rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A bank's approval of a change of the chain's rules.
+    Approval(Approval),
+    /// A client's auth call: done, or refused with etcd's error.
+    Auth(Result<(), AuthError>),
+}
+
+/// Why every bank refuses an operation at apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It writes keys of this bank, not the submitter.
+    KeyOwner(u32),
+    /// The client it was submitted for lacks the permission (etcd's auth).
+    Auth(AuthError),
 }
 
 fn hash(change: &ChainChange) -> [u8; 32] {
@@ -51,7 +72,7 @@ impl ChainRules {
     pub fn of(genesis: &Genesis) -> Result<ChainRules, String> {
         let owners = Owners::of(genesis)?;
         let rules = Genesis { validators: genesis.validators.clone(), key_owners: genesis.key_owners.clone(), ..Default::default() };
-        Ok(ChainRules { version: 0, owners, rules, pending: BTreeMap::new() })
+        Ok(ChainRules { version: 0, owners, rules, pending: BTreeMap::new(), auth: AuthStore::default() })
     }
 
     pub fn version(&self) -> u64 {
@@ -60,6 +81,35 @@ impl ChainRules {
 
     pub fn owners(&self) -> &Owners {
         &self.owners
+    }
+
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    /// Whether every bank refuses `op` when it applies it, and why. Key writes only: the key
+    /// owners first, then etcd's permissions of the client its bank named.
+    pub fn refuses(&self, op: &Operation) -> Option<Refusal> {
+        if let Some(owner) = self.owners.refuses(op) {
+            return Some(Refusal::KeyOwner(owner));
+        }
+        if !self.auth.enabled() {
+            return None;
+        }
+        let user = op.client.as_ref().map(|c| c.user.as_str()).filter(|u| !u.is_empty());
+        let checked = match op.request.as_ref()? {
+            Op::Put(p) => self.auth.check_range(user, &p.key, b"", true).and_then(|_| match p.prev_kv {
+                true => self.auth.check_range(user, &p.key, b"", false),
+                false => Ok(()),
+            }),
+            Op::DeleteRange(d) => self.auth.check_range(user, &d.key, &d.range_end, true).and_then(|_| match d.prev_kv {
+                true => self.auth.check_range(user, &d.key, &d.range_end, false),
+                false => Ok(()),
+            }),
+            Op::Txn(t) => self.auth.check_txn(user, t),
+            _ => Ok(()),
+        };
+        checked.err().map(Refusal::Auth)
     }
 
     pub fn key_owners(&self) -> &[KeyOwner] {
@@ -80,9 +130,20 @@ impl ChainRules {
     }
 
     /// The next operation in commit order: an approval changes the rules or counts towards a
-    /// change; anything else leaves them alone (None).
-    pub fn step(&mut self, op: &Operation) -> Option<Approval> {
-        let Some(Op::Governance(change)) = &op.request else { return None };
+    /// change, a client's auth call changes the auth state; anything else leaves them alone
+    /// (None).
+    pub fn step(&mut self, op: &Operation) -> Option<Effect> {
+        match &op.request {
+            Some(Op::Governance(change)) => self.approve(op, change).map(Effect::Approval),
+            Some(Op::Auth(change)) => {
+                let user = op.client.as_ref().map(|c| c.user.as_str()).filter(|u| !u.is_empty());
+                Some(Effect::Auth(self.auth.step(change, user)))
+            }
+            _ => None,
+        }
+    }
+
+    fn approve(&mut self, op: &Operation, change: &ChainChange) -> Option<Approval> {
         let bank = op.id.as_ref()?.bank;
         if change.rules_version != self.version || Self::check_change(&self.rules, change).is_err() {
             return Some(Approval::Stale { rules_version: self.version });
@@ -144,15 +205,15 @@ mod tests {
         let to_b: &[(&[u8], u32)] = &[(b"/a/", 1)];
         assert_eq!(r.owners().refuses(&put(1, b"/a/x")), Some(0));
         for bank in 0..3 {
-            assert_eq!(r.step(&approve(bank, 0, to_b)), Some(Approval::Pending { rules_version: 0, approvals: bank + 1, needed: 4 }));
+            assert_eq!(r.step(&approve(bank, 0, to_b)), Some(Effect::Approval(Approval::Pending { rules_version: 0, approvals: bank + 1, needed: 4 })));
             assert_eq!(r.owners().refuses(&put(1, b"/a/x")), Some(0), "three of four change nothing");
         }
-        assert_eq!(r.step(&approve(3, 0, to_b)), Some(Approval::Enacted { rules_version: 1 }));
+        assert_eq!(r.step(&approve(3, 0, to_b)), Some(Effect::Approval(Approval::Enacted { rules_version: 1 })));
         assert_eq!(r.owners().refuses(&put(1, b"/a/x")), None);
         assert_eq!(r.owners().refuses(&put(0, b"/a/x")), Some(1));
         assert_eq!(r.pending().count(), 0);
         // The same approvals again are for version 0: stale.
-        assert_eq!(r.step(&approve(0, 0, to_b)), Some(Approval::Stale { rules_version: 1 }));
+        assert_eq!(r.step(&approve(0, 0, to_b)), Some(Effect::Approval(Approval::Stale { rules_version: 1 })));
         assert_eq!(r.step(&put(0, b"/z")), None);
     }
 
@@ -171,15 +232,15 @@ mod tests {
         }
         assert_eq!(r.version(), 0);
         // A bank changing its mind replaces its approval; then all four agree.
-        assert_eq!(r.step(&approve(3, 0, &[(b"/shared/", 0)])), Some(Approval::Enacted { rules_version: 1 }));
+        assert_eq!(r.step(&approve(3, 0, &[(b"/shared/", 0)])), Some(Effect::Approval(Approval::Enacted { rules_version: 1 })));
         assert_eq!(r.key_owners(), [KeyOwner { prefix: b"/shared/".to_vec(), bank: 0 }]);
     }
 
     #[test]
     fn invalid_changes_count_for_nothing_and_replay_matches() {
         let mut r = ChainRules::of(&genesis()).unwrap();
-        assert_eq!(r.step(&approve(0, 0, &[(b"/a/", 9)])), Some(Approval::Stale { rules_version: 0 }));
-        assert_eq!(r.step(&approve(0, 0, &[(b"/a/", 0), (b"/a/b", 1)])), Some(Approval::Stale { rules_version: 0 }));
+        assert_eq!(r.step(&approve(0, 0, &[(b"/a/", 9)])), Some(Effect::Approval(Approval::Stale { rules_version: 0 })));
+        assert_eq!(r.step(&approve(0, 0, &[(b"/a/", 0), (b"/a/b", 1)])), Some(Effect::Approval(Approval::Stale { rules_version: 0 })));
         assert!(ChainRules::check_change(&genesis(), &ChainChange::default()).is_err());
         let ops: Vec<Operation> = (0..4).map(|b| approve(b, 0, &[])).collect();
         let replayed = ChainRules::replay(&genesis(), &ops).unwrap();

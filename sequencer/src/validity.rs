@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use bftcd_proto::bftcd::{operation::Request as Op, ClientIdentity, Genesis, Operation};
+use bftcd_proto::bftcd::{auth_change::Change, operation::Request as Op, ClientIdentity, Genesis, Operation};
 use bftcd_proto::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use bftcd_proto::Message;
 
@@ -130,6 +130,8 @@ pub enum Invalid {
     /// A client name above [`MAX_CLIENT_NAME_BYTES`], or a client on a request of the bank's own
     /// (lease expiry, governance).
     ClientIdentity,
+    /// An auth change with a password in the clear (never sent by an honest bank).
+    PlaintextPassword,
 }
 
 impl Invalid {
@@ -146,6 +148,7 @@ impl Invalid {
             Invalid::ReservedKey => "operation touching the reserved prefix",
             Invalid::NoRequest => "operation without a request",
             Invalid::ClientIdentity => "operation with a malformed client identity",
+            Invalid::PlaintextPassword => "operation with a password in the clear",
         }
     }
 }
@@ -186,6 +189,7 @@ pub fn request_len(request: &Op) -> usize {
         Op::LeaseKeepAlive(r) => r.encoded_len(),
         Op::LeaseExpire(r) => r.encoded_len(),
         Op::Governance(r) => r.encoded_len(),
+        Op::Auth(r) => r.encoded_len(),
     }
 }
 
@@ -199,6 +203,13 @@ pub fn check_request(request: &Op, limits: &Limits) -> Result<(), Invalid> {
         Op::DeleteRange(r) => check_delete(r),
         Op::Txn(r) => check_txn(r, limits.max_txn_ops),
         Op::LeaseGrant(r) if r.ttl > MAX_LEASE_TTL => Err(Invalid::LeaseTtlTooLarge),
+        // Passwords are hashed by the bank that receives them; one in the clear must never reach
+        // a block (or the ledger).
+        Op::Auth(a) => match &a.change {
+            Some(Change::UserAdd(u)) if !u.password.is_empty() => Err(Invalid::PlaintextPassword),
+            Some(Change::UserChangePassword(u)) if !u.password.is_empty() => Err(Invalid::PlaintextPassword),
+            _ => Ok(()),
+        },
         // Compaction and lease calls fail, if at all, identically on every bank at apply.
         _ => Ok(()),
     }

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use bftcd_proto::bftcd::{operation::Request, Operation};
 use bftcd_sequencer::consensus::{Crypto, Domain};
 use bftcd_sequencer::keys::ChainCrypto;
-use bftcd_sequencer::governance::{Approval, ChainRules};
+use bftcd_sequencer::governance::{Approval, ChainRules, Effect, Refusal};
 use bftcd_sequencer::{block_hash, genesis_hash, header, LedgerFile};
 use clap::{Parser, Subcommand};
 
@@ -55,6 +55,7 @@ fn kind_and_key(r: &Option<Request>) -> (&'static str, String) {
         Some(Request::LeaseKeepAlive(k)) => ("lease-keepalive", format!("{:x}", k.id)),
         Some(Request::LeaseExpire(e)) => ("lease-expire", format!("{:x}", e.id)),
         Some(Request::Governance(c)) => ("governance", format!("rules-version={}", c.rules_version)),
+        Some(Request::Auth(_)) => ("auth", String::new()),
         None => ("empty", String::new()),
     }
 }
@@ -166,8 +167,16 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
                 None => rules.insert(ChainRules::of(genesis).map_err(|e| format!("genesis key owners: {e}"))?),
             };
             // The rules in effect when it was applied; an approval may change them after it.
-            let refused = rules.owners().refuses(op);
-            let approval = rules.step(op);
+            let refusal = rules.refuses(op);
+            let refused = match refusal {
+                Some(Refusal::KeyOwner(owner)) => Some(owner),
+                _ => None,
+            };
+            let effect = rules.step(op);
+            let approval = match &effect {
+                Some(Effect::Approval(a)) => Some(a.clone()),
+                _ => None,
+            };
             if let Some(Approval::Enacted { rules_version }) = approval {
                 let owners: Vec<String> = rules
                     .key_owners()
@@ -189,6 +198,14 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
                 let bank = &genesis.validators[id.bank as usize].name;
                 let note = match (refused, &approval) {
                     (Some(o), _) => format!("\trefused: keys owned by {}", genesis.validators[o as usize].name),
+                    _ if matches!(refusal, Some(Refusal::Auth(_))) || matches!(effect, Some(Effect::Auth(Err(_)))) => {
+                        let e = match (refusal, &effect) {
+                            (Some(Refusal::Auth(e)), _) => e.text(),
+                            (_, Some(Effect::Auth(Err(e)))) => e.text(),
+                            _ => "",
+                        };
+                        format!("\trefused: {e}")
+                    }
                     (_, Some(Approval::Stale { .. })) => "\tcounts for nothing (other rules in effect)".into(),
                     (_, Some(Approval::Pending { approvals, needed, .. })) => format!("\tapproval {approvals} of {needed}"),
                     (_, Some(Approval::Enacted { .. })) => "\tenacted".into(),

@@ -61,6 +61,8 @@ pub enum OpResponse {
     LeaseExpire(bool),
     /// A bank's approval of a change of the chain's rules.
     Governance(Approval),
+    /// A client's auth call, done.
+    Auth,
 }
 
 pub type Outcome = Result<OpResponse, Status>;
@@ -485,7 +487,7 @@ impl Applier {
         };
         match request {
             // The pipeline applies these, guarded (and approvals, which change no key).
-            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Governance(_) => {
+            Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Governance(_) | Op::Auth(_) => {
                 Attempt::Local(Status::internal("bftcd: a Put, DeleteRange or Txn reached the single-call path"))
             }
             Op::Compact(c) => match self.etcd.kv().compact(*c).await {

@@ -25,7 +25,7 @@ use bftcd_proto::etcdserverpb::{
     request_op::Request, response_op::Response, DeleteRangeResponse, PutResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use bftcd_sequencer::cpu::{AccountedExt, Component};
-use bftcd_sequencer::governance::{Approval, ChainRules};
+use bftcd_sequencer::governance::{Approval, ChainRules, Effect, Refusal};
 use bftcd_sequencer::Position;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,10 +49,10 @@ enum Work {
     Alone { height: u64, block: Arc<CommittedBlock>, index: usize },
     /// An operation that writes keys of a bank other than the one that submitted it: refused
     /// on every bank, without touching etcd, once everything before it has landed.
-    Refused { height: u64, block: Arc<CommittedBlock>, index: usize, owner: u32 },
-    /// A bank's approval of a change of the chain's rules, with the rules it leaves: changes no
-    /// key, so it only takes its turn.
-    Governance { height: u64, block: Arc<CommittedBlock>, index: usize, approval: Approval, rules: Arc<ChainRules> },
+    Refused { height: u64, block: Arc<CommittedBlock>, index: usize, why: Refusal },
+    /// A bank's approval of a change of the chain's rules, or a client's auth call, with the
+    /// rules it leaves: changes no key, so it only takes its turn.
+    RulesChange { height: u64, block: Arc<CommittedBlock>, index: usize, effect: Effect, rules: Arc<ChainRules> },
     /// Every operation of the block at `height` has been applied once this is reached.
     EndOfBlock { height: u64, operations: usize, started: Instant, t_us: u64 },
 }
@@ -196,8 +196,8 @@ impl Cursor {
             }
             let block = committed.clone();
             special.push(match self.rules.step(op) {
-                Some(approval) => Some(Work::Governance { height, block, index, approval, rules: Arc::new(self.rules.clone()) }),
-                None => self.rules.owners().refuses(op).map(|owner| Work::Refused { height, block, index, owner }),
+                Some(effect) => Some(Work::RulesChange { height, block, index, effect, rules: Arc::new(self.rules.clone()) }),
+                None => self.rules.refuses(op).map(|why| Work::Refused { height, block, index, why }),
             });
         }
         let runs = match applier.batching {
@@ -331,13 +331,13 @@ impl Applier {
                 }
                 let Some(work) = todo.pop_front() else { continue };
                 match work {
-                    Work::Alone { .. } | Work::Refused { .. } | Work::Governance { .. } if !flights.is_empty() => {
+                    Work::Alone { .. } | Work::Refused { .. } | Work::RulesChange { .. } if !flights.is_empty() => {
                         todo.push_front(work);
                         break;
                     }
-                    Work::Governance { height, block, index, approval, rules } => self.govern(height, &block, index, approval, rules, &mut st),
+                    Work::RulesChange { height, block, index, effect, rules } => self.change_rules(height, &block, index, effect, rules, &mut st),
                     Work::Alone { height, block, index } => self.apply_alone(height, &block, index, &mut st).await,
-                    Work::Refused { height, block, index, owner } => self.refuse(height, &block, index, owner, &mut st),
+                    Work::Refused { height, block, index, why } => self.refuse(height, &block, index, why, &mut st),
                     Work::EndOfBlock { .. } => flights.push_back(Flight { work, plan: None, guard: None, alone: false, answer: None, ready: None, bytes: 0 }),
                     Work::Txn(t) => {
                         let alone = flights.iter().all(|f| f.plan.is_none());
@@ -603,35 +603,54 @@ impl Applier {
         }
     }
 
-    /// A bank's approval of a change of the chain's rules, with nothing else in flight. It
-    /// changes no key; replayed after a crash, the rules rebuilt from the ledger meet it again.
-    fn govern(&self, height: u64, block: &CommittedBlock, index: usize, approval: Approval, rules: Arc<ChainRules>, st: &mut State) {
+    /// A bank's approval of a change of the chain's rules, or a client's auth call, with nothing
+    /// else in flight. It changes no key; replayed after a crash, the rules rebuilt from the
+    /// ledger meet it again.
+    fn change_rules(&self, height: u64, block: &CommittedBlock, index: usize, effect: Effect, rules: Arc<ChainRules>, st: &mut State) {
         let op = &block_of(block).operations[index];
         let pos = Position { height, index: index as u32 };
         let bank = op.id.as_ref().and_then(|i| self.ledger.genesis().validators.get(i.bank as usize)).map_or("?", |v| v.name.as_str());
-        match &approval {
-            Approval::Enacted { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
-                key_owners = rules.key_owners().len(), "governance: every bank approved; the new chain rules are in effect"),
-            Approval::Pending { rules_version, approvals, needed } => tracing::info!(position = %pos, approved_by = bank,
-                rules_version, approvals, needed, "governance: a bank approved a change of the chain rules"),
-            Approval::Stale { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
-                "governance: an approval for other rules than those in effect (or an invalid change) counts for nothing"),
-        }
+        let outcome = match effect {
+            Effect::Approval(approval) => {
+                match &approval {
+                    Approval::Enacted { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
+                        key_owners = rules.key_owners().len(), "governance: every bank approved; the new chain rules are in effect"),
+                    Approval::Pending { rules_version, approvals, needed } => tracing::info!(position = %pos, approved_by = bank,
+                        rules_version, approvals, needed, "governance: a bank approved a change of the chain rules"),
+                    Approval::Stale { rules_version } => tracing::info!(position = %pos, approved_by = bank, rules_version,
+                        "governance: an approval for other rules than those in effect (or an invalid change) counts for nothing"),
+                }
+                Ok(super::OpResponse::Governance(approval))
+            }
+            Effect::Auth(Ok(())) => {
+                tracing::info!(position = %pos, submitted_by = bank, auth_revision = rules.auth().revision(),
+                    auth_enabled = rules.auth().enabled(), "auth: changed");
+                Ok(super::OpResponse::Auth)
+            }
+            Effect::Auth(Err(e)) => Err(errors::auth(e)),
+        };
         *self.rules.write().unwrap() = rules;
         st.traceless = Some(pos);
         self.applied.send_replace(Some(pos));
-        self.deliver(std::slice::from_ref(op), vec![Ok(super::OpResponse::Governance(approval))]);
+        self.deliver(std::slice::from_ref(op), vec![outcome]);
     }
 
-    /// An operation that writes another bank's keys, with nothing else in flight. It leaves no
-    /// trace in etcd; replayed after a crash, it is refused again.
-    fn refuse(&self, height: u64, block: &CommittedBlock, index: usize, owner: u32, st: &mut State) {
+    /// An operation every bank refuses (another bank's keys, a client without the permission),
+    /// with nothing else in flight. It leaves no trace in etcd; replayed after a crash, it is
+    /// refused again.
+    fn refuse(&self, height: u64, block: &CommittedBlock, index: usize, why: Refusal, st: &mut State) {
         let op = &block_of(block).operations[index];
         let pos = Position { height, index: index as u32 };
-        self.refused_for_owner(op, pos, owner);
+        match why {
+            Refusal::KeyOwner(owner) => self.refused_for_owner(op, pos, owner),
+            Refusal::Auth(e) => {
+                metrics::counter!("bftcd_apply_refused_total", "reason" => "auth").increment(1);
+                tracing::debug!(position = %pos, error = e.text(), "apply: refused by etcd's auth");
+            }
+        }
         st.traceless = Some(pos);
         self.applied.send_replace(Some(pos));
-        self.deliver(std::slice::from_ref(op), vec![Err(errors::permission_denied())]);
+        self.deliver(std::slice::from_ref(op), vec![Err(errors::refusal(why))]);
     }
 
     fn refused_for_owner(&self, op: &Operation, pos: Position, owner: u32) {

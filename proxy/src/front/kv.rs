@@ -110,12 +110,13 @@ impl Kv for KvFront {
     /// Clients' Ranges are served by [`super::range::KvRoutes`] without decoding etcd's answer;
     /// this decoded form is only reached when `KvServer` is mounted on its own.
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.0.check_read(&request, &request.get_ref().key, &request.get_ref().range_end)?;
         let r = self.0.prepare_range(request.into_inner()).await?;
         Ok(Response::new(self.0.read_range(r).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         let r = request.into_inner();
         validate::check_put(&r)?;
         match self.0.writes.submit(Op::Put(r), client).await? {
@@ -125,7 +126,7 @@ impl Kv for KvFront {
     }
 
     async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         let r = request.into_inner();
         validate::check_delete(&r)?;
         match self.0.writes.submit(Op::DeleteRange(r), client).await? {
@@ -135,7 +136,7 @@ impl Kv for KvFront {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         let r = request.into_inner();
         validate::check_txn(&r, self.0.max_txn_ops)?;
         if validate::txn_writes(&r) {
@@ -144,6 +145,9 @@ impl Kv for KvFront {
                 _ => Err(unexpected()),
             };
         }
+        // A read-only Txn is answered here: etcd's permission check on its compares and reads.
+        let user = client.map(|c| c.user).filter(|u| !u.is_empty());
+        self.0.applier.rules().auth().check_txn(user.as_deref(), &r).map_err(errors::auth)?;
         let mut r = r;
         if !txn_serializable(&r) {
             self.0.linearize().await?;
@@ -158,7 +162,7 @@ impl Kv for KvFront {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         match self.0.writes.submit(Op::Compact(request.into_inner()), client).await? {
             OpResponse::Compact(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),

@@ -29,7 +29,7 @@ fn unexpected() -> Status {
 #[tonic::async_trait]
 impl Lease for LeaseFront {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         let r = request.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(errors::lease_ttl_too_large());
@@ -41,7 +41,7 @@ impl Lease for LeaseFront {
     }
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         match self.0.writes.submit(Op::LeaseRevoke(request.into_inner()), client).await? {
             OpResponse::LeaseRevoke(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
@@ -54,7 +54,7 @@ impl Lease for LeaseFront {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let client = super::client_of(&request);
+        let client = self.0.client_of(&request)?;
         let mut inbound = request.into_inner();
         let front = self.0.clone();
         let out = async_stream::stream! {

@@ -72,6 +72,7 @@ impl Maintenance for MaintenanceFront {
     /// so a client calling it in a loop would stall this bank's apply. Others get etcd's
     /// `too many requests`.
     async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.0.require_admin(&request)?;
         let Ok(mut last) = self.0.defrag.try_lock() else { return Err(errors::too_many_requests()) };
         if last.is_some_and(|at| at.elapsed() < DEFRAG_INTERVAL) {
             return Err(errors::too_many_requests());
@@ -86,12 +87,14 @@ impl Maintenance for MaintenanceFront {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.0.require_admin(&request)?;
         let mut r = self.0.etcd.maintenance().hash(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
         r.header = self.0.identity.header(r.header);
         Ok(Response::new(r))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.0.require_admin(&request)?;
         let mut r = self.0.etcd.maintenance().hash_kv(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();
         r.header = self.0.identity.header(r.header);
         Ok(Response::new(r))
@@ -104,6 +107,7 @@ impl Maintenance for MaintenanceFront {
     /// window), and closed with an error when its client takes nothing for [`SNAPSHOT_STALL`],
     /// so that a client cannot hold the slots by not reading.
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.require_admin(&request)?;
         let slot = self.0.snapshots.clone().try_acquire_owned().map_err(|_| errors::too_many_requests())?;
         let etcd = self.0.etcd.dedicated().map_err(|e| Status::unavailable(e.to_string()))?;
         let mut upstream = etcd.maintenance().snapshot(request.into_inner()).await.map_err(errors::from_etcd)?.into_inner();

@@ -11,6 +11,7 @@ mod lease;
 pub mod limits;
 mod maintenance;
 mod range;
+pub mod tokens;
 pub mod tls;
 mod watch;
 
@@ -60,15 +61,50 @@ pub struct Front {
     /// Snapshots streaming at once; each holds a connection to etcd and an etcd read
     /// transaction (which keeps etcd from reusing freed pages) for as long as its client reads.
     pub snapshots: Arc<tokio::sync::Semaphore>,
-}
-
-/// Who the client of `request` is, as this bank authenticated it (None: not authenticated).
-pub fn client_of<T>(request: &tonic::Request<T>) -> Option<ClientIdentity> {
-    let cn = request.extensions().get::<conns::ClientConnInfo>()?.certificate_cn.clone()?;
-    Some(ClientIdentity { certificate_cn: cn, user: String::new() })
+    /// This bank's auth tokens.
+    pub tokens: tokens::Tokens,
 }
 
 impl Front {
+    /// The etcd user a request acts as while auth is enabled: its token's, else its client
+    /// certificate's CN (as etcd 3.5). None while auth is off, or for a client with neither;
+    /// a token this bank did not issue, or that expired, gets etcd's `invalid auth token`.
+    pub fn auth_user<T>(&self, request: &tonic::Request<T>) -> Result<Option<String>, Status> {
+        if !self.applier.rules().auth().enabled() {
+            return Ok(None);
+        }
+        if let Some(token) = request.metadata().get("token").and_then(|t| t.to_str().ok()) {
+            return match self.tokens.user(token) {
+                Some(user) => Ok(Some(user)),
+                None => Err(errors::auth(bftcd_sequencer::auth::AuthError::InvalidToken)),
+            };
+        }
+        Ok(request.extensions().get::<conns::ClientConnInfo>().and_then(|c| c.certificate_cn.clone()))
+    }
+
+    /// Who the client of `request` is, as this bank authenticated it (None: nobody).
+    pub fn client_of<T>(&self, request: &tonic::Request<T>) -> Result<Option<ClientIdentity>, Status> {
+        let user = self.auth_user(request)?.unwrap_or_default();
+        let cn = request.extensions().get::<conns::ClientConnInfo>().and_then(|c| c.certificate_cn.clone()).unwrap_or_default();
+        Ok((!cn.is_empty() || !user.is_empty()).then_some(ClientIdentity { certificate_cn: cn, user }))
+    }
+
+    /// etcd's read permission check for `[key, range_end)`.
+    pub fn check_read<T>(&self, request: &tonic::Request<T>, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        let user = self.auth_user(request)?;
+        self.applier.rules().auth().check_range(user.as_deref(), key, range_end, false).map_err(errors::auth)
+    }
+
+    /// Admin-only maintenance calls once auth is enabled. etcd 3.5 refuses these with its
+    /// auth store's own error, `auth: ...` and code Unknown, not the `etcdserver:` form.
+    pub fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let user = self.auth_user(request)?;
+        self.applier.rules().auth().check_admin(user.as_deref()).map_err(|e| {
+            let text = e.text().strip_prefix("etcdserver: ").unwrap_or(e.text());
+            Status::unknown(format!("auth: {text}"))
+        })
+    }
+
     /// Makes a linearizable read safe to serve from the local etcd: gets a read index agreed
     /// with a quorum of banks, then waits until this bank has applied every block up to it. A
     /// bank that is behind waits; one cut off from a quorum times out rather than answer.
@@ -95,7 +131,7 @@ impl Front {
             .add_service(LeaseServer::new(lease::LeaseFront(self.clone())).max_decoding_message_size(max))
             .add_service(ClusterServer::new(cluster::ClusterFront(self.clone())).max_decoding_message_size(max))
             .add_service(MaintenanceServer::new(maintenance::MaintenanceFront(self.clone())).max_decoding_message_size(max))
-            .add_service(AuthServer::new(auth::AuthFront).max_decoding_message_size(max));
+            .add_service(AuthServer::new(auth::AuthFront(self.clone())).max_decoding_message_size(max));
         b.routes()
     }
 }

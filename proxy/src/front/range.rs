@@ -77,6 +77,8 @@ impl UnaryService<RangeRequest> for Range {
     fn call(&mut self, request: tonic::Request<RangeRequest>) -> Self::Future {
         let front = self.0.clone();
         Box::pin(async move {
+            let r = request.get_ref();
+            front.check_read(&request, &r.key, &r.range_end)?;
             let r = front.prepare_range(request.into_inner()).await?;
             Ok(tonic::Response::new(front.range_encoded(r).await?))
         })

@@ -87,6 +87,10 @@ impl Watch for WatchFront {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let budget = request.extensions().get::<ClientConnInfo>().map(|c| c.budget.clone());
         let watches = Arc::new(StreamWatches { budget: budget.clone(), open: AtomicUsize::new(0) });
+        // The stream's etcd user (its token's, or its certificate's), fixed when it opens.
+        let user = self.0.auth_user(&request)?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<(Result<WatchResponse, Status>, Option<Charge>)>();
+        let (front, denied_tx, denied_budget) = (self.0.clone(), out_tx.clone(), budget.clone());
         let mut inbound = request.into_inner();
         let (up_tx, up_rx) = mpsc::channel::<WatchRequest>(64);
         let (refused_tx, mut refused_rx) = mpsc::channel::<Status>(1);
@@ -105,7 +109,32 @@ impl Watch for WatchFront {
                         break;
                     }
                 };
-                if let Some(RequestUnion::CreateRequest(_)) = &req.request_union {
+                if let Some(RequestUnion::CreateRequest(c)) = &req.request_union {
+                    // Without read permission: answered here, created and canceled at once, as
+                    // etcd does; the stream goes on.
+                    if let Err(e) = front.applier.rules().auth().check_range(user.as_deref(), &c.key, &c.range_end, false) {
+                        let header = front.current_header().await.unwrap_or_default();
+                        let denied = WatchResponse {
+                            header,
+                            watch_id: c.watch_id,
+                            created: true,
+                            canceled: true,
+                            // etcd puts the gRPC error's full text here (grpc-go's form).
+                            cancel_reason: format!("rpc error: code = {:?} desc = {}", errors::auth(e).code(), e.text()),
+                            ..Default::default()
+                        };
+                        let charge = match &denied_budget {
+                            Some(b) => match b.try_charge(denied.encoded_len(), false) {
+                                Some(c) => Some(c),
+                                None => break,
+                            },
+                            None => None,
+                        };
+                        if denied_tx.send((Ok(denied), charge)).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     if let Err(s) = counted.create() {
                         let _ = refused_tx.send(s).await;
                         break;
@@ -116,18 +145,23 @@ impl Watch for WatchFront {
                 }
             }
         });
-        let mut upstream = self
-            .0
-            .etcd
-            .watch()
-            .watch(ReceiverStream::new(up_rx))
-            .await
-            .map_err(errors::from_etcd)?
-            .into_inner();
+        // etcd answers the stream's opening only with its first message: a client whose first
+        // create is refused here must not wait for it.
+        let mut etcd = self.0.etcd.watch();
         let identity = self.0.identity.clone();
-        let (out_tx, out_rx) = mpsc::unbounded_channel::<(Result<WatchResponse, Status>, Option<Charge>)>();
         let counted = watches.clone();
         tokio::spawn(async move {
+            let opened = tokio::select! {
+                o = etcd.watch(ReceiverStream::new(up_rx)) => o,
+                _ = out_tx.closed() => return,
+            };
+            let mut upstream = match opened {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    let _ = out_tx.send((Err(errors::from_etcd(s)), None));
+                    return;
+                }
+            };
             loop {
                 let item = tokio::select! {
                     i = upstream.next() => i,
