@@ -42,6 +42,8 @@ impl Lease for LeaseFront {
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let client = self.0.client_of(&request)?;
+        let user = client.as_ref().map(|c| c.user.as_str()).filter(|u| !u.is_empty());
+        self.0.check_lease_keys(user, request.get_ref().id, true).await?;
         match self.0.writes.submit(Op::LeaseRevoke(request.into_inner()), client).await? {
             OpResponse::LeaseRevoke(resp) => Ok(Response::new(resp)),
             _ => Err(unexpected()),
@@ -76,10 +78,12 @@ impl Lease for LeaseFront {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let user = self.0.auth_user(&request)?;
         let r = request.into_inner();
         // etcd answers from its leader, so the answer reflects every grant, keepalive and
         // attachment acknowledged before: the same read index as a linearizable Range.
         self.0.linearize().await?;
+        self.0.check_lease_keys(user.as_deref(), r.id, false).await?;
         let header = self.0.current_header().await?;
         let Some(lease) = self.0.applier.lease(r.id) else {
             // etcd's answer for a lease that does not exist (etcdctl prints "already expired").
@@ -143,6 +147,27 @@ impl super::Front {
             inflight.remove(&key);
         }
         result
+    }
+
+    /// etcd's permission check for a lease call: every key attached to the lease must be
+    /// readable (TimeToLive) or writable (Revoke, which deletes them) by the user. Made here,
+    /// before ordering, from this bank's etcd: the attached keys are etcd's state, which a
+    /// replay of the ledger cannot reconstruct, so no bank checks them again at apply.
+    pub async fn check_lease_keys(&self, user: Option<&str>, id: i64, write: bool) -> Result<(), Status> {
+        let rules = self.applier.rules();
+        let auth = rules.auth();
+        if !auth.enabled() || auth.check_admin(user).is_ok() {
+            return Ok(());
+        }
+        let keys = match self.etcd.lease().lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await {
+            Ok(r) => r.into_inner().keys,
+            Err(s) if s.message() == errors::lease_not_found().message() => Vec::new(),
+            Err(s) => return Err(errors::from_etcd(s)),
+        };
+        for k in keys.iter().filter(|k| !crate::reserved::is_reserved(k)) {
+            auth.check_range(user, k, b"", write).map_err(errors::auth)?;
+        }
+        Ok(())
     }
 
     /// This bank's header at the local etcd's current revision.
