@@ -204,7 +204,28 @@ pub fn incoming(listener: TcpListener, limits: ClientLimits, tls: Option<ClientT
         };
         std::future::ready(admitted)
     });
-    Handshakes { admitted: Box::pin(admitted), tls, pending: JoinSet::new(), ended: false, limits, shared }
+    Handshakes { admitted: Box::pin(admitted), tls, pending: JoinSet::new(), ended: false, limits, shared, identities: Default::default() }
+}
+
+/// The budgets of clients known by a certificate, by CN: all connections with one certificate
+/// are one client, so opening more connections buys no more room.
+#[derive(Clone, Default)]
+struct Identities(Arc<Mutex<HashMap<String, std::sync::Weak<ClientBudget>>>>);
+
+impl Identities {
+    fn budget_for(&self, cn: &str, limits: ClientLimits, shared: &Arc<SharedBudget>) -> Arc<ClientBudget> {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = known.get(cn).and_then(|w| w.upgrade()) {
+            return b;
+        }
+        // Forget identities whose last connection closed, now and then, not on every connect.
+        if known.len() >= 64 && known.len().is_power_of_two() {
+            known.retain(|_, w| w.strong_count() > 0);
+        }
+        let b = ClientBudget::new(ClientKey::Certificate(cn.to_string()), limits, shared.clone());
+        known.insert(cn.to_string(), Arc::downgrade(&b));
+        b
+    }
 }
 
 /// Admitted connections made into [`ClientConn`]s. A TLS handshake runs in a task of its own,
@@ -217,6 +238,7 @@ struct Handshakes<S> {
     ended: bool,
     limits: ClientLimits,
     shared: Arc<SharedBudget>,
+    identities: Identities,
 }
 
 impl<S: Stream<Item = io::Result<Admitted>>> Stream for Handshakes<S> {
@@ -234,13 +256,16 @@ impl<S: Stream<Item = io::Result<Admitted>>> Stream for Handshakes<S> {
                             return Poll::Ready(Some(Ok(ClientConn { stream: Transport::Plain(a.stream), info, _slot: a.slot })));
                         }
                         Some(tls) => {
-                            let (tls, limits, shared) = (tls.clone(), this.limits, this.shared.clone());
+                            let (tls, limits, shared, identities) = (tls.clone(), this.limits, this.shared.clone(), this.identities.clone());
                             let handshake = async move {
                                 match tls.handshake(a.stream).await {
                                     Ok((stream, cn)) => {
-                                        // The certificate's name is who the client is; budgets stay per connection.
-                                        let key = cn.clone().map_or(ClientKey::Connection(a.remote), ClientKey::Certificate);
-                                        let info = ClientConnInfo { budget: ClientBudget::new(key, limits, shared), certificate_cn: cn };
+                                        // The certificate's name is who the client is, whichever connection it uses.
+                                        let budget = match &cn {
+                                            Some(cn) => identities.budget_for(cn, limits, &shared),
+                                            None => ClientBudget::new(ClientKey::Connection(a.remote), limits, shared),
+                                        };
+                                        let info = ClientConnInfo { budget, certificate_cn: cn };
                                         tracing::debug!(remote = %a.remote, certificate_cn = ?info.certificate_cn, "client connected over TLS");
                                         Some(ClientConn { stream: Transport::Tls(Box::new(stream)), info, _slot: a.slot })
                                     }
@@ -368,6 +393,31 @@ mod tests {
             _ = incoming.next() => panic!("a connection over the cap was handed on"),
             _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("a connection over the cap was left open"),
         }
+    }
+
+    #[test]
+    fn connections_with_one_certificate_share_one_budget() {
+        let limits = ClientLimits {
+            max_connections: 4,
+            max_connections_per_ip: 4,
+            max_concurrent_streams: 1,
+            max_in_flight: 1,
+            requests_per_second: 1,
+            max_buffered_bytes: 1,
+            max_watches: 1,
+            max_buffered_bytes_total: 1,
+            max_recv_bytes: 1,
+        };
+        let (ids, shared) = (Identities::default(), SharedBudget::new(1));
+        let a = ids.budget_for("alice", limits, &shared);
+        let a2 = ids.budget_for("alice", limits, &shared);
+        let b = ids.budget_for("bob", limits, &shared);
+        assert!(Arc::ptr_eq(&a, &a2), "a second connection of alice is alice");
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(a.take_token() && !a2.take_token(), "one rate for both connections");
+        drop((a, a2));
+        let again = ids.budget_for("alice", limits, &shared);
+        assert!(again.take_token(), "a client that came back starts afresh");
     }
 
     #[test]

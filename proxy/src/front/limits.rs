@@ -22,9 +22,9 @@ use tonic::Status;
 use super::conns::ClientConnInfo;
 use crate::errors;
 
-/// Whom a budget belongs to. Budgets are still per connection; with client certificate auth a
-/// connection is known by its certificate's common name (in logs), and later the issue on
-/// trusted clients shares one budget among a client's connections.
+/// Whom a budget belongs to: a connection, or with client certificate auth every connection
+/// that presents one certificate CN, so that a client cannot escape its limits by opening more
+/// connections.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     Connection(SocketAddr),
