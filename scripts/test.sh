@@ -11,4 +11,10 @@ cargo build --workspace --bins --quiet
 cargo build -p bftcd-proxy --features byzantine --target-dir target/byzantine --quiet
 profile=default
 if [ "${CI:-}" = "true" ]; then profile=ci; fi
-exec cargo nextest run --workspace --profile "$profile" "$@"
+cargo nextest run --workspace --profile "$profile" "$@"
+# The etcdctl compatibility suite once more with every sidecar serving client TLS (etcdctl with
+# a client certificate), as kube-apiserver connects in production.
+if [ "$#" -eq 0 ]; then
+    echo "test: the etcdctl compatibility suite over client TLS"
+    BFTCD_COMPAT_CLIENT_TLS=1 cargo nextest run -p bftcd-tests --profile "$profile" --test etcdctl_compat
+fi
