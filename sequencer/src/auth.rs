@@ -105,17 +105,7 @@ pub struct AuthStore {
 /// `[start, end)`; None = to the end of the key space.
 type Interval = (Vec<u8>, Option<Vec<u8>>);
 
-fn interval(key: &[u8], range_end: &[u8]) -> Interval {
-    match range_end {
-        b"" => {
-            let mut next = key.to_vec();
-            next.push(0);
-            (key.to_vec(), Some(next))
-        }
-        b"\0" => (key.to_vec(), None),
-        end => (key.to_vec(), Some(end.to_vec())),
-    }
-}
+use crate::ownership::interval;
 
 /// Does the union of `granted` cover `want`?
 fn covered(want: &Interval, mut granted: Vec<Interval>) -> bool {

@@ -37,7 +37,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `[key, range_end)` in etcd's encoding as a start and an exclusive end (None: to the end).
-fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+pub(crate) fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     match range_end {
         b"" => {
             let mut next = key.to_vec();

@@ -31,3 +31,15 @@ pub fn forge_ledger(path: &Path, rewrite: impl Fn(&mut Operation) -> bool) -> Ve
     assert!(tampered, "no operation in {} to rewrite", path.display());
     out
 }
+
+/// `bftcd-verify ledger PATH [--ops]`: whether the ledger verified, and what it printed
+/// (stdout, stderr).
+pub fn verify(path: &Path, ops: bool) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(crate::bftcd_bin().with_file_name("bftcd-verify"));
+    cmd.arg("ledger").arg(path);
+    if ops {
+        cmd.arg("--ops");
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("bftcd-verify: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -130,6 +130,14 @@ impl CmdOutput {
         self.status.map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Panics (showing everything) unless the command failed with `error` on stderr (an etcd
+    /// error text such as `etcdserver: permission denied`).
+    pub fn expect_error(&self, error: &str) {
+        if self.success() || !self.stderr.contains(error) {
+            panic!("expected a failure with {error:?}: {self}");
+        }
+    }
+
     /// Panics (showing everything) unless the command succeeded; returns stdout.
     pub fn expect_success(&self) -> &str {
         if !self.success() {

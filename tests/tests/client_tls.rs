@@ -108,12 +108,8 @@ fn four_banks_serve_clients_over_tls_with_client_certificates() {
 
     // The ledger names the client each bank vouched for: its certificate's CN, under the
     // bank's signature.
-    let out = std::process::Command::new(bftcd_tests::bftcd_bin().with_file_name("bftcd-verify"))
-        .args(["ledger", chain.banks[2].sidecar.data_dir().join("ledger.log").to_str().unwrap(), "--ops"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let (ok, listing, errors) = bftcd_tests::ledger::verify(&chain.banks[2].sidecar.data_dir().join("ledger.log"), true);
+    assert!(ok, "{errors}");
     let line = |key: &str| listing.lines().find(|l| l.ends_with(&format!("\tput\t{key}"))).map(|l| l.split('\t').collect::<Vec<_>>());
     assert_eq!(line("tls/greeting").map(|l| (l[1].to_string(), l[2].to_string())), Some(("bank1".into(), "cn=admin".into())), "{listing}");
     assert_eq!(line("tls/from-bank2").map(|l| (l[1].to_string(), l[2].to_string())), Some(("bank2".into(), "cn=bank2".into())), "{listing}");

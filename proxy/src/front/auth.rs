@@ -64,12 +64,12 @@ impl AuthFront {
 #[tonic::async_trait]
 impl auth_server::Auth for AuthFront {
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> Result<Response<AuthEnableResponse>, Status> {
-        let header = self.change(&request, Change::Enable(request.get_ref().clone())).await?;
+        let header = self.change(&request, Change::Enable(*request.get_ref())).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> Result<Response<AuthDisableResponse>, Status> {
-        let header = self.change(&request, Change::Disable(request.get_ref().clone())).await?;
+        let header = self.change(&request, Change::Disable(*request.get_ref())).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
 
