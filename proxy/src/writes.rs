@@ -81,10 +81,14 @@ impl Writes {
         // The sequencer stamps and signs it as the submitting bank.
         let op = Operation { id: Some(id), request: Some(request), client, ..Default::default() };
         // Every bank refuses it at apply; refusing it here spares ordering it.
-        if let Some(why) = self.applier.rules().refuses(&op) {
+        let rules = self.applier.rules();
+        if let Some(why) = rules.refuses(&op) {
             if self.check_owners || !matches!(why, bftcd_sequencer::governance::Refusal::KeyOwner(_)) {
                 return Err(errors::refusal(why));
             }
+        }
+        if self.check_owners && rules.owners().foreign_lease(&op, |id| self.applier.lease(id).map(|l| l.grantor)).is_some() {
+            return Err(errors::permission_denied());
         }
         let ordered = async {
             match self.sequencer.submit(op).await {

@@ -124,6 +124,46 @@ impl Owners {
     pub fn owns_any(&self, bank: u32) -> bool {
         self.0.iter().any(|o| o.bank == bank)
     }
+
+    /// The bank that owns `key`, if any.
+    pub fn owner_of(&self, key: &[u8]) -> Option<u32> {
+        self.0.iter().find(|o| key.starts_with(&o.prefix)).map(|o| o.bank)
+    }
+
+    /// The owner of a key `op` attaches to a lease that another bank granted (`grantor` of a
+    /// lease id; None for a lease that does not exist, which etcd refuses anyway). An owner's
+    /// keys live only on its own leases, so that no other bank can delete them by revoking one.
+    pub fn foreign_lease(&self, op: &Operation, grantor: impl Fn(i64) -> Option<u32>) -> Option<u32> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let check = |key: &[u8], lease: i64| {
+            let owner = self.owner_of(key)?;
+            (lease != 0 && grantor(lease).is_some_and(|g| g != owner)).then_some(owner)
+        };
+        fn puts<'a>(ops: &'a [RequestOp], out: &mut Vec<(&'a [u8], i64)>) {
+            for op in ops {
+                match &op.request {
+                    Some(Request::RequestPut(p)) => out.push((&p.key, p.lease)),
+                    Some(Request::RequestTxn(t)) => {
+                        puts(&t.success, out);
+                        puts(&t.failure, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut attached = Vec::new();
+        match op.request.as_ref()? {
+            Op::Put(p) => attached.push((p.key.as_slice(), p.lease)),
+            Op::Txn(t) => {
+                puts(&t.success, &mut attached);
+                puts(&t.failure, &mut attached);
+            }
+            _ => {}
+        }
+        attached.into_iter().find_map(|(k, l)| check(k, l))
+    }
 }
 
 fn show(key: &[u8]) -> String {
@@ -202,6 +242,30 @@ mod tests {
         let nested = Request::RequestTxn(txn(vec![], vec![Request::RequestTxn(txn(vec![del(b"/bank1/", b"/bank10")], vec![]))]));
         assert_eq!(t(1, txn(vec![nested.clone()], vec![])), Some(0));
         assert_eq!(t(0, txn(vec![nested], vec![])), None);
+    }
+
+    #[test]
+    fn an_owners_keys_go_only_on_its_own_leases() {
+        let o = owners();
+        let grantor = |id: i64| match id {
+            10 => Some(0),
+            11 => Some(1),
+            _ => None,
+        };
+        let with_lease = |bank, key: &[u8], lease| op(bank, Op::Put(PutRequest { key: key.to_vec(), lease, ..Default::default() }));
+        assert_eq!(o.foreign_lease(&with_lease(0, b"/bank1/k", 10), grantor), None);
+        assert_eq!(o.foreign_lease(&with_lease(0, b"/bank1/k", 11), grantor), Some(0), "bank 2's lease");
+        assert_eq!(o.foreign_lease(&with_lease(0, b"/bank1/k", 0), grantor), None, "no lease");
+        assert_eq!(o.foreign_lease(&with_lease(0, b"/bank1/k", 99), grantor), None, "etcd refuses an unknown lease");
+        assert_eq!(o.foreign_lease(&with_lease(1, b"/shared", 10), grantor), None, "unowned keys go on any lease");
+        let nested = TxnRequest { compare: vec![], success: vec![], failure: vec![RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest { compare: vec![], success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest { key: b"/bank2/x".to_vec(), lease: 10, ..Default::default() })),
+            }], failure: vec![] })),
+        }] };
+        assert_eq!(o.foreign_lease(&op(1, Op::Txn(nested)), grantor), Some(1));
+        assert_eq!(o.owner_of(b"/bank2/x"), Some(1));
+        assert_eq!(o.owner_of(b"/x"), None);
     }
 
     #[test]

@@ -40,6 +40,12 @@ fn writes_to_another_banks_keys_are_refused_on_every_bank() {
     let lease = grant.split_whitespace().nth(1).expect("lease id").to_string();
     honest.run(&["put", "/bank1/leased", "v", &format!("--lease={lease}")]).expect_success();
     rogue.run(&["lease", "revoke", &lease]).expect_error("etcdserver: permission denied");
+    // An owner's keys go only on its own leases (else the lease's bank could delete them by
+    // revoking it): refused before ordering at an honest bank, at apply on every bank.
+    let theirs = rogue.run(&["lease", "grant", "600"]).expect_success().to_string();
+    let theirs = theirs.split_whitespace().nth(1).expect("lease id").to_string();
+    honest.run(&["put", "/bank1/on-their-lease", "v", &format!("--lease={theirs}")]).expect_error("etcdserver: permission denied");
+    rogue.run(&["put", "/bank2/on-bank1s-lease", "v", &format!("--lease={lease}")]).expect_error("etcdserver: permission denied");
     // The refusal is rebuilt from the ledger after a restart (leases live in a replayed table).
     chain.banks[2].sidecar.restart();
     let ttl = chain.etcdctl(2).run(&["lease", "timetolive", &lease]).expect_success().to_string();

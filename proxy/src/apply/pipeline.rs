@@ -154,8 +154,10 @@ enum Landing {
 
 /// The committed blocks still to be turned into [`Work`].
 struct Cursor {
-    /// The chain's rules as of the last operation turned into work (ahead of what is applied).
+    /// The chain's rules and lease table as of the last operation turned into work (ahead of
+    /// what is applied).
     rules: ChainRules,
+    leases: leases::LeaseTable,
     height: u64,
     /// Operations of the first block already applied before a restart.
     skip: usize,
@@ -194,10 +196,18 @@ impl Cursor {
                 special.push(None);
                 continue;
             }
+            let refused = self.rules.refuses(op).or_else(|| {
+                let grantor = |id| self.leases.get(id).map(|l| l.grantor);
+                self.rules.owners().foreign_lease(op, grantor).map(Refusal::KeyOwner)
+            });
+            let pos = Position { height, index: index as u32 };
+            // The lease table as the apply engine will hold it at this operation (lease calls
+            // are applied later, alone), for the owners' lease rule above.
+            leases::step(&applier.ledger.genesis().chain_id, &mut self.leases, op, pos, block.timestamp_ms, self.rules.owners());
             let block = committed.clone();
             special.push(match self.rules.step(op) {
                 Some(effect) => Some(Work::RulesChange { height, block, index, effect, rules: Arc::new(self.rules.clone()) }),
-                None => self.rules.refuses(op).map(|why| Work::Refused { height, block, index, why }),
+                None => refused.map(|why| Work::Refused { height, block, index, why }),
             });
         }
         let runs = match applier.batching {
@@ -312,7 +322,8 @@ impl Applier {
     /// Applies committed blocks forever, from `start`.
     pub(super) async fn pipeline(self: &Arc<Self>, start: Start) -> anyhow::Result<()> {
         let rules = (*self.rules()).clone();
-        let mut cursor = Cursor { rules, height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
+        let leases = self.leases.lock().unwrap().clone();
+        let mut cursor = Cursor { rules, leases, height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
         let mut todo: VecDeque<Work> = VecDeque::new();
         let mut flights: VecDeque<Flight> = VecDeque::new();
         let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF, resent: 0 };
