@@ -232,6 +232,29 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
         assert!(out.status.success(), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("commit proofs verified"));
     }
+    // All four agree block for block, from the genesis every bank was given, not only the one
+    // each ledger carries; a genesis of another chain is refused.
+    let ledgers: Vec<String> = chain.banks.iter().map(|b| b.sidecar.data_dir().join("ledger.log").display().to_string()).collect();
+    let verifier = bftcd_tests::bftcd_bin().with_file_name("bftcd-verify");
+    let trusted = format!("--genesis={}", chain.genesis.display());
+    let out = std::process::Command::new(&verifier).arg("compare").args(&ledgers).arg(&trusted).output().unwrap();
+    assert!(out.status.success(), "compare: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 ledgers hold the same blocks"));
+    let other = dir.join("other-genesis.pb");
+    let validators: Vec<String> =
+        (1..=4).map(|i| dir.join(format!("keys/bank{i}/validator.pb")).display().to_string()).collect();
+    let made = std::process::Command::new(bftcd_tests::bftcd_bin())
+        .args(["genesis", "--chain-id=another-chain", &format!("--out={}", other.display())])
+        .args(&validators)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = std::process::Command::new(&verifier)
+        .args(["ledger", &ledgers[0], &format!("--genesis={}", other.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a ledger verified against another chain's genesis");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the trusted"), "{}", String::from_utf8_lossy(&out.stderr));
     let ledger = chain.banks[0].sidecar.data_dir().join("ledger.log");
     type Rewrite = Box<dyn Fn(&mut bftcd_proto::bftcd::Operation) -> bool>;
     let rewrites: [(&str, Rewrite); 2] = [
@@ -262,6 +285,8 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
         let res = verify(&forged);
         assert!(!res.status.success(), "bftcd-verify accepted a ledger with a rewritten {what}");
         assert!(String::from_utf8_lossy(&res.stderr).contains("INVALID"));
+        let res = std::process::Command::new(&verifier).arg("compare").arg(&ledgers[1]).arg(&forged).output().unwrap();
+        assert!(!res.status.success(), "compare accepted a ledger with a rewritten {what}");
     }
 }
 

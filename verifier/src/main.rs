@@ -13,7 +13,7 @@
 //! A single-bank chain (n = 1) has no certificates.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bftcd_proto::bftcd::{operation::Request, Operation};
@@ -40,7 +40,70 @@ enum Command {
         /// (`cn=`, `user=`, or `-`), kind and key.
         #[arg(long)]
         ops: bool,
+        /// The genesis to trust (a `bftcd genesis` file, obtained apart from the ledger): the
+        /// ledger must start from exactly this one. Without it the ledger's own genesis is trusted.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
     },
+    /// Verify several banks' ledgers, then check that they hold the same blocks at every height
+    /// they share (a bank's ledger may be shorter). Exits 1 at the first difference.
+    Compare {
+        /// The ledgers (each bank's <data-dir>/ledger.log), two or more.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+        /// The genesis to trust, as for `ledger`.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+    },
+}
+
+fn read_genesis(path: &Path) -> Result<bftcd_proto::bftcd::Genesis, String> {
+    use bftcd_proto::Message;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    bftcd_proto::bftcd::Genesis::decode(bytes.as_slice()).map_err(|e| format!("{}: not a genesis file: {e}", path.display()))
+}
+
+/// Where two ledgers' blocks first differ (each a list of block hashes by height from 1), if
+/// anywhere within the heights both hold.
+fn first_difference(a: &[[u8; 32]], b: &[[u8; 32]]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).map(|i| i + 1)
+}
+
+fn compare(paths: Vec<PathBuf>, trusted: Option<PathBuf>) -> Result<(), String> {
+    let mut chains = Vec::new();
+    for p in &paths {
+        let verified = verify(p.clone(), false, trusted.clone()).map_err(|e| format!("{}: {e}", p.display()))?;
+        chains.push(verified);
+    }
+    let (first_path, (first_genesis, first)) = (&paths[0], &chains[0]);
+    for (p, (g, hashes)) in paths.iter().zip(&chains).skip(1) {
+        if g != first_genesis {
+            return Err(format!(
+                "{} and {} belong to different chains (genesis {} vs {})",
+                first_path.display(),
+                p.display(),
+                hex::encode(first_genesis),
+                hex::encode(g)
+            ));
+        }
+        if let Some(h) = first_difference(first, hashes) {
+            return Err(format!(
+                "DIVERGED at height {h}: {} holds block {}, {} holds block {} (both certified: \
+                 more than f banks signed conflicting blocks)",
+                first_path.display(),
+                hex::encode(first[h - 1]),
+                p.display(),
+                hex::encode(hashes[h - 1])
+            ));
+        }
+    }
+    let shared = chains.iter().map(|(_, h)| h.len()).min().unwrap_or(0);
+    println!("compare     {} ledgers hold the same blocks 1..={shared}", paths.len());
+    for (p, (_, h)) in paths.iter().zip(&chains) {
+        println!("            {}: {} blocks", p.display(), h.len());
+    }
+    println!("OK");
+    Ok(())
 }
 
 fn kind_and_key(r: &Option<Request>) -> (&'static str, String) {
@@ -79,7 +142,10 @@ fn client_of(op: &Operation) -> String {
     }
 }
 
-fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
+/// Verifies one ledger and prints its summary; returns its genesis hash and every block's hash.
+fn verify(path: PathBuf, list_ops: bool, trusted: Option<PathBuf>) -> Result<([u8; 32], Vec<[u8; 32]>), String> {
+    let trusted = trusted.map(|p| read_genesis(&p).map(|g| genesis_hash(&g))).transpose()?;
+    let mut hashes = Vec::new();
     let mut operations = 0u64;
     let mut seen = HashSet::new();
     let mut last_time = None::<u64>;
@@ -92,6 +158,7 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     let mut refused_ops = 0u64;
     let file = LedgerFile::scan(&path, |genesis, cb| {
         let block = cb.block.as_ref().ok_or("block record without a block")?;
+        hashes.push(block_hash(block));
         let n = genesis.validators.len();
         if n > 1 {
             if crypto.is_none() {
@@ -222,6 +289,12 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
         return Err(format!("blocks from {h} on are not covered by any commit proof"));
     }
     let g = &file.genesis;
+    let own = genesis_hash(g);
+    if let Some(t) = trusted {
+        if t != own {
+            return Err(format!("the ledger starts from genesis {}, not the trusted {}", hex::encode(own), hex::encode(t)));
+        }
+    }
     println!("ledger      {}", path.display());
     println!("chain id    {}", g.chain_id);
     println!("epoch       {}", g.epoch);
@@ -245,18 +318,41 @@ fn verify(path: PathBuf, list_ops: bool) -> Result<(), String> {
     } else {
         println!("certificates every block's QC and {proofs} commit proofs verified (n = {}, f = {})", g.validators.len(), (g.validators.len() - 1) / 3);
     }
+    if trusted.is_some() {
+        println!("genesis     {} (the trusted one)", hex::encode(own));
+    }
     println!("OK");
-    Ok(())
+    Ok((own, hashes))
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Ledger { path, ops } => match verify(path, ops) {
+        Command::Compare { paths, genesis } => match compare(paths, genesis) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bftcd-verify: INVALID: {e}");
                 ExitCode::FAILURE
             }
         },
+        Command::Ledger { path, ops, genesis } => match verify(path, ops, genesis) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bftcd-verify: INVALID: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_difference;
+
+    #[test]
+    fn ledgers_differ_where_their_first_block_does() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert_eq!(first_difference(&[a, b], &[a, b, c]), None, "a shorter ledger agrees so far");
+        assert_eq!(first_difference(&[a, b, c], &[a, c, c]), Some(2));
+        assert_eq!(first_difference(&[], &[a]), None);
     }
 }
