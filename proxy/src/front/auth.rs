@@ -20,7 +20,16 @@ pub struct AuthFront(pub Arc<Front>);
 /// etcd's default `--bcrypt-cost`.
 const BCRYPT_COST: u32 = 10;
 
+/// bcrypt work (tens of milliseconds each) one at a time: a client calling Authenticate in a
+/// loop then costs the bank one core at most, not all of them.
+static BCRYPT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+async fn bcrypt_turn() -> Result<tokio::sync::SemaphorePermit<'static>, Status> {
+    BCRYPT.acquire().await.map_err(|_| Status::internal("bftcd: bcrypt closed"))
+}
+
 async fn hash(password: String) -> Result<String, Status> {
+    let _turn = bcrypt_turn().await?;
     tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
         .await
         .map_err(|e| Status::internal(format!("bftcd: hashing failed: {e}")))?
@@ -94,6 +103,7 @@ impl auth_server::Auth for AuthFront {
             _ => return Err(errors::auth(AuthError::AuthFailed)),
         };
         let password = r.password;
+        let _turn = bcrypt_turn().await?;
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hashed).unwrap_or(false)).await.unwrap_or(false);
         if !ok {
             return Err(errors::auth(AuthError::AuthFailed));
