@@ -16,5 +16,5 @@ cargo nextest run --workspace --profile "$profile" "$@"
 # a client certificate), as kube-apiserver connects in production.
 if [ "$#" -eq 0 ]; then
     echo "test: the etcdctl compatibility suite over client TLS"
-    BFTCD_COMPAT_CLIENT_TLS=1 cargo nextest run -p bftcd-tests --profile "$profile" --test etcdctl_compat
+    BFTCD_COMPAT_CLIENT_TLS=1 cargo nextest run --workspace --profile "$profile" -E 'binary(etcdctl_compat)'
 fi
