@@ -27,17 +27,7 @@ fn free_base(banks: u16) -> u16 {
 fn dev_cluster_serves_and_stops_cleanly() {
     let dir = TestDir::new("dev-cluster");
     let base = free_base(4);
-    let mut child = Command::new(bftcd_bin())
-        .args(["dev-cluster", "--banks", "4", "--base-port", &base.to_string(), "--dir"])
-        .arg(dir.join("cluster"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("dev-cluster.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("a READY line").unwrap();
-    let endpoints: Vec<String> = ready.strip_prefix("READY ").expect("READY <endpoints>").split(',').map(String::from).collect();
-    assert_eq!(endpoints.len(), 4);
+    let (mut child, _lines, endpoints) = start(&dir, base, &dir.join("cluster"), &[]);
     assert_eq!(endpoints[0], format!("127.0.0.1:{}", base + 1));
 
     Etcdctl::new(&endpoints[0]).run(&["put", "hello", "world"]).expect_success();
@@ -48,16 +38,7 @@ fn dev_cluster_serves_and_stops_cleanly() {
     }
 
     // SIGTERM: every bank stops, the command exits 0, nothing keeps listening.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dev-cluster did not stop within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "dev-cluster exited with {status}");
+    stop(&mut child);
     for i in 1..=4u16 {
         for p in [base + i, base + 100 + i, base + 300 + i] {
             assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} still in use after shutdown");
@@ -72,17 +53,7 @@ fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
     let dir = TestDir::new("dev-cluster-tls");
     let base = free_base(4);
     let cluster = dir.join("cluster");
-    let mut child = Command::new(bftcd_bin())
-        .args(["dev-cluster", "--client-tls", "--banks", "4", "--base-port", &base.to_string(), "--dir"])
-        .arg(&cluster)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("dev-cluster.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("a READY line").unwrap();
-    let endpoints: Vec<String> = ready.strip_prefix("READY ").expect("READY <endpoints>").split(',').map(String::from).collect();
-    assert_eq!(endpoints.len(), 4);
+    let (mut child, mut lines, endpoints) = start(&dir, base, &cluster, &["--client-tls"]);
     assert_eq!(endpoints[0], format!("https://127.0.0.1:{}", base + 1));
     let line = lines.next().expect("an etcdctl line").unwrap();
 
@@ -135,6 +106,11 @@ fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
         .unwrap();
     assert!(!out.status.success(), "a client without a certificate must be refused");
 
+    stop(&mut child);
+}
+
+/// SIGTERM: every bank stops and the command exits 0 within 60 s.
+fn stop(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -145,4 +121,25 @@ fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "dev-cluster exited with {status}");
+}
+
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `bftcd dev-cluster` with four banks at `base` in `cluster` (plus `extra` flags), once it
+/// printed READY: the process, the rest of its output, and the four endpoints.
+fn start(dir: &TestDir, base: u16, cluster: &std::path::Path, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+    let mut child = Command::new(bftcd_bin())
+        .arg("dev-cluster")
+        .args(extra)
+        .args(["--banks", "4", "--base-port", &base.to_string(), "--dir"])
+        .arg(cluster)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dev-cluster.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a READY line").unwrap();
+    let endpoints: Vec<String> = ready.strip_prefix("READY ").expect("READY <endpoints>").split(',').map(String::from).collect();
+    assert_eq!(endpoints.len(), 4);
+    (child, lines, endpoints)
 }

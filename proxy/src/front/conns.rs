@@ -300,19 +300,24 @@ impl<S: Stream<Item = io::Result<Admitted>>> Stream for Handshakes<S> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn connections_are_capped_in_all_and_per_ip() {
-        let limits = ClientLimits {
-            max_connections: 3,
-            max_connections_per_ip: 2,
-            max_concurrent_streams: 1,
+    /// Limits with these connection caps and everything else at its smallest.
+    fn capped(max_connections: usize, max_connections_per_ip: usize) -> ClientLimits {
+        ClientLimits {
+            max_connections,
+            max_connections_per_ip,
+            max_concurrent_streams: 8,
             max_in_flight: 1,
             requests_per_second: 1,
             max_buffered_bytes: 1,
-            max_watches: 1,
-            max_buffered_bytes_total: 1,
-            max_recv_bytes: 1,
-        };
+            max_watches: 8,
+            max_buffered_bytes_total: 1 << 20,
+            max_recv_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_in_all_and_per_ip() {
+        let limits = capped(3, 2);
         let a = Arc::new(Admission { limits, counts: Mutex::default() });
         let (ip1, ip2): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
         let s1 = a.admit(ip1).unwrap();
@@ -349,17 +354,7 @@ mod tests {
         let tls = ClientTls::load(&files).unwrap().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = ClientLimits {
-            max_connections: 2,
-            max_connections_per_ip: 2,
-            max_concurrent_streams: 8,
-            max_in_flight: 8,
-            requests_per_second: 100,
-            max_buffered_bytes: 1 << 20,
-            max_watches: 8,
-            max_buffered_bytes_total: 1 << 20,
-            max_recv_bytes: 1 << 20,
-        };
+        let limits = ClientLimits { max_in_flight: 8, requests_per_second: 100, max_buffered_bytes: 1 << 20, ..capped(2, 2) };
         let mut incoming = Box::pin(incoming(listener, limits, Some(tls)));
 
         let _silent = TcpStream::connect(addr).await.unwrap();
@@ -397,17 +392,7 @@ mod tests {
 
     #[test]
     fn connections_with_one_certificate_share_one_budget() {
-        let limits = ClientLimits {
-            max_connections: 4,
-            max_connections_per_ip: 4,
-            max_concurrent_streams: 1,
-            max_in_flight: 1,
-            requests_per_second: 1,
-            max_buffered_bytes: 1,
-            max_watches: 1,
-            max_buffered_bytes_total: 1,
-            max_recv_bytes: 1,
-        };
+        let limits = capped(4, 4);
         let (ids, shared) = (Identities::default(), SharedBudget::new(1));
         let a = ids.budget_for("alice", limits, &shared);
         let a2 = ids.budget_for("alice", limits, &shared);
