@@ -27,6 +27,7 @@ etcd_errors! {
     timeout => Unavailable, "etcdserver: request timed out";
     auth_not_enabled => FailedPrecondition, "etcdserver: authentication is not enabled";
     permission_denied => PermissionDenied, "etcdserver: permission denied";
+    corrupt => DataLoss, "etcdserver: corrupt cluster";
 }
 
 /// A write that touches BFTcd's reserved key prefix (where each bank keeps its apply position).

@@ -5,6 +5,7 @@ mod apply;
 mod chain;
 mod clientcerts;
 mod codec;
+mod corrupt;
 mod devcluster;
 mod errors;
 mod etcd;

@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// fixes it in `bftcd genesis`): `batched` or `exact`. See docs/operations.md.
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: ApplyMode,
+    /// Blocks between full checks of the local etcd against the state digest (every key read
+    /// at the block's revision, and the leases against the replicated table), in addition to
+    /// following every change (docs/consensus.md, "State digest").
+    #[arg(long, default_value_t = crate::apply::digest::FULL_CHECK_EVERY)]
+    pub digest_full_check_every: u64,
     /// Serve Prometheus metrics on these URLs (comma-separated `http://IP:PORT`, as etcd's
     /// flag), at `/metrics`.
     #[arg(long)]
@@ -311,11 +316,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let etcd = LocalEtcd::connect_lazy(&args.etcd_endpoint)?;
     // Before joining: a bank whose etcd refuses what the chain allows would stop applying.
     crate::probe::check(&etcd, &limits, genesis.apply_batch_max).await?;
+    crate::corrupt::check_at_start(&etcd).await?;
     let mut consensus_status = None;
+    let checkpoints;
     // Ends the process when ordering dies: a bank that cannot order must not look healthy.
     let mut ordering_stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
         Box::pin(std::future::pending());
     let sequencer: Arc<dyn Sequencer> = if genesis.validators.len() == 1 {
+        let (_, no_peers) = tokio::sync::mpsc::channel(1);
+        let domain = bftcd_sequencer::consensus::Domain { chain_id: genesis.chain_id.clone(), epoch: genesis.epoch, n: 1 };
+        let committed = ledger.clone();
+        checkpoints = bftcd_sequencer::checkpoint::start(
+            bftcd_sequencer::checkpoint::Setup {
+                domain,
+                me: 0,
+                crypto: None,
+                network: None,
+                data_dir: args.data_dir.clone(),
+                committed: Arc::new(move || committed.committed_height()),
+                wrong_digest: false,
+            },
+            no_peers,
+        )?;
         Arc::new(SingleReplica::start(ledger.clone(), BlockLimits { max_bytes: limits.max_block_bytes, ..BlockLimits::default() }))
     } else {
         let keys_dir = args.keys.clone().ok_or_else(|| anyhow::anyhow!("--keys is required: the genesis lists {} banks", genesis.validators.len()))?;
@@ -346,6 +368,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
+        checkpoints = hs.checkpoints().clone();
         ordering_stopped = Box::pin(hs.stopped());
         Arc::new(hs)
     };
@@ -353,6 +376,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let batching = (genesis.apply_batch_max > 0)
         .then(|| crate::apply::BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
     let mut applier = Applier::new(etcd.clone(), ledger.clone(), identity.clone(), &args.data_dir, batching, rules);
+    let (digests, block_ends) = tokio::sync::mpsc::channel(4096);
+    applier.digests = Some(digests);
+    applier.full_check_every = args.digest_full_check_every.max(1);
+    let tracker = crate::apply::digest::Tracker::new(&etcd)?;
+    if let Some(events) = checkpoints.events() {
+        tokio::spawn(crate::apply::digest::on_checkpoint_events(events, tracker.changes(), etcd.clone()).accounted(Component::Apply));
+    }
+    tokio::spawn(tracker.run(block_ends, checkpoints.clone()).accounted(Component::Apply));
     let stale_reads = stale_reads_requested(&args);
     if stale_reads {
         tracing::warn!("THIS BANK SERVES STALE READS (test build): no read index, apply 300 ms late");

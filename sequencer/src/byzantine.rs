@@ -47,6 +47,9 @@ pub enum Misbehaviour {
     /// defaults to [`SPAM_AFTER_MS`], the others to at once), so that a test can measure the
     /// same run without them first.
     After(u64),
+    /// Sign and send a state digest checkpoint other than its own (one bit flipped), so that a
+    /// test sees that a lie from one bank is never certified.
+    WrongDigest,
 }
 
 /// When `spam` starts, so that a test can measure the same run without it first.
@@ -64,6 +67,7 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
             "withhold" => Ok(Misbehaviour::Withhold),
             "no-votes" => Ok(Misbehaviour::NoVotes),
             "forward-invalid" => Ok(Misbehaviour::ForwardInvalid),
+            "wrong-digest" => Ok(Misbehaviour::WrongDigest),
             other => {
                 if let Some(i) = other.strip_prefix("censor=").and_then(|i| i.parse().ok()) {
                     Ok(Misbehaviour::Censor(i))
@@ -78,7 +82,7 @@ pub fn parse(s: &str) -> Result<Vec<Misbehaviour>, String> {
                 } else if let Some(n) = other.strip_prefix("after=").and_then(|n| n.parse().ok()) {
                     Ok(Misbehaviour::After(n))
                 } else {
-                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, flood=<ops per 10 s>, replay=<blocks back>, spam=<messages per second>, after=<ms>)"))
+                    Err(format!("unknown misbehaviour {other:?} (equivocate, bad-signatures, censor=<index>, panic-after=<steps>, withhold, no-votes, forward-invalid, wrong-digest, flood=<ops per 10 s>, replay=<blocks back>, spam=<messages per second>, after=<ms>)"))
                 }
             }
         })

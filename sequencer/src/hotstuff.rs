@@ -62,6 +62,7 @@ pub struct HotStuff {
     network: Network,
     /// Why the consensus task ended, once it has.
     stopped: watch::Receiver<Option<String>>,
+    checkpoints: crate::checkpoint::Checkpoints,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -165,11 +166,28 @@ impl HotStuff {
         );
         let (network, raw_incoming) = Network::start(net_cfg).await?;
         let (checked_tx, incoming) = mpsc::channel(1024);
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(4096);
+        let committed_ledger = ledger.clone();
+        let checkpoints = crate::checkpoint::start(
+            crate::checkpoint::Setup {
+                domain: stage_domain.clone(),
+                me: opts.me as u32,
+                crypto: Some(crypto.clone()),
+                network: Some(network.clone()),
+                data_dir: opts.data_dir.clone(),
+                committed: Arc::new(move || committed_ledger.committed_height()),
+                #[cfg(feature = "byzantine")]
+                wrong_digest: opts.misbehaviour.contains(&crate::byzantine::Misbehaviour::WrongDigest),
+                #[cfg(not(feature = "byzantine"))]
+                wrong_digest: false,
+            },
+            checkpoint_rx,
+        )?;
         let (sync_tx, sync_requests) = mpsc::channel(16);
         tokio::spawn(stages::serve_sync(sync_requests, ledger.clone(), network.clone(), max_blocks, max_bytes).accounted(Component::Network));
         let sync = stages::SyncDiversion { ledger: ledger.clone(), requests: sync_tx, max_blocks, budget: Default::default() };
         tokio::spawn(
-            stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx, Some(sync))
+            stages::check_incoming(raw_incoming, crypto.clone(), stage_domain.clone(), checked_tx, Some(sync), Some(checkpoint_tx))
                 .accounted(Component::Consensus),
         );
         let (submit, raw_submissions) = mpsc::channel(65_536);
@@ -232,7 +250,7 @@ impl HotStuff {
             };
             stopped_tx.send_replace(Some(why));
         });
-        Ok(HotStuff { ledger, submit, reads, status, network, stopped })
+        Ok(HotStuff { ledger, submit, reads, status, network, stopped, checkpoints })
     }
 
     pub fn status(&self) -> watch::Receiver<ConsensusStatus> {
@@ -258,6 +276,11 @@ impl HotStuff {
 
     pub fn network(&self) -> &Network {
         &self.network
+    }
+
+    /// State digest checkpoints ([`crate::checkpoint`]).
+    pub fn checkpoints(&self) -> &crate::checkpoint::Checkpoints {
+        &self.checkpoints
     }
 }
 
@@ -800,6 +823,7 @@ fn describe_message(m: &PeerMessage) -> String {
         Some(Kind::SyncResponse(_)) => "sync-response".into(),
         Some(Kind::ReadIndexRequest(_)) => "read-request".into(),
         Some(Kind::ReadIndexReply(_)) => "read-reply".into(),
+        Some(Kind::Checkpoint(c)) => format!("checkpoint:h{}", c.height),
         None => "empty".into(),
     }
 }

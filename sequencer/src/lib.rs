@@ -26,6 +26,8 @@ pub mod ownership;
 pub mod sim;
 pub mod single;
 pub mod stages;
+pub mod state_digest;
+pub mod checkpoint;
 pub mod validity;
 
 /// Tracing target of the per-step timing events (`BFTCD_LOG=info,bftcd::trace=debug`): one

@@ -272,6 +272,7 @@ fn kind(m: &PeerMessage) -> String {
         Some(Kind::SyncResponse(r)) => format!("syncresp({}c {}u)", r.committed.len(), r.uncommitted.len()),
         Some(Kind::ReadIndexRequest(r)) => format!("readreq({})", r.round),
         Some(Kind::ReadIndexReply(r)) => format!("readreply({} h{})", r.round, r.height),
+        Some(Kind::Checkpoint(c)) => format!("checkpoint(h{})", c.height),
         None => "empty".into(),
     }
 }

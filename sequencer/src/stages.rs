@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bftcd_proto::bftcd::peer_message::Kind;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use bftcd_proto::bftcd::{Operation, PeerMessage, QuorumCert, SyncRequest, SyncResponse, Vote};
+use bftcd_proto::bftcd::{Checkpoint, Operation, PeerMessage, QuorumCert, SyncRequest, SyncResponse, Vote};
 use bftcd_proto::Message;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +64,7 @@ pub async fn check_incoming(
     domain: Domain,
     out: mpsc::Sender<Checked>,
     sync: Option<SyncDiversion>,
+    checkpoints: Option<mpsc::Sender<(usize, Checkpoint)>>,
 ) {
     let mut batch = Vec::with_capacity(CHECK_BATCH);
     let mut tally = VoteTally::default();
@@ -75,6 +76,17 @@ pub async fn check_incoming(
         if let Some(sync) = &sync {
             decoded.retain_mut(|m| !sync.divert(m));
         }
+        // Checkpoints go to their own task ([`crate::checkpoint`]), never to the core.
+        decoded.retain_mut(|m| {
+            let Checked::Message { from, msg } = m else { return true };
+            let Some(Kind::Checkpoint(c)) = &mut msg.kind else { return true };
+            if let Some(tx) = &checkpoints {
+                if tx.try_send((*from, std::mem::take(c))).is_err() {
+                    tracing::debug!(peer = *from, "checkpoint: task busy, peer's checkpoint dropped");
+                }
+            }
+            false
+        });
         // Blocks this bank has committed need no certificate checked again (a second answer
         // to a request passed over, or one overlapping the last).
         let sync_view = sync.as_ref().map_or(SyncView { committed: 0, max_blocks: DEFAULT_SYNC_BLOCKS }, |s| SyncView {

@@ -110,6 +110,19 @@ impl LeaseTable {
         self.leases.contains_key(&id)
     }
 
+    /// SHA-256 over every lease (ID, TTL, deadline, grantor) in ID order, for the state digest.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"bftcd leases v1\0");
+        for (id, l) in &self.leases {
+            h.update(id.to_be_bytes());
+            h.update(l.granted_ttl.to_be_bytes());
+            h.update(l.deadline_ms.to_be_bytes());
+            h.update(l.grantor.to_be_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// Every lease ID, soonest deadline first (etcd lists leases by expiry).
     pub fn ids(&self) -> Vec<i64> {
         self.by_deadline.iter().map(|(_, id)| *id).collect()

@@ -16,6 +16,7 @@
 //! start over an etcd restored from an older snapshot is told apart ([`restore`]).
 
 mod batch;
+pub mod digest;
 pub mod leases;
 mod pipeline;
 mod restore;
@@ -105,6 +106,10 @@ pub struct Applier {
     /// Test builds only (`--byzantine stale-reads`): apply each block this long after its time,
     /// so the bank is reliably behind.
     pub lag: Duration,
+    /// Where each applied block with operations goes for its state digest ([`digest`]).
+    pub digests: Option<tokio::sync::mpsc::Sender<digest::BlockEnd>>,
+    /// Blocks between full checks of the store ([`digest::FULL_CHECK_EVERY`]).
+    pub full_check_every: u64,
 }
 
 /// How far the local etcd may be ahead of the ledger after a crash (blocks applied while the
@@ -175,6 +180,8 @@ impl Applier {
             batching,
             rules: std::sync::RwLock::new(Arc::new(rules)),
             lag: Duration::ZERO,
+            digests: None,
+            full_check_every: digest::FULL_CHECK_EVERY,
         }
     }
 
@@ -221,6 +228,11 @@ impl Applier {
     /// Applies committed blocks forever. Returns only on an error that needs an operator.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let (last, in_etcd) = self.recover().await?;
+        let revision = match self.read_state().await {
+            Ok((Some(_), key_revision, _)) => key_revision,
+            Ok((None, _, _)) => 1,
+            Err(e) => anyhow::bail!("reading the local etcd's applied position: {e}"),
+        };
         tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
         self.applied.send_replace(last);
         let (height, skip) = match last {
@@ -228,7 +240,7 @@ impl Applier {
             Some(p) => (p.height, p.index as usize + 1),
         };
         self.applied_height.send_replace(height - 1);
-        self.pipeline(pipeline::Start { height, skip, in_etcd }).await
+        self.pipeline(pipeline::Start { height, skip, in_etcd, revision }).await
     }
 
     /// Where to resume, and the position key in etcd. Usually the later of that key and the

@@ -142,8 +142,9 @@ impl Flight {
 
 /// What became of a Txn.
 enum Landing {
-    /// It ran: each operation's outcome, and whether the position key moved.
-    Applied(Vec<Outcome>, bool),
+    /// It ran: each operation's outcome, whether the position key moved, and etcd's revision
+    /// after it.
+    Applied(Vec<Outcome>, bool, Option<i64>),
     /// The guard did not hold: nothing changed; the position key held this.
     Early(Option<Position>),
     /// etcd refused it for a reason every bank's etcd shares.
@@ -301,6 +302,8 @@ pub(super) struct Start {
     pub skip: usize,
     /// The position key in the local etcd (the cursor file may be further on).
     pub in_etcd: Option<Position>,
+    /// The revision that wrote it (1, a fresh etcd's, when there is none).
+    pub revision: i64,
 }
 
 /// The pipeline's view of the local etcd.
@@ -314,6 +317,11 @@ struct State {
     backoff: Duration,
     /// Txns sent again since the last block was traced (overtaken, or behind a wrong guess).
     resent: u64,
+    /// etcd's revision after the last Txn that moved the position key (None: not known, as
+    /// after a lost answer): where the state digest of a block is taken ([`super::digest`]).
+    revision: Option<i64>,
+    /// The last block with operations.
+    last_operations: u64,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -326,7 +334,15 @@ impl Applier {
         let mut cursor = Cursor { rules, leases, height: start.height, skip: start.skip, commits: self.ledger.subscribe_committed() };
         let mut todo: VecDeque<Work> = VecDeque::new();
         let mut flights: VecDeque<Flight> = VecDeque::new();
-        let mut st = State { recorded: start.in_etcd, predicted: start.in_etcd, traceless: None, backoff: FIRST_BACKOFF, resent: 0 };
+        let mut st = State {
+            recorded: start.in_etcd,
+            predicted: start.in_etcd,
+            traceless: None,
+            backoff: FIRST_BACKOFF,
+            resent: 0,
+            revision: Some(start.revision),
+            last_operations: start.height.saturating_sub(1),
+        };
         loop {
             // Send as much as the window allows.
             let mut waiting_for_commit = false;
@@ -368,6 +384,9 @@ impl Applier {
                 continue;
             };
             if let Work::EndOfBlock { height, operations, started, t_us } = front.work {
+                if operations > 0 {
+                    self.end_of_block(height, &mut st).await;
+                }
                 self.applied_height.send_replace(height);
                 tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations,
                     apply_us = started.elapsed().as_micros() as u64, resent = st.resent);
@@ -391,6 +410,46 @@ impl Applier {
             };
             let front = flights.pop_front().expect("front exists");
             self.landed(front, answer, &mut flights, &mut todo, &mut st).await;
+        }
+    }
+
+    /// Hands a block with operations to the state digest. Nothing after it has run yet that a
+    /// digest could see: lease calls and rule changes wait for every flight before them, and
+    /// Txns behind are read from the watch only up to this block's revision.
+    async fn end_of_block(&self, height: u64, st: &mut State) {
+        let previous = std::mem::replace(&mut st.last_operations, height);
+        let (Some(digests), Some(revision)) = (&self.digests, st.revision) else { return };
+        let every = self.full_check_every.max(1);
+        let full = height / every > previous / every;
+        if full {
+            self.check_leases(height).await;
+        }
+        let (leases, lease_count) = {
+            let t = self.leases.lock().unwrap();
+            (t.digest(), t.ids().len())
+        };
+        let rules = super::digest::rules_digest(&self.rules());
+        let end = super::digest::BlockEnd { height, revision, leases, rules, full };
+        if digests.try_send(end).is_err() {
+            tracing::debug!(height, lease_count, "digest: behind; this block's digest is skipped (a later one covers it)");
+        }
+    }
+
+    /// A full check of the local etcd's leases against the replicated table: a lease revoked or
+    /// granted behind the sidecar (one with keys attached also moved the revision).
+    async fn check_leases(&self, height: u64) {
+        let theirs = match self.etcd_lease_ids().await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(height, error = %e, "digest: full check: cannot list the local etcd's leases"),
+        };
+        let ours: std::collections::BTreeSet<i64> = self.leases.lock().unwrap().ids().into_iter().collect();
+        if theirs != ours {
+            let show = |s: &std::collections::BTreeSet<i64>, o: &std::collections::BTreeSet<i64>| {
+                s.difference(o).map(|i| format!("{i:016x}")).collect::<Vec<_>>()
+            };
+            tracing::error!(height, missing_in_etcd = ?show(&ours, &theirs), unknown_to_the_chain = ?show(&theirs, &ours),
+                "digest: full check: the local etcd's leases differ from the replicated lease table (changed behind the sidecar)");
+            crate::corrupt::raise(&self.etcd).await;
         }
     }
 
@@ -443,6 +502,7 @@ impl Applier {
                 }
             }
         };
+        let after = resp.header.as_ref().map(|h| h.revision);
         let inner = match wrap::unguard(resp, matches!(plan, Plan::Single(w) if w.nested_in_guard())) {
             Ok(inner) => inner,
             Err(found) => return Landing::Early(found),
@@ -452,7 +512,7 @@ impl Applier {
             Plan::Single(w) => {
                 let (client, recorded) = w.unwrap(inner);
                 let header = self.identity.header(client.header);
-                Landing::Applied(vec![Ok(finish(&ops[0], header, client))], recorded)
+                Landing::Applied(vec![Ok(finish(&ops[0], header, client))], recorded, after)
             }
             Plan::Batch(plans) => {
                 let header = self.identity.header(inner.header);
@@ -469,7 +529,7 @@ impl Applier {
                         Ok(finish(op, header, rewrite::restore_txn(plan, nested, revision)))
                     })
                     .collect();
-                Landing::Applied(outcomes, true)
+                Landing::Applied(outcomes, true, after)
             }
         }
     }
@@ -488,10 +548,11 @@ impl Applier {
         let landing = self.read_landing(&plan, &t, answer);
         let mut resend_front = false;
         match landing {
-            Landing::Applied(outcomes, recorded) => {
+            Landing::Applied(outcomes, recorded, revision) => {
                 self.deliver(t.ops(), outcomes);
                 self.applied.send_replace(Some(t.last()));
                 if recorded {
+                    st.revision = revision;
                     st.recorded = Some(t.last());
                     st.traceless = None;
                 } else {
@@ -506,6 +567,8 @@ impl Applier {
             Landing::Early(found) if found >= Some(t.last()) => {
                 self.deliver(t.ops(), t.ops().iter().map(|_| Err(errors::timeout())).collect());
                 self.applied.send_replace(Some(t.last()));
+                // Its revision went with the answer: no digest until the next one that records.
+                st.revision = None;
                 st.recorded = Some(t.last());
                 st.traceless = None;
                 if flights.is_empty() {

@@ -315,6 +315,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if crate::corrupt::refuses(request.uri().path()) {
+            let unary = !is_stream(request.uri().path());
+            let mut body = request.into_body();
+            return Box::pin(async move {
+                // A unary call's request is read first (a bounded amount), as etcd would.
+                let mut read = 0;
+                while unary && read <= 2 << 20 {
+                    match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                        _ => break,
+                    }
+                }
+                Ok(crate::errors::corrupt().into_http())
+            });
+        }
         let Some(budget) = request.extensions().get::<ClientConnInfo>().map(|c| c.budget.clone()) else {
             // Not from the client listener (tests of the services alone): no limits.
             let answer = self.0.call(request);

@@ -595,6 +595,8 @@ impl Core {
             Some(Kind::SyncResponse(r)) => self.on_sync_response(from, r),
             Some(Kind::ReadIndexRequest(r)) => self.on_read_index_request(from, r),
             Some(Kind::ReadIndexReply(r)) => self.on_read_index_reply(from, r),
+            // The check stage hands these to the checkpoint task.
+            Some(Kind::Checkpoint(_)) => self.reject(from, "a checkpoint is not for the consensus core"),
             None => self.reject(from, "empty message"),
         }
     }

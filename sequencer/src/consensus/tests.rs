@@ -763,6 +763,7 @@ fn every_kind_of_message() -> Vec<PeerMessage> {
             Some(Kind::SyncResponse(_)) => "sync response",
             Some(Kind::ReadIndexRequest(_)) => "read index request",
             Some(Kind::ReadIndexReply(_)) => "read index reply",
+            Some(Kind::Checkpoint(_)) => "checkpoint",
             None => "",
         };
         assert!(msgs.iter().any(|m| name(m) == kind), "no {kind} to start from");
