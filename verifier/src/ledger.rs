@@ -1,7 +1,8 @@
-//! Verifying one ledger from its genesis: the checks every command that reads a ledger shares.
+//! `ledger`, and verifying one ledger from its genesis: the checks every command that reads a
+//! ledger shares.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bftcd_proto::bftcd::{operation::Request, Genesis, Operation};
 use bftcd_sequencer::consensus::{Crypto, Domain};
@@ -9,6 +10,8 @@ use bftcd_sequencer::governance::{Approval, ChainRules, Effect, Refusal};
 use bftcd_sequencer::keys::ChainCrypto;
 use bftcd_sequencer::{block_hash, genesis_hash, header, LedgerFile};
 use serde_json::{json, Value};
+
+use crate::{Out, TrustArgs};
 
 /// The genesis an auditor obtained apart from the ledgers: the hash every ledger must start from,
 /// and where it came from (for messages).
@@ -301,4 +304,75 @@ pub fn verify(path: &Path, list_ops: bool, trusted: Option<&Trusted>, on_event: 
         tip_hash: file.tip_hash,
         torn_tail: file.file_len - file.valid_len,
     })
+}
+
+/// `ledger`: one ledger, its summary, and its operations with `--ops`.
+pub fn command(out: &mut Out, path: PathBuf, ops: bool, trust: TrustArgs) -> Result<(), String> {
+    let trusted = trust.resolve()?;
+    out.set("ledger", path.display().to_string());
+    let (mut governance, mut refused, mut listed) = (Vec::new(), Vec::new(), Vec::new());
+    let v = verify(&path, ops, trusted.as_ref(), &mut |e| {
+        // With --ops a refusal is shown on its operation's line.
+        if !(ops && matches!(e, Event::Refused { .. })) {
+            out.line(e.text());
+        }
+        match e {
+            Event::Governance { .. } => governance.push(e.json()),
+            Event::Refused { .. } => refused.push(e.json()),
+            Event::Op { .. } => listed.push(e.json()),
+        }
+    });
+    out.set("governance", governance);
+    out.set("refused", refused);
+    if ops {
+        out.set("ops", listed);
+    }
+    let v = v.map_err(|e| {
+        out.set("invalid_height", e.height);
+        e.to_string()
+    })?;
+    let g = &v.genesis;
+    let n = g.validators.len();
+    out.line(format!("ledger      {}", path.display()));
+    out.line(format!("chain id    {}", g.chain_id));
+    out.line(format!("epoch       {}", g.epoch));
+    let names: Vec<&str> = g.validators.iter().map(|v| v.name.as_str()).collect();
+    out.line(format!("validators  {n} ({})", names.join(", ")));
+    match g.apply_batch_max {
+        0 => out.line("apply mode  exact (one etcd Txn per write)"),
+        m => out.line(format!("apply mode  batched (up to {m} writes per etcd Txn)")),
+    }
+    out.line(format!("blocks      {}", v.hashes.len()));
+    out.line(format!("operations  {}", v.operations));
+    if v.refused > 0 {
+        out.line(format!("refused     {} operations that write keys another bank owns (refused at apply on every bank)", v.refused));
+    }
+    out.line(format!("tip hash    {}", hex::encode(v.tip_hash)));
+    if v.torn_tail > 0 {
+        out.line(format!("torn tail   {} bytes after the last whole record (a crash during an append; never committed)", v.torn_tail));
+    }
+    if n == 1 {
+        out.line("certificates none (single-bank chain: n = 1, f = 0)");
+    } else {
+        out.line(format!("certificates every block's QC and {} commit proofs verified (n = {n}, f = {})", v.commit_proofs, (n - 1) / 3));
+    }
+    match &trusted {
+        Some(t) => out.line(format!("genesis     {} (the trusted one, from {})", hex::encode(v.genesis_hash), t.from)),
+        None => out.line(format!("genesis     {} (the ledger's own: pin it with --genesis-hash)", hex::encode(v.genesis_hash))),
+    }
+    out.set("chain_id", g.chain_id.clone());
+    out.set("epoch", g.epoch);
+    out.set("validators", names);
+    out.set("apply_batch_max", g.apply_batch_max);
+    out.set("tip_height", v.hashes.len());
+    out.set("tip_hash", hex::encode(v.tip_hash));
+    out.set("operations", v.operations);
+    out.set("refused_operations", v.refused);
+    out.set("torn_tail_bytes", v.torn_tail);
+    out.set("n", n);
+    out.set("f", (n - 1) / 3);
+    out.set("commit_proofs", v.commit_proofs);
+    out.set("genesis_hash", hex::encode(v.genesis_hash));
+    out.set("genesis_trusted", trusted.map(|t| t.from));
+    Ok(())
 }

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use ledger::{Event, Trusted};
+use ledger::Trusted;
 
 #[derive(Parser)]
 #[command(name = "bftcd-verify", version, about = "Audit BFTcd ledgers offline")]
@@ -130,77 +130,6 @@ fn parse_hash(text: &str) -> Result<[u8; 32], String> {
     bytes.try_into().map_err(|_| bad())
 }
 
-/// `ledger`: one ledger, its summary, and its operations with `--ops`.
-fn ledger_command(out: &mut Out, path: PathBuf, ops: bool, trust: TrustArgs) -> Result<(), String> {
-    let trusted = trust.resolve()?;
-    out.set("ledger", path.display().to_string());
-    let (mut governance, mut refused, mut listed) = (Vec::new(), Vec::new(), Vec::new());
-    let v = ledger::verify(&path, ops, trusted.as_ref(), &mut |e| {
-        // With --ops a refusal is shown on its operation's line.
-        if !(ops && matches!(e, Event::Refused { .. })) {
-            out.line(e.text());
-        }
-        match e {
-            Event::Governance { .. } => governance.push(e.json()),
-            Event::Refused { .. } => refused.push(e.json()),
-            Event::Op { .. } => listed.push(e.json()),
-        }
-    });
-    out.set("governance", governance);
-    out.set("refused", refused);
-    if ops {
-        out.set("ops", listed);
-    }
-    let v = v.map_err(|e| {
-        out.set("invalid_height", e.height);
-        e.to_string()
-    })?;
-    let g = &v.genesis;
-    let n = g.validators.len();
-    out.line(format!("ledger      {}", path.display()));
-    out.line(format!("chain id    {}", g.chain_id));
-    out.line(format!("epoch       {}", g.epoch));
-    let names: Vec<&str> = g.validators.iter().map(|v| v.name.as_str()).collect();
-    out.line(format!("validators  {n} ({})", names.join(", ")));
-    match g.apply_batch_max {
-        0 => out.line("apply mode  exact (one etcd Txn per write)"),
-        m => out.line(format!("apply mode  batched (up to {m} writes per etcd Txn)")),
-    }
-    out.line(format!("blocks      {}", v.hashes.len()));
-    out.line(format!("operations  {}", v.operations));
-    if v.refused > 0 {
-        out.line(format!("refused     {} operations that write keys another bank owns (refused at apply on every bank)", v.refused));
-    }
-    out.line(format!("tip hash    {}", hex::encode(v.tip_hash)));
-    if v.torn_tail > 0 {
-        out.line(format!("torn tail   {} bytes after the last whole record (a crash during an append; never committed)", v.torn_tail));
-    }
-    if n == 1 {
-        out.line("certificates none (single-bank chain: n = 1, f = 0)");
-    } else {
-        out.line(format!("certificates every block's QC and {} commit proofs verified (n = {n}, f = {})", v.commit_proofs, (n - 1) / 3));
-    }
-    match &trusted {
-        Some(t) => out.line(format!("genesis     {} (the trusted one, from {})", hex::encode(v.genesis_hash), t.from)),
-        None => out.line(format!("genesis     {} (the ledger's own: pin it with --genesis-hash)", hex::encode(v.genesis_hash))),
-    }
-    out.set("chain_id", g.chain_id.clone());
-    out.set("epoch", g.epoch);
-    out.set("validators", names);
-    out.set("apply_batch_max", g.apply_batch_max);
-    out.set("tip_height", v.hashes.len());
-    out.set("tip_hash", hex::encode(v.tip_hash));
-    out.set("operations", v.operations);
-    out.set("refused_operations", v.refused);
-    out.set("torn_tail_bytes", v.torn_tail);
-    out.set("n", n);
-    out.set("f", (n - 1) / 3);
-    out.set("commit_proofs", v.commit_proofs);
-    out.set("genesis_hash", hex::encode(v.genesis_hash));
-    out.set("genesis_trusted", trusted.map(|t| t.from));
-    Ok(())
-}
-
 /// Prints a usage error as JSON when `--json` was asked for (clap's own output otherwise).
 fn parse_args() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
@@ -227,7 +156,7 @@ fn main() -> ExitCode {
     let mut out = Out { json: cli.json, fields: Map::new() };
     let command = cli.command.name();
     let result = match cli.command {
-        Command::Ledger { path, ops, trust } => ledger_command(&mut out, path, ops, trust),
+        Command::Ledger { path, ops, trust } => ledger::command(&mut out, path, ops, trust),
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
         Command::Genesis { path } => genesis::command(&mut out, path),
     };
