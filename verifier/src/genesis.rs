@@ -1,0 +1,76 @@
+//! `genesis`: what an auditor pins before reading any ledger.
+
+use std::path::{Path, PathBuf};
+
+use bftcd_proto::bftcd::Genesis;
+use bftcd_sequencer::genesis_hash;
+use bftcd_sequencer::keys::{check_genesis, ChainCrypto};
+use serde_json::json;
+
+use crate::Out;
+
+pub fn read(path: &Path) -> Result<Genesis, String> {
+    use bftcd_proto::Message;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Genesis::decode(bytes.as_slice()).map_err(|e| format!("{}: not a genesis file: {e}", path.display()))
+}
+
+/// Checks the genesis's keys as a ledger's verification would, then prints its hash (the one
+/// `--genesis-hash` takes) and the validator set.
+pub fn command(out: &mut Out, path: PathBuf) -> Result<(), String> {
+    let g = read(&path)?;
+    let n = g.validators.len();
+    // The same checks a ledger's genesis gets: with n > 1 every proof of possession and key.
+    if n > 1 {
+        ChainCrypto::verifier(&g).map_err(|e| format!("{}: {e}", path.display()))?;
+    } else {
+        check_genesis(&g).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let hash = hex::encode(genesis_hash(&g));
+    out.line(format!("genesis     {}", path.display()));
+    out.line(format!("hash        {hash}"));
+    out.line(format!("chain id    {}", g.chain_id));
+    out.line(format!("epoch       {}", g.epoch));
+    out.line(format!("time        {} ms since the Unix epoch", g.genesis_time_ms));
+    match g.apply_batch_max {
+        0 => out.line("apply mode  exact (one etcd Txn per write)"),
+        m => out.line(format!("apply mode  batched (up to {m} writes per etcd Txn)")),
+    }
+    out.line(format!("validators  {n} (n = {n}, f = {}; index as in the ledger's proposer and operation ids)", (n - 1) / 3));
+    for (i, v) in g.validators.iter().enumerate() {
+        let peer = if v.peer_address.is_empty() { "-" } else { &v.peer_address };
+        out.line(format!("  {i}  {}  peer {peer}  client {}", v.name, v.client_address));
+    }
+    let owners: Vec<(String, String)> = g
+        .key_owners
+        .iter()
+        .map(|o| {
+            let bank = g.validators.get(o.bank as usize).map(|v| v.name.clone()).unwrap_or_else(|| format!("#{}", o.bank));
+            (String::from_utf8_lossy(&o.prefix).into_owned(), bank)
+        })
+        .collect();
+    if !owners.is_empty() {
+        let shown: Vec<String> = owners.iter().map(|(p, b)| format!("{p}={b}")).collect();
+        out.line(format!("key owners  {}", shown.join(" ")));
+    }
+    if n > 1 {
+        out.line("keys        every BLS key's proof of possession and every operation key verified");
+    }
+    out.set("genesis", path.display().to_string());
+    out.set("genesis_hash", hash);
+    out.set("chain_id", g.chain_id.clone());
+    out.set("epoch", g.epoch);
+    out.set("genesis_time_ms", g.genesis_time_ms);
+    out.set("apply_batch_max", g.apply_batch_max);
+    out.set("n", n);
+    out.set("f", (n - 1) / 3);
+    let validators: Vec<_> = g
+        .validators
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"index": i, "name": v.name, "peer_address": v.peer_address, "client_address": v.client_address}))
+        .collect();
+    out.set("validators", validators);
+    out.set("key_owners", owners.iter().map(|(p, b)| json!({"prefix": p, "bank": b})).collect::<Vec<_>>());
+    Ok(())
+}
