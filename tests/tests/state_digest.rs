@@ -38,6 +38,10 @@ fn verified_checkpoints(g: &Genesis, path: &Path) -> Vec<bftcd_proto::bftcd::Che
     certs
 }
 
+fn verify_cli(args: &[String]) -> std::process::Output {
+    std::process::Command::new(bftcd_tests::bftcd_bin().with_file_name("bftcd-verify")).args(args).output().unwrap()
+}
+
 /// Height of the ledger's last block with operations.
 fn last_block_with_operations(chain: &Chain, bank: usize) -> u64 {
     let mut last = 0;
@@ -151,6 +155,18 @@ fn a_lying_bank_never_gets_its_digest_certified() {
             assert!(c.signatures.iter().all(|s| s.signer != 0), "bank {}: the liar signed the certificate at {}", b + 1, c.height);
         }
     }
+    // An auditor checks the certificates offline, and refuses one whose digest was changed.
+    let files: Vec<String> = (1..4).map(|b| checkpoints_file(&chain, b).display().to_string()).collect();
+    let genesis_arg = format!("--genesis={}", chain.genesis.display());
+    let ok = verify_cli(&[&["checkpoints".to_string(), genesis_arg.clone()][..], &files[..]].concat());
+    assert!(ok.status.success(), "bftcd-verify checkpoints: {}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    let mut certs = checkpoint::read_file(&checkpoints_file(&chain, 1)).unwrap();
+    certs.last_mut().unwrap().state_digest[0] ^= 1;
+    let forged = dir.join("forged-checkpoints");
+    std::fs::write(&forged, certs.iter().flat_map(|c| c.encode_length_delimited_to_vec()).collect::<Vec<u8>>()).unwrap();
+    let refused = verify_cli(&["checkpoints".to_string(), genesis_arg, forged.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("does not verify"), "a forged certificate was not refused: {stderr}");
     // Nobody went CORRUPT over the lie; the honest banks said what they dropped.
     for b in 0..4 {
         chain.etcdctl(b).run(&["get", "digest/0"]).expect_success();

@@ -15,6 +15,7 @@
 //! Each command is one function taking an [`Out`]: text lines as it goes, and the same facts as
 //! fields of the one JSON object `--json` prints.
 
+mod checkpoints;
 mod genesis;
 mod ledger;
 mod ledgers;
@@ -76,6 +77,16 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Check banks' state digest certificates (each a <data-dir>/checkpoints file) against the
+    /// genesis keys, and that no two certify different states for one block.
+    Checkpoints {
+        /// One or more checkpoints files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The `bftcd genesis` file whose banks' keys sign the certificates.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+    },
     /// Check a genesis file's keys and print its hash, chain id, epoch and validators.
     Genesis {
         /// A `bftcd genesis` file.
@@ -89,6 +100,7 @@ impl Command {
             Command::Ledger { .. } => "ledger",
             Command::Ledgers { .. } => "ledgers",
             Command::Genesis { .. } => "genesis",
+            Command::Checkpoints { .. } => "checkpoints",
         }
     }
 }
@@ -159,6 +171,7 @@ fn main() -> ExitCode {
         Command::Ledger { path, ops, trust } => ledger::command(&mut out, path, ops, trust),
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
         Command::Genesis { path } => genesis::command(&mut out, path),
+        Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
     };
     if cli.json {
         let mut object = Map::new();
