@@ -54,14 +54,19 @@ const PROGRESS_WAIT: Duration = Duration::from_millis(200);
 /// Logs what a bank whose digest differs changed since the last height certified before,
 /// and marks it corrupt.
 pub async fn on_checkpoint_events(mut events: mpsc::UnboundedReceiver<CheckpointEvent>, changes: Changes, etcd: LocalEtcd) {
-    let mut certified = 0u64;
+    // The last two heights certified: a difference is reported right after its own height's
+    // certificate, so the one agreed before it is the one before that.
+    let (mut before, mut last) = (0u64, 0u64);
     while let Some(e) = events.recv().await {
         match e {
             CheckpointEvent::Certified(c) => {
                 tracing::debug!(height = c.height, digest = %hex::encode(&c.state_digest), "digest: certified");
-                certified = certified.max(c.height);
+                if c.height > last {
+                    (before, last) = (last, c.height);
+                }
             }
             CheckpointEvent::Differs { height, mine, certified: cert } => {
+                let certified = if last >= height { before } else { last };
                 let since: Vec<Changed> = changes.lock().unwrap().iter().filter(|c| c.height > certified && c.height <= height).cloned().collect();
                 let keys: usize = since.iter().filter_map(|c| c.keys).sum();
                 let whole = since.iter().any(|c| c.keys.is_none());
