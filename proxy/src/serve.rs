@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// fixes it in `bftcd genesis`): `batched` or `exact`. See docs/operations.md.
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: ApplyMode,
+    /// Sign every unary KV and Lease answer (gRPC trailer `bftcd-answer-bin`; stock clients
+    /// ignore it): `--sign-answers=false` turns it off. Needs a multi-bank chain (the bank's
+    /// operation key signs). See docs/auditing.md, "Signed answers".
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub sign_answers: bool,
     /// Blocks between full checks of the local etcd against the state digest (every key read
     /// at the block's revision, and the leases against the replicated table), in addition to
     /// following every change (docs/consensus.md, "State digest").
@@ -142,7 +147,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub client_max_watches: usize,
     /// Test builds only: misbehave (equivocate, bad-signatures, censor=<index>,
-    /// panic-after=<steps>, withhold, no-votes, stale-reads, foreign-writes; comma-separated).
+    /// panic-after=<steps>, withhold, no-votes, stale-reads, foreign-writes, forged-reads, wrong-digest; comma-separated).
     #[cfg(feature = "byzantine")]
     #[arg(long, default_value = "")]
     pub byzantine: String,
@@ -220,9 +225,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The front's own misbehaviours (test builds only); the rest are the consensus core's.
 #[cfg(feature = "byzantine")]
-const FRONT_MISBEHAVIOURS: &[&str] = &["stale-reads", "foreign-writes"];
+const FRONT_MISBEHAVIOURS: &[&str] = &["stale-reads", "foreign-writes", "forged-reads"];
 
-/// Test builds only: `--byzantine stale-reads` or `foreign-writes`.
+/// Test builds only: `--byzantine stale-reads`, `foreign-writes` or `forged-reads`.
 fn front_misbehaves(_args: &ServeArgs, _mode: &str) -> bool {
     #[cfg(feature = "byzantine")]
     return _args.byzantine.split(',').any(|m| m.trim() == _mode);
@@ -365,6 +370,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if !opts.misbehaviour.is_empty() {
             tracing::warn!(misbehaviour = ?opts.misbehaviour, "THIS BANK IS BYZANTINE (test build)");
         }
+        if args.sign_answers {
+            let crypto = bftcd_sequencer::keys::ChainCrypto::new(&keys, &genesis)?;
+            crate::front::answers::start(Arc::new(crypto), genesis.chain_id.clone(), genesis.epoch, me as u32);
+        }
+        #[cfg(feature = "byzantine")]
+        if front_misbehaves(&args, "forged-reads") {
+            tracing::warn!("THIS BANK FORGES THE VALUES IN ITS RANGE ANSWERS, AND SIGNS THEM (test build)");
+            crate::front::answers::FORGE_READS.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
@@ -442,6 +456,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let incoming = crate::front::conns::incoming(listener, client_limits, tls);
     let server = tonic::transport::Server::builder()
         .layer(crate::front::limits::ClientLimitLayer)
+        .layer(crate::front::answers::AnswerSigningLayer)
         .layer(crate::front::FrontCpu)
         // etcd's server keepalive: ping idle clients every 2 h, tolerate client pings (5 s and up).
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))

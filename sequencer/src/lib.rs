@@ -6,6 +6,7 @@
 //! behind the same interface.
 
 mod backlog;
+pub mod answer;
 pub mod auth;
 pub mod block;
 #[cfg(feature = "byzantine")]

@@ -89,6 +89,16 @@ fn tampered(name: &str, victim: usize, tamper: impl FnOnce(&Chain, &Etcdctl)) {
     chain.etcdctl(writer).run(&["put", "digest/after", "1"]).expect_success();
     wait_corrupt(&chain, victim, Duration::from_secs(30));
 
+    // An auditor reading the key at every bank sees which one refuses.
+    let get = verify_cli(&[
+        "get".to_string(),
+        "digest/a".to_string(),
+        format!("--endpoints={}", chain.endpoints().join(",")),
+        format!("--genesis={}", chain.genesis.display()),
+    ]);
+    let shown = String::from_utf8_lossy(&get.stdout);
+    let victim_line = format!("{}: no signed answer: {CORRUPT}", chain.endpoints()[victim]);
+    assert!(get.status.code() == Some(1) && shown.contains(&victim_line) && shown.contains("vouched for by"), "bftcd-verify get: {shown}");
     let ctl = chain.etcdctl(victim);
     ctl.run(&["put", "digest/x", "1"]).expect_error(CORRUPT);
     ctl.run(&["watch", "digest/x", "--rev=1"]).expect_error(CORRUPT);

@@ -15,6 +15,7 @@
 //! Each command is one function taking an [`Out`]: text lines as it goes, and the same facts as
 //! fields of the one JSON object `--json` prints.
 
+mod answers;
 mod checkpoints;
 mod genesis;
 mod ledger;
@@ -87,6 +88,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
     },
+    /// Read a key (or a prefix) at every bank at one revision, check every bank's signature on
+    /// its answer against the genesis keys, and compare: prints the value and which banks vouch
+    /// for it; exits 1 and writes an evidence file when a bank contradicts the f + 1 that agree.
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Every bank's client endpoint (host:port or http://host:port), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// The `bftcd genesis` file whose banks' keys sign the answers.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        /// Where to write the evidence when a bank contradicts the others (default:
+        /// bftcd-evidence-<ms>.pb in the current directory).
+        #[arg(long, value_name = "FILE")]
+        evidence: Option<PathBuf>,
+    },
+    /// Check saved signed answers (an evidence file of `get`) against the genesis keys, and say
+    /// which bank they prove contradicted the others.
+    Response {
+        path: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+    },
     /// Check a genesis file's keys and print its hash, chain id, epoch and validators.
     Genesis {
         /// A `bftcd genesis` file.
@@ -101,6 +127,8 @@ impl Command {
             Command::Ledgers { .. } => "ledgers",
             Command::Genesis { .. } => "genesis",
             Command::Checkpoints { .. } => "checkpoints",
+            Command::Get { .. } => "get",
+            Command::Response { .. } => "response",
         }
     }
 }
@@ -172,6 +200,8 @@ fn main() -> ExitCode {
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
         Command::Genesis { path } => genesis::command(&mut out, path),
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
+        Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
+        Command::Response { path, genesis } => answers::response(&mut out, path, genesis),
     };
     if cli.json {
         let mut object = Map::new();

@@ -61,6 +61,7 @@ pub async fn on_checkpoint_events(mut events: mpsc::UnboundedReceiver<Checkpoint
         match e {
             CheckpointEvent::Certified(c) => {
                 tracing::debug!(height = c.height, digest = %hex::encode(&c.state_digest), "digest: certified");
+                crate::front::answers::set_certified(c.height, &c.state_digest);
                 if c.height > last {
                     (before, last) = (last, c.height);
                 }

@@ -388,6 +388,7 @@ impl Applier {
                     self.end_of_block(height, &mut st).await;
                 }
                 self.applied_height.send_replace(height);
+                crate::front::answers::set_applied(height);
                 tracing::debug!(target: bftcd_sequencer::TRACE, t_us, step = "apply", height, operations,
                     apply_us = started.elapsed().as_micros() as u64, resent = st.resent);
                 st.resent = 0;

@@ -3,6 +3,7 @@
 //! Writes are validated here and then go through [`Writes::submit`]; reads, watches and
 //! maintenance go to the local etcd, with reserved keys hidden and headers rewritten.
 
+pub mod answers;
 mod auth;
 mod cluster;
 pub mod conns;
