@@ -455,8 +455,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let https = tls.is_some();
     let incoming = crate::front::conns::incoming(listener, client_limits, tls);
     let server = tonic::transport::Server::builder()
-        .layer(crate::front::limits::ClientLimitLayer)
+        // Outermost: an answer is signed once the client limits have let it through (what they
+        // refuse is an error, never signed), so no answer waits for the signer uncharged.
         .layer(crate::front::answers::AnswerSigningLayer)
+        .layer(crate::front::limits::ClientLimitLayer)
         .layer(crate::front::FrontCpu)
         // etcd's server keepalive: ping idle clients every 2 h, tolerate client pings (5 s and up).
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))

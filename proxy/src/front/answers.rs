@@ -177,13 +177,21 @@ where
             if parts.headers.contains_key("grpc-status") {
                 return Ok(http::Response::from_parts(parts, Body::new(body)));
             }
-            let mut message = BytesMut::new();
+            // The answer's one gRPC message, usually one data frame (kept as it is, not copied).
+            let mut message = Bytes::new();
             let mut next = None;
             loop {
                 match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                     Some(Ok(f)) => match f.into_data() {
                         Ok(d) => {
-                            message.extend_from_slice(&d);
+                            message = if message.is_empty() {
+                                d
+                            } else {
+                                let mut joined = BytesMut::with_capacity(message.len() + d.len());
+                                joined.extend_from_slice(&message);
+                                joined.extend_from_slice(&d);
+                                joined.freeze()
+                            };
                             if message.len() >= 5 && message.len() >= 5 + frame_len(&message) {
                                 break;
                             }
@@ -204,7 +212,7 @@ where
             if message.len() >= 5 && message.len() == 5 + frame_len(&message) {
                 #[cfg(feature = "byzantine")]
                 if FORGE_READS.load(Ordering::Relaxed) && path == "/etcdserverpb.KV/Range" {
-                    message = forge(&message);
+                    message = forge(&message).freeze();
                 }
                 let msg = &message[5..];
                 let request_digest = std::mem::take(&mut hash.lock().unwrap_or_else(|e| e.into_inner()).hasher).finalize().to_vec();
@@ -229,7 +237,7 @@ where
                     }
                 }
             }
-            let first = (!message.is_empty()).then(|| Ok(Frame::data(message.freeze())));
+            let first = (!message.is_empty()).then(|| Ok(Frame::data(message)));
             let signed = SignedAnswer { first, next, inner: body, trailer };
             Ok(http::Response::from_parts(parts, Body::new(signed)))
         })
