@@ -79,6 +79,7 @@ fn a_bank_forging_reads_is_named_and_its_signed_lie_proves_it_offline() {
     chain.etcdctl(0).run(&["put", "answers/k", "v1"]).expect_success();
     let evidence = dir.join("evidence.pb");
     let out = verify_cli(&get_args(&chain, "answers/k", &[&format!("--evidence={}", evidence.display())]));
+    eprintln!("bftcd-verify get with a forging bank:\n{}", text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bank2 answered otherwise"), "{}", text(&out));
@@ -87,6 +88,7 @@ fn a_bank_forging_reads_is_named_and_its_signed_lie_proves_it_offline() {
     // Anyone with the genesis checks the evidence offline.
     let genesis = format!("--genesis={}", chain.genesis.display());
     let check = verify_cli(&["response".into(), evidence.display().to_string(), genesis.clone()]);
+    eprintln!("bftcd-verify response on the evidence:\n{}", text(&check));
     assert!(check.status.success(), "{}", text(&check));
     assert!(String::from_utf8_lossy(&check.stdout).contains("PROVEN: bank2"), "{}", text(&check));
 
