@@ -166,6 +166,10 @@ struct Watch {
     pending: VecDeque<Event>,
     /// etcd said every event up to here was sent (a progress answer).
     progress: i64,
+    /// The newest revision of an event received. etcd never splits one revision's events over
+    /// two answers, and a digested revision is always one that wrote the applied-position key,
+    /// so once an event of that revision is in, so is everything up to it: no progress request.
+    seen: i64,
     asked: bool,
 }
 
@@ -289,7 +293,7 @@ impl Tracker {
         let create = WatchCreateRequest { key: vec![0], range_end: vec![0], start_revision: from, ..Default::default() };
         let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         let stream = self.etcd.watch().watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-        Ok(Watch { requests, stream, pending: VecDeque::new(), progress: from - 1, asked: false })
+        Ok(Watch { requests, stream, pending: VecDeque::new(), progress: from - 1, seen: from - 1, asked: false })
     }
 
     /// Folds every event up to `revision` into the keys.
@@ -320,7 +324,7 @@ impl Tracker {
                     EventType::Delete => self.keys.delete(&kv.key),
                 }
             }
-            if !w.pending.is_empty() || w.progress >= revision {
+            if !w.pending.is_empty() || w.progress >= revision || w.seen >= revision {
                 self.at = Some(revision);
                 return Ok(());
             }
@@ -348,6 +352,7 @@ impl Tracker {
                 w.progress = w.progress.max(resp.header.map_or(0, |h| h.revision));
                 w.asked = false;
             } else {
+                w.seen = w.seen.max(resp.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).max().unwrap_or(0));
                 w.pending.extend(resp.events);
             }
         }
