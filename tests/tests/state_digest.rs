@@ -193,6 +193,10 @@ fn a_full_check_at_every_block_agrees_with_the_followed_digest() {
     let deviants = (0..4).map(|bank| Deviant { bank, bin: bin.clone(), args: vec!["--digest-full-check-every=1".into()] }).collect();
     let chain = Chain::start_with_all(&dir, 4, deviants);
     let ctl = chain.etcdctl(0);
+    // More keys than one page of a full read.
+    for i in 0..70 {
+        chain.etcdctl(i % 4).run(&["put", &format!("full/many/{i:03}"), "x"]).expect_success();
+    }
     ctl.run(&["put", "full/a", "1"]).expect_success();
     ctl.run(&["put", "full/b", "2"]).expect_success();
     ctl.run(&["put", "full/a", "3"]).expect_success();

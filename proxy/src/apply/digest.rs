@@ -46,8 +46,9 @@ pub struct BlockEnd {
 /// Blocks a full check reads the whole store after (at the first block with operations past
 /// each multiple): the default of `--digest-full-check-every`.
 pub const FULL_CHECK_EVERY: u64 = 10_000;
-/// Keys read per page of a full read.
-const PAGE: i64 = 1000;
+/// Keys read per page of a full read: values may be up to a request's size (1.5 MiB by
+/// default), so a page stays under about 100 MiB however large they are.
+const PAGE: i64 = 64;
 /// How long a wait for etcd's progress answer lasts before it is asked again.
 const PROGRESS_WAIT: Duration = Duration::from_millis(200);
 

@@ -425,14 +425,11 @@ impl Applier {
         if full {
             self.check_leases(height).await;
         }
-        let (leases, lease_count) = {
-            let t = self.leases.lock().unwrap();
-            (t.digest(), t.ids().len())
-        };
+        let leases = self.leases.lock().unwrap().digest();
         let rules = super::digest::rules_digest(&self.rules());
         let end = super::digest::BlockEnd { height, revision, leases, rules, full };
         if digests.try_send(end).is_err() {
-            tracing::debug!(height, lease_count, "digest: behind; this block's digest is skipped (a later one covers it)");
+            tracing::debug!(height, "digest: behind; this block's digest is skipped (a later one covers it)");
         }
     }
 
