@@ -24,6 +24,10 @@ fn unexpected() -> Status {
     Status::internal("bftcd: apply engine returned a response of the wrong kind")
 }
 
+/// Pass-through Range reads from the local etcd under way at once, for all clients: more than
+/// the two-core etcd serves in parallel, so it only bounds memory, not throughput.
+static RANGE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
 impl Front {
     /// What every client Range goes through before it is read: etcd's checks, then the read
     /// index unless the client asked for a serializable read.
@@ -45,6 +49,9 @@ impl Front {
         if reserved::overlaps(&r.key, &r.range_end) {
             return Ok(Bytes::from(self.read_range(r).await?.encode_to_vec()).into());
         }
+        // An answer read from etcd is charged to its client only once it is whole; bounding the
+        // reads under way bounds what a flood of large Ranges holds before the limits see it.
+        let _reading = RANGE_READS.acquire().await.map_err(|_| errors::timeout())?;
         let body = self.etcd.range_raw(r).await.map_err(errors::from_etcd)?;
         Ok(reheader::replace_header(body, |h| self.identity.header(h))?)
     }
