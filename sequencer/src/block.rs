@@ -42,6 +42,7 @@ pub fn header(block: &Block) -> Block {
         state_digest_height: block.state_digest_height,
         operations_digest: digest,
         failed_leaders: block.failed_leaders.clone(),
+        evidence: block.evidence.clone(),
     }
 }
 

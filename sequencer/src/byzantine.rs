@@ -2,7 +2,7 @@
 //! runs honest code but tampers with what it sends, so process-level tests can show that the
 //! honest banks stay safe and live.
 
-use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Block, Operation, OperationId, PeerMessage};
+use bftcd_proto::bftcd::{operation::Request, peer_message::Kind, Block, Operation, OperationId, PeerMessage, Proposal};
 use bftcd_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 
 use crate::consensus::mempool::op_id;
@@ -209,7 +209,7 @@ impl Spammer {
                     0 => {
                         let (v, jv) = (view + 1 + i % 3, view);
                         let signature = sign(&domain.vote_bytes(v, &hash, jv));
-                        msg(Kind::Vote(Vote { epoch: 1, view: v, block_hash: hash, justify_view: jv, signer: me as u32, signature }))
+                        msg(Kind::Vote(Vote { epoch: 1, view: v, block_hash: hash, justify_view: jv, signer: me as u32, signature, proposal_signature: vec![] }))
                     }
                     1 => msg(Kind::Vote(Vote {
                         epoch: 1,
@@ -218,6 +218,7 @@ impl Spammer {
                         justify_view: view,
                         signer: me as u32,
                         signature: vec![0xab; (i % 200) as usize],
+                        proposal_signature: vec![0xcd; (i % 100) as usize],
                     })),
                     2 => {
                         let v = view + i % 3;
@@ -230,7 +231,14 @@ impl Spammer {
                         let block = Block { height: u64::MAX - i, view: view + i, proposer: me as u32, ..Default::default() };
                         msg(Kind::SyncResponse(SyncResponse { committed: vec![CommittedBlock { block: Some(block), ..Default::default() }], uncommitted: vec![] }))
                     }
-                    5 => msg(Kind::ReadIndexRequest(ReadIndexRequest { round: i })),
+                    5 if i % 2 == 0 => msg(Kind::ReadIndexRequest(ReadIndexRequest { round: i })),
+                    // Made-up evidence against another bank, signed by this one.
+                    5 => {
+                        let other = ((me as u64 + 1 + i % 3) % 4) as usize;
+                        let (a, b) = (blake3_like(i ^ 1), hash.clone());
+                        let (sa, sb) = (sign(&domain.proposal_bytes(view, &a)), sign(&domain.proposal_bytes(view, &b)));
+                        msg(Kind::Evidence(crate::evidence::double_proposal(domain, other, view.max(1), (&a, &sa), (&b, &sb))))
+                    }
                     _ => bytes::Bytes::from(vec![0xff; 64 + (i % 512) as usize]),
                 }
             })
@@ -291,7 +299,9 @@ fn spoil(sig: &mut [u8]) {
     }
 }
 
-pub fn tamper(me: usize, n: usize, modes: &[Misbehaviour], outputs: Vec<Output>) -> Vec<Output> {
+/// `sign` signs a proposal again after it was changed (as its leader: a Byzantine bank signs
+/// what it sends, which is what makes its equivocation evidence).
+pub fn tamper(me: usize, n: usize, modes: &[Misbehaviour], outputs: Vec<Output>, sign: &dyn Fn(&mut Proposal)) -> Vec<Output> {
     let mut out = Vec::with_capacity(outputs.len());
     let withhold = modes.contains(&Misbehaviour::Withhold);
     let no_votes = modes.contains(&Misbehaviour::NoVotes);
@@ -309,12 +319,14 @@ pub fn tamper(me: usize, n: usize, modes: &[Misbehaviour], outputs: Vec<Output>)
                         b.operations.retain(|op| op_id(op).is_none_or(|id| id.0 != *bank));
                     }
                 }
+                sign(&mut p);
                 if modes.contains(&Misbehaviour::Equivocate) {
                     let mut other = p.clone();
                     if let Some(b) = other.block.as_mut() {
                         b.timestamp_ms += 1;
                         b.operations.reverse();
                     }
+                    sign(&mut other);
                     let peers: Vec<usize> = (0..n).filter(|&i| i != me).collect();
                     for (k, to) in peers.iter().enumerate() {
                         let msg = if k % 2 == 0 { p.clone() } else { other.clone() };
@@ -399,12 +411,12 @@ mod tests {
 
     #[test]
     fn withhold_drops_only_proposals() {
-        assert_eq!(kinds(&tamper(0, 4, &[Misbehaviour::Withhold], sample())), ["vote", "vote", "timeout"]);
+        assert_eq!(kinds(&tamper(0, 4, &[Misbehaviour::Withhold], sample(), &|_| {})), ["vote", "vote", "timeout"]);
     }
 
     #[test]
     fn no_votes_drops_only_votes() {
-        assert_eq!(kinds(&tamper(0, 4, &[Misbehaviour::NoVotes], sample())), ["proposal", "timeout"]);
+        assert_eq!(kinds(&tamper(0, 4, &[Misbehaviour::NoVotes], sample(), &|_| {})), ["proposal", "timeout"]);
     }
 }
 

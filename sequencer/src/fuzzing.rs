@@ -105,6 +105,9 @@ pub fn resign(msg: &mut PeerMessage, domain: &Domain) {
         Some(Kind::Proposal(p)) => {
             p.block.iter_mut().for_each(|b| resign_block(b, domain));
             p.tc.iter_mut().for_each(|tc| resign_tc(tc, domain));
+            // Last: it covers the block's hash, which the re-signed certificates do not change.
+            let proposer = p.block.as_ref().map_or(0, |b| b.proposer as usize);
+            crate::consensus::sign_proposal(&SimCrypto { me: proposer, n: domain.n }, domain, p);
         }
         Some(Kind::Submit(s)) => s.operations.iter_mut().for_each(|op| resign_operation(op, domain)),
         Some(Kind::SyncResponse(r)) => {

@@ -38,6 +38,8 @@ pub struct ConsensusStatus {
     pub committed_height: u64,
     pub mempool: usize,
     pub rejected_messages: u64,
+    /// Equivocations this bank learned of (evidence kept in `<data-dir>/evidence`).
+    pub evidence: u64,
 }
 
 pub struct HotStuffOptions {
@@ -194,6 +196,7 @@ impl HotStuff {
         let (signed_tx, submissions) = mpsc::channel(64);
         #[cfg(feature = "byzantine")]
         let forge = (crypto.clone(), stage_domain.clone());
+        let chain_id = stage_domain.chain_id.clone();
         tokio::spawn(stages::sign_submissions(raw_submissions, crypto, stage_domain, signed_tx).accounted(Component::Consensus));
         let (reads, read_requests) = mpsc::channel(65_536);
         let (status_tx, status) = watch::channel(ConsensusStatus::default());
@@ -201,6 +204,9 @@ impl HotStuff {
         let (commits, committed) = mpsc::unbounded_channel();
         tokio::spawn(write_ledger(ledger.clone(), waiters.clone(), committed).accounted(Component::Persistence));
         let driver = Driver {
+            evidence_dir: opts.data_dir.join("evidence"),
+            chain_id,
+            evidence: 0,
             core,
             network: network.clone(),
             ledger: ledger.clone(),
@@ -400,6 +406,10 @@ fn independent_of_disk(o: &Output) -> bool {
 const GAVE_UP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Driver {
+    /// Where evidence of equivocation is kept, one file each ([`crate::evidence`]).
+    evidence_dir: PathBuf,
+    chain_id: String,
+    evidence: u64,
     core: Core,
     network: Network,
     ledger: Arc<Ledger>,
@@ -537,7 +547,7 @@ impl Driver {
                 #[cfg(feature = "byzantine")]
                 let out = self.replay(out);
                 #[cfg(feature = "byzantine")]
-                let out = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out);
+                let out = self.tampered(out);
                 outputs.extend(out);
                 grouped += 1;
                 while next.is_none() && grouped < GROUP_INPUTS {
@@ -580,14 +590,16 @@ impl Driver {
                 mempool: self.core.mempool_len(),
                 // Undecodable, oversized, or over the peer's share of the backlog.
                 rejected_messages: self.rejected + self.backlog.dropped,
+                evidence: self.evidence,
             });
         }
     }
 
     /// Acts on one step's outputs. What the step asked to make durable is written in one write;
-    /// a message the core decided before any of it leaves at once (a leader's proposal does not
-    /// wait for its own fsync), every later one only after the write: a message may leave later
-    /// than the core decided it, never before the state it depends on is on disk.
+    /// a message the core decided before any of it leaves at once, every later one only after the
+    /// write (a leader's proposal comes after its own vote's state, so it waits: see
+    /// [`crate::evidence`]): a message may leave later than the core decided it, never before
+    /// the state it depends on is on disk.
     async fn carry_out(
         &mut self,
         outputs: Vec<Output>,
@@ -648,6 +660,7 @@ impl Driver {
                 }
                 self.network.broadcast(Bytes::from(msg.encode_to_vec()))
             }
+            Output::Evidence(ev) => self.keep_evidence(ev),
             Output::Rejected { from, reason } => {
                 self.rejected += 1;
                 tracing::warn!(peer = from, reason, "consensus: message dropped");
@@ -674,6 +687,29 @@ impl Driver {
             Output::Commit(_) | Output::PersistBlock(_) | Output::Persist(_) | Output::PersistTc(_) | Output::SafetyViolation(_) => {
                 unreachable!("carry_out handles these")
             }
+        }
+    }
+
+    /// Evidence of an equivocation: logged, counted, and written to its own file (atomically:
+    /// a file there is always whole), which `bftcd-verify evidence` checks.
+    fn keep_evidence(&mut self, ev: bftcd_proto::bftcd::Evidence) {
+        self.evidence += 1;
+        let kind = match ev.kind {
+            Some(bftcd_proto::bftcd::evidence::Kind::DoubleVote(_)) => "double-vote",
+            _ => "double-proposal",
+        };
+        let name = format!("view-{}-validator-{}-{kind}.pb", ev.view, ev.offender);
+        let path = self.evidence_dir.join(&name);
+        let file = bftcd_proto::bftcd::EvidenceFile { chain_id: self.chain_id.clone(), evidence: Some(ev.clone()) };
+        let tmp = self.evidence_dir.join(format!(".{name}.tmp"));
+        let written = std::fs::create_dir_all(&self.evidence_dir)
+            .and_then(|()| std::fs::write(&tmp, file.encode_to_vec()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => tracing::warn!(offender = ev.offender, view = ev.view, kind, file = %path.display(),
+                "consensus: EVIDENCE of equivocation: a validator signed two conflicting messages for one view"),
+            Err(e) => tracing::warn!(offender = ev.offender, view = ev.view, kind, error = %e,
+                "consensus: EVIDENCE of equivocation (could not write its file)"),
         }
     }
 
@@ -794,12 +830,20 @@ impl Driver {
         out
     }
 
+    /// Test builds only: the core's outputs as this bank's misbehaviour changes them (changed
+    /// proposals signed again, as a Byzantine leader would).
+    #[cfg(feature = "byzantine")]
+    fn tampered(&self, out: Vec<Output>) -> Vec<Output> {
+        let (crypto, domain) = &self.forge;
+        crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out, &|p| crate::consensus::sign_proposal(crypto.as_ref(), domain, p))
+    }
+
     /// A read-index step taken while the consensus log is being written (see `write_durably`).
     fn side_step(&mut self, input: Input) {
         let log = LedgerLog(self.ledger.clone());
         let out = self.core.handle(now_ms(), input, &log);
         #[cfg(feature = "byzantine")]
-        let out = crate::byzantine::tamper(self.me, self.n, &self.misbehaviour, out);
+        let out = self.tampered(out);
         for o in out {
             if independent_of_disk(&o) {
                 self.act(o);
@@ -824,6 +868,7 @@ fn describe_message(m: &PeerMessage) -> String {
         Some(Kind::ReadIndexRequest(_)) => "read-request".into(),
         Some(Kind::ReadIndexReply(_)) => "read-reply".into(),
         Some(Kind::Checkpoint(c)) => format!("checkpoint:h{}", c.height),
+        Some(Kind::Evidence(e)) => format!("evidence:v{}", e.view),
         None => "empty".into(),
     }
 }

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod governance;
 pub mod hotstuff;
 pub mod crypto;
+pub mod evidence;
 pub mod keys;
 pub mod ledger;
 pub mod merkle;

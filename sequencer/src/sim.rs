@@ -155,6 +155,10 @@ pub struct Report {
     pub skipped_views_after_gst: u64,
     /// How often each validator is recorded as a failed leader after GST.
     pub failed_after_gst: Vec<u64>,
+    /// Evidence of equivocation that honest instances reported, by offender (each instance
+    /// reports each equivocation once), and the evidence in honest instances' ledgers.
+    pub evidence_reported: Vec<u64>,
+    pub evidence_committed: u64,
 }
 
 struct Instance {
@@ -273,6 +277,7 @@ fn kind(m: &PeerMessage) -> String {
         Some(Kind::ReadIndexRequest(r)) => format!("readreq({})", r.round),
         Some(Kind::ReadIndexReply(r)) => format!("readreply({} h{})", r.round, r.height),
         Some(Kind::Checkpoint(c)) => format!("checkpoint(h{})", c.height),
+        Some(Kind::Evidence(e)) => format!("evidence(v{} of {})", e.view, e.offender),
         None => "empty".into(),
     }
 }
@@ -533,6 +538,7 @@ pub fn run(s: &Scenario) -> Report {
                     Output::SafetyViolation(w) => format!("VIOLATION {w}"),
                     Output::ReadRoundStarted(r) => format!("read round {r}"),
                     Output::ReadIndex { round, height } => format!("read index {round} -> {height}"),
+                    Output::Evidence(e) => format!("evidence v{} against {}", e.view, e.offender),
                 })
                 .collect();
             eprintln!("t={now} i={to} view={} committed={} {trace_in} -> {what:?}", node.core.view(), node.core.committed_height());
@@ -585,6 +591,26 @@ pub fn run(s: &Scenario) -> Report {
                     }
                 }
                 Output::Rejected { .. } | Output::Refused { .. } => {}
+                Output::Evidence(e) => {
+                    if honest(to) {
+                        let offender = e.offender as usize;
+                        if report.evidence_reported.len() < s.n {
+                            report.evidence_reported.resize(s.n, 0);
+                        }
+                        if let Some(c) = report.evidence_reported.get_mut(offender) {
+                            *c += 1;
+                        }
+                        // Only a twin signs twice for one view (or everyone, under the broken
+                        // voting rule): evidence against anyone else is forged or a bug.
+                        if offender >= s.twins && !s.broken_voting_rule {
+                            report.violations.push(format!("instance {to}: evidence against honest validator {offender} (view {})", e.view));
+                        }
+                        let domain = Domain { chain_id: "sim".into(), epoch: 1, n: s.n };
+                        if crate::evidence::check(&domain, &SimCrypto { me: 0, n: s.n }, &e).is_err() {
+                            report.violations.push(format!("instance {to}: reported evidence that does not check"));
+                        }
+                    }
+                }
                 Output::SafetyViolation(what) => {
                     if honest(to) {
                         report.violations.push(format!("instance {to}: {what}"));
@@ -667,6 +693,9 @@ pub fn run(s: &Scenario) -> Report {
             }
         }
         report.heights.push(node.ledger.len() as u64);
+        if i == honest_ids[0] {
+            report.evidence_committed = node.ledger.iter().map(|cb| cb.block.as_ref().unwrap().evidence.len() as u64).sum();
+        }
     }
     // Liveness: every operation that must commit is in every honest ledger (of a bank not down
     // for good), exactly once.

@@ -480,7 +480,7 @@ mod tests {
     }
 
     fn vote(view: u64, block: u8, signer: u32) -> Vote {
-        Vote { epoch: 1, view, block_hash: vec![block; 32], justify_view: view - 1, signer, signature: vec![signer as u8; 48] }
+        Vote { epoch: 1, view, block_hash: vec![block; 32], justify_view: view - 1, signer, signature: vec![signer as u8; 48], proposal_signature: vec![] }
     }
 
     #[test]

@@ -26,8 +26,8 @@ fn seeds() -> Vec<Vec<u8>> {
         ..Default::default()
     };
     let msgs = vec![
-        Kind::Proposal(Proposal { block: Some(block.clone()), tc: None }),
-        Kind::Vote(Vote { epoch: 1, view: 4, block_hash: vec![2; 32], justify_view: 3, signer: 1, signature: vec![0; 16] }),
+        Kind::Proposal(Proposal { block: Some(block.clone()), tc: None, signature: vec![7; 64] }),
+        Kind::Vote(Vote { epoch: 1, view: 4, block_hash: vec![2; 32], justify_view: 3, signer: 1, signature: vec![0; 16], proposal_signature: vec![8; 64] }),
         Kind::Timeout(Timeout { epoch: 1, view: 5, high_qc: Some(qc.clone()), signer: 2, signature: vec![0; 16], high_tc: None }),
         Kind::ReadIndexRequest(ReadIndexRequest { round: 77 }),
         Kind::Timeout(Timeout {

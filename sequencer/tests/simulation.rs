@@ -28,6 +28,8 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     let mut reads = 0;
     let mut crashes_in_step = 0;
     let (mut twins, mut byzantine, mut down, mut partitions) = (0, 0, 0, 0);
+    // Twins scenarios in which honest banks caught the twin equivocating, and committed it.
+    let (mut with_evidence, mut evidence_committed) = (0u64, 0u64);
     // Long runs go on past a failure and list them all at the end.
     let first: u64 = std::env::var("BFTCD_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut failed = Vec::new();
@@ -44,6 +46,8 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
         reads += r.reads_checked;
         crashes_in_step += r.crashes_in_step;
         twins += (s.twins > 0) as u64;
+        with_evidence += (r.evidence_reported.iter().sum::<u64>() > 0) as u64;
+        evidence_committed += r.evidence_committed;
         byzantine += s.byzantine.is_some() as u64;
         down += !s.down.is_empty() as u64;
         partitions += s.partitions as u64;
@@ -51,13 +55,17 @@ fn random_scenarios_n4_and_n7_are_safe_and_live() {
     eprintln!(
         "{count} scenarios (n = 4 and 7; {twins} with twins, {byzantine} with a Byzantine bank playing the leader \
          choice, {down} with a bank down for good, {partitions} with partitions), {events} events, {ops} operations \
-         and {reads} read indexes checked, {crashes_in_step} crashes in the middle of a step, in {:?}",
+         and {reads} read indexes checked, {crashes_in_step} crashes in the middle of a step, {with_evidence} \
+         scenarios with evidence of equivocation ({evidence_committed} pieces committed), in {:?}",
         started.elapsed()
     );
     assert!(failed.is_empty(), "failed seeds (replay with BFTCD_SIM_SEED): {failed:?}");
     assert!(count < 100 || reads > count as usize, "too few reads exercised: {reads}");
     assert!(count < 100 || crashes_in_step > count as usize / 10, "too few crashes within a step: {crashes_in_step}");
     assert!(count < 100 || (byzantine > count / 10 && down > count / 10), "too few leader-choice faults: {byzantine}, {down}");
+    // Twins equivocate whenever both lead a view: evidence must be found (and it is only ever
+    // against a twin: `sim.rs` checks that).
+    assert!(count < 100 || (with_evidence > twins / 4 && evidence_committed > 0), "too little evidence: {with_evidence} of {twins}");
 }
 
 /// Seeds of the long mode that once stalled for good, all but one with a bank down for good:

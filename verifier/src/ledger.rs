@@ -26,6 +26,8 @@ pub enum Event {
     Governance { height: u64, index: usize, rules_version: u64, key_owners: Vec<(String, String)> },
     /// An operation refused at apply because it writes keys another bank owns.
     Refused { height: u64, index: usize, bank: String, owner: String },
+    /// Evidence of equivocation committed in a block (checked against the genesis keys).
+    Evidence { height: u64, text: String, json: Value },
     /// One operation (only when operations are listed).
     Op { height: u64, index: usize, bank: String, client: String, kind: &'static str, key: String, note: Option<String> },
 }
@@ -41,6 +43,7 @@ impl Event {
             Event::Refused { height, index, bank, owner } => {
                 format!("refused     {height}.{index}: {bank} signed a write to keys owned by {owner}")
             }
+            Event::Evidence { height, text, .. } => format!("evidence    {height}: {text}"),
             Event::Op { height, index, bank, client, kind, key, note } => {
                 let note = note.as_ref().map(|n| format!("\t{n}")).unwrap_or_default();
                 format!("{height}.{index}\t{bank}\t{client}\t{kind}\t{key}{note}")
@@ -55,6 +58,11 @@ impl Event {
                 "key_owners": key_owners.iter().map(|(p, b)| json!({"prefix": p, "bank": b})).collect::<Vec<_>>(),
             }),
             Event::Refused { height, index, bank, owner } => json!({"height": height, "index": index, "bank": bank, "owner": owner}),
+            Event::Evidence { height, json, .. } => {
+                let mut j = json.clone();
+                j["height"] = (*height).into();
+                j
+            }
             Event::Op { height, index, bank, client, kind, key, note } => json!({
                 "height": height, "index": index, "bank": bank, "client": client, "kind": kind, "key": key, "note": note,
             }),
@@ -190,6 +198,10 @@ pub fn verify(path: &Path, list_ops: bool, trusted: Option<&Trusted>, on_event: 
                     checked_batches.insert(signed);
                 }
             }
+            for ev in &block.evidence {
+                bftcd_sequencer::evidence::check(d, c, ev).map_err(|e| format!("block {h}: evidence that does not check: {e}"))?;
+                on_event(Event::Evidence { height: h, text: crate::evidence::describe(genesis, ev), json: crate::evidence::json_of(genesis, ev) });
+            }
             match (&cb.commit_qc, &cb.commit_child) {
                 (Some(qc), Some(child)) => {
                     let hash = block_hash(block).to_vec();
@@ -310,7 +322,7 @@ pub fn verify(path: &Path, list_ops: bool, trusted: Option<&Trusted>, on_event: 
 pub fn command(out: &mut Out, path: PathBuf, ops: bool, trust: TrustArgs) -> Result<(), String> {
     let trusted = trust.resolve()?;
     out.set("ledger", path.display().to_string());
-    let (mut governance, mut refused, mut listed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut governance, mut refused, mut listed, mut evidence) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let v = verify(&path, ops, trusted.as_ref(), &mut |e| {
         // With --ops a refusal is shown on its operation's line.
         if !(ops && matches!(e, Event::Refused { .. })) {
@@ -320,9 +332,11 @@ pub fn command(out: &mut Out, path: PathBuf, ops: bool, trust: TrustArgs) -> Res
             Event::Governance { .. } => governance.push(e.json()),
             Event::Refused { .. } => refused.push(e.json()),
             Event::Op { .. } => listed.push(e.json()),
+            Event::Evidence { .. } => evidence.push(e.json()),
         }
     });
     out.set("governance", governance);
+    out.set("evidence", evidence);
     out.set("refused", refused);
     if ops {
         out.set("ops", listed);

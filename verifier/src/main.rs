@@ -17,6 +17,7 @@
 
 mod answers;
 mod checkpoints;
+mod evidence;
 mod genesis;
 mod ledger;
 mod ledgers;
@@ -113,6 +114,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
     },
+    /// Check evidence files (from a bank's <data-dir>/evidence/) against the genesis keys: each
+    /// valid one proves that the bank it names signed two conflicting messages for one view.
+    /// Exits 1 if any is not valid.
+    Evidence {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The `bftcd genesis` file whose banks' keys made the signatures.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+    },
     /// Check a genesis file's keys and print its hash, chain id, epoch and validators.
     Genesis {
         /// A `bftcd genesis` file.
@@ -129,6 +140,7 @@ impl Command {
             Command::Checkpoints { .. } => "checkpoints",
             Command::Get { .. } => "get",
             Command::Response { .. } => "response",
+            Command::Evidence { .. } => "evidence",
         }
     }
 }
@@ -202,6 +214,7 @@ fn main() -> ExitCode {
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
         Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
         Command::Response { path, genesis } => answers::response(&mut out, path, genesis),
+        Command::Evidence { paths, genesis } => evidence::command(&mut out, paths, genesis),
     };
     if cli.json {
         let mut object = Map::new();

@@ -103,6 +103,15 @@ impl Domain {
         out
     }
 
+    /// What a leader signs for its proposal (Ed25519, operation key): two of these for one view
+    /// are evidence ([`crate::evidence`]).
+    pub fn proposal_bytes(&self, view: u64, block_hash: &[u8]) -> Vec<u8> {
+        let mut out = self.prefix(b"bftcd.proposal.v1\0");
+        out.extend_from_slice(&view.to_be_bytes());
+        out.extend_from_slice(block_hash);
+        out
+    }
+
     pub fn timeout_bytes(&self, view: u64, high_qc_view: u64) -> Vec<u8> {
         let mut out = self.prefix(b"bftcd.timeout.v1\0");
         out.extend_from_slice(&view.to_be_bytes());

@@ -33,12 +33,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bftcd_proto::bftcd::{
-    peer_message::Kind, Block, CommittedBlock, Operation, PeerMessage, Proposal, QuorumCert, ReadIndexReply,
+    peer_message::Kind, Block, CommittedBlock, Evidence, Operation, PeerMessage, Proposal, QuorumCert, ReadIndexReply,
     ReadIndexRequest, Submit, SyncRequest, SyncResponse, Timeout, TimeoutCert, TimeoutVote, Vote,
 };
 use bftcd_proto::Message;
 
 use crate::block::{block_hash, header};
+use crate::evidence;
 use crate::validity::{self, Invalid, Limits};
 pub use certs::{Crypto, Domain};
 use mempool::{op_id, Mempool, OpId, Recent};
@@ -61,6 +62,8 @@ const VIEWS_AHEAD: u64 = 64;
 /// Sync requests remembered per peer; an answer is read only against one of them, so a peer
 /// can send at most this many answers that were not asked for (older requests are forgotten).
 const SYNC_ASKS_PER_PEER: usize = 4;
+/// A proposal seen for (view, proposer): its hash and signature, and a second block's hash.
+type ProposalSeen = (Hash, Vec<u8>, Option<Hash>);
 /// The chain ends an in-flight set was collected from (high QC's block, last voted block), and the set.
 type InFlight = ((Hash, Option<Hash>), std::sync::Arc<HashSet<OpId>>);
 
@@ -181,6 +184,14 @@ pub fn committed_in_window<E>(
     Ok(ids)
 }
 
+/// Signs a proposal as its leader ([`Domain::proposal_bytes`], operation key); for test builds
+/// that change a proposal after the core made it.
+pub fn sign_proposal(crypto: &dyn Crypto, domain: &Domain, p: &mut Proposal) {
+    if let Some(b) = &p.block {
+        p.signature = crypto.sign_operation(&domain.proposal_bytes(b.view, &block_hash(b)));
+    }
+}
+
 /// Read access to the committed ledger (for answering peers that are behind).
 pub trait CommittedLog {
     fn read(&self, height: u64) -> Option<CommittedBlock>;
@@ -215,6 +226,9 @@ pub enum Output {
     PersistTc(TimeoutCert),
     /// Append to the ledger, in order.
     Commit(CommittedBlock),
+    /// Checked evidence of a validator's equivocation, new to this validator (found, received
+    /// from a peer, or seen in a block): to keep and report. Once per equivocation.
+    Evidence(Evidence),
     /// A message was dropped; for logs and counters.
     Rejected { from: usize, reason: &'static str },
     /// One of this bank's own operations was not accepted for ordering: answer its submitter.
@@ -272,9 +286,15 @@ pub struct Core {
     /// Per peer, the last timeout whose signature and QC verified (view, signature, QC as
     /// sent): a peer resends its timeout until the view moves on, and a replay costs no check.
     timeout_verified: Vec<Option<(u64, Vec<u8>, QuorumCert)>>,
-    /// Blocks proposed for the current view, by (view, proposer): the first one's hash, and
-    /// the second's (an equivocation); both blocks are kept, any further one is refused.
-    proposals: BTreeMap<(u64, usize), (Hash, Option<Hash>)>,
+    /// Blocks proposed for the current view and the one before, by (view, proposer): the first
+    /// one's hash and the proposer's signature of it, and the second's hash (an equivocation);
+    /// both blocks are kept, any further one is refused.
+    proposals: BTreeMap<(u64, usize), ProposalSeen>,
+    /// Evidence of equivocation: pending for a block, and known ([`evidence`]).
+    evidence: evidence::Pool,
+    /// (view, validator) pairs already looked at for evidence: each costs signature checks, so
+    /// a Byzantine peer gets at most one look per view.
+    evidence_looked: HashSet<(u64, usize, u8)>,
     /// Timeouts signed for views this validator had left, for validators still in them (see
     /// `help_behind`), by view.
     helped: BTreeMap<u64, Timeout>,
@@ -408,6 +428,8 @@ impl Core {
             timeouts: HashMap::new(),
             timeout_verified: vec![None; n],
             proposals: BTreeMap::new(),
+            evidence: evidence::Pool::default(),
+            evidence_looked: HashSet::new(),
             helped: BTreeMap::new(),
             gave_up: vec![0; n],
             mempool,
@@ -597,6 +619,7 @@ impl Core {
             Some(Kind::ReadIndexReply(r)) => self.on_read_index_reply(from, r),
             // The check stage hands these to the checkpoint task.
             Some(Kind::Checkpoint(_)) => self.reject(from, "a checkpoint is not for the consensus core"),
+            Some(Kind::Evidence(e)) => self.on_evidence(from, e),
             None => self.reject(from, "empty message"),
         }
     }
@@ -753,7 +776,7 @@ impl Core {
             if b.height <= self.committed.height {
                 return false;
             }
-            if !b.operations.is_empty() {
+            if !b.operations.is_empty() || !b.evidence.is_empty() {
                 return true;
             }
             match hash32(&b.parent_hash) {
@@ -842,8 +865,8 @@ impl Core {
         self.votes.retain(|(v, _, _), _| v.saturating_add(1) >= keep);
         self.voted.retain(|(v, _)| v.saturating_add(1) >= keep);
         self.timeouts.retain(|v, _| *v >= keep);
-        let view = self.view;
-        self.proposals.retain(|(v, _), _| *v >= view);
+        self.proposals.retain(|(v, _), _| *v >= keep);
+        self.evidence_looked.retain(|(v, _, _)| v.saturating_add(VIEWS_AHEAD) >= keep);
     }
 
     fn on_local_timeout(&mut self) {
@@ -1123,6 +1146,12 @@ impl Core {
                     self.recent.insert(b.timestamp_ms, id);
                 }
             }
+            for ev in &b.evidence {
+                if !self.evidence.knows(&evidence::key(ev)) {
+                    self.out.push(Output::Evidence(ev.clone()));
+                }
+                self.evidence.committed(ev);
+            }
             self.committed = Tip { height: b.height, hash, timestamp_ms: b.timestamp_ms };
             self.committed_hashes.insert(b.height, hash);
             let entry = self.leader_entry(&b);
@@ -1171,9 +1200,15 @@ impl Core {
             .into_iter()
             .filter(|op| self.operation_valid_in_block(op, self.now.max(parent.timestamp_ms.saturating_add(1))))
             .collect();
+        let evidence = if self.evidence.pending_len() == 0 {
+            Vec::new()
+        } else {
+            let in_chain = self.evidence_in_chain(&parent_hash);
+            self.evidence.for_block(|k| in_chain.contains(k))
+        };
         // Propose also when blocks above the tip carry operations: they need certifying. A commit
         // needs no announcing: every validator forms the QC that commits from the votes.
-        if ops.is_empty() && !self.uncommitted_operations(&parent_hash) {
+        if ops.is_empty() && evidence.is_empty() && !self.uncommitted_operations(&parent_hash) {
             return; // nothing to order and nothing left to certify: an idle cluster stays quiet
         }
         let block = Block {
@@ -1186,12 +1221,131 @@ impl Core {
             operations: ops,
             justify: Some(self.high_qc.clone()),
             failed_leaders,
+            evidence,
             ..Default::default()
         };
         self.proposed_view = view;
-        let p = Proposal { block: Some(block), tc };
-        self.out.push(Output::Broadcast(msg(Kind::Proposal(p.clone()))));
-        self.on_proposal(self.cfg.me, p);
+        let head = header(&block);
+        let hash = block_hash(&head);
+        let signature = self.crypto.sign_operation(&self.cfg.domain.proposal_bytes(view, &hash));
+        let p = Proposal { block: Some(block), tc, signature };
+        let start = self.out.len();
+        self.on_proposal_hashed(self.cfg.me, p.clone(), Some((head, hash)));
+        // The proposal leaves only after this validator's vote for it is durable (the vote's
+        // `Persist` comes first, and the runtime writes it before acting on anything after it):
+        // after a crash it knows it voted in this view, so it never signs a second proposal for
+        // it, which would be evidence against an honest bank. Without that vote, nothing leaves.
+        let Some(at) = self.out[start..].iter().position(|o| matches!(o, Output::Persist(_))) else { return };
+        self.out.insert(start + at + 1, Output::Broadcast(msg(Kind::Proposal(p))));
+    }
+
+    /// Keys of the evidence in the blocks above the committed tip on the chain ending at `from`.
+    fn evidence_in_chain(&self, from: &Hash) -> HashSet<evidence::EvidenceKey> {
+        let mut keys = HashSet::new();
+        let mut cur = *from;
+        while let Some(b) = self.blocks.get(&cur) {
+            if b.height <= self.committed.height {
+                break;
+            }
+            keys.extend(b.evidence.iter().map(evidence::key));
+            match hash32(&b.parent_hash) {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        keys
+    }
+
+    /// New evidence found here or received: kept, reported, and sent to every other validator
+    /// (a Byzantine sender may have shown it to some only).
+    fn found_evidence(&mut self, ev: Evidence) {
+        if self.evidence.add(ev.clone()) {
+            self.out.push(Output::Broadcast(msg(Kind::Evidence(ev.clone()))));
+            self.out.push(Output::Evidence(ev));
+        }
+    }
+
+    /// Evidence from a peer: checked once (an exact repeat, or an equivocation known here in any
+    /// form, costs nothing) and at most once per sender and view.
+    fn on_evidence(&mut self, from: usize, ev: Evidence) {
+        if self.evidence.knows(&evidence::key(&ev)) {
+            return;
+        }
+        if !self.evidence_looked.insert((ev.view, from, 2)) {
+            return self.reject(from, "more evidence for one view");
+        }
+        if ev.view.saturating_add(VIEWS_AHEAD) < self.view || ev.view > self.view.saturating_add(VIEWS_AHEAD) {
+            // Older equivocations reach the ledger through the banks that saw them then; a
+            // window keeps what one peer can make this validator check bounded per view.
+            return self.reject(from, "evidence for a view out of range");
+        }
+        match evidence::check(&self.cfg.domain, self.crypto.as_ref(), &ev) {
+            Ok(()) => self.found_evidence(ev),
+            Err(why) => self.reject(from, why),
+        }
+    }
+
+    /// A proposal's evidence: at most [`evidence::MAX_PER_BLOCK`], distinct, each valid.
+    fn evidence_acceptable(&self, block: &Block) -> Result<(), &'static str> {
+        if block.evidence.len() > evidence::MAX_PER_BLOCK {
+            return Err("block carries too much evidence");
+        }
+        let mut keys = HashSet::new();
+        for ev in &block.evidence {
+            if !keys.insert(evidence::key(ev)) {
+                return Err("block carries the same evidence twice");
+            }
+            if !self.evidence.checked(ev) {
+                evidence::check(&self.cfg.domain, self.crypto.as_ref(), ev)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A vote names the block and passes on its proposer's signature: if this validator holds
+    /// another block of that view from a proposer whose key made that signature too, the
+    /// proposer equivocated (the split case: each honest bank saw only one of the blocks).
+    fn look_for_double_proposal(&mut self, from: usize, v: &Vote, hash: &Hash) {
+        let view = v.view;
+        let held: Vec<(usize, Hash, Vec<u8>)> = self
+            .proposals
+            .range((view, 0)..=(view, usize::MAX))
+            .filter(|(_, (first, _, second))| first != hash && *second != Some(*hash))
+            .map(|((_, leader), (first, sig, _))| (*leader, *first, sig.clone()))
+            .collect();
+        for (leader, first, first_sig) in held {
+            if self.evidence.knows(&(leader as u32, view, 0)) || !self.evidence_looked.insert((view, from, 0)) {
+                continue;
+            }
+            if self.crypto.verify_operation(leader, &self.cfg.domain.proposal_bytes(view, hash), &v.proposal_signature) {
+                let ev = evidence::double_proposal(&self.cfg.domain, leader, view, (&first, &first_sig), (hash, &v.proposal_signature));
+                self.found_evidence(ev);
+            }
+        }
+    }
+
+    /// A second vote of `from` in one view: with its first (kept until its view is left), that is
+    /// evidence once both signatures verify alone (votes are checked in aggregate otherwise).
+    fn look_for_double_vote(&mut self, from: usize, v: &Vote, hash: &Hash) {
+        if self.evidence.knows(&(from as u32, v.view, 1)) || !self.evidence_looked.insert((v.view, from, 1)) {
+            return;
+        }
+        let first = self
+            .votes
+            .iter()
+            .filter(|((view, h, j), _)| *view == v.view && (h, *j) != (hash, v.justify_view))
+            .find_map(|((_, h, j), signers)| signers.get(&from).map(|(sig, _)| (*h, *j, sig.clone())));
+        let Some((first_hash, first_justify, first_sig)) = first else { return };
+        let ev = evidence::double_vote(
+            &self.cfg.domain,
+            from,
+            v.view,
+            (&first_hash, first_justify, &first_sig),
+            (hash, v.justify_view, &v.signature),
+        );
+        if evidence::check(&self.cfg.domain, self.crypto.as_ref(), &ev).is_ok() {
+            self.found_evidence(ev);
+        }
     }
 
     fn operation_valid_in_block(&self, op: &Operation, block_ms: u64) -> bool {
@@ -1200,7 +1354,12 @@ impl Core {
             && op_id(op).is_some_and(|id| !self.recent.contains(&id))
     }
 
-    fn on_proposal(&mut self, from: usize, mut p: Proposal) {
+    fn on_proposal(&mut self, from: usize, p: Proposal) {
+        self.on_proposal_hashed(from, p, None)
+    }
+
+    /// `known`: the block's header and hash, when the caller computed them already.
+    fn on_proposal_hashed(&mut self, from: usize, mut p: Proposal, known: Option<(Block, Hash)>) {
         let Some(mut block) = p.block.take() else { return self.reject(from, "proposal without block") };
         let Some(justify) = block.justify.clone() else { return self.reject(from, "block without justify") };
         if block.epoch != self.cfg.domain.epoch
@@ -1219,13 +1378,27 @@ impl Core {
         if !follows {
             return self.reject(from, "proposal for a view its certificates do not lead to");
         }
-        if let Some((first, second)) = self.proposals.get(&(block.view, from)) {
+        let me = from == self.cfg.me;
+        let (head, hash) = known.unwrap_or_else(|| {
+            let head = header(&block);
+            let hash = block_hash(&head);
+            (head, hash)
+        });
+        if !me && !self.crypto.verify_operation(from, &self.cfg.domain.proposal_bytes(block.view, &hash), &p.signature) {
+            return self.reject(from, "proposal with a bad signature");
+        }
+        if let Some((first, first_sig, second)) = self.proposals.get(&(block.view, from)).cloned() {
             // Equivocation. This validator votes at most once per view anyway; the second block
             // is kept in case it is the one certified (its parent for the next view, without a
-            // sync), and the two hashes are what evidence needs. More are not kept.
-            let hash = block_hash(&block);
-            if hash != *first && second.is_some_and(|s| s != hash) {
-                return self.reject(from, "third proposal in one view");
+            // sync). The two signed hashes are evidence. More blocks are not kept.
+            if hash != first {
+                let ev = evidence::double_proposal(&self.cfg.domain, from, block.view, (&first, &first_sig), (&hash, &p.signature));
+                if !self.evidence.knows(&evidence::key(&ev)) {
+                    self.found_evidence(ev);
+                }
+                if second.is_some_and(|s| s != hash) {
+                    return self.reject(from, "third proposal in one view");
+                }
             }
         }
         let Some(parent_hash) = hash32(&block.parent_hash) else { return self.reject(from, "bad parent hash") };
@@ -1235,7 +1408,6 @@ impl Core {
         if expected.as_ref().is_some_and(|(l, failed)| *l != from || *failed != block.failed_leaders) {
             return self.reject(from, "proposal from a validator that does not lead the view");
         }
-        let me = from == self.cfg.me;
         // Usually this validator formed the same QC from the votes already: keep its own copy
         // (the block hash does not cover who signed) rather than check the leader's.
         let justify = if me {
@@ -1258,7 +1430,6 @@ impl Core {
             // Late: the votes for it arrived first (they travel on other connections), so this
             // validator already holds its QC and moved on. A certified block is still needed, as
             // the parent the next leader extends and for the commit its QC may complete.
-            let hash = block_hash(&block);
             if let Some(qc) = self.verified_qcs.get(&(block.view, hash, justify.view)).cloned() {
                 if !self.blocks.contains_key(&hash) && block.height > self.committed.height {
                     self.blocks.insert(hash, Arc::new(block));
@@ -1278,7 +1449,7 @@ impl Core {
         };
         if expected.is_none() {
             // The parent's chain arrived since the first check.
-            return self.on_proposal(from, Proposal { block: Some(block), tc: p.tc });
+            return self.on_proposal_hashed(from, Proposal { block: Some(block), tc: p.tc, signature: p.signature }, Some((head, hash)));
         }
         if parent.height.checked_add(1) != Some(block.height) || block.timestamp_ms <= parent.timestamp_ms {
             return self.reject(from, "block height or time does not follow its parent");
@@ -1290,25 +1461,28 @@ impl Core {
             return self.reject(from, "block too large");
         }
         if !me {
-            if let Err(why) = self.operations_acceptable(&block, &parent_hash) {
+            if let Err(why) = self.operations_acceptable(&block, &parent_hash).and_then(|()| self.evidence_acceptable(&block)) {
                 return self.reject(from, why);
+            }
+            for ev in &block.evidence {
+                if self.evidence.seen_in_block(ev) {
+                    self.out.push(Output::Evidence(ev.clone()));
+                }
             }
         }
         // The banks whose operations it carries had their turn (the inclusion deadline of each
         // bank's backlog restarts: see Mempool::oldest_waiting).
         self.mempool.note_included(&block.operations, self.now);
         let tc_info = p.tc.as_ref().map(|tc| (tc.view, tc.high_qc.as_ref().map(|q| q.view).unwrap_or(0)));
-        let head = header(&block);
-        let hash = block_hash(&head);
         self.headers.get_mut().insert(hash, head);
         let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
         match self.proposals.entry((block.view, from)) {
             std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert((hash, None));
+                e.insert((hash, p.signature.clone(), None));
             }
             std::collections::btree_map::Entry::Occupied(mut e) => {
-                let (first, second) = e.get_mut();
+                let (first, _, second) = e.get_mut();
                 if *first != hash && second.is_none() {
                     *second = Some(hash);
                 }
@@ -1325,6 +1499,7 @@ impl Core {
             justify_view: justify.view,
             signer: self.cfg.me as u32,
             signature: self.crypto.sign(&self.cfg.domain.vote_bytes(block.view, &hash, justify.view)),
+            proposal_signature: p.signature,
         };
         // To every validator: each forms the QC itself, so all learn of a commit at once.
         self.out.push(Output::Broadcast(msg(Kind::Vote(vote.clone()))));
@@ -1380,6 +1555,9 @@ impl Core {
         if v.view > self.view.saturating_add(VIEWS_AHEAD) {
             return self.reject(from, "vote too far ahead");
         }
+        if from != self.cfg.me && !v.proposal_signature.is_empty() && !self.voted.contains(&(v.view, from)) {
+            self.look_for_double_proposal(from, &v, &hash);
+        }
         // Signatures are checked optimistically: once a quorum is in, their aggregate is checked
         // with one pairing instead of each vote with its own; only when the aggregate fails are
         // the votes checked one by one and the bad ones dropped.
@@ -1393,6 +1571,7 @@ impl Core {
         }
         if !self.voted.insert((v.view, from)) {
             // A vote for another block in the same view: only a Byzantine validator does that.
+            self.look_for_double_vote(from, &v, &hash);
             return self.reject(from, "second vote in one view");
         }
         let entry = self.votes.entry(key).or_default();

@@ -43,6 +43,12 @@ fn signed_op(bank: usize, value: &[u8]) -> Operation {
     op
 }
 
+/// `p` signed by its proposer `from`, as a real leader signs it.
+fn signed(mut p: bftcd_proto::bftcd::Proposal, from: usize) -> bftcd_proto::bftcd::Proposal {
+    super::sign_proposal(&SimCrypto { me: from, n: N }, &domain(), &mut p);
+    p
+}
+
 fn submit(op: &Operation) -> PeerMessage {
     PeerMessage { kind: Some(Kind::Submit(Submit { operations: vec![op.clone()] })) }
 }
@@ -83,6 +89,7 @@ fn leader_cannot_change_an_operation_the_replica_holds() {
     let Some(Kind::Proposal(prop)) = p.kind.as_mut() else { unreachable!() };
     let carried = &mut prop.block.as_mut().unwrap().operations[0];
     carried.request = Some(put(b"k", b"forged"));
+    *prop = signed(prop.clone(), 1);
     let out = replica.handle(NOW, Input::Message { from: 1, msg: p }, &NoLog);
     assert!(!voted(&out), "voted for a forged operation: {out:?}");
     assert!(
@@ -239,12 +246,19 @@ fn a_second_vote_in_one_view_is_refused() {
                 justify_view: 0,
                 signer: 2,
                 signature,
+                proposal_signature: vec![],
             })),
         }
     };
     let out = replica.handle(NOW, Input::Message { from: 2, msg: vote([1; 32]) }, &NoLog);
     assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
     let out = replica.handle(NOW, Input::Message { from: 2, msg: vote([2; 32]) }, &NoLog);
+    let ev = evidence_of(&out);
+    assert_eq!(ev.len(), 1, "both votes verify alone: evidence {out:?}");
+    assert!(matches!(ev[0].kind, Some(bftcd_proto::bftcd::evidence::Kind::DoubleVote(_))) && ev[0].offender == 2);
+    assert_eq!(crate::evidence::check(&d, &SimCrypto { me: 0, n: N }, &ev[0]), Ok(()));
+    let out3 = replica.handle(NOW, Input::Message { from: 2, msg: vote([3; 32]) }, &NoLog);
+    assert!(evidence_of(&out3).is_empty(), "one piece of evidence per equivocation: {out3:?}");
     assert!(
         out.iter().any(|o| matches!(o, Output::Rejected { from: 2, reason } if reason.contains("second vote"))),
         "{out:?}"
@@ -258,7 +272,7 @@ fn a_vote_far_ahead_is_dropped() {
     let view = 10_000;
     let signature = SimCrypto { me: 2, n: N }.sign(&d.vote_bytes(view, &[1; 32], 0));
     let msg = PeerMessage {
-        kind: Some(Kind::Vote(bftcd_proto::bftcd::Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: 0, signer: 2, signature })),
+        kind: Some(Kind::Vote(bftcd_proto::bftcd::Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: 0, signer: 2, signature, proposal_signature: vec![] })),
     };
     let out = replica.handle(NOW, Input::Message { from: 2, msg }, &NoLog);
     assert!(out.iter().any(|o| matches!(o, Output::Rejected { from: 2, reason } if reason.contains("ahead"))), "{out:?}");
@@ -490,6 +504,7 @@ fn a_proposal_from_another_than_the_views_leader_or_with_another_failure_record_
     // View 1's leader is validator 1; validator 2 sending the same block as its own is refused.
     let mut other = good.clone();
     other.block.as_mut().unwrap().proposer = 2;
+    let other = signed(other, 2);
     let mut replica = core(0);
     replica.handle(NOW, Input::Message { from: 3, msg: submit(&op) }, &NoLog);
     let out = replica.handle(NOW, Input::Message { from: 2, msg: PeerMessage { kind: Some(Kind::Proposal(other)) } }, &NoLog);
@@ -497,6 +512,7 @@ fn a_proposal_from_another_than_the_views_leader_or_with_another_failure_record_
     // The leader blaming a validator that did not fail.
     let mut blaming = good.clone();
     blaming.block.as_mut().unwrap().failed_leaders = domain().bitmap([2]);
+    let blaming = signed(blaming, 1);
     let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(blaming)) } }, &NoLog);
     assert!(refused(&out, why) && !voted(&out), "{out:?}");
     let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(good)) } }, &NoLog);
@@ -592,7 +608,7 @@ fn first_block(timestamp_ms: u64) -> Block {
 
 fn vote_msg(from: usize, view: u64, signature: Vec<u8>) -> PeerMessage {
     PeerMessage {
-        kind: Some(Kind::Vote(Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: view - 1, signer: from as u32, signature })),
+        kind: Some(Kind::Vote(Vote { epoch: 1, view, block_hash: vec![1; 32], justify_view: view - 1, signer: from as u32, signature, proposal_signature: vec![] })),
     }
 }
 
@@ -666,7 +682,7 @@ fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
     let mut replica = core(0);
     let mut votes = 0;
     for i in 0..50 {
-        let p = Proposal { block: Some(first_block(NOW - i)), tc: None };
+        let p = signed(Proposal { block: Some(first_block(NOW - i)), tc: None, signature: vec![] }, 1);
         let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
         votes += voted(&out) as usize;
         assert!(i < 2 || refused(&out, "third proposal in one view"), "{out:?}");
@@ -674,7 +690,7 @@ fn a_leaders_extra_proposals_for_one_view_are_not_kept() {
     assert_eq!(votes, 1);
     assert_eq!(replica.blocks.len(), 3, "the genesis and the first two proposals only");
     // The first two blocks come again (resends): nothing new.
-    let p = Proposal { block: Some(first_block(NOW - 1)), tc: None };
+    let p = signed(Proposal { block: Some(first_block(NOW - 1)), tc: None, signature: vec![] }, 1);
     let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
     assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
 }
@@ -717,7 +733,7 @@ fn a_synced_block_claiming_a_height_its_parent_does_not_lead_to_is_not_kept() {
         justify: Some(certified(1, &b_hash, 0)),
         ..Default::default()
     };
-    let p = PeerMessage { kind: Some(Kind::Proposal(Proposal { block: Some(child), tc: None })) };
+    let p = PeerMessage { kind: Some(Kind::Proposal(signed(Proposal { block: Some(child), tc: None, signature: vec![] }, 2))) };
     let out = replica.handle(NOW, Input::Message { from: 2, msg: p }, &NoLog);
     let asked = |m: &PeerMessage| matches!(&m.kind, Some(Kind::SyncRequest(SyncRequest { want_block, .. })) if *want_block == b_hash.to_vec());
     assert!(out.iter().any(|o| matches!(o, Output::Send { to: 2, msg } if asked(msg))), "{out:?}");
@@ -758,6 +774,7 @@ fn every_kind_of_message() -> Vec<PeerMessage> {
             Some(Kind::Proposal(_)) => "proposal",
             Some(Kind::Vote(_)) => "vote",
             Some(Kind::Timeout(_)) => "timeout",
+            Some(Kind::Evidence(_)) => "evidence",
             Some(Kind::Submit(_)) => "submit",
             Some(Kind::SyncRequest(_)) => "sync request",
             Some(Kind::SyncResponse(_)) => "sync response",
@@ -961,4 +978,156 @@ fn after_a_restart_a_block_repeating_a_remembered_operation_gets_no_vote() {
     // Not remembered: the same block is voted for.
     let mut replica = restarted(vec![]);
     assert!(voted(&replica.handle(NOW, Input::Message { from: 1, msg: proposal_carrying(&op) }, &NoLog)));
+}
+
+// ---- evidence ([`crate::evidence`]) ----------------------------------------------------------
+
+fn evidence_of(out: &[Output]) -> Vec<bftcd_proto::bftcd::Evidence> {
+    out.iter().filter_map(|o| if let Output::Evidence(e) = o { Some(e.clone()) } else { None }).collect()
+}
+
+fn proposal_msg(b: Block, from: usize) -> PeerMessage {
+    PeerMessage { kind: Some(Kind::Proposal(signed(Proposal { block: Some(b), tc: None, signature: vec![] }, from))) }
+}
+
+/// Validator `signer`'s vote for `b` (justify view 0), passing on `proposal_signature`.
+fn vote_for(b: &Block, signer: usize, proposal_signature: Vec<u8>) -> PeerMessage {
+    let hash = crate::block::block_hash(b);
+    let signature = SimCrypto { me: signer, n: N }.sign(&domain().vote_bytes(b.view, &hash, 0));
+    PeerMessage {
+        kind: Some(Kind::Vote(Vote { epoch: 1, view: b.view, block_hash: hash.to_vec(), justify_view: 0, signer: signer as u32, signature, proposal_signature })),
+    }
+}
+
+fn proposal_signature(b: &Block, signer: usize) -> Vec<u8> {
+    SimCrypto { me: signer, n: N }.sign_operation(&domain().proposal_bytes(b.view, &crate::block::block_hash(b)))
+}
+
+fn evidence_msg(e: bftcd_proto::bftcd::Evidence) -> PeerMessage {
+    PeerMessage { kind: Some(Kind::Evidence(e)) }
+}
+
+/// A real double proposal by validator 1 in view 1.
+fn real_double_proposal() -> bftcd_proto::bftcd::Evidence {
+    let (a, b) = (first_block(NOW - 1), first_block(NOW - 2));
+    let (ha, hb) = (crate::block::block_hash(&a), crate::block::block_hash(&b));
+    crate::evidence::double_proposal(&domain(), 1, 1, (&ha, &proposal_signature(&a, 1)), (&hb, &proposal_signature(&b, 1)))
+}
+
+#[test]
+fn a_proposal_signed_by_another_than_its_proposer_is_refused() {
+    let mut replica = core(0);
+    let mut p = signed(Proposal { block: Some(first_block(NOW - 1)), tc: None, signature: vec![] }, 2);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p.clone())) } }, &NoLog);
+    assert!(refused(&out, "proposal with a bad signature") && !voted(&out), "{out:?}");
+    p.signature.clear();
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p)) } }, &NoLog);
+    assert!(refused(&out, "proposal with a bad signature") && !voted(&out), "{out:?}");
+}
+
+#[test]
+fn two_signed_proposals_for_one_view_become_evidence_sent_to_every_bank() {
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(first_block(NOW - 1), 1) }, &NoLog);
+    assert!(voted(&out) && evidence_of(&out).is_empty(), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(first_block(NOW - 2), 1) }, &NoLog);
+    let ev = evidence_of(&out);
+    assert_eq!(ev, vec![real_double_proposal()], "the same bytes whichever block came first");
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Evidence(_)) }))), "{out:?}");
+    assert!(!voted(&out), "one vote per view");
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(first_block(NOW - 3), 1) }, &NoLog);
+    assert!(evidence_of(&out).is_empty(), "one piece of evidence per equivocation: {out:?}");
+}
+
+#[test]
+fn a_vote_for_another_block_of_the_view_proves_a_split_equivocation() {
+    // The leader showed this bank `a` and validator 2 `b`: 2's vote for `b` carries the
+    // leader's signature of `b`.
+    let (a, b) = (first_block(NOW - 1), first_block(NOW - 2));
+    let mut replica = core(0);
+    replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(a.clone(), 1) }, &NoLog);
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: vote_for(&b, 2, proposal_signature(&b, 1)) }, &NoLog);
+    assert_eq!(evidence_of(&out), vec![real_double_proposal()], "{out:?}");
+    // A voter passing on a signature the leader never made (its own) proves nothing.
+    let c = first_block(NOW - 3);
+    let mut replica = core(0);
+    replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(a, 1) }, &NoLog);
+    let out = replica.handle(NOW, Input::Message { from: 3, msg: vote_for(&c, 3, proposal_signature(&c, 3)) }, &NoLog);
+    assert!(evidence_of(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn evidence_from_a_peer_is_checked_kept_once_and_forged_evidence_is_dropped() {
+    let mut replica = core(0);
+    let (a, b) = (first_block(NOW - 1), first_block(NOW - 2));
+    let (ha, hb) = (crate::block::block_hash(&a), crate::block::block_hash(&b));
+    // Validator 3 signs two proposals itself and names validator 1.
+    let forged = crate::evidence::double_proposal(&domain(), 1, 1, (&ha, &proposal_signature(&a, 3)), (&hb, &proposal_signature(&b, 3)));
+    let out = replica.handle(NOW, Input::Message { from: 3, msg: evidence_msg(forged) }, &NoLog);
+    assert!(evidence_of(&out).is_empty() && out.iter().any(|o| matches!(o, Output::Rejected { from: 3, .. })), "{out:?}");
+    let out = replica.handle(NOW, Input::Message { from: 2, msg: evidence_msg(real_double_proposal()) }, &NoLog);
+    assert_eq!(evidence_of(&out), vec![real_double_proposal()]);
+    for from in [2, 3] {
+        let out = replica.handle(NOW, Input::Message { from, msg: evidence_msg(real_double_proposal()) }, &NoLog);
+        assert!(evidence_of(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
+    }
+}
+
+#[test]
+fn a_block_carrying_forged_evidence_gets_no_vote() {
+    let (a, b) = (first_block(NOW - 1), first_block(NOW - 2));
+    let (ha, hb) = (crate::block::block_hash(&a), crate::block::block_hash(&b));
+    // Validator 1's two signatures, named as validator 2's.
+    let forged = crate::evidence::double_proposal(&domain(), 2, 1, (&ha, &proposal_signature(&a, 1)), (&hb, &proposal_signature(&b, 1)));
+    let mut block = first_block(NOW - 5);
+    block.evidence = vec![forged];
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(block.clone(), 1) }, &NoLog);
+    let why = |r: &str| r.contains("does not verify");
+    assert!(!voted(&out) && out.iter().any(|o| matches!(o, Output::Rejected { from: 1, reason } if why(reason))), "{out:?}");
+    // Real evidence twice in one block: refused; once: voted for, and kept.
+    block.evidence = vec![real_double_proposal(), real_double_proposal()];
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(block.clone(), 1) }, &NoLog);
+    assert!(!voted(&out), "{out:?}");
+    block.evidence.pop();
+    let mut replica = core(0);
+    let out = replica.handle(NOW, Input::Message { from: 1, msg: proposal_msg(block, 1) }, &NoLog);
+    assert!(voted(&out), "{out:?}");
+    assert_eq!(evidence_of(&out), vec![real_double_proposal()], "kept by every bank that sees it in a block");
+}
+
+#[test]
+fn pending_evidence_is_committed_once_and_the_chain_then_goes_quiet() {
+    let mut c = Cluster::new();
+    c.run(2, Input::Message { from: 3, msg: evidence_msg(real_double_proposal()) });
+    for me in 0..N {
+        c.run(me, Input::Tick);
+    }
+    for me in 0..N {
+        let committed: Vec<Block> = c.outputs[me]
+            .iter()
+            .filter_map(|o| if let Output::Commit(cb) = o { cb.block.clone() } else { None })
+            .collect();
+        let evidence: usize = committed.iter().map(|b| b.evidence.len()).sum();
+        assert_eq!(evidence, 1, "validator {me}: {committed:?}");
+        assert_eq!(c.count(me, |o| matches!(o, Output::Evidence(_))), 1, "validator {me} keeps it once");
+    }
+    let proposals: usize =
+        (0..N).map(|me| c.count(me, |o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(_)) })))).sum();
+    assert_eq!(proposals, 2, "the evidence's block and its certifying child, then nothing");
+}
+
+#[test]
+fn a_leader_sends_its_proposal_only_after_asking_to_persist_its_vote_for_it() {
+    let op = signed_op(3, b"v");
+    let mut leader = core(1);
+    let mut out = leader.handle(NOW, Input::Message { from: 3, msg: submit(&op) }, &NoLog);
+    out.extend(leader.handle(NOW, Input::Tick, &NoLog));
+    let persist = out.iter().position(|o| matches!(o, Output::Persist(_))).expect("persists its vote");
+    let proposal = out
+        .iter()
+        .position(|o| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(_)) })))
+        .expect("proposes");
+    assert!(persist < proposal, "{out:?}");
 }
