@@ -63,7 +63,7 @@ fn settle(chain: &Chain) -> (i64, u64) {
     let height = last_block_with_operations(&ledger_of(chain, 0));
     let file = checkpoint::file_path(chain.banks[0].sidecar.data_dir());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !checkpoint::read_file(&file).unwrap().last().is_some_and(|c| c.height >= height) {
+    while checkpoint::read_file(&file).unwrap().last().is_none_or(|c| c.height < height) {
         assert!(Instant::now() < deadline, "block {height} never certified");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -189,6 +189,9 @@ fn a_replayed_ledger_gives_the_certified_state_digests() {
     assert_eq!(code, 1, "{j}");
     assert_eq!(j["mismatch"]["height"], tampered_height, "{j}");
     assert_ne!(j["mismatch"]["certified"], j["mismatch"]["replayed"]);
+    // Every block certified before the tampering matched.
+    assert_eq!(j["matched"].as_u64(), Some(j["compared"].as_u64().unwrap() - 1), "{j}");
+    assert!(j["mismatch"]["last_match_before"].as_u64().is_some_and(|b| b <= height), "{j}");
     assert!(j["error"].as_str().unwrap().contains(&format!("MISMATCH at block {tampered_height}")), "{j}");
     let text = verify(&["replay", s(&tampered), "--genesis", &genesis]);
     assert_eq!(text.code, 1);

@@ -160,7 +160,9 @@ pub fn command(out: &mut Out, args: Args) -> Result<(), String> {
                     matched += 1;
                     last_match = Some((h, d.clone()));
                 } else if mismatch.is_none() {
-                    mismatch = Some(json!({"height": h, "revision": revision, "certified": cert, "replayed": d}));
+                    // The state went apart after the last block that matched before this one.
+                    let since = last_match.as_ref().map(|(m, _): &(u64, String)| *m);
+                    mismatch = Some(json!({"height": h, "revision": revision, "certified": cert, "replayed": d, "last_match_before": since}));
                 }
             }
             _ => not_digested.push(h),
@@ -186,8 +188,15 @@ pub fn command(out: &mut Out, args: Args) -> Result<(), String> {
     out.set("compact_revision", end["compact_revision"].clone());
     if let Some(m) = mismatch {
         return Err(format!(
-            "MISMATCH at block {}: the banks certified state digest {} but replaying the ledger gives {} (etcd revision {})",
-            m["height"], m["certified"].as_str().unwrap_or_default(), m["replayed"].as_str().unwrap_or_default(), m["revision"]
+            "MISMATCH at block {}: the banks certified state digest {} but replaying the ledger gives {} (etcd revision {}); {}",
+            m["height"],
+            m["certified"].as_str().unwrap_or_default(),
+            m["replayed"].as_str().unwrap_or_default(),
+            m["revision"],
+            match m["last_match_before"].as_u64() {
+                Some(b) => format!("the last certified block before it that matches is {b}, so the certified state went apart from the ledger's writes after it"),
+                None => "no certified block before it matches".to_string(),
+            }
         ));
     }
     if compared == 0 {
