@@ -202,12 +202,13 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             endpoint
         }
     };
-    let result = apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), to).await;
+    let result = apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), (tip, to)).await;
     scratch.stop().await;
     result
 }
 
-async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, endpoint: &str, dir: &Path, to: u64) -> anyhow::Result<()> {
+/// `(tip, to)`: the ledger file's last block, and the last to replay.
+async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, endpoint: &str, dir: &Path, (tip, to): (u64, u64)) -> anyhow::Result<()> {
     let etcd = LocalEtcd::connect_lazy(endpoint)?;
     crate::probe::check(&etcd, &Limits::of(genesis), genesis.apply_batch_max).await?;
     ensure_empty(&etcd).await?;
@@ -215,7 +216,7 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
         "event": "start",
         "genesis_hash": hex::encode(genesis_hash(genesis)),
         "chain_id": genesis.chain_id,
-        "ledger_height": ledger.height(),
+        "ledger_height": tip,
         "to_height": to,
     }));
 

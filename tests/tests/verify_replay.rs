@@ -183,6 +183,31 @@ fn a_replayed_ledger_gives_the_certified_state_digests() {
     assert!(j["error"].as_str().unwrap().contains("another chain"), "{j}");
     assert!(j.get("compared").is_none(), "{j}");
 
+    // A ledger damaged in the middle (one byte of a block, CRC left as it was) is refused with
+    // the place of the damage, by both commands.
+    let mut bytes = std::fs::read(&clean).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let damaged = dir.join("clean/damaged.log");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, j) = verify_json(&["replay", s(&damaged), "--genesis", &genesis, "--checkpoints", s(&clean.with_file_name("checkpoints"))]);
+    assert_eq!(code, 1, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("CRC mismatch"), "{j}");
+    let direct = std::process::Command::new(bftcd_tests::bftcd_bin())
+        .args(["replay", "--ledger", s(&damaged), "--genesis", &genesis])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&direct.stdout);
+    assert!(!direct.status.success() && said.contains(r#""event":"error""#) && said.contains("CRC mismatch"), "{said}");
+    // `bftcd replay` into an etcd that already holds data (bank 1's own) refuses to start.
+    let direct = std::process::Command::new(bftcd_tests::bftcd_bin())
+        .args(["replay", "--ledger", s(&clean), "--genesis", &genesis, "--etcd-endpoint", &chain.banks[0].etcd.endpoint()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&direct.stdout);
+    assert!(!direct.status.success() && said.contains("is not empty"), "{said}");
+    assert!(!said.contains(r#""event":"digest""#), "{said}");
+
     // The banks certified a state with a key no write in the ledger made: the replay differs
     // at the first block digested after it, and only there (blocks before it match).
     let (code, j) = verify_json(&["replay", s(&tampered), "--genesis", &genesis]);
