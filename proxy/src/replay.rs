@@ -194,17 +194,28 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     // A multi-bank ledger ends at its last proven block (a later one was never committed).
     let to = to.min(ledger.height());
     let mut scratch = Scratch { child: None, dir };
-    let endpoint = match &args.etcd_endpoint {
-        Some(e) => e.clone(),
-        None => {
-            let (child, endpoint) = start_etcd(&genesis, args.etcd_bin.as_deref(), scratch.dir.path()).await?;
-            scratch.child = Some(child);
-            endpoint
-        }
+    let span = (tip, to);
+    let result = match &args.etcd_endpoint {
+        Some(endpoint) => apply_all(&args, &genesis, ledger, endpoint, scratch.dir.path(), span).await,
+        None => match start_etcd(&genesis, args.etcd_bin.as_deref(), scratch.dir.path()).await {
+            Ok((child, endpoint)) => {
+                scratch.child = Some(child);
+                apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), span).await
+            }
+            Err(e) => Err(e),
+        },
     };
-    let result = apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), (tip, to)).await;
+    // An etcd was started (its log exists), even if it never served.
+    let started = scratch.dir.path().join("etcd.log").exists();
     scratch.stop().await;
-    result
+    match result {
+        // What went wrong may be in the scratch etcd's log: kept for the operator.
+        Err(e) if started => {
+            let kept = scratch.dir.keep();
+            Err(anyhow::anyhow!("{e:#} (the scratch etcd's data and log are kept in {})", kept.display()))
+        }
+        r => r,
+    }
 }
 
 /// `(tip, to)`: the ledger file's last block, and the last to replay.
@@ -273,8 +284,8 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
             }
             _ = tokio::time::sleep_until((last_move + args.stall_timeout).into()) => {
                 anyhow::bail!(
-                    "no block applied for {} s after block {} (the etcd at {endpoint} refuses what the chain applies? its log: {})",
-                    args.stall_timeout.as_secs(), *applied.borrow(), dir.join("etcd.log").display()
+                    "no block applied for {} s after block {} (does the etcd at {endpoint} refuse what the chain applies? see its log)",
+                    args.stall_timeout.as_secs(), *applied.borrow()
                 );
             }
         }
