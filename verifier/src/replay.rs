@@ -224,3 +224,30 @@ pub fn command(out: &mut Out, args: Args) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(path: PathBuf, checkpoints: Option<PathBuf>) -> Args {
+        Args { path, genesis: PathBuf::new(), checkpoints, to_height: None, etcd_bin: None, bftcd_bin: None }
+    }
+
+    #[test]
+    fn the_checkpoints_file_is_the_one_given_or_the_one_beside_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger.log");
+        let given = PathBuf::from("elsewhere/checkpoints");
+        assert_eq!(checkpoints_path(&args(ledger.clone(), Some(given.clone()))), Ok(given));
+        let missing = checkpoints_path(&args(ledger.clone(), None)).unwrap_err();
+        assert!(missing.contains("--checkpoints"), "{missing}");
+        std::fs::write(dir.path().join("checkpoints"), b"").unwrap();
+        assert_eq!(checkpoints_path(&args(ledger, None)), Ok(dir.path().join("checkpoints")));
+    }
+
+    #[test]
+    fn a_bftcd_binary_given_must_exist() {
+        let e = find_bftcd(Some(Path::new("/nonexistent/bftcd"))).unwrap_err();
+        assert!(e.contains("--bftcd-bin"), "{e}");
+    }
+}
