@@ -221,8 +221,14 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 /// `(tip, to)`: the ledger file's last block, and the last to replay.
 async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, endpoint: &str, dir: &Path, (tip, to): (u64, u64)) -> anyhow::Result<()> {
     let etcd = LocalEtcd::connect_lazy(endpoint)?;
-    crate::probe::check(&etcd, &Limits::of(genesis), genesis.apply_batch_max).await?;
-    ensure_empty(&etcd).await?;
+    // The limits check waits for an etcd that does not answer; a replay gives up instead.
+    let ready = async {
+        crate::probe::check(&etcd, &Limits::of(genesis), genesis.apply_batch_max).await?;
+        ensure_empty(&etcd).await
+    };
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .map_err(|_| anyhow::anyhow!("the etcd at {endpoint} did not answer within 30 s"))??;
     emit(json!({
         "event": "start",
         "genesis_hash": hex::encode(genesis_hash(genesis)),
