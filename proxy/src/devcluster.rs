@@ -61,7 +61,7 @@ struct Proc {
     child: Child,
 }
 
-async fn wait_etcd(endpoint: &str, child: &mut Child, log: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) async fn wait_etcd(endpoint: &str, child: &mut Child, log: &std::path::Path) -> anyhow::Result<()> {
     let etcd = LocalEtcd::connect_lazy(endpoint)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

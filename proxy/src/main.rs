@@ -16,6 +16,7 @@ mod identity;
 mod metrics;
 mod probe;
 mod reheader;
+mod replay;
 mod reserved;
 mod rewrite;
 mod serve;
@@ -50,17 +51,23 @@ enum Command {
     /// Show the chain's rules (key owners) and approve changes for this bank, through its
     /// running sidecar; a change takes effect once every bank approves it.
     Govern(govern::GovernArgs),
+    /// Apply a ledger to an empty stock etcd (a scratch one by default) with the apply engine,
+    /// printing the state digest after every block with operations as JSON lines (what
+    /// `bftcd-verify replay` compares with the certified digests).
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A replay's stderr is its progress: the apply engine's start-up notes would drown it.
+    let default_log = if matches!(cli.command, Command::Replay(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BFTCD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BFTCD_LOG").unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -70,6 +77,7 @@ fn main() -> std::process::ExitCode {
             Command::Genesis(args) => chain::genesis(args),
             Command::ClientCerts(args) => clientcerts::run(args),
             Command::Govern(args) => govern::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
         }
     });
     match result {

@@ -397,7 +397,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(events) = checkpoints.events() {
         tokio::spawn(crate::apply::digest::on_checkpoint_events(events, tracker.changes(), etcd.clone()).accounted(Component::Apply));
     }
-    tokio::spawn(tracker.run(block_ends, checkpoints.clone()).accounted(Component::Apply));
+    tokio::spawn(tracker.run(block_ends, crate::apply::digest::to_checkpoints(checkpoints.clone())).accounted(Component::Apply));
     let stale_reads = stale_reads_requested(&args);
     if stale_reads {
         tracing::warn!("THIS BANK SERVES STALE READS (test build): no read index, apply 300 ms late");

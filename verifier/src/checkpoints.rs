@@ -6,8 +6,9 @@
 //! for the same height with different digests would mean more than f banks signed a lie.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use bftcd_proto::bftcd::{CheckpointCert, Genesis};
 use bftcd_sequencer::checkpoint;
 use bftcd_sequencer::consensus::Domain;
 use bftcd_sequencer::keys::ChainCrypto;
@@ -15,16 +16,38 @@ use serde_json::json;
 
 use crate::Out;
 
+/// The genesis's keys, to check certificates with.
+pub struct Keys {
+    crypto: ChainCrypto,
+    pub domain: Domain,
+}
+
+impl Keys {
+    pub fn of(g: &Genesis, genesis: &Path) -> Result<Keys, String> {
+        let crypto = ChainCrypto::verifier(g).map_err(|e| format!("{}: {e}", genesis.display()))?;
+        Ok(Keys { crypto, domain: Domain { chain_id: g.chain_id.clone(), epoch: g.epoch, n: g.validators.len() } })
+    }
+
+    /// Every certificate of a checkpoints file, each checked; Err names the first that fails.
+    pub fn read_checked(&self, path: &Path) -> Result<Vec<CheckpointCert>, String> {
+        let certs = checkpoint::read_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for c in &certs {
+            checkpoint::verify_cert(&self.crypto, &self.domain, c)
+                .map_err(|e| format!("{}: the certificate for block {}: {e}", path.display(), c.height))?;
+        }
+        Ok(certs)
+    }
+}
+
 pub fn command(out: &mut Out, paths: Vec<PathBuf>, genesis: PathBuf) -> Result<(), String> {
     let g = crate::genesis::read(&genesis)?;
-    let crypto = ChainCrypto::verifier(&g).map_err(|e| format!("{}: {e}", genesis.display()))?;
-    let domain = Domain { chain_id: g.chain_id.clone(), epoch: g.epoch, n: g.validators.len() };
+    let keys = Keys::of(&g, &genesis)?;
+    let domain = &keys.domain;
     let mut by_height: BTreeMap<u64, (Vec<u8>, String)> = BTreeMap::new();
     let mut files = Vec::new();
     for path in &paths {
-        let certs = checkpoint::read_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = keys.read_checked(path)?;
         for c in &certs {
-            checkpoint::verify_cert(&crypto, &domain, c).map_err(|e| format!("{}: the certificate for block {}: {e}", path.display(), c.height))?;
             match by_height.get(&c.height) {
                 Some((d, other)) if *d != c.state_digest => {
                     return Err(format!(

@@ -21,6 +21,7 @@ mod evidence;
 mod genesis;
 mod ledger;
 mod ledgers;
+mod replay;
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -89,6 +90,32 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
     },
+    /// Replay a ledger into a scratch stock etcd with the banks' apply engine (`bftcd replay`),
+    /// recompute the state digests and compare them with the certified ones (exit 1 at the
+    /// first difference). The ledger and every certificate are verified against the genesis
+    /// first.
+    Replay {
+        /// The ledger (a bank's <data-dir>/ledger.log).
+        path: PathBuf,
+        /// The `bftcd genesis` file: the ledger must start from it, and its banks' keys sign the
+        /// certificates.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        /// The state digest certificates to compare with (default: the `checkpoints` file beside
+        /// the ledger, as in a bank's data directory).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+        /// Replay only blocks 1..=H.
+        #[arg(long, value_name = "H")]
+        to_height: Option<u64>,
+        /// Stock etcd binary for the scratch etcd (default: $BFTCD_ETCD_BIN, the project's
+        /// tools/bin, PATH).
+        #[arg(long, value_name = "PATH")]
+        etcd_bin: Option<PathBuf>,
+        /// The `bftcd` binary that replays (default: beside bftcd-verify, then PATH).
+        #[arg(long, value_name = "PATH")]
+        bftcd_bin: Option<PathBuf>,
+    },
     /// Read a key (or a prefix) at every bank at one revision, check every bank's signature on
     /// its answer against the genesis keys, and compare: prints the value and which banks vouch
     /// for it; exits 1 and writes an evidence file when a bank contradicts the f + 1 that agree.
@@ -138,6 +165,7 @@ impl Command {
             Command::Ledgers { .. } => "ledgers",
             Command::Genesis { .. } => "genesis",
             Command::Checkpoints { .. } => "checkpoints",
+            Command::Replay { .. } => "replay",
             Command::Get { .. } => "get",
             Command::Response { .. } => "response",
             Command::Evidence { .. } => "evidence",
@@ -212,6 +240,9 @@ fn main() -> ExitCode {
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
         Command::Genesis { path } => genesis::command(&mut out, path),
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
+        Command::Replay { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin } => {
+            replay::command(&mut out, replay::Args { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin })
+        }
         Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
         Command::Response { path, genesis } => answers::response(&mut out, path, genesis),
         Command::Evidence { paths, genesis } => evidence::command(&mut out, paths, genesis),

@@ -96,6 +96,15 @@ pub async fn on_checkpoint_events(mut events: mpsc::UnboundedReceiver<Checkpoint
     }
 }
 
+/// A serving bank's digest sink: its own digest goes to checkpointing, to be signed.
+pub fn to_checkpoints(checkpoints: Checkpoints) -> impl FnMut(&BlockEnd, Option<[u8; 32]>) {
+    move |end, digest| {
+        if let Some(d) = digest {
+            checkpoints.own(end.height, d);
+        }
+    }
+}
+
 /// What the chain's rules contribute: their version, the key owners and the auth revision.
 pub fn rules_digest(rules: &ChainRules) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -203,9 +212,10 @@ impl Tracker {
         }
     }
 
-    /// Digests each block reported, hands the digest to checkpointing, until the apply engine
-    /// goes away or the bank is marked corrupt.
-    pub async fn run(mut self, mut ends: mpsc::Receiver<BlockEnd>, checkpoints: Checkpoints) {
+    /// Digests each block reported and hands the digest to `sink` (None: skipped, a later
+    /// block's digest covers it), until the apply engine goes away or the bank is marked
+    /// corrupt. A serving bank's sink is checkpointing ([`to_checkpoints`]); a replay's prints.
+    pub async fn run(mut self, mut ends: mpsc::Receiver<BlockEnd>, mut sink: impl FnMut(&BlockEnd, Option<[u8; 32]>)) {
         while let Some(end) = ends.recv().await {
             if crate::corrupt::is_corrupt() {
                 return;
@@ -227,9 +237,7 @@ impl Tracker {
                     }
                 }
             };
-            if let Some(d) = digest {
-                checkpoints.own(end.height, d);
-            }
+            sink(&end, digest);
         }
     }
 

@@ -110,6 +110,10 @@ pub struct Applier {
     pub digests: Option<tokio::sync::mpsc::Sender<digest::BlockEnd>>,
     /// Blocks between full checks of the store ([`digest::FULL_CHECK_EVERY`]).
     pub full_check_every: u64,
+    /// A replay's: the last height digested. When set, every block with operations is digested
+    /// (none skipped when the digest falls behind) and applying waits for each digest, so that
+    /// a compaction applied next cannot take away the revision the digest reads.
+    pub digested: Option<watch::Receiver<u64>>,
 }
 
 /// How far the local etcd may be ahead of the ledger after a crash (blocks applied while the
@@ -182,6 +186,7 @@ impl Applier {
             lag: Duration::ZERO,
             digests: None,
             full_check_every: digest::FULL_CHECK_EVERY,
+            digested: None,
         }
     }
 

@@ -428,7 +428,12 @@ impl Applier {
         let leases = self.leases.lock().unwrap().digest();
         let rules = super::digest::rules_digest(&self.rules());
         let end = super::digest::BlockEnd { height, revision, leases, rules, full };
-        if digests.try_send(end).is_err() {
+        if let Some(digested) = &self.digested {
+            // A replay: this block's digest is done before anything after it is applied.
+            if digests.send(end).await.is_ok() {
+                let _ = digested.clone().wait_for(|h| *h >= height).await;
+            }
+        } else if digests.try_send(end).is_err() {
             tracing::debug!(height, "digest: behind; this block's digest is skipped (a later one covers it)");
         }
     }

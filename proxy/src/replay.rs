@@ -1,0 +1,317 @@
+//! `bftcd replay`: a ledger applied to an empty stock etcd by the sidecar's own apply engine,
+//! with the state digest after every block with operations, and no network or consensus.
+//!
+//! An auditor's `bftcd-verify replay` runs it to recompute the digests the banks certified:
+//! the same engine a restarting bank uses to rebuild its etcd from its ledger, so a replay
+//! cannot agree with the banks by applying differently from them. By default it starts a
+//! scratch etcd of its own (a temporary directory, loopback, free ports, no fsync, the chain's
+//! limits) and removes it afterwards.
+//!
+//! Output on stdout, one JSON object a line: `{"event":"start",...}`, then
+//! `{"event":"digest","height":H,"revision":R,"state_digest":HEX}` for every block with
+//! operations (`state_digest` null when etcd had compacted past the block's revision), then
+//! `{"event":"end",...}` with etcd's final revision and HashKV; or `{"event":"error",...}`.
+//! Progress goes to stderr. Keys and values are never printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bftcd_proto::bftcd::Genesis;
+use bftcd_proto::etcdserverpb::{HashKvRequest, RangeRequest};
+use bftcd_sequencer::governance::ChainRules;
+use bftcd_sequencer::validity::Limits;
+use bftcd_sequencer::{genesis_hash, Ledger, LedgerFile};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+use crate::apply::digest::{BlockEnd, Tracker};
+use crate::apply::{Applier, BatchLimits};
+use crate::etcd::LocalEtcd;
+use crate::identity::Identity;
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// The ledger to replay (a bank's <data-dir>/ledger.log). Only read: a copy is replayed.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: PathBuf,
+    /// The chain's genesis (`bftcd genesis` output); the ledger must start from exactly it.
+    #[arg(long, value_name = "FILE")]
+    pub genesis: PathBuf,
+    /// Replay into this etcd (host:port or URL) instead of a scratch one; it must be empty and
+    /// accept the chain's limits.
+    #[arg(long, value_name = "URL")]
+    pub etcd_endpoint: Option<String>,
+    /// Stock etcd binary for the scratch etcd (default: $BFTCD_ETCD_BIN, tools/bin, PATH).
+    #[arg(long, value_name = "PATH")]
+    pub etcd_bin: Option<PathBuf>,
+    /// Stop after this block (default: the ledger's last).
+    #[arg(long, value_name = "H")]
+    pub to_height: Option<u64>,
+    /// Print progress on stderr every this many blocks.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub progress_every: u64,
+    /// Give up when no block is applied for this long (an etcd that refuses what the chain
+    /// applies makes the apply engine wait for an operator).
+    #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+    pub stall_timeout: Duration,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let n = s.strip_suffix('s').unwrap_or(s);
+    n.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?}: expected seconds, such as 120s"))
+}
+
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let result = replay(args).await;
+    if let Err(e) = &result {
+        emit(json!({"event": "error", "error": format!("{e:#}")}));
+    }
+    result
+}
+
+/// The scratch etcd: its process and directory go away with it.
+struct Scratch {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts a single-member etcd on loopback that accepts what the chain allows (as every bank's
+/// must), without fsync: nothing in it needs to survive the replay.
+async fn start_etcd(genesis: &Genesis, bin: Option<&Path>, dir: &Path) -> anyhow::Result<(Child, String)> {
+    let etcd_bin = crate::tools::find("etcd", bin)?;
+    let (bytes, ops) = crate::probe::required(&Limits::of(genesis), genesis.apply_batch_max);
+    let log_path = dir.join("etcd.log");
+    let mut last_error = None;
+    // A port found free may be taken before etcd binds it: try a few.
+    for _ in 0..3 {
+        let client = format!("http://127.0.0.1:{}", free_port()?);
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(&etcd_bin)
+            .arg("--name=replay")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=replay={peer}"))
+            .arg(format!("--max-request-bytes={}", bytes + 1024))
+            .arg(format!("--max-txn-ops={ops}"))
+            .arg("--unsafe-no-fsync")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", etcd_bin.display()))?;
+        match crate::devcluster::wait_etcd(&client, &mut child, &log_path).await {
+            Ok(()) => return Ok((child, client)),
+            Err(e) => {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_dir_all(dir.join("etcd"));
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+}
+
+/// Copies the ledger up to block `to` (whole records only) into the scratch directory: the
+/// live ledger cuts a torn tail on open, and the auditor's file must stay as it is.
+fn copy_ledger(scan: &LedgerFile, to: u64, into: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let end = match to {
+        0 => scan.blocks.first().map_or(scan.valid_len, |&(offset, _)| offset),
+        h => scan.blocks.get(h as usize - 1).map(|&(offset, len)| offset + 8 + len as u64).unwrap_or(scan.valid_len),
+    };
+    let mut from = std::fs::File::open(&scan.path)?.take(end);
+    let mut out = std::fs::File::create(into)?;
+    let copied = std::io::copy(&mut from, &mut out)?;
+    anyhow::ensure!(copied == end, "{} changed while it was copied", scan.path.display());
+    Ok(())
+}
+
+/// etcd must hold nothing: the replay rebuilds the state from the genesis on.
+async fn ensure_empty(etcd: &LocalEtcd) -> anyhow::Result<()> {
+    let all = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, serializable: true, ..Default::default() };
+    let r = etcd.kv().range(all).await.context("reading the etcd")?.into_inner();
+    let revision = r.header.map(|h| h.revision).unwrap_or_default();
+    anyhow::ensure!(
+        r.count == 0 && revision <= 1,
+        "the etcd at {} is not empty (revision {revision}, {} keys): a replay starts from an empty etcd",
+        etcd.endpoint,
+        r.count
+    );
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let genesis_bytes = std::fs::read(&args.genesis).with_context(|| format!("{}", args.genesis.display()))?;
+    let genesis = <Genesis as prost::Message>::decode(genesis_bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", args.genesis.display()))?;
+    anyhow::ensure!(!genesis.validators.is_empty(), "{}: the genesis lists no banks", args.genesis.display());
+    let ledger_path = args.ledger.clone();
+    let scan = tokio::task::spawn_blocking(move || LedgerFile::scan(&ledger_path, |_, _| Ok(()))).await??;
+    anyhow::ensure!(
+        scan.genesis == genesis,
+        "{} starts from genesis {}, not {} ({}): it belongs to another chain",
+        args.ledger.display(),
+        hex::encode(genesis_hash(&scan.genesis)),
+        hex::encode(genesis_hash(&genesis)),
+        args.genesis.display()
+    );
+    let tip = scan.blocks.len() as u64;
+    let to = args.to_height.unwrap_or(tip);
+    anyhow::ensure!(to <= tip, "--to-height {to}: the ledger ends at block {tip}");
+
+    let dir = tempfile::Builder::new().prefix("bftcd-replay-").tempdir()?;
+    let copy = dir.path().join("ledger.log");
+    copy_ledger(&scan, to, &copy)?;
+    let ledger = {
+        let g = genesis.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Ledger::open(&copy, &g)).await??)
+    };
+    // A multi-bank ledger ends at its last proven block (a later one was never committed).
+    let to = to.min(ledger.height());
+    let mut scratch = Scratch { child: None, dir };
+    let span = (tip, to);
+    let result = match &args.etcd_endpoint {
+        Some(endpoint) => apply_all(&args, &genesis, ledger, endpoint, scratch.dir.path(), span).await,
+        None => match start_etcd(&genesis, args.etcd_bin.as_deref(), scratch.dir.path()).await {
+            Ok((child, endpoint)) => {
+                scratch.child = Some(child);
+                apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), span).await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    // An etcd was started (its log exists), even if it never served.
+    let started = scratch.dir.path().join("etcd.log").exists();
+    scratch.stop().await;
+    match result {
+        // What went wrong may be in the scratch etcd's log: kept for the operator.
+        Err(e) if started => {
+            let kept = scratch.dir.keep();
+            Err(anyhow::anyhow!("{e:#} (the scratch etcd's data and log are kept in {})", kept.display()))
+        }
+        r => r,
+    }
+}
+
+/// `(tip, to)`: the ledger file's last block, and the last to replay.
+async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, endpoint: &str, dir: &Path, (tip, to): (u64, u64)) -> anyhow::Result<()> {
+    let etcd = LocalEtcd::connect_lazy(endpoint)?;
+    // The limits check waits for an etcd that does not answer; a replay gives up instead.
+    let ready = async {
+        crate::probe::check(&etcd, &Limits::of(genesis), genesis.apply_batch_max).await?;
+        ensure_empty(&etcd).await
+    };
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .map_err(|_| anyhow::anyhow!("the etcd at {endpoint} did not answer within 30 s"))??;
+    emit(json!({
+        "event": "start",
+        "genesis_hash": hex::encode(genesis_hash(genesis)),
+        "chain_id": genesis.chain_id,
+        "ledger_height": tip,
+        "to_height": to,
+    }));
+
+    // Who the answers say they come from does not matter here: nobody reads them.
+    let identity = Arc::new(Identity::new(genesis, &genesis.validators[0].name)?);
+    let rules = ChainRules::of(genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;
+    let batching = (genesis.apply_batch_max > 0).then(|| BatchLimits { max_operations: genesis.apply_batch_max as usize, ..Default::default() });
+    let mut applier = Applier::new(etcd.clone(), ledger, identity, dir, batching, rules);
+    let (ends_tx, ends) = mpsc::channel::<BlockEnd>(1);
+    let (done_tx, done) = watch::channel(0u64);
+    let (digests_tx, mut digests) = mpsc::unbounded_channel();
+    applier.digests = Some(ends_tx);
+    applier.digested = Some(done);
+    let tracker = Tracker::new(&etcd)?;
+    tokio::spawn(tracker.run(ends, move |end: &BlockEnd, digest: Option<[u8; 32]>| {
+        let _ = digests_tx.send((end.height, end.revision, digest));
+        done_tx.send_replace(end.height);
+    }));
+    let applier = Arc::new(applier);
+    let mut applied = applier.applied_height();
+    let mut apply_task = tokio::spawn(applier.clone().run());
+
+    let started = Instant::now();
+    let (mut digested, mut skipped) = (0u64, 0u64);
+    let mut print = |(height, revision, digest): (u64, i64, Option<[u8; 32]>)| {
+        if digest.is_some() {
+            digested += 1;
+        } else {
+            skipped += 1;
+        }
+        emit(json!({"event": "digest", "height": height, "revision": revision, "state_digest": digest.map(hex::encode)}));
+    };
+    let mut shown = 0u64;
+    let mut last_move = Instant::now();
+    while *applied.borrow() < to {
+        tokio::select! {
+            Some(d) = digests.recv() => print(d),
+            r = applied.changed() => {
+                anyhow::ensure!(r.is_ok(), "the apply engine stopped");
+                last_move = Instant::now();
+                let h = *applied.borrow();
+                if args.progress_every > 0 && h / args.progress_every > shown / args.progress_every {
+                    eprintln!("replay: block {h} of {to} applied ({:.0} s)", started.elapsed().as_secs_f64());
+                }
+                shown = h;
+            }
+            r = &mut apply_task => {
+                let e = match r {
+                    Ok(Ok(())) => anyhow::anyhow!("the apply engine stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("the apply engine failed: {e}"),
+                };
+                return Err(e.context("replaying"));
+            }
+            _ = tokio::time::sleep_until((last_move + args.stall_timeout).into()) => {
+                anyhow::bail!(
+                    "no block applied for {} s after block {} (does the etcd at {endpoint} refuse what the chain applies? see its log)",
+                    args.stall_timeout.as_secs(), *applied.borrow()
+                );
+            }
+        }
+    }
+    // Every block's digest was handed over before its height counted as applied.
+    while let Ok(d) = digests.try_recv() {
+        print(d);
+    }
+    apply_task.abort();
+    let hash = etcd.maintenance().hash_kv(HashKvRequest { revision: 0 }).await.context("HashKV")?.into_inner();
+    let revision = hash.header.map(|h| h.revision).unwrap_or_default();
+    emit(json!({
+        "event": "end",
+        "height": to,
+        "revision": revision,
+        "hash_kv": hash.hash,
+        "compact_revision": hash.compact_revision,
+        "digested": digested,
+        "skipped": skipped,
+    }));
+    eprintln!("replay: {to} blocks applied in {:.1} s, {digested} digests, etcd at revision {revision}", started.elapsed().as_secs_f64());
+    Ok(())
+}
