@@ -169,7 +169,7 @@ pub fn get(out: &mut Out, key: String, prefix: bool, endpoints: Vec<String>, gen
     out.set("refused", refused.iter().map(|(e, w)| json!({"endpoint": e, "error": w})).collect::<Vec<_>>());
     if !liars.is_empty() {
         let path = evidence.unwrap_or_else(|| PathBuf::from(format!("bftcd-evidence-{}.pb", bftcd_now_ms())));
-        let file = AnswerEvidence { answers: answers.iter().map(|(r, _)| r.clone()).collect() };
+        let file = AnswerEvidence { answers: answers.iter().map(|(r, _)| r.clone()).collect(), streams: vec![] };
         std::fs::write(&path, file.encode_to_vec()).map_err(|e| format!("{}: {e}", path.display()))?;
         let names: Vec<String> = liars.iter().map(|b| bank_name(&g, *b)).collect();
         out.set("contradicted_by", names.clone());
@@ -206,6 +206,40 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Checks kept streams (`AnswerEvidence.streams`): every signed message, and that they chain.
+fn streams(out: &Out, crypto: &ChainCrypto, g: &Genesis, file: &AnswerEvidence, path: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
+    let mut checked = Vec::new();
+    for (i, s) in file.streams.iter().enumerate() {
+        let messages = bftcd_sequencer::answer::verify_stream(crypto, &g.chain_id, g.epoch, s).map_err(|why| format!("{}: stream {i}: {why}", path.display()))?;
+        let signed: Vec<&AnswerStatement> = messages.iter().filter_map(|m| m.statement.as_ref()).collect();
+        let (Some(first), Some(last)) = (signed.first(), signed.last()) else {
+            out.line(format!("stream {i}: {} ({} messages): none signed, nothing proven", s.method, messages.len()));
+            checked.push(json!({"method": s.method, "messages": messages.len(), "signed": 0}));
+            continue;
+        };
+        let unsigned = messages.len() - signed.len();
+        out.line(format!(
+            "stream {i}: {} signed {} messages {}..{} of its stream, chained in order ({} request(s) kept{})",
+            bank_name(g, first.bank),
+            s.method,
+            first.stream_sequence,
+            last.stream_sequence,
+            s.requests.len(),
+            if unsigned > 0 { format!(", {unsigned} message(s) unsigned") } else { String::new() }
+        ));
+        for (j, st) in messages.iter().enumerate().filter_map(|(j, m)| Some((j, m.statement.as_ref()?))) {
+            out.line(format!(
+                "  message {j}: sequence {} at revision {} (applied block {}, certified block {})",
+                st.stream_sequence, st.revision, st.applied_height, st.certified_height
+            ));
+        }
+        checked.push(json!({"method": s.method, "bank": bank_name(g, first.bank), "messages": messages.len(), "signed": signed.len(),
+            "first_sequence": first.stream_sequence, "last_sequence": last.stream_sequence,
+            "revisions": signed.iter().map(|st| st.revision).collect::<Vec<_>>()}));
+    }
+    Ok(checked)
+}
+
 /// Checks saved signed answers (an evidence file from `get`); when answers to the same request
 /// differ, says which bank contradicts the f + 1 that agree.
 pub fn response(out: &mut Out, path: PathBuf, genesis: PathBuf) -> Result<(), String> {
@@ -213,7 +247,7 @@ pub fn response(out: &mut Out, path: PathBuf, genesis: PathBuf) -> Result<(), St
     let crypto = ChainCrypto::verifier(&g).map_err(|e| format!("{}: {e}", genesis.display()))?;
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file = AnswerEvidence::decode(bytes.as_slice()).map_err(|e| format!("{}: not a file of signed answers: {e}", path.display()))?;
-    if file.answers.is_empty() {
+    if file.answers.is_empty() && file.streams.is_empty() {
         return Err(format!("{}: no answers in it", path.display()));
     }
     let mut checked = Vec::new();
@@ -234,6 +268,8 @@ pub fn response(out: &mut Out, path: PathBuf, genesis: PathBuf) -> Result<(), St
         by_request.entry((st.request_digest.clone(), st.revision)).or_default().push((r.clone(), st));
     }
     out.set("answers", checked);
+    let kept = streams(out, &crypto, &g, &file, &path)?;
+    out.set("streams", kept);
     let mut contradicted = Vec::new();
     for answers in by_request.values().filter(|a| a.len() > 1 && a[0].1.method == RANGE) {
         let (truth, liars, _) = judge(&g, answers);

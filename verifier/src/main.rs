@@ -106,8 +106,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         evidence: Option<PathBuf>,
     },
-    /// Check saved signed answers (an evidence file of `get`) against the genesis keys, and say
-    /// which bank they prove contradicted the others.
+    /// Check saved signed answers (an evidence file of `get`, or kept Watch and LeaseKeepAlive
+    /// streams) against the genesis keys, and say which bank they prove contradicted the
+    /// others; a kept stream's messages must chain in order.
     Response {
         path: PathBuf,
         #[arg(long, value_name = "FILE")]
