@@ -298,6 +298,25 @@ async fn cost_of_signing_a_watch() {
             eprintln!("round {round}, bank {} ({label}): {events} events in {messages} messages, {bytes} bytes, {:?}", bank + 1, began.elapsed());
         }
     }
+    // Many small messages: 2,000 watches created on one stream, one answer each.
+    for round in 0..2 {
+        for (bank, label) in [(0, "signing"), (3, "not signing")] {
+            let (tx, mut inbound) = open(&endpoints[bank], WATCH).await;
+            let began = Instant::now();
+            let sender = tokio::spawn(async move {
+                for i in 0..2000 {
+                    tx.send(create(format!("many/{i}").as_bytes(), b"", 0)).await.unwrap();
+                }
+                tx
+            });
+            let mut bytes = 0;
+            for _ in 0..2000 {
+                bytes += next(&mut inbound).await.len();
+            }
+            let _tx = sender.await.unwrap();
+            eprintln!("round {round}, bank {} ({label}): 2000 created answers, {bytes} bytes, {:?}", bank + 1, began.elapsed());
+        }
+    }
     // Live: one watch per bank while writes arrive one at a time.
     let (tx0, mut in0) = open(&endpoints[0], WATCH).await;
     let (tx3, mut in3) = open(&endpoints[3], WATCH).await;
