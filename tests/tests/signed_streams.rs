@@ -184,6 +184,28 @@ async fn every_watch_message_is_signed_chained_and_proves_its_events_offline() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("another response"), "{}", text(&refused));
 
+    // `bftcd-verify watch` keeps a stream itself: from revision 1, the creation and the events,
+    // for 5 s.
+    let file = dir.join("kept.pb");
+    let out = verify_cli(&[
+        "watch".into(),
+        "s/".into(),
+        "--prefix".into(),
+        "--rev=1".into(),
+        format!("--endpoint={}", endpoints[2]),
+        format!("--genesis={}", chain.genesis.display()),
+        format!("--out={}", file.display()),
+        "--messages=10".into(),
+        "--seconds=5".into(),
+    ]);
+    eprintln!("bftcd-verify watch:\n{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bank3 signed message 1: revision") && stdout.contains(": PUT s/k2=value-2 at revision"), "{}", text(&out));
+    assert!(stdout.contains("DELETE s/k0="), "{}", text(&out));
+    let check = verify_cli(&["response".into(), file.display().to_string(), format!("--genesis={}", chain.genesis.display())]);
+    assert!(check.status.success(), "{}", text(&check));
+
     // A bank run with --sign-answers=false sends etcd's messages as they are.
     let (tx, mut inbound) = open(&endpoints[3], WATCH).await;
     tx.send(create(b"s/", b"s0", 1)).await.unwrap();

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bftcd_proto::bftcd::{AnswerEvidence, AnswerRecord, AnswerSignature, AnswerStatement, Genesis};
-use bftcd_proto::etcdserverpb::{RangeRequest, RangeResponse};
+use bftcd_proto::bftcd::{AnswerEvidence, AnswerRecord, AnswerSignature, AnswerStatement, AnswerStream, Genesis};
+use bftcd_proto::etcdserverpb::watch_request::RequestUnion;
+use bftcd_proto::etcdserverpb::{RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse};
 use bftcd_proto::Message;
 use bftcd_sequencer::keys::ChainCrypto;
 use bytes::{Buf, BufMut, Bytes};
@@ -54,6 +55,97 @@ impl Decoder for Raw {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
+}
+
+async fn channel(endpoint: &str) -> Result<tonic::client::Grpc<tonic::transport::Channel>, Status> {
+    let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot connect: {e}")))?;
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(512 << 20);
+    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(grpc)
+}
+
+pub struct WatchArgs {
+    pub key: String,
+    pub prefix: bool,
+    pub rev: i64,
+    pub endpoint: String,
+    pub genesis: PathBuf,
+    pub file: PathBuf,
+    pub messages: usize,
+    pub seconds: u64,
+}
+
+/// Keeps a watch stream as it arrives, checking it message by message; the stream is written
+/// whatever happens, so that what was received stays as evidence.
+pub fn watch(out: &mut Out, a: WatchArgs) -> Result<(), String> {
+    const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    let g = crate::genesis::read(&a.genesis)?;
+    let crypto = ChainCrypto::verifier(&g).map_err(|e| format!("{}: {e}", a.genesis.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let create = WatchCreateRequest {
+        key: a.key.clone().into_bytes(),
+        range_end: if a.prefix { prefix_end(a.key.as_bytes()) } else { vec![] },
+        start_revision: a.rev,
+        prev_kv: true,
+        ..Default::default()
+    };
+    let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }.encode_to_vec();
+    let mut kept = AnswerStream { endpoint: a.endpoint.clone(), method: WATCH.into(), requests: vec![request.clone()], responses: vec![] };
+    let received = runtime.block_on(async {
+        let mut grpc = channel(&a.endpoint).await?;
+        // The request stream stays open (a closed one may end the watch) until we stop reading.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        tx.send(Bytes::from(request)).await.map_err(|_| Status::internal("request not sent"))?;
+        let outbound = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let path = http::uri::PathAndQuery::from_static(WATCH);
+        let mut inbound = grpc.streaming(tonic::Request::new(outbound), path, Raw).await?.into_inner();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.seconds);
+        while kept.responses.len() < a.messages {
+            match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Err(_) | Ok(Ok(None)) => break,
+                Ok(Ok(Some(m))) => kept.responses.push(m.to_vec()),
+                Ok(Err(s)) => return Err(s),
+            }
+        }
+        drop(tx);
+        Ok(())
+    });
+    std::fs::write(&a.file, AnswerEvidence { answers: vec![], streams: vec![kept.clone()] }.encode_to_vec()).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    out.set("out", a.file.display().to_string());
+    out.set("messages", kept.responses.len());
+    if let Err(s) = received {
+        return Err(format!("{}: {} (the {} message(s) received are kept in {})", a.endpoint, s.message(), kept.responses.len(), a.file.display()));
+    }
+    let checked = bftcd_sequencer::answer::verify_stream(&crypto, &g.chain_id, g.epoch, &kept).map_err(|why| format!("{}: {why} (kept in {})", a.endpoint, a.file.display()))?;
+    let mut events = Vec::new();
+    for m in &checked {
+        let r = WatchResponse::decode(m.response.as_slice()).map_err(|e| format!("not a watch response: {e}"))?;
+        let signed = match &m.statement {
+            Some(st) => format!("{} signed message {}", bank_name(&g, st.bank), st.stream_sequence),
+            None => "UNSIGNED".to_string(),
+        };
+        let revision = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
+        if r.events.is_empty() {
+            out.line(format!("{signed}: revision {revision}, no events{}", if r.created { " (created)" } else { "" }));
+        }
+        for e in &r.events {
+            let kind = if e.r#type == 1 { "DELETE" } else { "PUT" };
+            let (key, value, mod_rev) = e.kv.as_ref().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision)).unwrap_or_default();
+            out.line(format!("{signed}: {kind} {key}={value} at revision {mod_rev}"));
+            events.push(json!({"type": kind, "key": key, "value": value, "mod_revision": mod_rev, "signed": m.statement.is_some()}));
+        }
+    }
+    out.set("events", events);
+    let unsigned = checked.iter().filter(|m| m.statement.is_none()).count();
+    out.line(format!("{} message(s) kept in {}, {} unsigned; every signature verifies and the messages chain", checked.len(), a.file.display(), unsigned));
+    out.set("unsigned", unsigned);
+    Ok(())
 }
 
 /// One Range at one bank: the response bytes and the signature from its trailer.

@@ -114,6 +114,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
     },
+    /// Watch a key (or a prefix) at one bank, check every message's signature and chaining as it
+    /// arrives, print the events, and keep the stream in a file `response` checks offline.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Watch from this revision (default: from now).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// The bank's client endpoint (host:port or http://host:port).
+        #[arg(long)]
+        endpoint: String,
+        /// The `bftcd genesis` file whose banks' keys sign the messages.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        /// Where to keep the stream (an `AnswerEvidence` with one stream).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Stop after this many messages (the watch's creation counts as one).
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// Stop after this many seconds in any case.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Check a genesis file's keys and print its hash, chain id, epoch and validators.
     Genesis {
         /// A `bftcd genesis` file.
@@ -130,6 +155,7 @@ impl Command {
             Command::Checkpoints { .. } => "checkpoints",
             Command::Get { .. } => "get",
             Command::Response { .. } => "response",
+            Command::Watch { .. } => "watch",
         }
     }
 }
@@ -203,6 +229,9 @@ fn main() -> ExitCode {
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
         Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
         Command::Response { path, genesis } => answers::response(&mut out, path, genesis),
+        Command::Watch { key, prefix, rev, endpoint, genesis, out: file, messages, seconds } => {
+            answers::watch(&mut out, answers::WatchArgs { key, prefix, rev, endpoint, genesis, file, messages, seconds })
+        }
     };
     if cli.json {
         let mut object = Map::new();
