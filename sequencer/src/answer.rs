@@ -339,6 +339,26 @@ mod tests {
     }
 
     #[test]
+    fn every_flipped_or_cut_byte_is_refused_or_reads_as_unsigned_without_panicking() {
+        let crypto = SimCrypto { me: 0, n: 4 };
+        let s = stream(2, &requests(), &[]);
+        for len in 0..s.responses[1].len() {
+            let mut cut = s.clone();
+            cut.responses[1].truncate(len);
+            if let Ok(checked) = verify_stream(&crypto, "c", 1, &cut) {
+                assert!(checked[1].statement.is_none(), "cut to {len} bytes and still signed");
+            }
+        }
+        for at in 0..s.responses[1].len() {
+            let mut flipped = s.clone();
+            flipped.responses[1][at] ^= 0xff;
+            if let Ok(checked) = verify_stream(&crypto, "c", 1, &flipped) {
+                assert!(checked[1].statement.is_none(), "byte {at} flipped and still signed");
+            }
+        }
+    }
+
+    #[test]
     fn splitting_refuses_malformed_messages_without_panicking() {
         assert!(split_stream_message(&[0xff]).is_err());
         assert!(split_stream_message(&[0x0a, 0x05, 1]).is_err());
