@@ -96,8 +96,9 @@ pub struct ServeArgs {
     /// fixes it in `bftcd genesis`): `batched` or `exact`. See docs/operations.md.
     #[arg(long, value_enum, default_value = "batched")]
     pub apply_mode: ApplyMode,
-    /// Sign every unary KV and Lease answer (gRPC trailer `bftcd-answer-bin`; stock clients
-    /// ignore it): `--sign-answers=false` turns it off. Needs a multi-bank chain (the bank's
+    /// Sign every unary KV and Lease answer (gRPC trailer `bftcd-answer-bin`) and every Watch
+    /// and LeaseKeepAlive message (protobuf field 1000); stock clients ignore both:
+    /// `--sign-answers=false` turns it off. Needs a multi-bank chain (the bank's
     /// operation key signs). See docs/auditing.md, "Signed answers".
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub sign_answers: bool,

@@ -64,7 +64,13 @@ impl Chain {
         let names: Vec<&str> = banks.iter().map(|s| s.as_str()).collect();
         let clients: Vec<&str> = std::iter::once("admin").chain(names.iter().copied()).collect();
         let certs = ClientCerts::make(&dir.join("clients"), &clients, &names);
-        Self::start_inner(dir, n, Vec::new(), "", false, Some(certs), &[])
+        Self::start_inner(dir, n, Vec::new(), "", false, Some(certs), &[], BANK_ETCD_ARGS)
+    }
+
+    /// A chain whose etcds run with these arguments instead of [`BANK_ETCD_ARGS`] (e.g. a short
+    /// progress notify interval).
+    pub fn start_with_etcd_args(dir: &TestDir, n: usize, etcd_args: &[&str]) -> Chain {
+        Self::start_inner(dir, n, Vec::new(), "", false, None, &[], etcd_args)
     }
 
     /// Several banks run by other binaries (at most one [`Deviant`] per bank), e.g. every bank
@@ -87,9 +93,10 @@ impl Chain {
     }
 
     fn start_prefixed(dir: &TestDir, n: usize, deviants: Vec<Deviant>, prefix: &str, account_cpu: bool, genesis_args: &[&str]) -> Chain {
-        Self::start_inner(dir, n, deviants, prefix, account_cpu, None, genesis_args)
+        Self::start_inner(dir, n, deviants, prefix, account_cpu, None, genesis_args, BANK_ETCD_ARGS)
     }
 
+    #[allow(clippy::too_many_arguments)] // private; each public constructor fixes most of them
     fn start_inner(
         dir: &TestDir,
         n: usize,
@@ -98,6 +105,7 @@ impl Chain {
         account_cpu: bool,
         client_certs: Option<ClientCerts>,
         genesis_args: &[&str],
+        etcd_args: &[&str],
     ) -> Chain {
         let client_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
@@ -122,7 +130,7 @@ impl Chain {
         let mut banks = Vec::new();
         for i in 0..n {
             let name = format!("{prefix}bank{}", i + 1);
-            let etcd = EtcdProcess::start_with_args(dir, &format!("{name}-etcd"), BANK_ETCD_ARGS);
+            let etcd = EtcdProcess::start_with_args(dir, &format!("{name}-etcd"), etcd_args);
             let mut extra = vec![
                 format!("--genesis={}", genesis.display()),
                 format!("--keys={}", dir.join(format!("{prefix}keys/bank{}", i + 1)).display()),

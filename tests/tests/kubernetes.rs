@@ -360,3 +360,18 @@ async fn kubernetes_storage_patterns_over_client_tls() {
         assert_eq!(a, b, "step {i} differs between stock etcd (left) and bftcd over TLS (right)");
     }
 }
+
+/// The same script through one bank of four, which signs its answers and every Watch and
+/// LeaseKeepAlive message (field 1000): what kube-apiserver's client decodes is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_storage_patterns_through_a_signing_bank() {
+    let dir = TestDir::new("kubernetes-signed");
+    let stock = EtcdProcess::start_with_args(&dir, "stock", ETCD_ARGS);
+    let chain = bftcd_tests::Chain::start_with_etcd_args(&dir, 4, BANK_ETCD_ARGS);
+    let reference = script(plaintext(&stock.endpoint()).await).await;
+    let subject = script(plaintext(&chain.endpoints()[1]).await).await;
+    assert_eq!(reference.len(), subject.len());
+    for (i, (a, b)) in reference.iter().zip(&subject).enumerate() {
+        assert_eq!(a, b, "step {i} differs between stock etcd (left) and a signing bank of four (right)");
+    }
+}

@@ -134,8 +134,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         evidence: Option<PathBuf>,
     },
-    /// Check saved signed answers (an evidence file of `get`) against the genesis keys, and say
-    /// which bank they prove contradicted the others.
+    /// Check saved signed answers (an evidence file of `get`, or kept Watch and LeaseKeepAlive
+    /// streams) against the genesis keys, and say which bank they prove contradicted the
+    /// others; a kept stream's messages must chain in order.
     Response {
         path: PathBuf,
         #[arg(long, value_name = "FILE")]
@@ -150,6 +151,31 @@ enum Command {
         /// The `bftcd genesis` file whose banks' keys made the signatures.
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
+    },
+    /// Watch a key (or a prefix) at one bank, check every message's signature and chaining as it
+    /// arrives, print the events, and keep the stream in a file `response` checks offline.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Watch from this revision (default: from now).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// The bank's client endpoint (host:port or http://host:port).
+        #[arg(long)]
+        endpoint: String,
+        /// The `bftcd genesis` file whose banks' keys sign the messages.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        /// Where to keep the stream (an `AnswerEvidence` with one stream).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Stop after this many messages (the watch's creation counts as one).
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// Stop after this many seconds in any case.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Check a genesis file's keys and print its hash, chain id, epoch and validators.
     Genesis {
@@ -169,6 +195,7 @@ impl Command {
             Command::Get { .. } => "get",
             Command::Response { .. } => "response",
             Command::Evidence { .. } => "evidence",
+            Command::Watch { .. } => "watch",
         }
     }
 }
@@ -246,6 +273,9 @@ fn main() -> ExitCode {
         Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
         Command::Response { path, genesis } => answers::response(&mut out, path, genesis),
         Command::Evidence { paths, genesis } => evidence::command(&mut out, paths, genesis),
+        Command::Watch { key, prefix, rev, endpoint, genesis, out: file, messages, seconds } => {
+            answers::watch(&mut out, answers::WatchArgs { key, prefix, rev, endpoint, genesis, file, messages, seconds })
+        }
     };
     if cli.json {
         let mut object = Map::new();

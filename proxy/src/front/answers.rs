@@ -8,7 +8,13 @@
 //! signs the Merkle root of the batch once, and hands each answer its path. Under load that is
 //! one signature for many answers; alone, one signature per answer.
 //!
-//! Streams (Watch, LeaseKeepAlive) and errors are not signed in this version.
+//! Streams (Watch, LeaseKeepAlive) are signed message by message: each response message gets its
+//! `AnswerSignature` appended as protobuf field 1000, which etcd's messages do not use and every
+//! decoder skips, so no stock client sees a difference. Their statements chain (sequence number,
+//! previous statement's hash) so that a kept stream proves what the bank sent and in which order
+//! ([`bftcd_sequencer::answer::verify_stream`]). Done here on the gRPC frames: appending a field
+//! is appending bytes and fixing the frame's length, with no decoding or re-encoding. Errors are
+//! not signed.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +24,15 @@ use std::task::{Context, Poll};
 use base64::Engine;
 use bftcd_proto::bftcd::{AnswerSignature, AnswerStatement};
 use bftcd_proto::Message;
+use bftcd_sequencer::answer;
 use bftcd_sequencer::consensus::Crypto;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tonic::body::Body;
+
+mod stream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -164,6 +173,9 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path().to_owned();
+        if let Some(signer) = SIGNER.get().filter(|_| answer::STREAM_METHODS.contains(&path.as_str())) {
+            return stream::call(&mut self.0, signer, path, request);
+        }
         let Some(signer) = SIGNER.get().filter(|_| SIGNED.contains(&path.as_str())) else {
             let answer = self.0.call(request);
             return Box::pin(async move { Ok(answer.await?.map(Body::new)) });
@@ -228,6 +240,7 @@ where
                     certified_height,
                     certified_digest,
                     applied_height: APPLIED.load(Ordering::Relaxed),
+                    ..Default::default()
                 };
                 let (tx, rx) = oneshot::channel();
                 if signer.queue.try_send((statement, tx)).is_ok() {
