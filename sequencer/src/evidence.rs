@@ -1,8 +1,9 @@
 //! Evidence of equivocation: a validator's two signatures over conflicting messages for one view.
 //!
-//! An honest validator proposes at most one block per view (it persists its vote for its own
-//! block before the proposal leaves, so not even a crash makes it propose twice) and votes at most
-//! once per view ([`crate::consensus::SafetyRules`]). So two signed proposals, or two votes, of one
+//! An honest validator proposes at most one block per view (a proposal leaves only once a vote or
+//! timeout of its in that view or the one before is on disk, and after a restart it proposes in
+//! neither: not even a crash makes it propose twice) and votes at most once per view
+//! ([`crate::consensus::SafetyRules`]). So two signed proposals, or two votes, of one
 //! validator for one view prove that it is Byzantine, to anyone holding the genesis keys: the
 //! [`Evidence`] is self-contained. Banks keep it, send it to each other, and commit it into the
 //! ledger (`Block.evidence`); `bftcd-verify evidence` checks it offline.

@@ -597,8 +597,8 @@ impl Driver {
 
     /// Acts on one step's outputs. What the step asked to make durable is written in one write;
     /// a message the core decided before any of it leaves at once, every later one only after the
-    /// write (a leader's proposal comes after its own vote's state, so it waits: see
-    /// [`crate::evidence`]): a message may leave later than the core decided it, never before
+    /// write (a leader's proposal usually comes first, unless it has to wait for its own vote:
+    /// see `Core::try_propose`): a message may leave later than the core decided it, never before
     /// the state it depends on is on disk.
     async fn carry_out(
         &mut self,

@@ -434,7 +434,9 @@ impl Core {
             gave_up: vec![0; n],
             mempool,
             recent: r,
-            proposed_view: last_voted,
+            // Never in the view after its last vote or timeout: it may have proposed there before
+            // the crash without anything on disk saying so (see `try_propose`).
+            proposed_view: if last_voted > 0 { last_voted.saturating_add(1) } else { 0 },
             timed_out_view: 0,
             my_timeout: None,
             deadline: 0,
@@ -1229,14 +1231,26 @@ impl Core {
         let hash = block_hash(&head);
         let signature = self.crypto.sign_operation(&self.cfg.domain.proposal_bytes(view, &hash));
         let p = Proposal { block: Some(block), tc, signature };
+        // A validator must never sign two proposals for one view, not even across a crash (that
+        // would be evidence against an honest bank). Usually its vote or timeout in the view
+        // before is on disk already (or will be before anything after it leaves): after a
+        // restart it never proposes in the view after its last one (`Core::new`), so the
+        // proposal leaves at once. Otherwise (view 1, a view reached by others' certificates
+        // alone) it leaves only after this validator's vote for it is durable: the vote's
+        // `Persist` comes first, and the runtime writes it before acting on anything after it.
+        let last = self.safety.state().last_voted_view;
+        let reserved = last > 0 && last.saturating_add(1) >= view;
         let start = self.out.len();
         self.on_proposal_hashed(self.cfg.me, p.clone(), Some((head, hash)));
-        // The proposal leaves only after this validator's vote for it is durable (the vote's
-        // `Persist` comes first, and the runtime writes it before acting on anything after it):
-        // after a crash it knows it voted in this view, so it never signs a second proposal for
-        // it, which would be evidence against an honest bank. Without that vote, nothing leaves.
-        let Some(at) = self.out[start..].iter().position(|o| matches!(o, Output::Persist(_))) else { return };
-        self.out.insert(start + at + 1, Output::Broadcast(msg(Kind::Proposal(p))));
+        let at = if reserved {
+            Some(start)
+        } else {
+            self.out[start..].iter().position(|o| matches!(o, Output::Persist(_))).map(|at| start + at + 1)
+        };
+        // Without a vote of its own for it (refused by its safety rules), nothing leaves.
+        if let Some(at) = at.filter(|_| self.safety.state().last_voted_view >= view) {
+            self.out.insert(at, Output::Broadcast(msg(Kind::Proposal(p))));
+        }
     }
 
     /// Keys of the evidence in the blocks above the committed tip on the chain ending at `from`.

@@ -1131,3 +1131,33 @@ fn a_leader_sends_its_proposal_only_after_asking_to_persist_its_vote_for_it() {
         .expect("proposes");
     assert!(persist < proposal, "{out:?}");
 }
+
+#[test]
+fn after_voting_in_the_view_before_a_leader_proposes_at_once_and_never_again_after_a_restart() {
+    let op = signed_op(3, b"v");
+    let PeerMessage { kind: Some(Kind::Proposal(p1)) } = proposal_carrying(&op) else { unreachable!() };
+    let b1 = p1.block.clone().unwrap();
+    let leader2 = core(0).leader(2);
+    let run = |replica: &mut Core| {
+        replica.handle(NOW, Input::Message { from: 3, msg: submit(&op) }, &NoLog);
+        replica.handle(NOW, Input::Message { from: 1, msg: PeerMessage { kind: Some(Kind::Proposal(p1.clone())) } }, &NoLog);
+        let mut out = Vec::new();
+        for v in (0..N).filter(|v| *v != leader2) {
+            out.extend(replica.handle(NOW, Input::Message { from: v, msg: vote_for(&b1, v, p1.signature.clone()) }, &NoLog));
+        }
+        out
+    };
+    let is_proposal = |o: &Output| matches!(o, Output::Broadcast(PeerMessage { kind: Some(Kind::Proposal(_)) }));
+    let mut replica = core(leader2);
+    let out = run(&mut replica);
+    let proposal = out.iter().position(is_proposal).unwrap_or_else(|| panic!("the leader of view 2 ({leader2}) proposes: view {} {out:?}", replica.view()));
+    let persist = out.iter().position(|o| matches!(o, Output::Persist(_))).expect("and votes for its block");
+    assert!(proposal < persist, "its vote in view 1 is on disk: the proposal need not wait: {out:?}");
+    // Crashed after that proposal left, before its vote in view 2 was on disk: back with the
+    // state of view 1, it must not sign another block for view 2.
+    let cfg = Config::new(leader2, domain(), GENESIS);
+    let state = SafetyState { last_voted_view: 1, locked_view: 0 };
+    let mut restarted = Core::new(cfg, Box::new(SimCrypto { me: leader2, n: N }), SafetyRules::new(state), 1, None, vec![b1.clone()], vec![]);
+    let out = run(&mut restarted);
+    assert!(restarted.view() >= 2 && !out.iter().any(is_proposal), "{out:?}");
+}
