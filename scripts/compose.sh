@@ -13,7 +13,7 @@
 #
 # Environment:
 #   BFTCD_COMPOSE_PROFILE  release (default) or debug: which cargo build the images take
-#   BFTCD_COMPOSE_BIN_DIR  take bftcd from this directory and skip cargo (the test passes target/debug)
+#   BFTCD_COMPOSE_BIN      take this bftcd binary and skip cargo (the test passes target/debug/bftcd)
 #   BFTCD_IMAGE, BFTCD_ETCD_IMAGE  image names (default bftcd:local, bftcd-etcd:3.5.16)
 #   COMPOSE_PROJECT_NAME and the port variables of docker-compose.yml pass through to compose.
 set -euo pipefail
@@ -107,9 +107,9 @@ image() {
 }
 
 build() {
-  local bin_dir
-  if [ -n "${BFTCD_COMPOSE_BIN_DIR:-}" ]; then
-    bin_dir=$BFTCD_COMPOSE_BIN_DIR
+  local bin
+  if [ -n "${BFTCD_COMPOSE_BIN:-}" ]; then
+    bin=$BFTCD_COMPOSE_BIN
   else
     echo "compose: building bftcd ($profile)" >&2
     if [ "$profile" = release ]; then
@@ -117,9 +117,9 @@ build() {
     else
       cargo build -p bftcd-proxy --bin bftcd --quiet
     fi
-    bin_dir=$root/target/$profile
+    bin=$root/target/$profile/bftcd
   fi
-  [ -x "$bin_dir/bftcd" ] || { echo "compose: no bftcd in $bin_dir" >&2; exit 1; }
+  [ -x "$bin" ] || { echo "compose: $bin is not an executable" >&2; exit 1; }
   [ -x "$root/tools/bin/etcd" ] || ./scripts/setup.sh >&2
 
   local stage=$root/target/compose-context
@@ -140,7 +140,7 @@ build() {
   # The sidecar, with the ceremony script (docker/ceremony.sh) and the ceremony's mount points.
   ctx=$stage/bftcd
   base_rootfs "$ctx"
-  add_binary "$bin_dir/bftcd" "$ctx/rootfs" /usr/local/bin/bftcd
+  add_binary "$bin" "$ctx/rootfs" /usr/local/bin/bftcd
   mkdir -p "$ctx/rootfs/usr/local/share/bftcd"
   cp "$root/docker/ceremony.sh" "$ctx/rootfs/usr/local/share/bftcd/ceremony.sh"
   mkdir -p "$ctx/owned/var/lib/bftcd" "$ctx/owned/tmp" "$ctx/owned/ceremony/dealer"
