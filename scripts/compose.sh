@@ -5,6 +5,9 @@
 #   ./scripts/compose.sh up [ARGS...]     build, then `compose up -d ARGS...`
 #   ./scripts/compose.sh down [ARGS...]   `compose down ARGS...` (add -v to delete every volume: keys too)
 #   ./scripts/compose.sh compose ARGS...  any other compose command (ps, logs, ...)
+#   ./scripts/compose.sh prometheus       build bftcd-prometheus:local from Debian's prometheus
+#                                         package, for the `monitoring` profile (Grafana is not
+#                                         packaged by Debian: its image must come from elsewhere)
 #
 # Images are built FROM scratch out of a staged context (no base image is pulled): bftcd and
 # stock etcd exactly as on a host, the shared libraries `ldd` lists for them, and Debian's
@@ -154,6 +157,26 @@ build() {
   docker image prune -f --filter label=org.bftcd.image=1 >/dev/null
 }
 
+# Prometheus as Debian packages it (the server binary only: its web console's JavaScript
+# libraries are left out; the API Grafana queries is complete).
+prometheus() {
+  local ctx=$root/target/compose-context/prometheus work
+  rm -rf "$ctx"
+  base_rootfs "$ctx"
+  work=$(mktemp -d)
+  chmod 777 "$work" # apt drops to user _apt for downloads
+  echo "compose: downloading prometheus from Debian" >&2
+  (cd "$work" && apt-get download -qq prometheus >&2)
+  dpkg -x "$work"/prometheus_*.deb "$work/pkg"
+  add_binary "$work/pkg/usr/bin/prometheus" "$ctx/rootfs" /usr/local/bin/prometheus
+  rm -rf "$work"
+  mkdir -p "$ctx/owned/prometheus" "$ctx/owned/tmp"
+  dockerfile "$ctx" 'ENTRYPOINT ["/usr/local/bin/prometheus"]'
+  image bftcd-prometheus:local "$ctx"
+  rm -rf "$ctx"
+  echo "compose: built bftcd-prometheus:local (BFTCD_PROMETHEUS_IMAGE=bftcd-prometheus:local)" >&2
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -164,8 +187,9 @@ case "$cmd" in
     ;;
   down) compose down "$@" ;;
   compose) compose "$@" ;;
+  prometheus) prometheus ;;
   *)
-    echo "usage: $0 build | up [ARGS...] | down [ARGS...] | compose ARGS..." >&2
+    echo "usage: $0 build | up [ARGS...] | down [ARGS...] | compose ARGS... | prometheus" >&2
     exit 2
     ;;
 esac

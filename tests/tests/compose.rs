@@ -158,17 +158,31 @@ fn four_banks_in_compose() {
     eprintln!("images built and stack started in {:?}", started.elapsed());
 
     // Every bank's etcd is on a network of its own, internal, shared with its sidecar only,
-    // and publishes no port.
+    // and publishes no port. (Containers are found by their compose labels: docker-compose 1.x
+    // and the compose plugin name them differently.)
+    let project_label = format!("label=com.docker.compose.project={}", stack.project);
     for i in 1..=4 {
         let net = format!("{}_bank{i}", stack.project);
-        let out = run("docker", &["network", "inspect", &net, "--format", "{{.Internal}}{{range .Containers}} {{.Name}}{{end}}"], &[], Duration::from_secs(30));
-        let text = out.expect_success().trim().to_string();
-        let mut words: Vec<&str> = text.split(' ').collect();
-        assert_eq!(words.remove(0), "true", "network {net} is not internal: {text}");
-        words.sort();
-        let p = &stack.project;
-        assert_eq!(words, vec![format!("{p}_bank{i}-etcd_1"), format!("{p}_bank{i}_1")], "network {net}");
-        let ports = run("docker", &["port", &format!("{p}_bank{i}-etcd_1")], &[], Duration::from_secs(30));
+        let internal = run("docker", &["network", "inspect", &net, "--format", "{{.Internal}}"], &[], Duration::from_secs(30));
+        assert_eq!(internal.expect_success().trim(), "true", "network {net} is not internal");
+        let on_net = run(
+            "docker",
+            &["ps", "--filter", &project_label, "--filter", &format!("network={net}"), "--format", "{{.Label \"com.docker.compose.service\"}}"],
+            &[],
+            Duration::from_secs(30),
+        );
+        let mut services: Vec<&str> = on_net.expect_success().lines().collect();
+        services.sort();
+        assert_eq!(services, vec![format!("bank{i}"), format!("bank{i}-etcd")], "containers on {net}");
+        let etcd = run(
+            "docker",
+            &["ps", "-q", "--filter", &project_label, "--filter", &format!("label=com.docker.compose.service=bank{i}-etcd")],
+            &[],
+            Duration::from_secs(30),
+        );
+        let id = etcd.expect_success().trim().to_string();
+        assert!(!id.is_empty(), "no container for bank{i}-etcd");
+        let ports = run("docker", &["port", &id], &[], Duration::from_secs(30));
         assert_eq!(ports.expect_success().trim(), "", "bank{i}'s etcd publishes ports");
     }
 
