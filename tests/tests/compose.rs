@@ -45,6 +45,14 @@ fn docker_missing() -> Option<String> {
     None
 }
 
+/// A short tag naming this checkout (its path).
+fn checkout_tag() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    workspace_root().hash(&mut h);
+    format!("{:08x}", h.finish() as u32)
+}
+
 /// One stack under its own project name; taken down with its volumes when dropped, also when
 /// the test fails.
 struct Stack {
@@ -64,9 +72,10 @@ impl Stack {
         let mut env = vec![
             ("COMPOSE_PROJECT_NAME".to_string(), project.clone()),
             ("BFTCD_COMPOSE_BIN".to_string(), bftcd_bin().display().to_string()),
-            // Test images of their own: a developer's release images stay as they are.
-            ("BFTCD_IMAGE".to_string(), "bftcd:test".to_string()),
-            ("BFTCD_ETCD_IMAGE".to_string(), "bftcd-etcd:test".to_string()),
+            // Test images of their own, one pair per checkout: a developer's release images
+            // stay as they are, and suites of two worktrees never run each other's binary.
+            ("BFTCD_IMAGE".to_string(), format!("bftcd:test-{}", checkout_tag())),
+            ("BFTCD_ETCD_IMAGE".to_string(), format!("bftcd-etcd:test-{}", checkout_tag())),
         ];
         for i in 0..4 {
             env.push((format!("BFTCD_PORT_BANK{}", i + 1), client_ports[i].to_string()));
