@@ -30,6 +30,9 @@ export BFTCD_IMAGE=$bftcd_image BFTCD_ETCD_IMAGE=$etcd_image
 # The user every container runs as; owns the data directories inside the images (a new named
 # volume takes the owner of the directory it is mounted over).
 uid=65532
+# Staged build contexts, one per run (two builds at once must not share one); removed on exit.
+stage=$root/target/compose-context.$$
+trap 'rm -rf "$stage"' EXIT
 
 compose() {
   if command -v docker-compose >/dev/null 2>&1; then
@@ -125,8 +128,6 @@ build() {
   [ -x "$bin" ] || { echo "compose: $bin is not an executable" >&2; exit 1; }
   [ -x "$root/tools/bin/etcd" ] || ./scripts/setup.sh >&2
 
-  local stage=$root/target/compose-context
-  rm -rf "$stage"
   mkdir -p "$stage"
 
   # Stock etcd, as Debian ships it; etcdctl for its health check and for operators.
@@ -152,7 +153,6 @@ build() {
   dockerfile "$ctx" 'ENTRYPOINT ["/usr/local/bin/bftcd"]'
   image "$bftcd_image" "$ctx"
   echo "compose: built $bftcd_image" >&2
-  rm -rf "$stage"
   # Earlier builds of these images, now untagged: ours only (by label), never in use.
   docker image prune -f --filter label=org.bftcd.image=1 >/dev/null
 }
@@ -160,8 +160,7 @@ build() {
 # Prometheus as Debian packages it (the server binary only: its web console's JavaScript
 # libraries are left out; the API Grafana queries is complete).
 prometheus() {
-  local ctx=$root/target/compose-context/prometheus work
-  rm -rf "$ctx"
+  local ctx=$stage/prometheus work
   base_rootfs "$ctx"
   work=$(mktemp -d)
   chmod 777 "$work" # apt drops to user _apt for downloads
@@ -173,7 +172,6 @@ prometheus() {
   mkdir -p "$ctx/owned/prometheus" "$ctx/owned/tmp"
   dockerfile "$ctx" 'ENTRYPOINT ["/usr/local/bin/prometheus"]'
   image bftcd-prometheus:local "$ctx"
-  rm -rf "$ctx"
   echo "compose: built bftcd-prometheus:local (BFTCD_PROMETHEUS_IMAGE=bftcd-prometheus:local)" >&2
 }
 
