@@ -281,7 +281,7 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
                 // Every --progress-every blocks, and at least every 2 s: a slow etcd still shows life.
                 let crossed = args.progress_every > 0 && h / args.progress_every > shown / args.progress_every;
                 if crossed || last_report.elapsed() >= PROGRESS_INTERVAL {
-                    let percent = if to == 0 { 100 } else { h.saturating_mul(100) / to };
+                    let percent = h.saturating_mul(100).checked_div(to).unwrap_or(100);
                     tracing::info!(height = h, to, percent, "replay: block {h} of {to} applied, {percent} % ({:.0} s)", started.elapsed().as_secs_f64());
                     last_report = Instant::now();
                 }

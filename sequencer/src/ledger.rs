@@ -76,7 +76,8 @@ impl<'a> ScanProgress<'a> {
 
     fn at(&mut self, blocks: u64, offset: u64) {
         self.calls = self.calls.wrapping_add(1);
-        if self.calls % 256 != 0 || self.last.elapsed() < Self::EVERY {
+        // The clock is read once every 256 records.
+        if self.calls & 255 != 0 || self.last.elapsed() < Self::EVERY {
             return;
         }
         self.last = std::time::Instant::now();
@@ -104,12 +105,11 @@ impl<'a> ScanProgress<'a> {
 /// 12345 -> "12,345".
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    let (first, rest) = digits.split_at((digits.len() - 1) % 3 + 1);
+    let mut out = first.to_string();
+    for group in rest.as_bytes().chunks(3) {
+        out.push(',');
+        out.extend(group.iter().map(|&b| b as char));
     }
     out
 }

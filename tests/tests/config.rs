@@ -177,3 +177,71 @@ fn a_wrong_key_or_value_in_the_config_file_stops_the_sidecar_saying_which() {
         "the sidecar started before refusing its config"
     );
 }
+
+/// A child dev-cluster, killed (with its sidecars, which die with it) if the test fails.
+struct DevCluster(std::process::Child);
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        bftcd_tests::process::kill_and_wait(&mut self.0);
+    }
+}
+
+/// dev-cluster read from a config file, with variables of `serve` set around it: its sidecars
+/// get neither (a leaked BFTCD_WRITE_TIMEOUT=soon would stop them), and do get its log format.
+#[test]
+fn dev_cluster_configured_by_a_file_keeps_its_configuration_from_its_sidecars() {
+    let dir = TestDir::new("config-dev-cluster");
+    // One bank: clients at base+1, its etcd at base+101 and base+201.
+    let base = (0..200)
+        .map(|_| free_port().saturating_sub(301))
+        .find(|b| {
+            *b > 1024
+                && [b + 1, b + 101, b + 201]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        })
+        .expect("a free port range");
+    let cluster = dir.join("cluster");
+    let file = dir.join("dev-cluster.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "banks: 1\nbase-port: {base}\ndir: {}\nlog-format: json\n",
+            cluster.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bftcd_bin());
+    cmd.arg("dev-cluster")
+        .env("BFTCD_CONFIG_FILE", &file)
+        .env("BFTCD_WRITE_TIMEOUT", "soon")
+        .env("BFTCD_NAME", "not-a-bank")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dev-cluster.log")).unwrap());
+    let mut child = DevCluster(bftcd_tests::process::spawn(cmd).unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_else(|| {
+        panic!(
+            "no READY line; dev-cluster log:\n{}\nbank1 log:\n{}",
+            bftcd_tests::log_tail(&dir.join("dev-cluster.log"), 30),
+            bftcd_tests::log_tail(&cluster.join("bank1/bftcd.log"), 30)
+        )
+    });
+    assert_eq!(ready, format!("READY 127.0.0.1:{}", base + 1));
+    let ctl = Etcdctl::new(format!("127.0.0.1:{}", base + 1));
+    ctl.put("k", "v");
+    assert_eq!(ctl.get_value("k").as_deref(), Some("v"));
+    let sidecar_log = std::fs::read_to_string(cluster.join("bank1/bftcd.log")).unwrap();
+    assert!(
+        !sidecar_log.is_empty() && sidecar_log.lines().all(|l| l.starts_with('{')),
+        "the sidecar did not log JSON as dev-cluster does:\n{sidecar_log}"
+    );
+    bftcd_tests::process::signal(&mut child.0, libc::SIGTERM);
+    let status = bftcd_tests::process::wait_timeout(&mut child.0, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "dev-cluster did not stop cleanly: {status:?}"
+    );
+}
