@@ -244,8 +244,9 @@ fn parse_with_prefix<T: CommandFactory + FromArgMatches>(
         .try_get_matches_from(argv.clone())
         .ok();
     let mut config_file = None;
+    let mut used = Vec::new();
+    let mut path = Vec::new();
     if let Some(probe) = probe {
-        let mut path = Vec::new();
         let mut leaf: &ArgMatches = &probe;
         while let Some((name, sub)) = leaf.subcommand() {
             path.push(name.to_string());
@@ -258,13 +259,17 @@ fn parse_with_prefix<T: CommandFactory + FromArgMatches>(
             .cloned();
         if let Some(file) = file {
             let config = ConfigFile::load(&file).map_err(ParseError::Config)?;
-            cmd = apply(cmd, &path, &config, &mut notes).map_err(ParseError::Config)?;
+            (cmd, used) = apply(cmd, &path, &config, &mut notes).map_err(ParseError::Config)?;
             config_file = Some(file);
         }
     }
     let mut matches = cmd
-        .try_get_matches_from_mut(argv)
+        .try_get_matches_from_mut(argv.clone())
         .map_err(ParseError::Clap)?;
+    if let Some(file) = &config_file {
+        check_rules::<T>(prefix, argv, &matches, &path, &used)
+            .map_err(|e| ParseError::Config(format!("config file {}: {e}", file.display())))?;
+    }
     let value =
         T::from_arg_matches_mut(&mut matches).map_err(|e| ParseError::Clap(e.format(&mut cmd)))?;
     Ok(Parsed {
@@ -272,6 +277,80 @@ fn parse_with_prefix<T: CommandFactory + FromArgMatches>(
         config_file,
         notes,
     })
+}
+
+/// A flag the config file set, as the command line would give it.
+struct FromFile {
+    id: String,
+    /// How many subcommands deep its flag is (0: a global flag).
+    depth: usize,
+    tokens: Vec<String>,
+}
+
+/// clap checks rules between flags (`requires`, `conflicts_with`) only for flags given on the
+/// command line or in variables, not for defaults: so the values the config file supplied are
+/// also tried as flags after the real ones, and a broken rule is reported as the file's.
+fn check_rules<T: CommandFactory>(
+    prefix: &str,
+    mut argv: Vec<OsString>,
+    matches: &ArgMatches,
+    path: &[String],
+    used: &[FromFile],
+) -> Result<(), String> {
+    // After `--` the tokens would be positional values: nothing to check there.
+    if argv.iter().any(|a| a == "--") {
+        return Ok(());
+    }
+    let at = |depth: usize| {
+        path[..depth]
+            .iter()
+            .try_fold(matches, |m, name| m.subcommand_matches(name))
+    };
+    let from_file: Vec<&FromFile> = used
+        .iter()
+        .filter(|u| {
+            at(u.depth).and_then(|m| m.value_source(&u.id))
+                == Some(clap::parser::ValueSource::DefaultValue)
+        })
+        .collect();
+    if from_file.iter().all(|u| u.tokens.is_empty()) {
+        return Ok(());
+    }
+    // A subcommand's flags go right after its name (a parent's flag is unknown to its child);
+    // global flags at the end. A misplaced token only makes an error of another kind, ignored.
+    let mut after = vec![argv.len(); path.len() + 1];
+    let mut from = 1;
+    for (k, name) in path.iter().enumerate() {
+        if let Some(i) = argv.iter().skip(from).position(|a| a == name.as_str()) {
+            after[k + 1] = from + i + 1;
+            from += i + 1;
+        }
+    }
+    let after = &after;
+    let mut inserts: Vec<(usize, &String)> = from_file
+        .iter()
+        .flat_map(|u| {
+            u.tokens
+                .iter()
+                .map(move |t| (after[u.depth.min(path.len())], t))
+        })
+        .collect();
+    inserts.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+    for (k, t) in inserts {
+        argv.insert(k, OsString::from(t));
+    }
+    match decorate(T::command(), prefix, &mut Vec::new()).try_get_matches_from(argv) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict
+                    | clap::error::ErrorKind::MissingRequiredArgument
+            ) =>
+        {
+            Err(clap_message(&e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The id of the top level's flag `--long` (ids are the field names, which clap owns).
@@ -304,12 +383,17 @@ fn apply(
     path: &[String],
     config: &ConfigFile,
     notes: &mut Vec<String>,
-) -> Result<Command, String> {
+) -> Result<(Command, Vec<FromFile>), String> {
+    let mut used = Vec::new();
     let file = config.path.display().to_string();
     let here: Vec<&str> = path.iter().map(String::as_str).collect();
     let mut everywhere = BTreeSet::new();
     all_longs(&cmd, &mut everywhere);
-    let leaf = sub_at(&cmd, path).cloned().unwrap_or_else(|| cmd.clone());
+    // The subcommands on the path, innermost first: `govern approve` also takes `govern`'s flags.
+    let levels: Vec<(usize, Command)> = (1..=path.len())
+        .rev()
+        .filter_map(|k| sub_at(&cmd, &path[..k]).map(|c| (k, c.clone())))
+        .collect();
     let mut seen = BTreeSet::new();
     for (key, values) in &config.entries {
         if !seen.insert(key.as_str()) {
@@ -323,14 +407,13 @@ fn apply(
         let global = cmd
             .get_arguments()
             .find(|a| a.is_global_set() && a.get_long() == Some(key));
-        let own = if path.is_empty() {
-            None
-        } else {
-            leaf.get_arguments().find(|a| a.get_long() == Some(key))
-        };
-        let (arg, owner): (&Arg, &Command) = match (global, own) {
-            (Some(a), _) => (a, &cmd),
-            (None, Some(a)) if configurable(&here, key) => (a, &leaf),
+        let own = levels.iter().find_map(|(k, c)| {
+            let a = c.get_arguments().find(|a| a.get_long() == Some(key))?;
+            Some((*k, c, a))
+        });
+        let (arg, owner, depth): (&Arg, &Command, usize) = match (global, own) {
+            (Some(a), _) => (a, &cmd, 0),
+            (None, Some((k, c, a))) if configurable(&here[..k], key) => (a, c, k),
             (None, _) if everywhere.contains(key) => {
                 notes.push(format!(
                     "config file {file}: `{key}` is not a setting of `bftcd {}`; ignored",
@@ -347,15 +430,22 @@ fn apply(
         };
         let defaults = check_values(owner, arg, key, values)
             .map_err(|e| format!("config file {file}: {e}"))?;
+        let tokens = match arg.get_action() {
+            ArgAction::SetTrue if defaults == ["true"] => vec![format!("--{key}")],
+            ArgAction::SetFalse if defaults == ["false"] => vec![format!("--{key}")],
+            ArgAction::SetTrue | ArgAction::SetFalse => Vec::new(),
+            _ => defaults.iter().map(|v| format!("--{key}={v}")).collect(),
+        };
+        used.push(FromFile {
+            id: arg.get_id().to_string(),
+            depth,
+            tokens,
+        });
         let set = move |a: Arg| a.default_values(defaults.clone()).required(false);
         let id = arg.get_id().clone();
-        cmd = if global.is_some() {
-            cmd.mut_arg(id, set)
-        } else {
-            mut_at(cmd, path, move |c| c.mut_arg(id, set))
-        };
+        cmd = mut_at(cmd, &path[..depth], move |c| c.mut_arg(id, set));
     }
-    Ok(cmd)
+    Ok((cmd, used))
 }
 
 fn mut_at(cmd: Command, path: &[String], f: impl FnOnce(Command) -> Command) -> Command {
@@ -724,7 +814,7 @@ mod tests {
         );
         let file = write(
             &dir,
-            "name: a\ndata-dir: /d\nclient-cert-auth: true\nsign-answers: false\naccount-cpu: 1\n",
+            "name: a\ndata-dir: /d\nclient-cert-auth: true\nsign-answers: false\naccount-cpu: 1\nlisten-metrics-urls: http://127.0.0.1:1\n",
         );
         let a = serve(prefix, &["--config-file", &file, "serve"]).unwrap();
         assert!(a.client_cert_auth && !a.sign_answers && a.account_cpu);
@@ -766,6 +856,60 @@ mod tests {
         let p = parse_with_prefix::<Cli>(argv(&["--config-file", &file, "serve"]), prefix).unwrap();
         assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
         assert!(p.notes[0].contains("`banks`"));
+    }
+
+    #[test]
+    fn rules_between_flags_hold_for_the_config_files_values() {
+        let prefix = "BFTCDTEST_RULES_";
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "name: a\ndata-dir: /d\naccount-cpu: true\n");
+        let e = config_error(serve(prefix, &["--config-file", &file, "serve"]));
+        assert!(
+            e.contains("--listen-metrics-urls") && e.contains(&file),
+            "{e}"
+        );
+        // Satisfied from the command line, or switched off there: fine.
+        let a = serve(
+            prefix,
+            &[
+                "--config-file",
+                &file,
+                "serve",
+                "--listen-metrics-urls=http://127.0.0.1:1",
+            ],
+        )
+        .unwrap();
+        assert!(a.account_cpu);
+        let file = write(&dir, "name: a\ndata-dir: /d\naccount-cpu: false\n");
+        assert!(
+            !serve(prefix, &["--config-file", &file, "serve"])
+                .unwrap()
+                .account_cpu
+        );
+        // govern approve: --no-key-owners conflicts with --key-owner, wherever each comes from.
+        let file = write(&dir, "data-dir: /d\nkey-owner: [/a/=bank1]\n");
+        let p = parse_with_prefix::<Cli>(
+            argv(&[
+                "--config-file",
+                &file,
+                "govern",
+                "approve",
+                "--no-key-owners",
+            ]),
+            prefix,
+        );
+        match p {
+            Err(ParseError::Config(e)) => assert!(
+                e.contains("--no-key-owners") || e.contains("--key-owner"),
+                "{e}"
+            ),
+            Err(ParseError::Clap(e)) => panic!("clap error: {e}"),
+            Ok(_) => panic!("a conflict between the file and the command line passed"),
+        }
+        let p =
+            parse_with_prefix::<Cli>(argv(&["--config-file", &file, "govern", "approve"]), prefix)
+                .unwrap();
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
     }
 
     #[test]
