@@ -142,3 +142,62 @@ pub fn json_requested(argv: &[std::ffi::OsString]) -> bool {
     }
     flag.unwrap_or(env)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<std::ffi::OsString> {
+        args.iter().map(std::ffi::OsString::from).collect()
+    }
+
+    #[test]
+    fn a_failed_parse_still_knows_json_was_asked_for() {
+        assert!(json_requested(&argv(&[
+            "bftcd",
+            "serve",
+            "--log-format",
+            "json"
+        ])));
+        assert!(json_requested(&argv(&[
+            "bftcd",
+            "--log-format=JSON",
+            "serve"
+        ])));
+        assert!(!json_requested(&argv(&[
+            "bftcd",
+            "--log-format=json",
+            "serve",
+            "--log-format=text"
+        ])));
+        assert!(!json_requested(&argv(&["bftcd", "serve", "--log-format"])));
+    }
+
+    #[test]
+    fn levels_and_formats_use_etcds_names() {
+        let names: Vec<_> = [
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warn,
+            LogLevel::Error,
+        ]
+        .map(LogLevel::as_str)
+        .into();
+        assert_eq!(names, ["debug", "info", "warn", "error"]);
+        for l in [
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warn,
+            LogLevel::Error,
+        ] {
+            assert_eq!(
+                <LogLevel as clap::ValueEnum>::from_str(l.as_str(), false),
+                Ok(l)
+            );
+        }
+        assert_eq!(
+            <LogFormat as clap::ValueEnum>::from_str("json", false),
+            Ok(LogFormat::Json)
+        );
+    }
+}
