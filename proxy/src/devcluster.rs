@@ -84,7 +84,7 @@ async fn stop_all(procs: &mut [Proc]) {
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
         if tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.is_err() {
-            eprintln!("dev-cluster: {} did not stop in 10 s; killing it", p.what);
+            tracing::warn!("dev-cluster: {} did not stop in 10 s; killing it", p.what);
             let _ = p.child.kill().await;
         }
     }
@@ -129,7 +129,7 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
     let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
     let g = crate::chain::make_genesis("bftcd-dev", validators, crate::serve::ApplyMode::Batched, limits)?;
     std::fs::write(&genesis_path, g.encode_to_vec())?;
-    eprintln!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
+    tracing::info!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
     Ok(())
 }
 
@@ -185,6 +185,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         ]
     };
 
+    let mut sidecar_env = crate::config::env_names_of::<crate::Cli>("serve");
+    sidecar_env.push(crate::config::env_name("config-file"));
+
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints = Vec::new();
     let started = async {
@@ -221,8 +224,15 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
 
             let log_path = bank_dir.join("bftcd.log");
             let log = std::fs::File::create(&log_path)?;
-            let mut sidecar = Command::new(&bftcd_bin)
+            let mut sidecar = Command::new(&bftcd_bin);
+            // Each sidecar is configured by the flags below only: dev-cluster's own variables
+            // and config file (BFTCD_DIR, BFTCD_CONFIG_FILE, ...) are not the sidecars'.
+            for name in sidecar_env.iter() {
+                sidecar.env_remove(name);
+            }
+            let mut sidecar = sidecar
                 .arg("serve")
+                .args(crate::logging::child_args())
                 .arg(format!("--name={name}"))
                 .arg(format!("--data-dir={}", bank_dir.join("sidecar").display()))
                 .args(client_port_args(&name, client))
@@ -252,7 +262,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             .await
             .map_err(|_| anyhow::anyhow!("{name} sidecar did not serve within 60 s; see {}", log_path.display()))??;
             procs.push(Proc { what: format!("{name} sidecar"), child: sidecar });
-            eprintln!("dev-cluster: {name} serves on {ready} (etcd {etcd_client}, logs in {})", bank_dir.display());
+            tracing::info!("dev-cluster: {name} serves on {ready} (etcd {etcd_client}, logs in {})", bank_dir.display());
             endpoints.push(ready);
         }
         anyhow::Ok(())
@@ -293,7 +303,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         _ = int.recv() => Ok(()),
         what = died => Err(anyhow::anyhow!("{what}; stopping the cluster (logs in {})", dir.display())),
     };
-    eprintln!("dev-cluster: stopping");
+    tracing::info!("dev-cluster: stopping");
     stop_all(&mut procs).await;
     outcome
 }

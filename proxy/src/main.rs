@@ -5,6 +5,7 @@ mod apply;
 mod chain;
 mod clientcerts;
 mod codec;
+mod config;
 mod corrupt;
 mod devcluster;
 mod errors;
@@ -13,6 +14,7 @@ mod expiry;
 mod front;
 mod govern;
 mod identity;
+mod logging;
 mod metrics;
 mod probe;
 mod reheader;
@@ -24,6 +26,8 @@ mod tools;
 mod validate;
 mod writes;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,6 +35,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// YAML file of flag values, keys the long flag names (`data-dir: /var/lib/bftcd`); the
+    /// command line and BFTCD_* variables override it (docs/operations.md, "Configuration").
+    #[arg(long, global = true, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 // Parsed once per process: the size of the largest variant costs nothing.
@@ -58,16 +68,33 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = logging::json_requested(&argv);
+    let parsed = match config::parse_from::<Cli>(argv) {
+        Ok(p) => p,
+        Err(config::ParseError::Clap(e)) => e.exit(),
+        Err(config::ParseError::Config(message)) => {
+            if json {
+                logging::init(&logging::LogArgs { log_level: None, log_format: logging::LogFormat::Json }, "info");
+            }
+            logging::fatal(&message);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = parsed.value;
     // A replay's stderr is its progress: the apply engine's start-up notes would drown it.
-    let default_log = if matches!(cli.command, Command::Replay(_)) { "warn" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BFTCD_LOG").unwrap_or_else(|_| default_log.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let default_log = if matches!(cli.command, Command::Replay(_)) {
+        "warn,bftcd::replay=info,bftcd_sequencer::ledger=info"
+    } else {
+        "info"
+    };
+    logging::init(&cli.log, default_log);
+    if let Some(file) = &parsed.config_file {
+        tracing::info!(file = %file.display(), "config file read");
+    }
+    for note in &parsed.notes {
+        tracing::info!("{note}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -83,7 +110,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bftcd: {e:#}");
+            logging::fatal(&format!("{e:#}"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -51,7 +51,7 @@ pub struct ReplayArgs {
     /// Stop after this block (default: the ledger's last).
     #[arg(long, value_name = "H")]
     pub to_height: Option<u64>,
-    /// Print progress on stderr every this many blocks.
+    /// Log progress on stderr every this many blocks (and at least every 2 s).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub progress_every: u64,
     /// Give up when no block is applied for this long (an etcd that refuses what the chain
@@ -59,6 +59,8 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "120s", value_parser = humantime_secs)]
     pub stall_timeout: Duration,
 }
+
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let n = s.strip_suffix('s').unwrap_or(s);
@@ -268,6 +270,7 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
     };
     let mut shown = 0u64;
     let mut last_move = Instant::now();
+    let mut last_report = Instant::now();
     while *applied.borrow() < to {
         tokio::select! {
             Some(d) = digests.recv() => print(d),
@@ -275,8 +278,12 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
                 anyhow::ensure!(r.is_ok(), "the apply engine stopped");
                 last_move = Instant::now();
                 let h = *applied.borrow();
-                if args.progress_every > 0 && h / args.progress_every > shown / args.progress_every {
-                    eprintln!("replay: block {h} of {to} applied ({:.0} s)", started.elapsed().as_secs_f64());
+                // Every --progress-every blocks, and at least every 2 s: a slow etcd still shows life.
+                let crossed = args.progress_every > 0 && h / args.progress_every > shown / args.progress_every;
+                if crossed || last_report.elapsed() >= PROGRESS_INTERVAL {
+                    let percent = h.saturating_mul(100).checked_div(to).unwrap_or(100);
+                    tracing::info!(height = h, to, percent, "replay: block {h} of {to} applied, {percent} % ({:.0} s)", started.elapsed().as_secs_f64());
+                    last_report = Instant::now();
                 }
                 shown = h;
             }
@@ -312,6 +319,6 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
         "digested": digested,
         "skipped": skipped,
     }));
-    eprintln!("replay: {to} blocks applied in {:.1} s, {digested} digests, etcd at revision {revision}", started.elapsed().as_secs_f64());
+    tracing::info!(blocks = to, digested, revision, "replay: {to} blocks applied in {:.1} s, {digested} digests, etcd at revision {revision}", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -411,13 +411,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // restart is not older than writes acknowledged before it.
     let last_op = last_operation(&ledger);
     let mut applied = applier.applied();
+    // Progress every 2 s whether or not blocks are being applied (a timer restarted by every
+    // applied block would only speak when the replay stalls).
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), Duration::from_secs(2));
     while !last_op.is_none_or(|last| applied.borrow().is_some_and(|a| a >= last)) {
         tokio::select! {
             r = applied.changed() => { if r.is_err() { break; } }
             r = &mut apply_task => { return Err(r?.err().unwrap_or_else(|| anyhow::anyhow!("apply engine stopped"))); }
             why = &mut ordering_stopped => return Err(ordering_died(why)),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                tracing::info!(applied = ?applied.borrow().map(|p| p.to_string()), target = ?last_op.map(|p| p.to_string()), "replaying the ledger into the local etcd");
+            _ = progress.tick() => {
+                let at = applied.borrow().map(|p| p.height).unwrap_or(0);
+                let to = last_op.map(|p| p.height).unwrap_or(0);
+                let percent = at.saturating_mul(100).checked_div(to).unwrap_or(100);
+                tracing::info!(applied = ?applied.borrow().map(|p| p.to_string()), target = ?last_op.map(|p| p.to_string()),
+                    "replaying the ledger into the local etcd: block {at} of {to}, {percent} %");
             }
         }
     }

@@ -55,6 +55,81 @@ pub struct LedgerFile {
     pub file_len: u64,
 }
 
+/// Reading a long ledger at start takes a while: a line every 2 s says how far it got (nothing
+/// for a ledger read within 2 s).
+struct ScanProgress<'a> {
+    path: &'a Path,
+    file_len: u64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+    reported: bool,
+    calls: u32,
+}
+
+impl<'a> ScanProgress<'a> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn new(path: &'a Path, file_len: u64) -> Self {
+        let now = std::time::Instant::now();
+        ScanProgress { path, file_len, started: now, last: now, reported: false, calls: 0 }
+    }
+
+    fn at(&mut self, blocks: u64, offset: u64) {
+        self.calls = self.calls.wrapping_add(1);
+        // The clock is read once every 256 records.
+        if self.calls & 255 != 0 || self.last.elapsed() < Self::EVERY {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.reported = true;
+        let percent = offset.saturating_mul(100).checked_div(self.file_len).unwrap_or(100);
+        tracing::info!(
+            path = %self.path.display(),
+            blocks,
+            bytes = offset,
+            total_bytes = self.file_len,
+            "ledger scan: {} blocks, {percent} % of {}",
+            thousands(blocks),
+            human_bytes(self.file_len)
+        );
+    }
+
+    fn done(&self, blocks: u64) {
+        if self.reported {
+            let secs = self.started.elapsed().as_secs_f64();
+            tracing::info!(path = %self.path.display(), blocks, "ledger scan: {} blocks read in {secs:.1} s", thousands(blocks));
+        }
+    }
+}
+
+/// 12345 -> "12,345".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let (first, rest) = digits.split_at((digits.len() - 1) % 3 + 1);
+    let mut out = first.to_string();
+    for group in rest.as_bytes().chunks(3) {
+        out.push(',');
+        out.extend(group.iter().map(|&b| b as char));
+    }
+    out
+}
+
+/// 1288490188 -> "1.2 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
     move |source| LedgerError::Io { path: path.to_path_buf(), source }
 }
@@ -85,7 +160,9 @@ impl LedgerFile {
         let mut tip_hash = [0u8; 32];
         let mut tip_timestamp_ms = 0;
         let mut payload = Vec::new();
+        let mut progress = ScanProgress::new(path, file_len);
         loop {
+            progress.at(blocks.len() as u64, offset);
             if offset == file_len {
                 break;
             }
@@ -145,6 +222,7 @@ impl LedgerFile {
             offset = end;
         }
         let genesis = genesis.ok_or_else(|| corrupt(offset, "no genesis record".into()))?;
+        progress.done(blocks.len() as u64);
         Ok(LedgerFile {
             path: path.to_path_buf(),
             genesis,
@@ -455,6 +533,17 @@ impl Ledger {
 mod tests {
     use super::*;
     use bftcd_proto::bftcd::{Operation, OperationId};
+
+    #[test]
+    fn progress_numbers_read_as_people_write_them() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(12345), "12,345");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1288490188), "1.2 GiB");
+    }
 
     fn genesis() -> Genesis {
         Genesis { chain_id: "test".into(), epoch: 1, genesis_time_ms: 5, ..Default::default() }

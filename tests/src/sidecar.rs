@@ -45,6 +45,10 @@ pub struct Sidecar {
     stdout_copier: Option<thread::JoinHandle<()>>,
     /// Another bftcd binary (e.g. the Byzantine test build) instead of the normal one.
     bin: Option<PathBuf>,
+    /// Environment variables added to the sidecar's.
+    env: Vec<(String, String)>,
+    /// Started with `extra_args` alone (no --name, --data-dir, ... of the harness's).
+    configured: bool,
 }
 
 /// Parses a `READY <endpoint>` line into `host:port` (a URL scheme is stripped; with several
@@ -134,6 +138,8 @@ impl Sidecar {
                 https: false,
                 child: None,
                 stdout_copier: None,
+                env: Vec::new(),
+                configured: false,
             };
             match sc.spawn_and_wait(SIDECAR_START_TIMEOUT) {
                 Ok(()) => return Ok(sc),
@@ -152,7 +158,50 @@ impl Sidecar {
         ))
     }
 
+    /// Starts `bftcd <args>` with `env` added to its environment and none of the harness's usual
+    /// flags: the variables, or a config file `args` name, configure it, including its client
+    /// port `listen_port` and its data directory, which must be `<dir>/<name>`
+    /// ([`Sidecar::data_dir`]). One attempt (the port is in its configuration).
+    pub fn try_start_configured(
+        dir: &TestDir,
+        name: &str,
+        listen_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Sidecar, String> {
+        bins::try_bftcd_bin()?;
+        let mut sc = Sidecar {
+            bin: None,
+            name: name.to_string(),
+            data_dir: dir.join(name),
+            stdout_log: dir.join(format!("{name}.stdout.log")),
+            stderr_log: dir.join(format!("{name}.stderr.log")),
+            listen_port,
+            etcd_url: String::new(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            endpoint: String::new(),
+            https: false,
+            child: None,
+            stdout_copier: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            configured: true,
+        };
+        match sc.spawn_and_wait(SIDECAR_START_TIMEOUT) {
+            Ok(()) => Ok(sc),
+            Err(e) => {
+                sc.kill();
+                Err(e)
+            }
+        }
+    }
+
     fn args(&self) -> Vec<String> {
+        if self.configured {
+            return self.extra_args.clone();
+        }
         let mut args = vec![
             "serve".to_string(),
             "--name".to_string(),
@@ -174,7 +223,10 @@ impl Sidecar {
             None => bins::try_bftcd_bin()?,
         };
         let args = self.args();
-        let rendered = process::render_command(&bin.display().to_string(), &args);
+        let mut rendered = process::render_command(&bin.display().to_string(), &args);
+        for (k, v) in self.env.iter().rev() {
+            rendered = format!("{k}={v} {rendered}");
+        }
         let mut err_log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,6 +248,16 @@ impl Sidecar {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // A sidecar reads BFTCD_<FLAG> variables: only the test's own, never whatever the
+        // test runner's environment holds (BFTCD_LOG, the tracing filter, stays).
+        for (k, _) in std::env::vars_os() {
+            if k.to_str()
+                .is_some_and(|k| k.starts_with("BFTCD_") && k != "BFTCD_LOG")
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child =
             process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let stdout = child.stdout.take().expect("stdout pipe");
