@@ -329,10 +329,10 @@ fn the_gateway_answers_as_stock_etcd_across_banks() {
             b64("v")
         ),
     );
+    let ttl = regex::Regex::new(r#""TTL":"\d+""#).unwrap();
     for path in ["/v3/lease/timetolive", "/v3/kv/lease/timetolive"] {
         let body = r#"{"ID":"7","keys":true}"#;
         let (eb, bb) = (post(&e, path, body), post(bank(2), path, body));
-        let ttl = regex::Regex::new(r#""TTL":"\d+""#).unwrap();
         assert_eq!(
             ttl.replace(&masked(&bb.body), "TTL"),
             ttl.replace(&masked(&eb.body), "TTL"),
@@ -449,6 +449,18 @@ fn the_gateway_answers_as_stock_etcd_across_banks() {
     let evidence = AnswerEvidence::decode(evidence.as_slice()).unwrap();
     let g = Genesis::decode(std::fs::read(&chain.genesis).unwrap().as_slice()).unwrap();
     let crypto = ChainCrypto::verifier(&g).unwrap();
+    let kept = dir.join("gateway-evidence.pb");
+    std::fs::write(&kept, evidence.encode_to_vec()).unwrap();
+    let verify = Command::new(bftcd_tests::bftcd_bin().with_file_name("bftcd-verify"))
+        .args([
+            "response",
+            &kept.display().to_string(),
+            "--genesis",
+            &chain.genesis.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "bftcd-verify response: {verify:?}");
     let record = &evidence.answers[0];
     let st = bftcd_sequencer::answer::verify(
         &crypto,
