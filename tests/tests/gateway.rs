@@ -343,8 +343,22 @@ fn the_gateway_answers_as_stock_etcd_across_banks() {
     }
     same(&e, bank(3), "/v3/lease/leases", "{}");
     same(&e, bank(3), "/v3/kv/lease/leases", "{}");
-    let ka = post(bank(1), "/v3/lease/keepalive", r#"{"ID":"7"}"#);
-    assert_eq!(ka.status, 200);
+    // Keepalive: one answer line per request in the body, then the answer ends, as etcd's.
+    let ka = same(
+        &e,
+        bank(1),
+        "/v3/lease/keepalive",
+        r#"{"ID":"7"}{"ID":"7"}"#,
+    );
+    assert_eq!(
+        ka.body
+            .lines()
+            .filter(|l| l.starts_with(r#"{"result":"#))
+            .count(),
+        2,
+        "{ka:?}"
+    );
+    same(&e, bank(2), "/v3/lease/keepalive", r#"{"ID":"12345"}"#);
     same(&e, bank(0), "/v3/lease/revoke", r#"{"ID":"7"}"#);
     same(&e, bank(1), "/v3/kv/lease/revoke", r#"{"ID":"7"}"#);
     same(

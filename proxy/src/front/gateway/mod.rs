@@ -46,7 +46,7 @@ enum Kind {
     Unary,
     /// One request, a stream of answers (Snapshot).
     ServerStream,
-    /// Watch and LeaseKeepAlive: the requests in the body, then the stream stays open.
+    /// Watch and LeaseKeepAlive: every request in the body.
     Bidi,
 }
 
@@ -566,7 +566,9 @@ where
     let (cancel, cancelled) = oneshot::channel();
     let grpc_body = RequestBody {
         frames: messages.into_iter().map(|m| frame(&m)).collect(),
-        open: route.kind == Bidi,
+        // As through etcd's gateway: a watch stays open once its requests are read (etcd's
+        // watch server ignores the end of the client's side); keepalives end with their answers.
+        open: route.method == "/etcdserverpb.Watch/Watch",
         cancelled,
     };
     let answer = inner
