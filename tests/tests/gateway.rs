@@ -112,7 +112,14 @@ fn b64(s: &str) -> String {
 /// A watch over HTTP/1.1 as `curl -N` keeps it: its answer lines as they come.
 struct Watch {
     lines: std::sync::mpsc::Receiver<String>,
-    _conn: TcpStream,
+    conn: TcpStream,
+}
+
+impl Drop for Watch {
+    /// Closes the connection (the reader thread holds a clone of the socket).
+    fn drop(&mut self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Watch {
@@ -134,7 +141,7 @@ impl Watch {
                 }
             }
         });
-        Watch { lines, _conn: conn }
+        Watch { lines, conn }
     }
     fn next(&self) -> String {
         self.lines
@@ -771,4 +778,38 @@ fn gateway_floods_and_oversized_bodies_are_refused_and_the_bank_stays_up() {
     );
     assert_eq!(r.json()["kvs"][0]["value"], b64("flood"), "{r:?}");
     drop(stalled);
+
+    // Watches over HTTP/1.1 end with their connections: each holds a watch on the bank's etcd
+    // until its client goes away, then the bank's etcd is back to its own watchers.
+    let watchers = || -> usize {
+        let metrics =
+            bftcd_tests::etcd::http_get(etcd.client_port(), "/metrics", Duration::from_secs(5))
+                .unwrap();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("etcd_debugging_mvcc_watcher_total "))
+            .expect("etcd's watcher gauge");
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as usize
+    };
+    let before = watchers();
+    let create = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, b64("w"));
+    let watches: Vec<Watch> = (0..10).map(|_| Watch::start(&addr, &create)).collect();
+    for w in &watches {
+        assert!(w.next().contains(r#""created":true"#));
+    }
+    assert!(
+        watchers() >= before + 10,
+        "{} watchers with 10 gateway watches open, {before} before",
+        watchers()
+    );
+    drop(watches);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watchers() > before {
+        assert!(
+            Instant::now() < deadline,
+            "gateway watches outlived their connections: {} watchers, {before} before",
+            watchers()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
