@@ -623,6 +623,33 @@ fn the_gateway_follows_the_client_ports_tls() {
         let h = curl(&base(1), "GET", "/health", None, &args);
         assert_eq!(h.body, r#"{"health":"true","reason":""}"#, "{http}");
     }
+    // With etcd's auth on, the certificate's CN is the user, as over gRPC: admin (given the
+    // root role) writes, bank2's certificate (no such user) is refused.
+    let as_admin = |path: &str, body: &str| {
+        let a = curl(&base(0), "POST", path, Some(body.as_bytes()), &with_cert);
+        assert_eq!(a.status, 200, "{path} {body}: {a:?}");
+    };
+    as_admin("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#);
+    as_admin("/v3/auth/role/add", r#"{"name":"root"}"#);
+    as_admin("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#);
+    as_admin("/v3/auth/user/add", r#"{"name":"admin","password":"pw"}"#);
+    as_admin("/v3/auth/user/grant", r#"{"user":"admin","role":"root"}"#);
+    as_admin("/v3/auth/enable", "{}");
+    as_admin("/v3/kv/put", &put);
+    let (cert2, key2) = (
+        certs.cert("bank2").display().to_string(),
+        certs.key("bank2").display().to_string(),
+    );
+    let other = ["--cacert", &ca, "--cert", &cert2, "--key", &key2];
+    let refused = curl(&base(0), "POST", "/v3/kv/put", Some(put.as_bytes()), &other);
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            403,
+            r#"{"code":7, "message":"etcdserver: permission denied"}"#
+        ),
+        "{refused:?}"
+    );
     // Without a client certificate: no handshake, no answer.
     let out = Command::new("curl")
         .args([
