@@ -145,6 +145,44 @@ mod tests {
         );
     }
 
+    /// Mangled bodies are errors or messages, never a panic.
+    #[test]
+    fn mangled_bodies_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let seeds: &[&[u8]] = &[
+            br#"{"compare":[{"target":"VALUE","key":"YQ==","value":"MQ==","result":"EQUAL"}],"success":[{"request_txn":{"success":[{"request_put":{"key":"YQ==","lease":"-1"}}]}}]}"#,
+            br#"{"create_request":{"key":"YQ==","filters":["NOPUT"],"start_revision":"9223372036854775807"}}"#,
+            br#"{"key":"YQ==","range_end":"AA==","limit":1e3,"sort_order":99,"revision":"-5"}"#,
+        ];
+        let names = [
+            "etcdserverpb.TxnRequest",
+            "etcdserverpb.WatchRequest",
+            "etcdserverpb.RangeRequest",
+        ];
+        for _ in 0..3000 {
+            let mut body = seeds[rng.gen_range(0..seeds.len())].to_vec();
+            for _ in 0..rng.gen_range(1..6) {
+                let i = rng
+                    .gen_range(0..body.len().max(1))
+                    .min(body.len().saturating_sub(1));
+                match rng.gen_range(0..3) {
+                    0 => body[i] = rng.gen(),
+                    1 => {
+                        body.remove(i);
+                    }
+                    _ => {
+                        let tokens = b"{}[]\":,-0e\\";
+                        body.insert(i, tokens[rng.gen_range(0..tokens.len())]);
+                    }
+                }
+            }
+            let d = descriptor(names[rng.gen_range(0..names.len())]);
+            let _ = request(&d, &body);
+            let _ = requests(&d, &body);
+        }
+    }
+
     #[test]
     fn answers_are_written_as_etcds_gateway_writes_them() {
         let r = RangeResponse {

@@ -755,7 +755,8 @@ fn respond(
 fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
-        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        // grpc-gateway v2's "client closed request".
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::REQUEST_TIMEOUT),
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
             StatusCode::BAD_REQUEST
         }
@@ -789,14 +790,10 @@ fn error(status: &Status) -> http::Response<Body> {
 
 /// A stream's error, as grpc-gateway writes it into an answer already under way.
 fn stream_error(status: &Status) -> Bytes {
-    let http = http_status(status.code());
-    let line = serde_json::json!({ "error": {
-        "grpc_code": status.code() as i32,
-        "http_code": http.as_u16(),
-        "message": status.message(),
-        "http_status": http.canonical_reason().unwrap_or_default(),
-    }});
-    Bytes::from(format!("{line}\n"))
+    // grpc-gateway v2's (etcd 3.5's): the status as google.rpc.Status, empty details left out.
+    let message = serde_json::Value::from(status.message());
+    let code = status.code() as i32;
+    Bytes::from(format!(r#"{{"error":{{"code":{code},"message":{message}}}}}"#) + "\n")
 }
 
 /// The gRPC request a JSON request stands for, on the same connection (its extensions: the
@@ -1088,6 +1085,12 @@ mod tests {
         assert_eq!(
             http_status(Code::ResourceExhausted),
             StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
+        let line = stream_error(&Status::unavailable(r#"bftcd: "closed""#));
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"error\":{\"code\":14,\"message\":\"bftcd: \\\"closed\\\"\"}}\n"
         );
     }
 
