@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     let includes = ["proto/etcd", "proto"];
+    // The descriptors let the JSON gateway map etcd's messages to JSON by their .proto names.
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
         .build_client(true)
         .build_server(true)
         .compile_protos(

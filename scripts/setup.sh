@@ -33,6 +33,13 @@ if ! command -v protoc >/dev/null 2>&1; then
   $sudo_cmd apt-get install -y -qq protobuf-compiler >/dev/null
 fi
 
+# The JSON gateway tests speak to etcd and the banks with curl, as etcd's docs do.
+if ! command -v curl >/dev/null 2>&1; then
+  echo "setup: installing curl"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq curl >/dev/null
+fi
+
 if have_etcd; then
   echo "setup: stock etcd $want_version already in $tools/bin"
   exit 0

@@ -24,5 +24,8 @@ pub mod bftcd {
     pub use v1::*;
 }
 
+/// Every message's descriptor (a protobuf `FileDescriptorSet`), for the JSON gateway.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub use prost;
 pub use prost::Message;

@@ -463,7 +463,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let https = tls.is_some();
     let incoming = crate::front::conns::incoming(listener, client_limits, tls);
     let server = tonic::transport::Server::builder()
-        // Outermost: an answer is signed once the client limits have let it through (what they
+        // etcd's JSON gateway: HTTP/1.1 (and non-gRPC HTTP/2) on the same port, turned into
+        // gRPC requests that go through every layer below (docs/compatibility.md).
+        .accept_http1(true)
+        .layer(crate::front::gateway::GatewayLayer::new(front.emulated_version.clone(), front.max_recv_bytes))
+        // Outermost of the gRPC layers: an answer is signed once the client limits have let it through (what they
         // refuse is an error, never signed), so no answer waits for the signer uncharged.
         .layer(crate::front::answers::AnswerSigningLayer)
         .layer(crate::front::limits::ClientLimitLayer)

@@ -7,6 +7,7 @@ pub mod answers;
 mod auth;
 mod cluster;
 pub mod conns;
+pub mod gateway;
 mod kv;
 mod lease;
 pub mod limits;

@@ -82,7 +82,8 @@ impl ClientTls {
             .with_single_cert(chain, key)
             .map_err(|e| anyhow::anyhow!("--cert-file {} and --key-file {}: {e}", cert_file.display(), key_file.display()))?;
         // gRPC is HTTP/2; grpc-go clients (etcdctl, kube-apiserver) refuse a server without it.
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/1.1 is etcd's JSON gateway (front/gateway), as etcd offers both.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Some(ClientTls { acceptor: TlsAcceptor::from(Arc::new(config)), verifies_clients: files.trusted_ca_file.is_some() }))
     }
 
