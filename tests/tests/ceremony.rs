@@ -224,6 +224,41 @@ fn four_banks_agree_on_a_genesis_without_a_trusted_party() {
         banks[0].join("genesis.sigs/bank4.sig"),
     )
     .unwrap();
+    // An auditor checks the same signatures offline.
+    let audit = |sigs: &Path| {
+        Command::new(bftcd_bin().with_file_name("bftcd-verify"))
+            .args([
+                "genesis",
+                &banks[0].join("genesis.pb").display().to_string(),
+                &format!("--signatures={}", sigs.display()),
+            ])
+            .output()
+            .unwrap()
+    };
+    let audited = audit(&banks[0].join("genesis.sigs"));
+    assert!(
+        audited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audited.stderr)
+    );
+    assert!(String::from_utf8_lossy(&audited.stdout)
+        .contains("every bank's signature over this genesis verified"));
+    let three = dir.join("three.sigs");
+    std::fs::create_dir_all(&three).unwrap();
+    for j in 1..=3 {
+        std::fs::copy(
+            banks[0].join(format!("genesis.sigs/bank{j}.sig")),
+            three.join(format!("bank{j}.sig")),
+        )
+        .unwrap();
+    }
+    let audited = audit(&three);
+    assert!(!audited.status.success());
+    assert!(
+        String::from_utf8_lossy(&audited.stderr).contains("no signature of bank bank4"),
+        "{}",
+        String::from_utf8_lossy(&audited.stderr)
+    );
 
     // 5. Bank 4 changes the genesis on its own (a smaller limit) and signs that: it holds no
     // one else's signature over it, so it cannot start on it.
