@@ -203,7 +203,6 @@ async fn serve_inbound(
         Ok(Err(e)) => return refuse(&shared, addr, &e),
         Ok(Ok(tls)) => tls,
     };
-    drop(slots);
     let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return reject(&shared, addr, &"no client certificate");
     };
@@ -233,6 +232,9 @@ async fn serve_inbound(
             return reject(&shared, addr, &format!("{}: {reason}", shared.name(from)));
         }
     }
+    // The hello is part of the handshake: until it is done the connection holds its slots, so
+    // a peer stalling in it cannot open connections without bound.
+    drop(slots);
 
     // One live inbound connection per peer: a newer one replaces (closes) the older one.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
