@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use bftcd_proto::bftcd::{Genesis, GenesisSignatures, KeyOwner, Validator};
 use bftcd_proto::Message;
-use bftcd_sequencer::{ceremony, genesis_hash, keys};
-use sha2::Digest;
 use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::validity::{self, Limits};
+use bftcd_sequencer::{ceremony, genesis_hash, keys};
+use sha2::Digest;
 
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
@@ -211,7 +211,9 @@ pub fn genesis(cmd: GenesisCmd) -> anyhow::Result<()> {
         (Some(GenesisSub::Show(a)), _) => show(a),
         (Some(GenesisSub::Sign(a)), _) => sign(a),
         (Some(GenesisSub::Seal(a)), _) => seal(a),
-        (None, None) => anyhow::bail!("bftcd genesis: give the build arguments or a subcommand (see --help)"),
+        (None, None) => {
+            anyhow::bail!("bftcd genesis: give the build arguments or a subcommand (see --help)")
+        }
     }
 }
 
@@ -228,7 +230,13 @@ fn build(a: GenesisArgs) -> anyhow::Result<()> {
     // Prefixes never overlap, so sorted they are canonical: the flags' order does not matter.
     owners.sort_by(|x, y| x.prefix.cmp(&y.prefix));
     let limits = limits(a.max_request_bytes, a.max_txn_ops, a.max_block_bytes)?;
-    let mut g = make_genesis(&a.chain_id, validators, a.genesis_time, a.apply_mode, limits)?;
+    let mut g = make_genesis(
+        &a.chain_id,
+        validators,
+        a.genesis_time,
+        a.apply_mode,
+        limits,
+    )?;
     g.key_owners = owners;
     Owners::of(&g).map_err(|e| anyhow::anyhow!("--key-owner: {e}"))?;
     if a.genesis_time > crate::front::now_ms() + 60_000 {
@@ -248,7 +256,8 @@ fn build(a: GenesisArgs) -> anyhow::Result<()> {
 
 pub fn read_genesis(path: &Path) -> anyhow::Result<Genesis> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Genesis::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", path.display()))
+    Genesis::decode(bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", path.display()))
 }
 
 /// SHA-256 of a DER certificate, hex: what operators compare out of band.
@@ -260,7 +269,12 @@ fn cert_fingerprint(der: &[u8]) -> String {
 pub fn genesis_json(g: &Genesis) -> serde_json::Value {
     use serde_json::json;
     let n = g.validators.len();
-    let name = |i: u32| g.validators.get(i as usize).map(|v| v.name.clone()).unwrap_or_else(|| format!("#{}", i + 1));
+    let name = |i: u32| {
+        g.validators
+            .get(i as usize)
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| format!("#{}", i + 1))
+    };
     let validators: Vec<_> = g
         .validators
         .iter()
@@ -307,11 +321,21 @@ fn show(a: ShowArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("genesis      {}", a.file.display());
-    println!("hash         {}", j["genesis_hash"].as_str().unwrap_or_default());
+    println!(
+        "hash         {}",
+        j["genesis_hash"].as_str().unwrap_or_default()
+    );
     println!("chain id     {}", g.chain_id);
     println!("epoch        {}", g.epoch);
-    println!("time         {} ({} ms)", format_time_ms(g.genesis_time_ms), g.genesis_time_ms);
-    println!("apply mode   {}", j["apply_mode"].as_str().unwrap_or_default());
+    println!(
+        "time         {} ({} ms)",
+        format_time_ms(g.genesis_time_ms),
+        g.genesis_time_ms
+    );
+    println!(
+        "apply mode   {}",
+        j["apply_mode"].as_str().unwrap_or_default()
+    );
     let l = &j["limits"];
     println!(
         "limits       max-request-bytes {} max-txn-ops {} max-block-bytes {} max-block-operations {}",
@@ -319,14 +343,24 @@ fn show(a: ShowArgs) -> anyhow::Result<()> {
     );
     println!("validators   n = {}, f = {}", j["n"], j["f"]);
     for v in g.validators.iter() {
-        println!("  {}  peer {}  client {}", v.name, v.peer_address, v.client_address);
+        println!(
+            "  {}  peer {}  client {}",
+            v.name, v.peer_address, v.client_address
+        );
         if !v.tls_certificate.is_empty() {
-            println!("      tls certificate sha256 {}", cert_fingerprint(&v.tls_certificate));
+            println!(
+                "      tls certificate sha256 {}",
+                cert_fingerprint(&v.tls_certificate)
+            );
             println!("      operation key {}", hex::encode(&v.operation_key));
         }
     }
     for o in j["key_owners"].as_array().into_iter().flatten() {
-        println!("key owner    {} = {}", o["prefix"].as_str().unwrap_or_default(), o["bank"].as_str().unwrap_or_default());
+        println!(
+            "key owner    {} = {}",
+            o["prefix"].as_str().unwrap_or_default(),
+            o["bank"].as_str().unwrap_or_default()
+        );
     }
     if let Err(e) = keys::check_genesis(&g) {
         println!("INVALID      {e}");
@@ -339,10 +373,16 @@ fn sign(a: SignArgs) -> anyhow::Result<()> {
     let g = read_genesis(&a.genesis)?;
     keys::check_genesis(&g).map_err(|e| anyhow::anyhow!("{}: {e}", a.genesis.display()))?;
     let bank_keys = keys::BankKeys::load(&a.keys)?;
-    let sigs = ceremony::sign(&bank_keys, &g).map_err(|e| anyhow::anyhow!("{}: {e}", a.keys.display()))?;
-    std::fs::write(&a.out, sigs.encode_to_vec()).map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
+    let sigs =
+        ceremony::sign(&bank_keys, &g).map_err(|e| anyhow::anyhow!("{}: {e}", a.keys.display()))?;
+    std::fs::write(&a.out, sigs.encode_to_vec())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
     let bank = &g.validators[sigs.signatures[0].bank as usize].name;
-    println!("{bank} signed genesis {} into {}", hex::encode(genesis_hash(&g)), a.out.display());
+    println!(
+        "{bank} signed genesis {} into {}",
+        hex::encode(genesis_hash(&g)),
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -350,8 +390,14 @@ fn seal(a: SealArgs) -> anyhow::Result<()> {
     let g = read_genesis(&a.genesis)?;
     keys::check_genesis(&g).map_err(|e| anyhow::anyhow!("{}: {e}", a.genesis.display()))?;
     let sigs = collect_signatures(&g, &a.signatures)?;
-    std::fs::write(&a.out, sigs.encode_to_vec()).map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
-    println!("all {} banks signed genesis {}: {}", g.validators.len(), hex::encode(genesis_hash(&g)), a.out.display());
+    std::fs::write(&a.out, sigs.encode_to_vec())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
+    println!(
+        "all {} banks signed genesis {}: {}",
+        g.validators.len(),
+        hex::encode(genesis_hash(&g)),
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -360,11 +406,17 @@ fn seal(a: SealArgs) -> anyhow::Result<()> {
 pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<GenesisSignatures> {
     let mut files = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("genesis signatures {}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| anyhow::anyhow!("genesis signatures {}: {e}", p.display()))?;
         let list = if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .filter(|f| {
+                    f.is_file()
+                        && !f
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
                 .collect();
             entries.sort();
             entries
@@ -373,8 +425,9 @@ pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<Gene
         };
         for f in list {
             let bytes = std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            let sigs = GenesisSignatures::decode(bytes.as_slice())
-                .map_err(|e| anyhow::anyhow!("{}: not a genesis signatures file: {e}", f.display()))?;
+            let sigs = GenesisSignatures::decode(bytes.as_slice()).map_err(|e| {
+                anyhow::anyhow!("{}: not a genesis signatures file: {e}", f.display())
+            })?;
             files.push((f, sigs));
         }
     }
@@ -385,7 +438,11 @@ pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<Gene
         if sigs.genesis_hash == hash[..] {
             ours.push(sigs);
         } else {
-            over_other.push(format!("{} (genesis {})", f.display(), hex::encode(&sigs.genesis_hash)));
+            over_other.push(format!(
+                "{} (genesis {})",
+                f.display(),
+                hex::encode(&sigs.genesis_hash)
+            ));
         }
     }
     let (merged, _) = ceremony::merge(ours, &hash);
@@ -393,7 +450,10 @@ pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<Gene
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         let mut msg = format!("genesis signatures {}: {e}", shown.join(", "));
         if !over_other.is_empty() {
-            msg.push_str(&format!("; signed another genesis: {}", over_other.join(", ")));
+            msg.push_str(&format!(
+                "; signed another genesis: {}",
+                over_other.join(", ")
+            ));
         }
         anyhow::anyhow!(msg)
     })?;
@@ -407,7 +467,9 @@ pub fn parse_genesis_time(s: &str) -> Result<u64, String> {
     let ms = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         s.parse::<u64>().map_err(|e| e.to_string())?
     } else {
-        parse_rfc3339(s).ok_or_else(|| format!("{s:?}: expected RFC 3339 (2026-12-01T00:00:00Z) or Unix milliseconds"))?
+        parse_rfc3339(s).ok_or_else(|| {
+            format!("{s:?}: expected RFC 3339 (2026-12-01T00:00:00Z) or Unix milliseconds")
+        })?
     };
     if ms == 0 {
         return Err("the genesis time must be after the Unix epoch".into());
@@ -419,12 +481,27 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || h > 23 || mi > 59 || sec > 59 {
         return None;
     }
@@ -451,7 +528,10 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
             if o.len() != 6 || !matches!(o[0], b'+' | b'-') || o[3] != b':' {
                 return None;
             }
-            let (oh, om) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
+            let (oh, om) = (
+                rest[1..3].parse::<i64>().ok()?,
+                rest[4..6].parse::<i64>().ok()?,
+            );
             if oh > 23 || om > 59 {
                 return None;
             }
@@ -492,8 +572,17 @@ pub fn format_time_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
-    let frac = if ms.is_multiple_of(1000) { String::new() } else { format!(".{:03}", ms % 1000) };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z", t / 3600, t / 60 % 60, t % 60)
+    let frac = if ms.is_multiple_of(1000) {
+        String::new()
+    } else {
+        format!(".{:03}", ms % 1000)
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
 }
 
 #[cfg(test)]
@@ -502,11 +591,26 @@ mod tests {
 
     #[test]
     fn genesis_times() {
-        assert_eq!(parse_genesis_time("2026-12-01T00:00:00Z"), Ok(1_796_083_200_000));
+        assert_eq!(
+            parse_genesis_time("2026-12-01T00:00:00Z"),
+            Ok(1_796_083_200_000)
+        );
         assert_eq!(parse_genesis_time("1796083200000"), Ok(1_796_083_200_000));
         assert_eq!(parse_genesis_time("1970-01-01T00:00:00.001Z"), Ok(1));
-        assert_eq!(parse_genesis_time("2000-02-29T23:59:59.123+02:00"), Ok(951_861_599_123));
-        for bad in ["", "0", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-12-01T00:00:00", "2026-12-01", "yesterday", "2026-12-01T24:00:00Z"] {
+        assert_eq!(
+            parse_genesis_time("2000-02-29T23:59:59.123+02:00"),
+            Ok(951_861_599_123)
+        );
+        for bad in [
+            "",
+            "0",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-12-01T00:00:00",
+            "2026-12-01",
+            "yesterday",
+            "2026-12-01T24:00:00Z",
+        ] {
             assert!(parse_genesis_time(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(format_time_ms(1_796_083_200_000), "2026-12-01T00:00:00Z");

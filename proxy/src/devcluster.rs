@@ -123,7 +123,9 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
             let peer = format!("127.0.0.1:{}", args.base_port as u32 + 300 + i);
             let client = format!("127.0.0.1:{}", args.base_port as u32 + i);
             let v = if keys.join("validator.pb").exists() {
-                bftcd_proto::bftcd::Validator::decode(std::fs::read(keys.join("validator.pb"))?.as_slice())?
+                bftcd_proto::bftcd::Validator::decode(
+                    std::fs::read(keys.join("validator.pb"))?.as_slice(),
+                )?
             } else {
                 bftcd_sequencer::keys::generate(&keys, &format!("bank{i}"), &peer, &client)?
             };
@@ -131,9 +133,19 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         }
         let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
         let now = crate::front::now_ms();
-        let g = crate::chain::make_genesis("bftcd-dev", validators, now, crate::serve::ApplyMode::Batched, limits)?;
+        let g = crate::chain::make_genesis(
+            "bftcd-dev",
+            validators,
+            now,
+            crate::serve::ApplyMode::Batched,
+            limits,
+        )?;
         std::fs::write(&genesis_path, g.encode_to_vec())?;
-        eprintln!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
+        eprintln!(
+            "dev-cluster: made keys and a genesis for {} banks in {}",
+            args.banks,
+            dir.display()
+        );
         g
     };
     // Each bank signs (again, when an older run left no signatures: its keys are all here).
@@ -142,7 +154,8 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         std::fs::create_dir_all(&sigs_dir)?;
         for i in 1..=args.banks {
             let keys = bftcd_sequencer::keys::BankKeys::load(&bank_keys(i))?;
-            let sig = bftcd_sequencer::ceremony::sign(&keys, &genesis).map_err(|e| anyhow::anyhow!("bank{i}: {e}"))?;
+            let sig = bftcd_sequencer::ceremony::sign(&keys, &genesis)
+                .map_err(|e| anyhow::anyhow!("bank{i}: {e}"))?;
             std::fs::write(sigs_dir.join(format!("bank{i}.sig")), sig.encode_to_vec())?;
         }
         crate::chain::collect_signatures(&genesis, std::slice::from_ref(&sigs_dir))?;

@@ -297,8 +297,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let genesis = load_genesis(&args)?;
     if genesis.validators.len() > 1 {
         // Before anything else reads the genesis: only one every bank signed is this chain's.
-        let genesis_path = args.genesis.clone().unwrap_or_else(|| args.data_dir.join("genesis.pb"));
-        let sigs = args.genesis_signatures.clone().unwrap_or_else(|| genesis_path.with_extension("sigs"));
+        let genesis_path = args
+            .genesis
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("genesis.pb"));
+        let sigs = args
+            .genesis_signatures
+            .clone()
+            .unwrap_or_else(|| genesis_path.with_extension("sigs"));
         crate::chain::collect_signatures(&genesis, &[sigs])?;
         tracing::info!(genesis_hash = %hex::encode(bftcd_sequencer::genesis_hash(&genesis)), "every bank signed the genesis");
     }

@@ -69,13 +69,23 @@ impl BankKeys {
             let p = dir.join(name);
             std::fs::read_to_string(&p).map_err(|e| file_err(&p, e))
         };
-        Ok(BankKeys { bls, operation, tls_cert_pem: read("tls.crt")?, tls_key_pem: read("tls.key")? })
+        Ok(BankKeys {
+            bls,
+            operation,
+            tls_cert_pem: read("tls.crt")?,
+            tls_key_pem: read("tls.key")?,
+        })
     }
 }
 
 /// Creates a bank's keys in `dir` (which must not hold keys yet), with a self-signed TLS
 /// certificate, and returns its public descriptor (also written to `validator.pb`).
-pub fn generate(dir: &Path, name: &str, peer_address: &str, client_address: &str) -> Result<Validator, KeyError> {
+pub fn generate(
+    dir: &Path,
+    name: &str,
+    peer_address: &str,
+    client_address: &str,
+) -> Result<Validator, KeyError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let bls = SecretKey::generate();
     let operation = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
@@ -123,10 +133,14 @@ pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
             if v.tls_certificate.is_empty() || v.peer_address.is_empty() {
                 return Err(KeyError::Genesis(format!("{}: missing TLS certificate or peer address", v.name)));
             }
-            crate::net::check_certificate(&v.tls_certificate).map_err(|e| KeyError::Genesis(format!("{}: {e}", v.name)))?;
+            crate::net::check_certificate(&v.tls_certificate)
+                .map_err(|e| KeyError::Genesis(format!("{}: {e}", v.name)))?;
             // The certificate is the bank's identity on the wire: two banks cannot share one.
             if !certs.insert(&v.tls_certificate) {
-                return Err(KeyError::Genesis(format!("{}: TLS certificate already listed for another bank", v.name)));
+                return Err(KeyError::Genesis(format!(
+                    "{}: TLS certificate already listed for another bank",
+                    v.name
+                )));
             }
         }
     }
@@ -514,7 +528,15 @@ mod tests {
     fn keygen_genesis_and_crypto_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let validators: Vec<Validator> = (0..4)
-            .map(|i| generate(&dir.path().join(format!("b{i}")), &format!("b{i}"), "127.0.0.1:1", "127.0.0.1:2").unwrap())
+            .map(|i| {
+                generate(
+                    &dir.path().join(format!("b{i}")),
+                    &format!("b{i}"),
+                    "127.0.0.1:1",
+                    "127.0.0.1:2",
+                )
+                .unwrap()
+            })
             .collect();
         let genesis = Genesis { chain_id: "c".into(), epoch: 1, validators, ..Default::default() };
         check_genesis(&genesis).unwrap();

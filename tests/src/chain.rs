@@ -40,7 +40,10 @@ pub struct Deviant {
 
 /// Milliseconds since the Unix epoch: the genesis time of a test chain.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn bftcd(args: &[String]) {
@@ -145,8 +148,14 @@ impl Chain {
                 "genesis".into(),
                 "sign".into(),
                 format!("--genesis={}", genesis.display()),
-                format!("--keys={}", dir.join(format!("{prefix}keys/bank{}", i + 1)).display()),
-                format!("--out={}", sigs.join(format!("bank{}.sig", i + 1)).display()),
+                format!(
+                    "--keys={}",
+                    dir.join(format!("{prefix}keys/bank{}", i + 1)).display()
+                ),
+                format!(
+                    "--out={}",
+                    sigs.join(format!("bank{}.sig", i + 1)).display()
+                ),
             ]);
         }
         let mut banks = Vec::new();

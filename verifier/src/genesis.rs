@@ -58,8 +58,12 @@ pub fn command(out: &mut Out, path: PathBuf, signatures: Option<PathBuf>) -> Res
     }
     if let Some(sigs) = &signatures {
         let signed = read_signatures(sigs, &genesis_hash(&g))?;
-        bftcd_sequencer::ceremony::check(&g, &signed).map_err(|e| format!("INVALID: {}: {e}", sigs.display()))?;
-        out.line(format!("signatures  every bank's signature over this genesis verified ({})", sigs.display()));
+        bftcd_sequencer::ceremony::check(&g, &signed)
+            .map_err(|e| format!("INVALID: {}: {e}", sigs.display()))?;
+        out.line(format!(
+            "signatures  every bank's signature over this genesis verified ({})",
+            sigs.display()
+        ));
         out.set("signatures_verified", true);
     }
     out.set("genesis", path.display().to_string());
@@ -83,13 +87,21 @@ pub fn command(out: &mut Out, path: PathBuf, signatures: Option<PathBuf>) -> Res
 
 /// The signatures over the genesis in a file, or in every file of a directory, merged (those
 /// over another genesis are left out: `check` then names the banks missing).
-fn read_signatures(path: &Path, hash: &[u8; 32]) -> Result<bftcd_proto::bftcd::GenesisSignatures, String> {
+fn read_signatures(
+    path: &Path,
+    hash: &[u8; 32],
+) -> Result<bftcd_proto::bftcd::GenesisSignatures, String> {
     use bftcd_proto::Message;
     let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|f| {
+                f.is_file()
+                    && !f
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         files.sort();
         files

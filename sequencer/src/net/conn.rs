@@ -149,13 +149,18 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
         write_frame_within(stream, &payload, limit).await?;
         within(limit, stream.flush()).await
     };
-    sent.await.map_err(|e| HelloError::Bad(format!("sending the hello: {e}")))?;
+    sent.await
+        .map_err(|e| HelloError::Bad(format!("sending the hello: {e}")))?;
     let frame = match read_frame(stream, buf, HELLO_MAX, limit).await {
         Ok(Some(Frame::Data(frame))) => frame,
         Ok(Some(Frame::Ping)) => return Err(HelloError::Bad("a ping before its hello".into())),
         Ok(None) => return Err(HelloError::Bad("closed before its hello".into())),
-        Err(ReadError::Invalid(reason)) => return Err(HelloError::Bad(format!("bad hello: {reason}"))),
-        Err(ReadError::Silent(idle)) => return Err(HelloError::Bad(format!("no hello within {idle:?}"))),
+        Err(ReadError::Invalid(reason)) => {
+            return Err(HelloError::Bad(format!("bad hello: {reason}")))
+        }
+        Err(ReadError::Silent(idle)) => {
+            return Err(HelloError::Bad(format!("no hello within {idle:?}")))
+        }
         Err(ReadError::Io(e)) => return Err(HelloError::Bad(format!("reading the hello: {e}"))),
     };
     let theirs: [u8; 32] = frame
@@ -171,7 +176,9 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
 /// Counts a peer whose genesis differs and logs it (the first time and then at powers of two:
 /// it keeps reconnecting).
 fn genesis_mismatch(shared: &Shared, peer: u32, theirs: &[u8; 32]) {
-    let n = shared.peer(peer).map_or(1, |c| c.genesis_mismatches.fetch_add(1, Ordering::Relaxed) + 1);
+    let n = shared.peer(peer).map_or(1, |c| {
+        c.genesis_mismatches.fetch_add(1, Ordering::Relaxed) + 1
+    });
     if n.is_power_of_two() {
         error!(
             peer,
@@ -401,13 +408,25 @@ pub(super) async fn dial_loop(
                 .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
             // What the acceptor sends after its hello (pings) is not parsed: nothing to keep.
             let mut buf = BytesMut::new();
-            match hello(&mut stream, &mut buf, &shared.genesis_hash, HANDSHAKE_TIMEOUT).await {
+            match hello(
+                &mut stream,
+                &mut buf,
+                &shared.genesis_hash,
+                HANDSHAKE_TIMEOUT,
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(HelloError::Mismatch(theirs)) => {
                     genesis_mismatch(&shared, index, &theirs);
-                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, "another genesis"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "another genesis",
+                    ));
                 }
-                Err(HelloError::Bad(reason)) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+                Err(HelloError::Bad(reason)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, reason))
+                }
             }
             Ok::<_, io::Error>(stream)
         };

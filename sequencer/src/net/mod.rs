@@ -73,8 +73,8 @@ pub use frame::{decode_frame, encode_header, FrameDecode, FrameError, HEADER_LEN
 pub use inbox::InboundReceiver;
 use inbox::{Inbox, PushError};
 pub use pki::{DevCa, Issued, PkiError};
-pub use tls::check_certificate;
 pub use stats::{NetStats, PeerStats};
+pub use tls::check_certificate;
 use crate::cpu::{AccountedExt, Component};
 
 /// Default [`NetConfig::max_frame_bytes`]: 16 MiB.
@@ -452,7 +452,11 @@ impl Network {
                 .map(|(s, p)| (p.index, s))
                 .collect(),
             by_cert,
-            names: cfg.peers.iter().map(|p| (p.index, p.name.clone())).collect(),
+            names: cfg
+                .peers
+                .iter()
+                .map(|p| (p.index, p.name.clone()))
+                .collect(),
             genesis_hash: cfg.genesis_hash,
             acceptor: TlsAcceptor::from(server),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),

@@ -457,12 +457,23 @@ async fn peers_with_another_genesis_are_refused_on_both_sides() {
     // The two with the same genesis still talk.
     deliver_eventually(&mut c, 0, 1, b"same").await;
     while let Some((from, payload)) = recv(&mut c.nodes[0].rx, Duration::from_millis(300)).await {
-        assert!(from != 2 && !payload.starts_with(b"odd"), "a frame from another genesis was delivered");
+        assert!(
+            from != 2 && !payload.starts_with(b"odd"),
+            "a frame from another genesis was delivered"
+        );
     }
-    assert!(recv(&mut odd_rx, Duration::from_millis(300)).await.is_none(), "the odd node received a frame");
+    assert!(
+        recv(&mut odd_rx, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the odd node received a frame"
+    );
     for net in [&n0, &n1] {
         let p = net.stats().peer(2).unwrap().clone();
-        assert!(!p.connected && !p.inbound_connected && p.frames_received == 0, "{p:?}");
+        assert!(
+            !p.connected && !p.inbound_connected && p.frames_received == 0,
+            "{p:?}"
+        );
     }
     odd.shutdown().await;
     for node in &c.nodes {
@@ -580,7 +591,9 @@ impl Drop for Relay {
 /// Two nodes whose every connection runs through a relay: 0 dials 1 through `relays[1]`, 1
 /// dials 0 through `relays[0]`.
 async fn relayed_pair(tune: impl Fn(&mut NetConfig)) -> (Vec<Node>, Vec<Relay>) {
-    let issued: Vec<Issued> = (0..2).map(|i| pki::self_signed(&format!("bank-{i}")).unwrap()).collect();
+    let issued: Vec<Issued> = (0..2)
+        .map(|i| pki::self_signed(&format!("bank-{i}")).unwrap())
+        .collect();
     let listeners = [bind_local().await, bind_local().await];
     let mut relays = Vec::new();
     for l in &listeners {
@@ -802,7 +815,13 @@ async fn stalled_writes_are_given_up() {
     // Validator 1's port: a TLS endpoint with its identity that pings and never reads.
     let listener = TcpListener::bind(c.cfgs[1].listen).await.unwrap();
     let me = tls::Identity::from_pem(&c.issued[1].cert_pem, &c.issued[1].key_pem).unwrap();
-    let known = Arc::new(c.cfgs[1].peers.iter().map(|p| (p.cert_der.clone(), p.index)).collect());
+    let known = Arc::new(
+        c.cfgs[1]
+            .peers
+            .iter()
+            .map(|p| (p.cert_der.clone(), p.index))
+            .collect(),
+    );
     let server = tls::server_config(&tls::provider(), known, &me).unwrap();
     let stuck = tokio::spawn(async move {
         let mut held = JoinSet::new();
@@ -810,7 +829,9 @@ async fn stalled_writes_are_given_up() {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
             held.spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 if s.write_all(&conn::hello_frame(&GENESIS)).await.is_err() {
                     return;
                 }
