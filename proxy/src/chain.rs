@@ -90,6 +90,7 @@ pub struct SealArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct GenesisArgs {
+    /// The chain's id, agreed by the banks (it enters every signed message).
     #[arg(long)]
     pub chain_id: String,
     /// Output file (protobuf bftcd.v1.Genesis).
@@ -406,8 +407,16 @@ fn seal(a: SealArgs) -> anyhow::Result<()> {
 pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<GenesisSignatures> {
     let mut files = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p)
-            .map_err(|e| anyhow::anyhow!("genesis signatures {}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "; every bank signs the genesis (bftcd genesis sign) and its signature file goes into \
+                 this directory, or all of them into one file (bftcd genesis seal); or pass \
+                 --genesis-signatures"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("genesis signatures {}: {e}{hint}", p.display())
+        })?;
         let list = if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
