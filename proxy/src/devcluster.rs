@@ -6,7 +6,8 @@
 //!   P+200+i  the bank's stock etcd, peer URL (a single-member etcd; nothing connects)
 //!   P+300+i  the bank's sidecar peer endpoint (HotStuff-2 over mutual TLS), when N > 1
 //! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/,keys/}; with several
-//! banks the development CA is DIR/ca and the genesis DIR/genesis.pb (made on first run). With
+//! banks the genesis is DIR/genesis.pb and every bank's signature over it DIR/genesis.sigs/
+//! (the whole ceremony, made on the first run: each bank's keys are its own, no CA). With
 //! --client-tls the client ports' CA and certificates are in DIR/clients.
 
 use std::path::PathBuf;
@@ -90,11 +91,14 @@ async fn stop_all(procs: &mut [Proc]) {
     }
 }
 
-/// Keys for every bank and the genesis, made once and reused by later runs.
+/// The whole genesis ceremony for every bank, done once and reused by later runs: keys (each
+/// bank's own, self-signed TLS certificate), the genesis (timed at the first run), and every
+/// bank's signature over it in `genesis.sigs/`.
 fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result<()> {
     use bftcd_proto::Message;
     let genesis_path = dir.join("genesis.pb");
-    if genesis_path.exists() {
+    let bank_keys = |i: u32| dir.join(format!("bank{i}")).join("keys");
+    let genesis = if genesis_path.exists() {
         let g = bftcd_proto::bftcd::Genesis::decode(std::fs::read(&genesis_path)?.as_slice())?;
         anyhow::ensure!(
             g.validators.len() == args.banks as usize,
@@ -111,25 +115,47 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
                 dir.display()
             );
         }
-        return Ok(());
+        g
+    } else {
+        let mut validators = Vec::new();
+        for i in 1..=args.banks {
+            let keys = bank_keys(i);
+            let peer = format!("127.0.0.1:{}", args.base_port as u32 + 300 + i);
+            let client = format!("127.0.0.1:{}", args.base_port as u32 + i);
+            let v = if keys.join("validator.pb").exists() {
+                bftcd_proto::bftcd::Validator::decode(
+                    std::fs::read(keys.join("validator.pb"))?.as_slice(),
+                )?
+            } else {
+                bftcd_sequencer::keys::generate(&keys, &format!("bank{i}"), &peer, &client)?
+            };
+            validators.push(v);
+        }
+        let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
+        let now = crate::front::now_ms();
+        let g = crate::chain::make_genesis(
+            "bftcd-dev",
+            validators,
+            now,
+            crate::serve::ApplyMode::Batched,
+            limits,
+        )?;
+        std::fs::write(&genesis_path, g.encode_to_vec())?;
+        tracing::info!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
+        g
+    };
+    // Each bank signs (again, when an older run left no signatures: its keys are all here).
+    let sigs_dir = genesis_path.with_extension("sigs");
+    if crate::chain::collect_signatures(&genesis, std::slice::from_ref(&sigs_dir)).is_err() {
+        std::fs::create_dir_all(&sigs_dir)?;
+        for i in 1..=args.banks {
+            let keys = bftcd_sequencer::keys::BankKeys::load(&bank_keys(i))?;
+            let sig = bftcd_sequencer::ceremony::sign(&keys, &genesis)
+                .map_err(|e| anyhow::anyhow!("bank{i}: {e}"))?;
+            std::fs::write(sigs_dir.join(format!("bank{i}.sig")), sig.encode_to_vec())?;
+        }
+        crate::chain::collect_signatures(&genesis, std::slice::from_ref(&sigs_dir))?;
     }
-    let ca = bftcd_sequencer::keys::dev_ca(&dir.join("ca"))?;
-    let mut validators = Vec::new();
-    for i in 1..=args.banks {
-        let keys = dir.join(format!("bank{i}")).join("keys");
-        let peer = format!("127.0.0.1:{}", args.base_port as u32 + 300 + i);
-        let client = format!("127.0.0.1:{}", args.base_port as u32 + i);
-        let v = if keys.join("validator.pb").exists() {
-            bftcd_proto::bftcd::Validator::decode(std::fs::read(keys.join("validator.pb"))?.as_slice())?
-        } else {
-            bftcd_sequencer::keys::generate(&keys, &format!("bank{i}"), &ca, &peer, &client)?
-        };
-        validators.push(v);
-    }
-    let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
-    let g = crate::chain::make_genesis("bftcd-dev", validators, crate::serve::ApplyMode::Batched, limits)?;
-    std::fs::write(&genesis_path, g.encode_to_vec())?;
-    tracing::info!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
     Ok(())
 }
 

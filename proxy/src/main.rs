@@ -51,10 +51,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a local cluster on loopback: N stock etcds and N sidecars, until SIGINT/SIGTERM.
     DevCluster(devcluster::DevClusterArgs),
-    /// Create one bank's keys: BLS (votes), Ed25519 (operations), TLS certificate from a CA.
+    /// Create one bank's keys: BLS (votes), Ed25519 (operations), a self-signed TLS certificate.
     Keygen(chain::KeygenArgs),
-    /// Build a chain's genesis from the banks' validator descriptors (checks every key).
-    Genesis(chain::GenesisArgs),
+    /// Build a chain's genesis from the banks' validator descriptors (checks every key), or
+    /// show, sign or seal one (the genesis ceremony).
+    Genesis(chain::GenesisCmd),
     /// Make a development CA and certificates for the client port's TLS (client certificates
     /// with CN = name, server certificates for 127.0.0.1 and localhost).
     ClientCerts(clientcerts::ClientCertsArgs),

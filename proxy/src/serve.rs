@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// single-bank chain on first start.
     #[arg(long)]
     pub genesis: Option<PathBuf>,
+    /// Every bank's signature over the genesis (a multi-bank chain starts only with all of
+    /// them): a file from `bftcd genesis seal`, or a directory of the banks' `bftcd genesis
+    /// sign` files. Default: the genesis's path with the extension `.sigs` (genesis.sigs).
+    #[arg(long)]
+    pub genesis_signatures: Option<PathBuf>,
     /// Chain id used when a single-bank genesis is created.
     #[arg(long, default_value = "bftcd-local")]
     pub chain_id: String,
@@ -290,6 +295,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let genesis = load_genesis(&args)?;
+    if genesis.validators.len() > 1 {
+        // Before anything else reads the genesis: only one every bank signed is this chain's.
+        let genesis_path = args
+            .genesis
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("genesis.pb"));
+        let sigs = args
+            .genesis_signatures
+            .clone()
+            .unwrap_or_else(|| genesis_path.with_extension("sigs"));
+        crate::chain::collect_signatures(&genesis, &[sigs])?;
+        tracing::info!(genesis_hash = %hex::encode(bftcd_sequencer::genesis_hash(&genesis)), "every bank signed the genesis");
+    }
     let limits = Limits::of(&genesis);
     limits.check().map_err(|e| anyhow::anyhow!("the genesis's limits: {e}"))?;
     let rules = bftcd_sequencer::governance::ChainRules::of(&genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;

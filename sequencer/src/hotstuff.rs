@@ -156,13 +156,13 @@ impl HotStuff {
             .validators
             .iter()
             .enumerate()
-            .map(|(i, v)| PeerInfo { index: i as u32, address: v.peer_address.clone(), cert_der: v.tls_certificate.clone() })
+            .map(|(i, v)| PeerInfo { index: i as u32, name: v.name.clone(), address: v.peer_address.clone(), cert_der: v.tls_certificate.clone() })
             .collect();
         let net_cfg = NetConfig::new(
             opts.me as u32,
             opts.listen_peer,
             peers,
-            keys.ca_cert_pem.clone(),
+            crate::block::genesis_hash(genesis),
             keys.tls_cert_pem.clone(),
             keys.tls_key_pem.clone(),
         );

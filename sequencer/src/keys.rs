@@ -6,9 +6,10 @@
 //!   bls.key        BLS secret key, hex (0600)
 //!   operation.key  Ed25519 seed, hex (0600)
 //!   tls.key        TLS private key, PEM (0600)
-//!   tls.crt        TLS certificate signed by the chain's CA, PEM
-//!   ca.crt         the CA certificate every bank trusts for peer TLS, PEM
+//!   tls.crt        the bank's self-signed peer TLS certificate, PEM (pinned in the genesis)
 //!   validator.pb   the public descriptor (protobuf bftcd.v1.Validator) that goes into a genesis
+//!
+//! No bank needs anything from another to make its keys: there is no shared CA.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ use ed25519_dalek::Signer;
 use crate::consensus::Crypto;
 use crate::cpu;
 use crate::crypto::{self, PublicKey, SecretKey, Signature};
-use crate::net::pki::DevCa;
+use crate::net::pki;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -57,7 +58,6 @@ pub struct BankKeys {
     pub operation: ed25519_dalek::SigningKey,
     pub tls_cert_pem: String,
     pub tls_key_pem: String,
-    pub ca_cert_pem: String,
 }
 
 impl BankKeys {
@@ -69,22 +69,34 @@ impl BankKeys {
             let p = dir.join(name);
             std::fs::read_to_string(&p).map_err(|e| file_err(&p, e))
         };
-        Ok(BankKeys { bls, operation, tls_cert_pem: read("tls.crt")?, tls_key_pem: read("tls.key")?, ca_cert_pem: read("ca.crt")? })
+        Ok(BankKeys {
+            bls,
+            operation,
+            tls_cert_pem: read("tls.crt")?,
+            tls_key_pem: read("tls.key")?,
+        })
     }
 }
 
-/// Creates a bank's keys in `dir` (which must not hold keys yet), with its TLS certificate
-/// issued by `ca`, and returns its public descriptor (also written to `validator.pb`).
-pub fn generate(dir: &Path, name: &str, ca: &DevCa, peer_address: &str, client_address: &str) -> Result<Validator, KeyError> {
+/// Creates a bank's keys in `dir` (which must not hold keys yet), with a self-signed TLS
+/// certificate, and returns its public descriptor (also written to `validator.pb`).
+pub fn generate(
+    dir: &Path,
+    name: &str,
+    peer_address: &str,
+    client_address: &str,
+) -> Result<Validator, KeyError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let bls = SecretKey::generate();
     let operation = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let tls = ca.try_issue(name).map_err(|e| file_err(dir, e))?;
+    if dir.join("bls.key").exists() {
+        return Err(file_err(dir, "already holds keys (never overwritten)"));
+    }
+    let tls = pki::self_signed(name).map_err(|e| file_err(dir, e))?;
     write_secret(&dir.join("bls.key"), &hex::encode(bls.to_bytes()))?;
     write_secret(&dir.join("operation.key"), &hex::encode(operation.to_bytes()))?;
     write_secret(&dir.join("tls.key"), &tls.key_pem)?;
     std::fs::write(dir.join("tls.crt"), &tls.cert_pem).map_err(|e| file_err(dir, e))?;
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).map_err(|e| file_err(dir, e))?;
     let v = Validator {
         name: name.to_string(),
         bls_public_key: bls.public_key().to_bytes().to_vec(),
@@ -98,21 +110,6 @@ pub fn generate(dir: &Path, name: &str, ca: &DevCa, peer_address: &str, client_a
     Ok(v)
 }
 
-/// A development CA in `dir` (ca.crt, ca.key), created on first use.
-pub fn dev_ca(dir: &Path) -> Result<DevCa, KeyError> {
-    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    if crt.exists() {
-        let c = std::fs::read_to_string(&crt).map_err(|e| file_err(&crt, e))?;
-        let k = std::fs::read_to_string(&key).map_err(|e| file_err(&key, e))?;
-        return DevCa::from_pem(&c, &k).map_err(|e| file_err(&crt, e));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let ca = DevCa::generate("bftcd development CA");
-    write_secret(&key, ca.key_pem())?;
-    std::fs::write(&crt, &ca.cert_pem).map_err(|e| file_err(&crt, e))?;
-    Ok(ca)
-}
-
 /// Checks a genesis: unique names, every BLS key valid with its proof of possession, every
 /// operation key valid. Run at every start, not only when the genesis is made.
 pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
@@ -120,6 +117,7 @@ pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
         return Err(KeyError::Genesis("no validators".into()));
     }
     let mut names = std::collections::HashSet::new();
+    let mut certs = std::collections::HashSet::new();
     for v in &g.validators {
         if !names.insert(&v.name) {
             return Err(KeyError::Genesis(format!("validator name {:?} appears twice", v.name)));
@@ -134,6 +132,15 @@ pub fn check_genesis(g: &Genesis) -> Result<(), KeyError> {
                 .ok_or_else(|| KeyError::Genesis(format!("{}: bad operation key", v.name)))?;
             if v.tls_certificate.is_empty() || v.peer_address.is_empty() {
                 return Err(KeyError::Genesis(format!("{}: missing TLS certificate or peer address", v.name)));
+            }
+            crate::net::check_certificate(&v.tls_certificate)
+                .map_err(|e| KeyError::Genesis(format!("{}: {e}", v.name)))?;
+            // The certificate is the bank's identity on the wire: two banks cannot share one.
+            if !certs.insert(&v.tls_certificate) {
+                return Err(KeyError::Genesis(format!(
+                    "{}: TLS certificate already listed for another bank",
+                    v.name
+                )));
             }
         }
     }
@@ -520,9 +527,16 @@ mod tests {
     #[test]
     fn keygen_genesis_and_crypto_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = dev_ca(&dir.path().join("ca")).unwrap();
         let validators: Vec<Validator> = (0..4)
-            .map(|i| generate(&dir.path().join(format!("b{i}")), &format!("b{i}"), &ca, "127.0.0.1:1", "127.0.0.1:2").unwrap())
+            .map(|i| {
+                generate(
+                    &dir.path().join(format!("b{i}")),
+                    &format!("b{i}"),
+                    "127.0.0.1:1",
+                    "127.0.0.1:2",
+                )
+                .unwrap()
+            })
             .collect();
         let genesis = Genesis { chain_id: "c".into(), epoch: 1, validators, ..Default::default() };
         check_genesis(&genesis).unwrap();
@@ -613,6 +627,13 @@ mod tests {
         bad.validators[1].proof_of_possession = bad.validators[2].proof_of_possession.clone();
         assert!(check_genesis(&bad).is_err());
         // Keys are not overwritten.
-        assert!(generate(&dir.path().join("b0"), "b0", &ca, "a", "b").is_err());
+        assert!(generate(&dir.path().join("b0"), "b0", "a", "b").is_err());
+        // Two banks cannot pin one certificate.
+        let mut shared = genesis.clone();
+        shared.validators[1].tls_certificate = shared.validators[2].tls_certificate.clone();
+        assert!(check_genesis(&shared).is_err());
+        let mut garbage = genesis.clone();
+        garbage.validators[3].tls_certificate = vec![0x30, 0x03, 1, 2, 3];
+        assert!(check_genesis(&garbage).is_err());
     }
 }

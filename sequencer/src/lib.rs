@@ -30,6 +30,7 @@ pub mod single;
 pub mod stages;
 pub mod state_digest;
 pub mod checkpoint;
+pub mod ceremony;
 pub mod validity;
 
 /// Tracing target of the per-step timing events (`BFTCD_LOG=info,bftcd::trace=debug`): one

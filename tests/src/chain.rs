@@ -1,5 +1,6 @@
-//! A chain of n banks on loopback: per bank a stock etcd and a sidecar, with keys and a genesis
-//! made by the real `bftcd keygen` and `bftcd genesis` commands.
+//! A chain of n banks on loopback: per bank a stock etcd and a sidecar, with keys, a genesis and
+//! every bank's signature over it made by the real `bftcd keygen`, `bftcd genesis` and `bftcd
+//! genesis sign` commands (the genesis ceremony).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,6 +36,14 @@ pub struct Deviant {
     pub bank: usize,
     pub bin: PathBuf,
     pub args: Vec<String>,
+}
+
+/// Milliseconds since the Unix epoch: the genesis time of a test chain.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn bftcd(args: &[String]) {
@@ -116,17 +125,39 @@ impl Chain {
                 "keygen".into(),
                 format!("--name={prefix}bank{}", i + 1),
                 format!("--dir={}", keys.display()),
-                format!("--ca-dir={}", dir.join(format!("{prefix}ca")).display()),
                 format!("--peer-address=127.0.0.1:{}", peer_ports[i]),
                 format!("--client-address=127.0.0.1:{}", client_ports[i]),
             ]);
             descriptors.push(keys.join("validator.pb").display().to_string());
         }
         let genesis = dir.join(format!("{prefix}genesis.pb"));
-        let mut args = vec!["genesis".into(), "--chain-id=test-chain".into(), format!("--out={}", genesis.display())];
+        let mut args = vec![
+            "genesis".into(),
+            "--chain-id=test-chain".into(),
+            format!("--genesis-time={}", now_ms()),
+            format!("--out={}", genesis.display()),
+        ];
         args.extend(genesis_args.iter().map(|a| a.to_string()));
         args.extend(descriptors);
         bftcd(&args);
+        // Every bank signs; `serve` finds the signatures next to the genesis (<genesis>.sigs/).
+        let sigs = genesis.with_extension("sigs");
+        std::fs::create_dir_all(&sigs).unwrap();
+        for i in 0..n {
+            bftcd(&[
+                "genesis".into(),
+                "sign".into(),
+                format!("--genesis={}", genesis.display()),
+                format!(
+                    "--keys={}",
+                    dir.join(format!("{prefix}keys/bank{}", i + 1)).display()
+                ),
+                format!(
+                    "--out={}",
+                    sigs.join(format!("bank{}.sig", i + 1)).display()
+                ),
+            ]);
+        }
         let mut banks = Vec::new();
         for i in 0..n {
             let name = format!("{prefix}bank{}", i + 1);

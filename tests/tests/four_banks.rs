@@ -244,7 +244,7 @@ fn verify_ledgers(chain: &Chain, dir: &TestDir) {
     let validators: Vec<String> =
         (1..=4).map(|i| dir.join(format!("keys/bank{i}/validator.pb")).display().to_string()).collect();
     let made = std::process::Command::new(bftcd_tests::bftcd_bin())
-        .args(["genesis", "--chain-id=another-chain", &format!("--out={}", other.display())])
+        .args(["genesis", "--chain-id=another-chain", "--genesis-time=2026-12-01T00:00:00Z", &format!("--out={}", other.display())])
         .args(&validators)
         .output()
         .unwrap();

@@ -17,7 +17,7 @@ pub fn read(path: &Path) -> Result<Genesis, String> {
 
 /// Checks the genesis's keys as a ledger's verification would, then prints its hash (the one
 /// `--genesis-hash` takes) and the validator set.
-pub fn command(out: &mut Out, path: PathBuf) -> Result<(), String> {
+pub fn command(out: &mut Out, path: PathBuf, signatures: Option<PathBuf>) -> Result<(), String> {
     let g = read(&path)?;
     let n = g.validators.len();
     // The same checks a ledger's genesis gets: with n > 1 every proof of possession and key.
@@ -56,6 +56,16 @@ pub fn command(out: &mut Out, path: PathBuf) -> Result<(), String> {
     if n > 1 {
         out.line("keys        every BLS key's proof of possession and every operation key verified");
     }
+    if let Some(sigs) = &signatures {
+        let signed = read_signatures(sigs, &genesis_hash(&g))?;
+        bftcd_sequencer::ceremony::check(&g, &signed)
+            .map_err(|e| format!("INVALID: {}: {e}", sigs.display()))?;
+        out.line(format!(
+            "signatures  every bank's signature over this genesis verified ({})",
+            sigs.display()
+        ));
+        out.set("signatures_verified", true);
+    }
     out.set("genesis", path.display().to_string());
     out.set("genesis_hash", hash);
     out.set("chain_id", g.chain_id.clone());
@@ -73,4 +83,37 @@ pub fn command(out: &mut Out, path: PathBuf) -> Result<(), String> {
     out.set("validators", validators);
     out.set("key_owners", owners.iter().map(|(p, b)| json!({"prefix": p, "bank": b})).collect::<Vec<_>>());
     Ok(())
+}
+
+/// The signatures over the genesis in a file, or in every file of a directory, merged (those
+/// over another genesis are left out: `check` then names the banks missing).
+fn read_signatures(
+    path: &Path,
+    hash: &[u8; 32],
+) -> Result<bftcd_proto::bftcd::GenesisSignatures, String> {
+    use bftcd_proto::Message;
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                f.is_file()
+                    && !f
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut all = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let sigs = bftcd_proto::bftcd::GenesisSignatures::decode(bytes.as_slice())
+            .map_err(|e| format!("{}: not a genesis signatures file: {e}", f.display()))?;
+        all.push(sigs);
+    }
+    Ok(bftcd_sequencer::ceremony::merge(all, hash).0)
 }

@@ -181,6 +181,10 @@ enum Command {
     Genesis {
         /// A `bftcd genesis` file.
         path: PathBuf,
+        /// Also check that every bank signed this genesis: a `bftcd genesis seal` file, or a
+        /// directory of the banks' `bftcd genesis sign` files.
+        #[arg(long)]
+        signatures: Option<PathBuf>,
     },
 }
 
@@ -265,7 +269,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ledger { path, ops, trust } => ledger::command(&mut out, path, ops, trust),
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
-        Command::Genesis { path } => genesis::command(&mut out, path),
+        Command::Genesis { path, signatures } => genesis::command(&mut out, path, signatures),
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
         Command::Replay { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin } => {
             replay::command(&mut out, replay::Args { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin })

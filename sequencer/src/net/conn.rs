@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use super::frame::{encode_header, read_frame, Frame, ReadError, PING};
 use super::pki::fingerprint;
@@ -116,6 +116,81 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// The hello: each side's first frame on a connection, this tag and its genesis hash.
+const HELLO_TAG: &[u8] = b"bftcd.hello.v1\0";
+/// Room for a hello; a longer first frame is a protocol violation (and never allocated).
+const HELLO_MAX: usize = 64;
+
+/// Why a hello exchange failed.
+enum HelloError {
+    /// The peer's genesis hash differs from ours.
+    Mismatch([u8; 32]),
+    /// No valid hello arrived.
+    Bad(String),
+}
+
+/// A whole hello frame (header and payload), for tests that speak the protocol by hand.
+#[cfg(test)]
+pub(super) fn hello_frame(hash: &[u8; 32]) -> Vec<u8> {
+    let payload = [HELLO_TAG, &hash[..]].concat();
+    [&encode_header(payload.len())[..], &payload].concat()
+}
+
+/// Sends our hello and reads the peer's, within `limit` each. Both sides write first, so
+/// neither waits for the other. Bytes read past the peer's hello stay in `buf`.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    mine: &[u8; 32],
+    limit: Duration,
+) -> Result<(), HelloError> {
+    let payload = [HELLO_TAG, &mine[..]].concat();
+    let sent = async {
+        write_frame_within(stream, &payload, limit).await?;
+        within(limit, stream.flush()).await
+    };
+    sent.await
+        .map_err(|e| HelloError::Bad(format!("sending the hello: {e}")))?;
+    let frame = match read_frame(stream, buf, HELLO_MAX, limit).await {
+        Ok(Some(Frame::Data(frame))) => frame,
+        Ok(Some(Frame::Ping)) => return Err(HelloError::Bad("a ping before its hello".into())),
+        Ok(None) => return Err(HelloError::Bad("closed before its hello".into())),
+        Err(ReadError::Invalid(reason)) => {
+            return Err(HelloError::Bad(format!("bad hello: {reason}")))
+        }
+        Err(ReadError::Silent(idle)) => {
+            return Err(HelloError::Bad(format!("no hello within {idle:?}")))
+        }
+        Err(ReadError::Io(e)) => return Err(HelloError::Bad(format!("reading the hello: {e}"))),
+    };
+    let theirs: [u8; 32] = frame
+        .strip_prefix(HELLO_TAG)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| HelloError::Bad("malformed hello (an older bftcd?)".into()))?;
+    if &theirs != mine {
+        return Err(HelloError::Mismatch(theirs));
+    }
+    Ok(())
+}
+
+/// Counts a peer whose genesis differs and logs it (the first time and then at powers of two:
+/// it keeps reconnecting).
+fn genesis_mismatch(shared: &Shared, peer: u32, theirs: &[u8; 32]) {
+    let n = shared.peer(peer).map_or(1, |c| {
+        c.genesis_mismatches.fetch_add(1, Ordering::Relaxed) + 1
+    });
+    if n.is_power_of_two() {
+        error!(
+            peer,
+            refused = n,
+            "peer {} has genesis {}, this bank has {}: refusing",
+            shared.name(peer),
+            hex::encode(theirs),
+            hex::encode(shared.genesis_hash)
+        );
+    }
+}
+
 fn reject(shared: &Shared, addr: SocketAddr, reason: &dyn std::fmt::Display) {
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     warn!(%addr, %reason, "rejected inbound peer connection");
@@ -135,7 +210,6 @@ async fn serve_inbound(
         Ok(Err(e)) => return refuse(&shared, addr, &e),
         Ok(Ok(tls)) => tls,
     };
-    drop(slots);
     let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return reject(&shared, addr, &"no client certificate");
     };
@@ -153,6 +227,21 @@ async fn serve_inbound(
         let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
         return reject(&shared, addr, &format!("validator {from}: {reason}"));
     }
+    let mut buf = BytesMut::new();
+    match hello(&mut tls, &mut buf, &shared.genesis_hash, HANDSHAKE_TIMEOUT).await {
+        Ok(()) => {}
+        Err(HelloError::Mismatch(theirs)) => {
+            genesis_mismatch(&shared, from, &theirs);
+            let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+            return;
+        }
+        Err(HelloError::Bad(reason)) => {
+            return reject(&shared, addr, &format!("{}: {reason}", shared.name(from)));
+        }
+    }
+    // The hello is part of the handshake: until it is done the connection holds its slots, so
+    // a peer stalling in it cannot open connections without bound.
+    drop(slots);
 
     // One live inbound connection per peer: a newer one replaces (closes) the older one.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +263,6 @@ async fn serve_inbound(
     let keepalive = shared.keepalive;
     let (mut rd, wr) = tokio::io::split(tls);
     let reader = async {
-        let mut buf = BytesMut::new();
         loop {
             match read_frame(&mut rd, &mut buf, shared.max_frame, keepalive.idle_timeout).await {
                 Ok(Some(Frame::Data(frame))) => {
@@ -315,8 +403,31 @@ pub(super) async fn dial_loop(
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
                 })??;
+            let mut stream = stream;
             tls::negotiated(stream.get_ref().1.alpn_protocol())
                 .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+            // What the acceptor sends after its hello (pings) is not parsed: nothing to keep.
+            let mut buf = BytesMut::new();
+            match hello(
+                &mut stream,
+                &mut buf,
+                &shared.genesis_hash,
+                HANDSHAKE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(HelloError::Mismatch(theirs)) => {
+                    genesis_mismatch(&shared, index, &theirs);
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "another genesis",
+                    ));
+                }
+                Err(HelloError::Bad(reason)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, reason))
+                }
+            }
             Ok::<_, io::Error>(stream)
         };
         match attempt.await {
@@ -342,7 +453,9 @@ pub(super) async fn dial_loop(
             }
             Err(error) => {
                 failures += 1;
-                if failures.is_power_of_two() {
+                // A genesis mismatch was logged by `genesis_mismatch`.
+                if error.kind() == io::ErrorKind::PermissionDenied {
+                } else if failures.is_power_of_two() {
                     warn!(peer = index, %address, %error, failures, "cannot connect to peer");
                 } else {
                     debug!(peer = index, %address, %error, failures, "cannot connect to peer");

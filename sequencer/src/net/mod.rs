@@ -74,6 +74,7 @@ pub use inbox::InboundReceiver;
 use inbox::{Inbox, PushError};
 pub use pki::{DevCa, Issued, PkiError};
 pub use stats::{NetStats, PeerStats};
+pub use tls::check_certificate;
 use crate::cpu::{AccountedExt, Component};
 
 /// Default [`NetConfig::max_frame_bytes`]: 16 MiB.
@@ -90,8 +91,10 @@ pub const DEFAULT_INBOUND_BYTES_PER_PEER: usize = 32 << 20;
 /// Limit for TCP connect plus TLS handshake, both directions.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The peer protocol spoken on every connection, negotiated with TLS ALPN. Version 2 added
-/// keepalive pings (zero-length frames).
-pub const PEER_PROTOCOL: &[u8] = b"bftcd-peer/2";
+/// keepalive pings (zero-length frames); version 3 the hello (see [`conn`]'s `hello`): each
+/// side's first frame is its genesis hash, and a connection between banks of different geneses
+/// is closed before any message passes.
+pub const PEER_PROTOCOL: &[u8] = b"bftcd-peer/3";
 
 /// Timers that notice a silent or stuck peer and bring the connection back (see the module
 /// documentation). Invariants checked at start: all positive, `ping_interval < idle_timeout`.
@@ -131,9 +134,11 @@ pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub index: u32,
+    /// Its name in the genesis (for logs).
+    pub name: String,
     /// `host:port` to dial.
     pub address: String,
-    /// The validator's leaf certificate (DER); its identity on the wire.
+    /// The validator's certificate (DER) pinned in the genesis; its identity on the wire.
     pub cert_der: Vec<u8>,
 }
 
@@ -146,9 +151,9 @@ pub struct NetConfig {
     pub listen: SocketAddr,
     /// All validators including me.
     pub peers: Vec<PeerInfo>,
-    /// Trust anchor(s) for peer certificates (PEM).
-    pub ca_cert_pem: String,
-    /// My leaf certificate (PEM; may be followed by intermediates) and private key (PEM).
+    /// The hash of this bank's genesis: exchanged in the hello, a peer with another is refused.
+    pub genesis_hash: [u8; 32],
+    /// My certificate (PEM, the one pinned in the genesis) and private key (PEM).
     pub my_cert_pem: String,
     pub my_key_pem: String,
     /// Largest accepted or sent payload.
@@ -173,7 +178,7 @@ impl NetConfig {
         me: u32,
         listen: SocketAddr,
         peers: Vec<PeerInfo>,
-        ca_cert_pem: String,
+        genesis_hash: [u8; 32],
         my_cert_pem: String,
         my_key_pem: String,
     ) -> NetConfig {
@@ -181,7 +186,7 @@ impl NetConfig {
             me,
             listen,
             peers,
-            ca_cert_pem,
+            genesis_hash,
             my_cert_pem,
             my_key_pem,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -241,6 +246,10 @@ pub(crate) struct Shared {
     slot_of: HashMap<u32, usize>,
     /// Leaf DER → validator index.
     by_cert: Arc<HashMap<Vec<u8>, u32>>,
+    /// Validator index → name, for logs.
+    names: HashMap<u32, String>,
+    /// This bank's genesis hash, sent and compared in the hello.
+    genesis_hash: [u8; 32],
     acceptor: TlsAcceptor,
     handshakes: Arc<Semaphore>,
     /// Sources (see [`source_key`]) of the listed peers' addresses: their handshakes take no
@@ -260,6 +269,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A validator's name for logs (its index when it has none).
+    fn name(&self, index: u32) -> String {
+        match self.names.get(&index) {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => format!("validator {index}"),
+        }
+    }
+
     fn peer(&self, index: u32) -> Option<&stats::PeerCounters> {
         self.slot_of.get(&index).map(|&s| &self.counters.peers[s].1)
     }
@@ -409,14 +426,13 @@ impl Network {
         validate(&cfg, identity.chain[0].as_ref())?;
         cfg.peers.sort_by_key(|p| p.index);
         let provider = tls::provider();
-        let roots = tls::roots_from_pem(&cfg.ca_cert_pem)?;
         let by_cert: Arc<HashMap<Vec<u8>, u32>> = Arc::new(
             cfg.peers
                 .iter()
                 .map(|p| (p.cert_der.clone(), p.index))
                 .collect(),
         );
-        let server = tls::server_config(&provider, &roots, by_cert.clone(), &identity)?;
+        let server = tls::server_config(&provider, by_cert.clone(), &identity)?;
         let local_addr = listener.local_addr()?;
 
         let inbox = Arc::new(Inbox::new(
@@ -436,6 +452,12 @@ impl Network {
                 .map(|(s, p)| (p.index, s))
                 .collect(),
             by_cert,
+            names: cfg
+                .peers
+                .iter()
+                .map(|p| (p.index, p.name.clone()))
+                .collect(),
+            genesis_hash: cfg.genesis_hash,
             acceptor: TlsAcceptor::from(server),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             peer_sources: cfg.peers.iter().filter(|p| p.index != cfg.me).flat_map(|p| listed_sources(&p.address)).collect(),
@@ -448,7 +470,7 @@ impl Network {
         let mut tasks = JoinSet::new();
         let mut queues = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.index != cfg.me) {
-            let client = tls::client_config(&provider, &roots, p.cert_der.clone(), &identity)?;
+            let client = tls::client_config(&provider, p.cert_der.clone(), &identity)?;
             let queue = Arc::new(PeerQueue::new(cfg.queue_per_peer, cfg.queue_bytes_per_peer));
             queues.insert(p.index, queue.clone());
             tasks.spawn(conn::dial_loop(

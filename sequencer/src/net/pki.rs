@@ -1,9 +1,6 @@
-//! A development PKI: one self-signed CA that issues each validator a leaf certificate usable for
-//! both TLS server and client authentication (ECDSA P-256, 10 years), plus PEM helpers that turn
-//! PEM text into rustls types.
-//!
-//! This is for test clusters and local deployments. Production banks are expected to bring their
-//! own CA; the transport only needs a CA certificate and each validator's leaf DER.
+//! Certificates: each validator's self-signed peer certificate (pinned in the genesis, so no CA
+//! is involved between banks), a development CA for the client port's TLS (`bftcd
+//! client-certs`), and PEM helpers that turn PEM text into rustls types.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
@@ -151,27 +148,8 @@ impl DevCa {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        let mut sans = Vec::new();
-        if is_dns_name(name) && name != "localhost" {
-            sans.push(SanType::DnsName(name.try_into()?));
-        }
-        sans.push(SanType::DnsName("localhost".try_into()?));
-        sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let (key, mut params) = leaf(name)?;
         params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        validity(&mut params);
         let cert = params.signed_by(&key, &issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -179,6 +157,46 @@ impl DevCa {
             cert_der: cert.der().to_vec(),
         })
     }
+}
+
+/// A fresh P-256 key and the parameters of a leaf for validator `name`: CN = `name`, SANs DNS
+/// `name` (when it is a valid DNS name), DNS `localhost` and IP 127.0.0.1; server and client
+/// auth; 10 years.
+fn leaf(name: &str) -> Result<(KeyPair, CertificateParams), PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let mut sans = Vec::new();
+    if is_dns_name(name) && name != "localhost" {
+        sans.push(SanType::DnsName(name.try_into()?));
+    }
+    sans.push(SanType::DnsName("localhost".try_into()?));
+    sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.serial_number = Some(random_serial());
+    validity(&mut params);
+    Ok((key, params))
+}
+
+/// A self-signed certificate for validator `name` (the same fields as [`DevCa::issue`]'s
+/// leaves). Peers trust it because the genesis pins it, not because anyone signed it, so no
+/// bank needs anyone else's key to make its own.
+pub fn self_signed(name: &str) -> Result<Issued, PkiError> {
+    let (key, params) = leaf(name)?;
+    let cert = params.self_signed(&key)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+    })
 }
 
 /// All certificates in a PEM text, in order.

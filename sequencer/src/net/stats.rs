@@ -37,6 +37,8 @@ pub struct PeerStats {
     pub inbound_dropped: u64,
     /// Messages from this peer waiting for the receiver.
     pub inbound_queued: u64,
+    /// Connections to or from this peer closed because its hello named another genesis.
+    pub genesis_mismatches: u64,
 }
 
 /// A snapshot of all transport counters.
@@ -78,6 +80,7 @@ pub(crate) struct PeerCounters {
     pub last_heard_ms: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
     pub inbound_dropped: AtomicU64,
+    pub genesis_mismatches: AtomicU64,
 }
 
 impl PeerCounters {
@@ -148,6 +151,7 @@ impl Counters {
                 queued: 0,
                 inbound_dropped: c.inbound_dropped.load(Relaxed),
                 inbound_queued: 0,
+                genesis_mismatches: c.genesis_mismatches.load(Relaxed),
             };
             s.frames_sent += p.frames_sent;
             s.bytes_sent += p.bytes_sent;

@@ -15,8 +15,10 @@ struct Node {
     rx: InboundReceiver,
 }
 
+/// The genesis hash every test node has, unless a test changes it.
+const GENESIS: [u8; 32] = [7; 32];
+
 struct Cluster {
-    ca: DevCa,
     issued: Vec<Issued>,
     cfgs: Vec<NetConfig>,
     nodes: Vec<Node>,
@@ -38,9 +40,8 @@ async fn cluster_with(listed: u32, running: u32) -> Cluster {
 
 /// [`cluster_with`] with every config changed by `tune`.
 async fn cluster_tuned(listed: u32, running: u32, tune: impl Fn(&mut NetConfig)) -> Cluster {
-    let ca = DevCa::generate("bftcd test CA");
     let issued: Vec<Issued> = (0..listed)
-        .map(|i| ca.issue(&format!("bank-{i}")))
+        .map(|i| pki::self_signed(&format!("bank-{i}")).unwrap())
         .collect();
     let mut listeners = Vec::new();
     for _ in 0..listed {
@@ -52,6 +53,7 @@ async fn cluster_tuned(listed: u32, running: u32, tune: impl Fn(&mut NetConfig))
         .enumerate()
         .map(|(i, (l, c))| PeerInfo {
             index: i as u32,
+            name: format!("bank-{i}"),
             address: l.local_addr().unwrap().to_string(),
             cert_der: c.cert_der.clone(),
         })
@@ -63,7 +65,7 @@ async fn cluster_tuned(listed: u32, running: u32, tune: impl Fn(&mut NetConfig))
             i as u32,
             listener.local_addr().unwrap(),
             peers.clone(),
-            ca.cert_pem.clone(),
+            GENESIS,
             issued[i].cert_pem.clone(),
             issued[i].key_pem.clone(),
         );
@@ -77,7 +79,6 @@ async fn cluster_tuned(listed: u32, running: u32, tune: impl Fn(&mut NetConfig))
         cfgs.push(cfg);
     }
     Cluster {
-        ca,
         issued,
         cfgs,
         nodes,
@@ -188,11 +189,11 @@ async fn all_to_all_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_certificates_are_rejected() {
     let mut c = cluster(4).await;
-    let other_ca = DevCa::generate("some other CA");
-    // Each rogue claims a real validator's index; only its certificate differs.
+    // Each rogue claims a real validator's index (and name); only its certificate differs:
+    // not the one pinned for that validator.
     let rogues_certs = [
-        (1u32, other_ca.issue("bank-1")),
-        (2u32, c.ca.issue("bank-9")),
+        (1u32, pki::self_signed("bank-1").unwrap()),
+        (2u32, DevCa::generate("some CA").issue("bank-2")),
     ];
     let mut rogues = Vec::new();
     for (claim, cert) in &rogues_certs {
@@ -260,17 +261,18 @@ async fn raw_client(
     to: usize,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let provider = tls::provider();
-    let roots = tls::roots_from_pem(&c.ca.cert_pem).unwrap();
     let me = tls::Identity::from_pem(&c.issued[who].cert_pem, &c.issued[who].key_pem).unwrap();
-    let cfg = tls::client_config(&provider, &roots, c.issued[to].cert_der.clone(), &me).unwrap();
+    let cfg = tls::client_config(&provider, c.issued[to].cert_der.clone(), &me).unwrap();
     let tcp = TcpStream::connect(c.nodes[to].net.local_addr())
         .await
         .unwrap();
     let name = tls::server_name_for(&c.nodes[to].net.local_addr().to_string());
-    tokio_rustls::TlsConnector::from(cfg)
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
-        .unwrap()
+        .unwrap();
+    s.write_all(&conn::hello_frame(&GENESIS)).await.unwrap();
+    s
 }
 
 async fn assert_closed(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) {
@@ -414,10 +416,9 @@ async fn config_is_validated() {
 async fn dialer_checks_server_identity() {
     let c = cluster(3).await;
     let provider = tls::provider();
-    let roots = tls::roots_from_pem(&c.ca.cert_pem).unwrap();
     let me = tls::Identity::from_pem(&c.issued[2].cert_pem, &c.issued[2].key_pem).unwrap();
     // Node 0 answers with its own valid certificate, but we dial expecting validator 1's.
-    let cfg = tls::client_config(&provider, &roots, c.issued[1].cert_der.clone(), &me).unwrap();
+    let cfg = tls::client_config(&provider, c.issued[1].cert_der.clone(), &me).unwrap();
     let tcp = TcpStream::connect(c.nodes[0].net.local_addr())
         .await
         .unwrap();
@@ -428,18 +429,53 @@ async fn dialer_checks_server_identity() {
         .unwrap_err();
     assert!(err.to_string().contains("NotAValidator"), "{err}");
 
-    // A server certificate from another CA fails the chain check.
-    let other = DevCa::generate("other");
-    let roots_other = tls::roots_from_pem(&other.cert_pem).unwrap();
-    let cfg = tls::client_config(&provider, &roots_other, c.issued[0].cert_der.clone(), &me);
-    let tcp = TcpStream::connect(c.nodes[0].net.local_addr())
-        .await
-        .unwrap();
-    let err = tokio_rustls::TlsConnector::from(cfg.unwrap())
-        .connect(tls::server_name_for("localhost:1"), tcp)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    for node in &c.nodes {
+        node.net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_another_genesis_are_refused_on_both_sides() {
+    // Validator 2 has the right keys and certificate but another genesis.
+    let mut c = cluster_with(3, 2).await;
+    let mut other = c.cfgs[2].clone();
+    other.genesis_hash = [9; 32];
+    let listener = TcpListener::bind(other.listen).await.unwrap();
+    let (odd, mut odd_rx) = Network::start_with_listener(other, listener).await.unwrap();
+    for k in 0..10 {
+        odd.broadcast(Bytes::from(format!("odd:{k}")));
+        c.nodes[0].net.send(2, Bytes::from_static(b"to-odd"));
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (n0, n1) = (c.nodes[0].net.clone(), c.nodes[1].net.clone());
+    wait_for("mismatches counted on both sides", || {
+        let a = n0.stats().peer(2).unwrap().genesis_mismatches;
+        let b = odd.stats().peer(0).unwrap().genesis_mismatches;
+        a >= 2 && b >= 2
+    })
+    .await;
+    // The two with the same genesis still talk.
+    deliver_eventually(&mut c, 0, 1, b"same").await;
+    while let Some((from, payload)) = recv(&mut c.nodes[0].rx, Duration::from_millis(300)).await {
+        assert!(
+            from != 2 && !payload.starts_with(b"odd"),
+            "a frame from another genesis was delivered"
+        );
+    }
+    assert!(
+        recv(&mut odd_rx, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the odd node received a frame"
+    );
+    for net in [&n0, &n1] {
+        let p = net.stats().peer(2).unwrap().clone();
+        assert!(
+            !p.connected && !p.inbound_connected && p.frames_received == 0,
+            "{p:?}"
+        );
+    }
+    odd.shutdown().await;
     for node in &c.nodes {
         node.net.shutdown().await;
     }
@@ -449,9 +485,8 @@ async fn dialer_checks_server_identity() {
 async fn peers_without_the_protocol_version_are_refused() {
     let c = cluster_with(3, 2).await;
     let provider = tls::provider();
-    let roots = tls::roots_from_pem(&c.ca.cert_pem).unwrap();
     let me = tls::Identity::from_pem(&c.issued[2].cert_pem, &c.issued[2].key_pem).unwrap();
-    let cfg = tls::client_config(&provider, &roots, c.issued[0].cert_der.clone(), &me).unwrap();
+    let cfg = tls::client_config(&provider, c.issued[0].cert_der.clone(), &me).unwrap();
     // Version 1 offered no ALPN at all; another version offers a different name.
     for alpn in [vec![], vec![b"bftcd-peer/1".to_vec()]] {
         let mut old = (*cfg).clone();
@@ -556,8 +591,9 @@ impl Drop for Relay {
 /// Two nodes whose every connection runs through a relay: 0 dials 1 through `relays[1]`, 1
 /// dials 0 through `relays[0]`.
 async fn relayed_pair(tune: impl Fn(&mut NetConfig)) -> (Vec<Node>, Vec<Relay>) {
-    let ca = DevCa::generate("bftcd test CA");
-    let issued: Vec<Issued> = (0..2).map(|i| ca.issue(&format!("bank-{i}"))).collect();
+    let issued: Vec<Issued> = (0..2)
+        .map(|i| pki::self_signed(&format!("bank-{i}")).unwrap())
+        .collect();
     let listeners = [bind_local().await, bind_local().await];
     let mut relays = Vec::new();
     for l in &listeners {
@@ -568,6 +604,7 @@ async fn relayed_pair(tune: impl Fn(&mut NetConfig)) -> (Vec<Node>, Vec<Relay>) 
         let peers = (0..2)
             .map(|j| PeerInfo {
                 index: j as u32,
+                name: format!("bank-{j}"),
                 address: relays[j].addr.clone(),
                 cert_der: issued[j].cert_der.clone(),
             })
@@ -576,7 +613,7 @@ async fn relayed_pair(tune: impl Fn(&mut NetConfig)) -> (Vec<Node>, Vec<Relay>) 
             i as u32,
             listener.local_addr().unwrap(),
             peers,
-            ca.cert_pem.clone(),
+            GENESIS,
             issued[i].cert_pem.clone(),
             issued[i].key_pem.clone(),
         );
@@ -778,21 +815,26 @@ async fn stalled_writes_are_given_up() {
     // Validator 1's port: a TLS endpoint with its identity that pings and never reads.
     let listener = TcpListener::bind(c.cfgs[1].listen).await.unwrap();
     let me = tls::Identity::from_pem(&c.issued[1].cert_pem, &c.issued[1].key_pem).unwrap();
-    let known = Arc::new(c.cfgs[1].peers.iter().map(|p| (p.cert_der.clone(), p.index)).collect());
-    let server = tls::server_config(
-        &tls::provider(),
-        &tls::roots_from_pem(&c.ca.cert_pem).unwrap(),
-        known,
-        &me,
-    )
-    .unwrap();
+    let known = Arc::new(
+        c.cfgs[1]
+            .peers
+            .iter()
+            .map(|p| (p.cert_der.clone(), p.index))
+            .collect(),
+    );
+    let server = tls::server_config(&tls::provider(), known, &me).unwrap();
     let stuck = tokio::spawn(async move {
         let mut held = JoinSet::new();
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
             held.spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if s.write_all(&conn::hello_frame(&GENESIS)).await.is_err() {
+                    return;
+                }
                 while s.write_all(&[0, 0, 0, 0]).await.is_ok() && s.flush().await.is_ok() {
                     sleep(Duration::from_millis(100)).await;
                 }

@@ -1,22 +1,24 @@
 //! rustls configuration for the peer transport: mutual TLS 1.3, one explicit ring provider, no
 //! session resumption (every connection re-authenticates with a full handshake).
 //!
-//! Identity is the exact leaf certificate DER listed for a validator in genesis, on top of a chain
-//! to the bank CA. The server refuses client certificates that are not listed; the client refuses
-//! a server whose leaf is not the one expected for the validator it dialed. Host names play no
-//! part in authentication.
+//! Identity is the exact certificate DER pinned for a validator in the genesis: each bank makes
+//! its own self-signed certificate (`bftcd keygen`) and no CA is trusted. The server accepts a
+//! client exactly when it presents one of the pinned certificates (and proves its key in the
+//! handshake); the client accepts a server exactly when it presents the certificate pinned for
+//! the validator it dialed. Host names, issuers and validity dates play no part: the genesis,
+//! which every bank signed, is the only authority.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, Resumption};
+use rustls::client::Resumption;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ParsedCertificate};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -28,16 +30,16 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Trust anchors from a PEM text holding one or more CA certificates.
-pub(crate) fn roots_from_pem(ca_pem: &str) -> Result<Arc<RootCertStore>, NetError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certs_from_pem(ca_pem)? {
-        roots.add(cert)?;
-    }
-    Ok(Arc::new(roots))
+/// Whether `der` is a certificate the handshake can use (parses, with a public key the provider
+/// knows): checked for every genesis certificate, so a bad one fails at start, not at connect.
+pub fn check_certificate(der: &[u8]) -> Result<(), String> {
+    let cert = CertificateDer::from(der);
+    ParsedCertificate::try_from(&cert)
+        .map(|_| ())
+        .map_err(|e| format!("certificate {} unusable: {e}", fingerprint(der)))
 }
 
-/// The certificate is valid for the CA but is not any validator's.
+/// The certificate is not the one pinned for the expected validator.
 #[derive(Debug)]
 struct NotAValidator(String);
 
@@ -55,14 +57,43 @@ fn not_a_validator(der: &[u8]) -> rustls::Error {
     ))))
 }
 
-/// Server side: CA chain (client-auth usage) and membership of the leaf in the validator set.
-#[derive(Debug)]
-struct ValidatorClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    known: Arc<HashMap<Vec<u8>, u32>>,
+fn tls12(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
 }
 
-impl ClientCertVerifier for ValidatorClientVerifier {
+fn tls13(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// Server side: the client's certificate must be one pinned in the genesis. Which validator it
+/// is, and that it is not this bank's own, the accept loop decides from the same map.
+#[derive(Debug)]
+pub(crate) struct PinnedClientVerifier {
+    known: Arc<HashMap<Vec<u8>, u32>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for PinnedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -72,22 +103,19 @@ impl ClientCertVerifier for ValidatorClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
         if !self.known.contains_key(end_entity.as_ref()) {
             return Err(not_a_validator(end_entity));
         }
-        Ok(verified)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -96,7 +124,7 @@ impl ClientCertVerifier for ValidatorClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -105,39 +133,32 @@ impl ClientCertVerifier for ValidatorClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-/// Client side: CA chain (server-auth usage) and the exact leaf expected for the dialed peer.
+/// Client side: the server must present exactly the certificate pinned for the dialed peer.
 #[derive(Debug)]
-struct ExpectedPeerVerifier {
-    roots: Arc<RootCertStore>,
+pub(crate) struct PinnedServerVerifier {
     expected: Vec<u8>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ExpectedPeerVerifier {
+impl ServerCertVerifier for PinnedServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        now: UnixTime,
+        _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
         if end_entity.as_ref() != self.expected.as_slice() {
             return Err(not_a_validator(end_entity));
         }
@@ -150,12 +171,7 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -164,12 +180,7 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -194,17 +205,16 @@ impl Identity {
     }
 }
 
-/// The acceptor's configuration: requires a CA-chained client certificate listed in `known`.
+/// The acceptor's configuration: requires a client certificate pinned in `known`.
 pub(crate) fn server_config(
     provider: &Arc<CryptoProvider>,
-    roots: &Arc<RootCertStore>,
     known: Arc<HashMap<Vec<u8>, u32>>,
     me: &Identity,
 ) -> Result<Arc<ServerConfig>, NetError> {
-    let inner = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| NetError::Config(format!("client verifier: {e}")))?;
-    let verifier = Arc::new(ValidatorClientVerifier { inner, known });
+    let verifier = Arc::new(PinnedClientVerifier {
+        known,
+        provider: provider.clone(),
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -217,15 +227,13 @@ pub(crate) fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// The dialer's configuration for a peer whose leaf must equal `expected`.
+/// The dialer's configuration for a peer whose certificate must equal `expected`.
 pub(crate) fn client_config(
     provider: &Arc<CryptoProvider>,
-    roots: &Arc<RootCertStore>,
     expected: Vec<u8>,
     me: &Identity,
 ) -> Result<Arc<ClientConfig>, NetError> {
-    let verifier = Arc::new(ExpectedPeerVerifier {
-        roots: roots.clone(),
+    let verifier = Arc::new(PinnedServerVerifier {
         expected,
         provider: provider.clone(),
     });
@@ -267,5 +275,69 @@ pub(crate) fn negotiated(alpn: Option<&[u8]>) -> Result<(), String> {
             "peer negotiated no protocol (an older bftcd without keepalives?); this node speaks {:?}",
             String::from_utf8_lossy(super::PEER_PROTOCOL)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pki::{self_signed, DevCa};
+    use super::*;
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    #[test]
+    fn only_pinned_certificates_pass() {
+        let banks: Vec<_> = (0..3)
+            .map(|i| self_signed(&format!("bank{i}")).unwrap())
+            .collect();
+        let known: Arc<HashMap<Vec<u8>, u32>> = Arc::new(
+            banks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.cert_der.clone(), i as u32))
+                .collect(),
+        );
+        let server = PinnedClientVerifier {
+            known,
+            provider: provider(),
+        };
+        let der = |b: &super::super::pki::Issued| CertificateDer::from(b.cert_der.clone());
+        for b in &banks {
+            assert!(server.verify_client_cert(&der(b), &[], now()).is_ok());
+        }
+        // Not pinned: a fresh self-signed one with a bank's very name, or one from a CA.
+        let impostor = self_signed("bank1").unwrap();
+        assert!(server
+            .verify_client_cert(&der(&impostor), &[], now())
+            .is_err());
+        let ca = DevCa::generate("a CA");
+        let issued = ca.issue("bank1");
+        assert!(
+            server
+                .verify_client_cert(&der(&issued), &[der(&banks[0])], now())
+                .is_err(),
+            "a chain proves nothing"
+        );
+        // The dialer wants exactly the dialed bank's: another bank's pinned certificate fails.
+        let client = PinnedServerVerifier {
+            expected: banks[1].cert_der.clone(),
+            provider: provider(),
+        };
+        let name = server_name_for("127.0.0.1:1");
+        assert!(client
+            .verify_server_cert(&der(&banks[1]), &[], &name, &[], now())
+            .is_ok());
+        let err = client
+            .verify_server_cert(&der(&banks[2]), &[], &name, &[], now())
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("NotAValidator"), "{err}");
+        assert!(client
+            .verify_server_cert(&der(&impostor), &[], &name, &[], now())
+            .is_err());
+        // Certificates in a genesis must parse.
+        assert!(check_certificate(&banks[0].cert_der).is_ok());
+        assert!(check_certificate(&[0x30, 0x01, 0x00]).is_err());
     }
 }
