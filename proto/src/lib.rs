@@ -4,6 +4,7 @@
 //!   wire-compatible with etcd 3.5 (same packages, services and field numbers), so stock clients
 //!   talk to the sidecar unchanged.
 //! * [`bftcd`]: blocks, operations, certificates and ledger records (`proto/bftcd/ledger.proto`).
+//! * [`grpc_health`]: gRPC's standard health service (`grpc.health.v1`), on the client port.
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
@@ -22,6 +23,10 @@ pub mod bftcd {
         tonic::include_proto!("bftcd.v1");
     }
     pub use v1::*;
+}
+
+pub mod grpc_health {
+    tonic::include_proto!("grpc.health.v1");
 }
 
 pub use prost;

@@ -12,6 +12,7 @@ mod etcd;
 mod expiry;
 mod front;
 mod govern;
+mod health;
 mod identity;
 mod metrics;
 mod probe;

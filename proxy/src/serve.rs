@@ -324,6 +324,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::probe::check(&etcd, &limits, genesis.apply_batch_max).await?;
     crate::corrupt::check_at_start(&etcd).await?;
     let mut consensus_status = None;
+    let mut network = None;
     let checkpoints;
     // Ends the process when ordering dies: a bank that cannot order must not look healthy.
     let mut ordering_stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
@@ -383,6 +384,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
+        network = Some(hs.network().clone());
         checkpoints = hs.checkpoints().clone();
         ordering_stopped = Box::pin(hs.stopped());
         Arc::new(hs)
@@ -422,6 +424,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    tokio::spawn(
+        crate::health::run(crate::health::Sources {
+            consensus: consensus_status.clone().zip(network),
+            banks: genesis.validators.len(),
+            names: genesis.validators.iter().map(|v| v.name.clone()).collect(),
+            ledger: ledger.clone(),
+            applied: applier.applied_height(),
+            etcd: etcd.clone(),
+        })
+        .accounted(Component::Front),
+    );
     let mut writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
     // Test builds only: order writes under other banks' prefixes, as a Byzantine bank would.
     if front_misbehaves(&args, "foreign-writes") {
@@ -456,8 +469,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let https = tls.is_some();
     let incoming = crate::front::conns::incoming(listener, client_limits, tls);
     let server = tonic::transport::Server::builder()
-        // Outermost: an answer is signed once the client limits have let it through (what they
-        // refuse is an error, never signed), so no answer waits for the signer uncharged.
+        // Counts every call, those the limits refuse included.
+        .layer(crate::front::grpc_metrics::GrpcMetricsLayer)
+        // An answer is signed once the client limits have let it through (what they refuse is
+        // an error, never signed), so no answer waits for the signer uncharged.
         .layer(crate::front::answers::AnswerSigningLayer)
         .layer(crate::front::limits::ClientLimitLayer)
         .layer(crate::front::FrontCpu)
