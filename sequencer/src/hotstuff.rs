@@ -655,7 +655,7 @@ impl Driver {
                 leader_changes: self.leader_changes,
                 forwarded_batches: self.forwarded_batches,
                 refused_unverified: self.refused_unverified,
-                refused_invalid: self.rejected - self.refused_unverified,
+                refused_invalid: self.rejected.saturating_sub(self.refused_unverified),
                 refused_backlog_full: self.backlog.dropped,
             });
         }

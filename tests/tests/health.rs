@@ -1,7 +1,8 @@
 //! Metrics and health of a four-bank chain: under load every bank's `/metrics` shows ordering,
 //! disk, network and client metrics moving and exports every metric the Grafana dashboard
 //! (docs/grafana/bftcd-dashboard.json) queries; `/readyz`, `/health` and `grpc.health.v1` say
-//! ready, turn to not ready when the bank loses its quorum, and back once the others return.
+//! ready, turn to not ready when the bank loses its quorum, and back once the others return; a
+//! bank that goes CORRUPT is not ready.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use bftcd_proto::grpc_health::health_check_response::ServingStatus;
 use bftcd_proto::grpc_health::health_client::HealthClient;
 use bftcd_proto::grpc_health::HealthCheckRequest;
-use bftcd_tests::{kv, Chain, TestDir};
+use bftcd_tests::{kv, Chain, Etcdctl, TestDir};
 
 /// One HTTP GET; returns the status code and the body.
 fn get(addr: &str, path: &str) -> (u16, String) {
@@ -263,4 +264,16 @@ fn four_banks_export_metrics_and_report_health() {
     for (b, m) in metrics.iter().enumerate() {
         eventually(Duration::from_secs(180), &format!("bank {b} ready after the restart"), || readyz(m).0 == 200);
     }
+
+    // A key written behind bank 4's sidecar: at the next write it goes CORRUPT and not ready;
+    // the others stay ready.
+    Etcdctl::new(chain.banks[3].etcd.endpoint()).run(&["put", "behind", "x"]).expect_success();
+    rt.block_on(kv::put(&endpoints[0], "after-tampering", "v")).unwrap();
+    eventually(Duration::from_secs(60), "bank 4 not ready once corrupt", || readyz(&metrics[3]).0 == 503);
+    let (_, body) = readyz(&metrics[3]);
+    assert!(body.contains("[-]data_corruption failed: alarm activated: CORRUPT\n"), "{body}");
+    eventually(Duration::from_secs(10), "bank 4 counts the failed digest check", || {
+        value(&scrape(&metrics[3]), r#"bftcd_digest_checks_total{result="failed"}"#).unwrap_or(0.0) >= 1.0
+    });
+    assert_eq!(readyz(&metrics[0]).0, 200);
 }
