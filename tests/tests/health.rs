@@ -220,6 +220,15 @@ fn four_banks_export_metrics_and_report_health() {
         assert_eq!(get(m, "/health"), (200, r#"{"health":"true","reason":""}"#.to_string()), "bank {b}");
     }
     assert_eq!(rt.block_on(grpc_status(&endpoints[0])), Some(ServingStatus::Serving));
+    // An idle healthy chain stays ready (no view timers run, nothing counts up).
+    let idle_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < idle_until {
+        for (b, m) in metrics.iter().enumerate() {
+            let (code, body) = readyz(m);
+            assert_eq!(code, 200, "idle bank {b}: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // A Watch on the health service reports the changes below as they happen.
     let (tx, mut watched) = tokio::sync::mpsc::unbounded_channel();
     let ep = endpoints[0].clone();
