@@ -96,7 +96,8 @@ pub async fn run(sources: Sources) {
         STATE.send_if_modified(|h| {
             let changed = *h != health;
             if changed && h.is_ready() != health.is_ready() {
-                let failed: Vec<String> = health.ready.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name))).collect();
+                let failed: Vec<String> =
+                    health.ready.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name))).collect();
                 match health.is_ready() {
                     true => tracing::info!("health: ready"),
                     false => tracing::warn!(failed = ?failed, "health: not ready"),
@@ -172,7 +173,8 @@ fn sample(s: &Sources, serializable: Option<String>) -> Health {
     metrics::gauge!("bftcd_committed_height").set(committed as f64);
     metrics::gauge!("bftcd_applied_height").set(applied as f64);
     let behind = certified.saturating_sub(applied);
-    let caught_up = (behind > MAX_APPLY_LAG).then(|| format!("applied height {applied} is {behind} blocks behind the certified height {certified}"));
+    let caught_up =
+        (behind > MAX_APPLY_LAG).then(|| format!("applied height {applied} is {behind} blocks behind the certified height {certified}"));
     let corruption = crate::corrupt::is_corrupt().then(|| "alarm activated: CORRUPT".to_string());
     Health {
         ready: vec![
