@@ -155,15 +155,8 @@ fn sample(s: &Sources, serializable: Option<String>) -> Health {
             let name = s.names.get(p.index as usize).cloned().unwrap_or_else(|| p.index.to_string());
             metrics::gauge!("bftcd_peer_connected", "peer" => name).set(if up { 1.0 } else { 0.0 });
         }
-        let f = (s.banks - 1) / 3;
-        let needed = s.banks - f - 1;
-        ordering = if connected < needed {
-            Some(format!("{connected} of {} other banks connected; ordering needs {needed}", s.banks - 1))
-        } else if st.timeouts_since_certificate >= STUCK_TIMEOUTS {
-            Some(format!("{} views timed out since the last certificate", st.timeouts_since_certificate))
-        } else {
-            None
-        };
+        metrics::gauge!("etcd_server_is_leader").set(if st.leader == me as usize { 1.0 } else { 0.0 });
+        ordering = ordering_stuck(s.banks, connected, st.timeouts_since_certificate);
     }
     let has_leader = ordering.is_none();
     metrics::gauge!("etcd_server_has_leader").set(if has_leader { 1.0 } else { 0.0 });
@@ -184,6 +177,23 @@ fn sample(s: &Sources, serializable: Option<String>) -> Health {
             Check { name: "caught_up", error: caught_up },
         ],
         live: vec![Check { name: "serializable_read", error: serializable }],
+    }
+}
+
+/// Why ordering cannot make progress, if it cannot: fewer than a quorum (n − f, this bank
+/// included) connected, or [`STUCK_TIMEOUTS`] views given up on since the last certificate.
+fn ordering_stuck(banks: usize, connected: usize, timeouts_since_certificate: u64) -> Option<String> {
+    if banks <= 1 {
+        return None;
+    }
+    let f = (banks - 1) / 3;
+    let needed = banks - f - 1;
+    if connected < needed {
+        Some(format!("{connected} of {} other banks connected; ordering needs {needed}", banks - 1))
+    } else if timeouts_since_certificate >= STUCK_TIMEOUTS {
+        Some(format!("{timeouts_since_certificate} views timed out since the last certificate"))
+    } else {
+        None
     }
 }
 
@@ -257,6 +267,18 @@ mod tests {
         h.ready[1].error = Some("no".into());
         assert!(!h.is_ready());
         assert_eq!(status_of(&h), ServingStatus::NotServing);
+    }
+
+    #[test]
+    fn ordering_is_stuck_without_a_quorum_or_certificates() {
+        // Four banks: this one and two others are a quorum.
+        assert_eq!(ordering_stuck(4, 3, 0), None);
+        assert_eq!(ordering_stuck(4, 2, 2), None);
+        assert_eq!(ordering_stuck(4, 1, 0).as_deref(), Some("1 of 3 other banks connected; ordering needs 2"));
+        assert_eq!(ordering_stuck(4, 3, 3).as_deref(), Some("3 views timed out since the last certificate"));
+        // Seven banks (f = 2): four others needed.
+        assert!(ordering_stuck(7, 4, 0).is_none() && ordering_stuck(7, 3, 0).is_some());
+        assert_eq!(ordering_stuck(1, 0, 9), None);
     }
 
     #[test]

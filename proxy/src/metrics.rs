@@ -98,6 +98,7 @@ fn histogram_buckets() -> [(&'static str, Vec<f64>); 4] {
 fn describe() {
     use metrics::{describe_counter as counter, describe_gauge as gauge, describe_histogram as histogram};
     gauge!("etcd_server_has_leader", "1 when this bank's ordering makes progress: a quorum of banks connected and views not timing out without certificates");
+    gauge!("etcd_server_is_leader", "1 when this bank leads the current view (HotStuff-2 rotates leaders)");
     counter!("etcd_server_proposals_committed_total", "blocks committed (the ledger's committed height)");
     counter!("etcd_server_proposals_applied_total", "blocks applied to the local etcd (the applied height)");
     histogram!("etcd_disk_wal_fsync_duration_seconds", metrics::Unit::Seconds, "consensus log writes, each one write and one fdatasync");
