@@ -13,7 +13,8 @@
 //!   [`STUCK_TIMEOUTS`] views given up on since the last new certificate (an idle chain runs no
 //!   view timers, so it never counts up).
 //! * `caught_up`: the applied height is at most [`MAX_APPLY_LAG`] blocks behind the highest
-//!   certified height this bank has verified.
+//!   height this bank knows certified: by a QC it verified, or reached by at least one honest
+//!   peer (the (f+1)-th highest of the peers' claims, see `ConsensusStatus::peers_height`).
 //!
 //! Ready iff all pass; live iff `serializable_read` passes (etcd's `/livez` check). Until the
 //! sampler first runs (the sidecar is replaying its ledger) the bank is live but not ready.
@@ -127,7 +128,7 @@ fn sample(s: &Sources, serializable: Option<String>) -> Health {
     if let Some((status, net)) = &s.consensus {
         let st = status.borrow().clone();
         let stats = net.stats();
-        certified = st.certified_height.max(committed);
+        certified = st.certified_height.max(st.peers_height).max(committed);
         metrics::gauge!("bftcd_view").set(st.view as f64);
         metrics::gauge!("bftcd_leader").set(st.leader as f64);
         metrics::gauge!("bftcd_mempool_operations").set(st.mempool as f64);

@@ -59,6 +59,19 @@ pub struct ConsensusStatus {
     pub refused_unverified: u64,
     pub refused_invalid: u64,
     pub refused_backlog_full: u64,
+    /// A height at least one honest peer has reached: the (f+1)-th highest of the peers' latest
+    /// claims (heights of the blocks they proposed, committed heights in their read-index
+    /// replies), so f Byzantine peers cannot raise it. A bank far below it is catching up.
+    pub peers_height: u64,
+}
+
+/// The (f+1)-th highest of `claims` (one per peer, f = (n − 1) / 3 for n banks): at least one
+/// of the f+1 highest is an honest bank's.
+pub fn honest_height(n: usize, claims: &[u64]) -> u64 {
+    let f = n.saturating_sub(1) / 3;
+    let mut sorted = claims.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.get(f).copied().unwrap_or(0)
 }
 
 pub struct HotStuffOptions {
@@ -246,6 +259,7 @@ impl HotStuff {
             entered: std::collections::VecDeque::new(),
             reads_sent: std::collections::VecDeque::new(),
             peer_names: genesis.validators.iter().map(|v| v.name.clone()).collect(),
+            peer_claims: vec![0; n],
             gave_up_logged: None,
             gave_up_quiet: 0,
             disk_us: 0,
@@ -467,6 +481,8 @@ struct Driver {
     reads_sent: std::collections::VecDeque<(u64, std::time::Instant)>,
     /// Validator names, for the `To` label of the round-trip histogram.
     peer_names: Vec<String>,
+    /// Per validator: the highest height it claimed to have reached (see `peers_height`).
+    peer_claims: Vec<u64>,
     /// When "giving up on view" was last logged, and how many since went unlogged: a bank cut
     /// off times out view after view, and one line per view says nothing new.
     gave_up_logged: Option<std::time::Instant>,
@@ -657,6 +673,11 @@ impl Driver {
                 refused_unverified: self.refused_unverified,
                 refused_invalid: self.rejected.saturating_sub(self.refused_unverified),
                 refused_backlog_full: self.backlog.dropped,
+                peers_height: {
+                    let me = self.network.me() as usize;
+                    let others: Vec<u64> = self.peer_claims.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, h)| *h).collect();
+                    honest_height(self.peer_claims.len(), &others)
+                },
             });
         }
     }
@@ -712,11 +733,21 @@ impl Driver {
     /// closes a round trip to its sender.
     fn observe_input(&mut self, input: &Input) {
         use bftcd_proto::bftcd::peer_message::Kind;
-        if let Input::Message { from, msg: PeerMessage { kind: Some(Kind::ReadIndexReply(r)) } } = input {
-            if let Some((_, at)) = self.reads_sent.iter().find(|(round, _)| *round == r.round) {
-                let to = self.peer_names.get(*from).cloned().unwrap_or_else(|| from.to_string());
-                metrics::histogram!("etcd_network_peer_round_trip_time_seconds", "To" => to).record(at.elapsed().as_secs_f64());
+        let Input::Message { from, msg } = input else { return };
+        let claim = match &msg.kind {
+            Some(Kind::ReadIndexReply(r)) => {
+                if let Some((_, at)) = self.reads_sent.iter().find(|(round, _)| *round == r.round) {
+                    let to = self.peer_names.get(*from).cloned().unwrap_or_else(|| from.to_string());
+                    metrics::histogram!("etcd_network_peer_round_trip_time_seconds", "To" => to).record(at.elapsed().as_secs_f64());
+                }
+                r.committed_height
             }
+            // Its parent is certified (the proposal's justify QC).
+            Some(Kind::Proposal(p)) => p.block.as_ref().map_or(0, |b| b.height.saturating_sub(1)),
+            _ => return,
+        };
+        if let Some(c) = self.peer_claims.get_mut(*from) {
+            *c = (*c).max(claim);
         }
     }
 
@@ -1015,4 +1046,20 @@ fn describe_outputs(outputs: &[Output]) -> String {
         })
         .collect();
     parts.join(",")
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::honest_height;
+
+    #[test]
+    fn f_byzantine_claims_cannot_raise_the_honest_height() {
+        // Four banks, three peers' claims: one may lie.
+        assert_eq!(honest_height(4, &[1_000_000, 50, 40]), 50);
+        assert_eq!(honest_height(4, &[50, 40, 0]), 40);
+        // Seven banks (f = 2), six peers.
+        assert_eq!(honest_height(7, &[900, 800, 30, 20, 10, 0]), 30);
+        assert_eq!(honest_height(1, &[]), 0);
+        assert_eq!(honest_height(4, &[7]), 0);
+    }
 }
