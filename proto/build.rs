@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/bftcd/ledger.proto",
                 "proto/bftcd/peer.proto",
                 "proto/bftcd/admin.proto",
+                "proto/grpc/health/v1/health.proto",
             ],
             &includes,
         )?;

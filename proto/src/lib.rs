@@ -4,6 +4,7 @@
 //!   wire-compatible with etcd 3.5 (same packages, services and field numbers), so stock clients
 //!   talk to the sidecar unchanged.
 //! * [`bftcd`]: blocks, operations, certificates and ledger records (`proto/bftcd/ledger.proto`).
+//! * [`grpc_health`]: gRPC's standard health service (`grpc.health.v1`), on the client port.
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
@@ -26,6 +27,10 @@ pub mod bftcd {
 
 /// Every message's descriptor (a protobuf `FileDescriptorSet`), for the JSON gateway.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+pub mod grpc_health {
+    tonic::include_proto!("grpc.health.v1");
+}
 
 pub use prost;
 pub use prost::Message;

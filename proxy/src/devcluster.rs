@@ -5,6 +5,8 @@
 //!   P+100+i  the bank's stock etcd, client URL (only the sidecar talks to it)
 //!   P+200+i  the bank's stock etcd, peer URL (a single-member etcd; nothing connects)
 //!   P+300+i  the bank's sidecar peer endpoint (HotStuff-2 over mutual TLS), when N > 1
+//!   P+400+i  the bank's sidecar metrics listener (`/metrics`, `/health`, `/livez`, `/readyz`)
+//! Once every bank serves it prints `READY <client endpoints>`, then `METRICS <metrics URLs>`.
 //! Logs and data go to DIR/bank<i>/{etcd.log,bftcd.log,etcd/,sidecar/,keys/}; with several
 //! banks the genesis is DIR/genesis.pb and every bank's signature over it DIR/genesis.sigs/
 //! (the whole ceremony, made on the first run: each bank's keys are its own, no CA). With
@@ -162,7 +164,7 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
 pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.banks >= 1, "--banks must be at least 1");
     anyhow::ensure!(args.banks <= 99, "--banks must be at most 99");
-    anyhow::ensure!((args.base_port as u32) + 300 + args.banks < 65536, "--base-port too high for {} banks", args.banks);
+    anyhow::ensure!((args.base_port as u32) + 400 + args.banks < 65536, "--base-port too high for {} banks", args.banks);
     let etcd_bin = crate::tools::find("etcd", args.etcd_bin.as_deref())?;
     let bftcd_bin = std::env::current_exe()?;
     std::fs::create_dir_all(&args.dir)?;
@@ -216,6 +218,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
 
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints = Vec::new();
+    let mut metrics_urls = Vec::new();
     let started = async {
         for i in 1..=args.banks {
             let name = format!("bank{i}");
@@ -224,6 +227,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             let client = args.base_port as u32 + i;
             let etcd_client = format!("http://127.0.0.1:{}", args.base_port as u32 + 100 + i);
             let etcd_peer = format!("http://127.0.0.1:{}", args.base_port as u32 + 200 + i);
+            let metrics_url = format!("http://127.0.0.1:{}", args.base_port as u32 + 400 + i);
 
             let etcd_log_path = bank_dir.join("etcd.log");
             let etcd_log = std::fs::File::create(&etcd_log_path)?;
@@ -263,6 +267,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 .arg(format!("--data-dir={}", bank_dir.join("sidecar").display()))
                 .args(client_port_args(&name, client))
                 .arg(format!("--etcd-endpoint={etcd_client}"))
+                .arg(format!("--listen-metrics-urls={metrics_url}"))
                 .args(if args.banks > 1 {
                     vec![format!("--genesis={}", genesis_path.display()), format!("--keys={}", bank_dir.join("keys").display())]
                 } else {
@@ -290,6 +295,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             procs.push(Proc { what: format!("{name} sidecar"), child: sidecar });
             tracing::info!("dev-cluster: {name} serves on {ready} (etcd {etcd_client}, logs in {})", bank_dir.display());
             endpoints.push(ready);
+            metrics_urls.push(metrics_url);
         }
         anyhow::Ok(())
     }
@@ -299,6 +305,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     println!("READY {}", endpoints.join(","));
+    println!("METRICS {}", metrics_urls.join(","));
     if args.client_tls {
         let file = |f: &str| clients_dir.join(f).display().to_string();
         println!(

@@ -13,6 +13,7 @@ mod etcd;
 mod expiry;
 mod front;
 mod govern;
+mod health;
 mod identity;
 mod logging;
 mod metrics;

@@ -342,6 +342,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::probe::check(&etcd, &limits, genesis.apply_batch_max).await?;
     crate::corrupt::check_at_start(&etcd).await?;
     let mut consensus_status = None;
+    let mut network = None;
     let checkpoints;
     // Ends the process when ordering dies: a bank that cannot order must not look healthy.
     let mut ordering_stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
@@ -401,6 +402,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let hs = HotStuff::start(&genesis, &keys, ledger.clone(), opts).await?;
         tracing::info!(banks = genesis.validators.len(), peer = %listen_peer, "ordering with HotStuff-2");
         consensus_status = Some(hs.status());
+        network = Some(hs.network().clone());
         checkpoints = hs.checkpoints().clone();
         ordering_stopped = Box::pin(hs.stopped());
         Arc::new(hs)
@@ -447,6 +449,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    tokio::spawn(
+        crate::health::run(crate::health::Sources {
+            consensus: consensus_status.clone().zip(network),
+            banks: genesis.validators.len(),
+            names: genesis.validators.iter().map(|v| v.name.clone()).collect(),
+            ledger: ledger.clone(),
+            applied: applier.applied_height(),
+            etcd: etcd.clone(),
+        })
+        .accounted(Component::Front),
+    );
     let mut writes = Writes::new(sequencer.clone(), applier.clone(), identity.bank, &args.data_dir, limits, args.write_timeout)?;
     // Test builds only: order writes under other banks' prefixes, as a Byzantine bank would.
     if front_misbehaves(&args, "foreign-writes") {
@@ -485,8 +498,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // gRPC requests that go through every layer below (docs/compatibility.md).
         .accept_http1(true)
         .layer(crate::front::gateway::GatewayLayer::new(front.emulated_version.clone(), front.max_recv_bytes))
-        // Outermost of the gRPC layers: an answer is signed once the client limits have let it through (what they
-        // refuse is an error, never signed), so no answer waits for the signer uncharged.
+        // Counts every gRPC call (the gateway's included), those the limits refuse too.
+        .layer(crate::front::grpc_metrics::GrpcMetricsLayer)
+        // An answer is signed once the client limits have let it through (what they refuse is
+        // an error, never signed), so no answer waits for the signer uncharged.
         .layer(crate::front::answers::AnswerSigningLayer)
         .layer(crate::front::limits::ClientLimitLayer)
         .layer(crate::front::FrontCpu)

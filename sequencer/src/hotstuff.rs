@@ -40,6 +40,38 @@ pub struct ConsensusStatus {
     pub rejected_messages: u64,
     /// Equivocations this bank learned of (evidence kept in `<data-dir>/evidence`).
     pub evidence: u64,
+    /// Height of the block the highest known QC certifies.
+    pub certified_height: u64,
+    /// Bytes of the operations in the mempool.
+    pub mempool_bytes: usize,
+    /// Views this bank gave up on (broadcast a timeout for), since start.
+    pub views_timed_out: u64,
+    /// Views given up on since the highest QC last moved: a bank whose ordering is stuck
+    /// counts up; an idle chain stays at 0 (no view runs a timer when nothing waits).
+    pub timeouts_since_certificate: u64,
+    /// Times the current view's leader differed from the previous view's, since start.
+    pub leader_changes: u64,
+    /// Batches of this bank's own operations sent to the other banks' mempools.
+    pub forwarded_batches: u64,
+    /// Peer messages dropped, by why: undecodable or with a bad signature (`unverified`),
+    /// refused by the consensus rules (`invalid`), over the peer's share of the backlog
+    /// (`backlog_full`).
+    pub refused_unverified: u64,
+    pub refused_invalid: u64,
+    pub refused_backlog_full: u64,
+    /// A height at least one honest peer has reached: the (f+1)-th highest of the peers' latest
+    /// claims (heights of the blocks they proposed, committed heights in their read-index
+    /// replies), so f Byzantine peers cannot raise it. A bank far below it is catching up.
+    pub peers_height: u64,
+}
+
+/// The (f+1)-th highest of `claims` (one per peer, f = (n − 1) / 3 for n banks): at least one
+/// of the f+1 highest is an honest bank's.
+pub fn honest_height(n: usize, claims: &[u64]) -> u64 {
+    let f = n.saturating_sub(1) / 3;
+    let mut sorted = claims.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.get(f).copied().unwrap_or(0)
 }
 
 pub struct HotStuffOptions {
@@ -217,6 +249,17 @@ impl HotStuff {
             reads_assigned: Vec::new(),
             status: status_tx,
             rejected: 0,
+            refused_unverified: 0,
+            views_timed_out: 0,
+            timeouts_since_certificate: 0,
+            last_timeout_view: 0,
+            leader_changes: 0,
+            forwarded_batches: 0,
+            qc_view: 0,
+            entered: std::collections::VecDeque::new(),
+            reads_sent: std::collections::VecDeque::new(),
+            peer_names: genesis.validators.iter().map(|v| v.name.clone()).collect(),
+            peer_claims: vec![0; n],
             gave_up_logged: None,
             gave_up_quiet: 0,
             disk_us: 0,
@@ -423,6 +466,23 @@ struct Driver {
     reads_assigned: Vec<(u64, oneshot::Sender<u64>)>,
     status: watch::Sender<ConsensusStatus>,
     rejected: u64,
+    /// Of `rejected`: messages the checking stage refused (undecodable, bad signature).
+    refused_unverified: u64,
+    views_timed_out: u64,
+    timeouts_since_certificate: u64,
+    last_timeout_view: u64,
+    leader_changes: u64,
+    forwarded_batches: u64,
+    /// View of the highest QC when last looked at.
+    qc_view: u64,
+    /// When this bank entered its last views (for the QC latency histogram).
+    entered: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// When this bank's last read-index rounds were sent (for the peer round-trip histogram).
+    reads_sent: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// Validator names, for the `To` label of the round-trip histogram.
+    peer_names: Vec<String>,
+    /// Per validator: the highest height it claimed to have reached (see `peers_height`).
+    peer_claims: Vec<u64>,
     /// When "giving up on view" was last logged, and how many since went unlogged: a bank cut
     /// off times out view after view, and one line per view says nothing new.
     gave_up_logged: Option<std::time::Instant>,
@@ -484,6 +544,7 @@ impl Driver {
                     Some(Checked::Message { from, msg }) => Input::Message { from, msg },
                     _ => {
                         self.rejected += 1;
+                        self.refused_unverified += 1;
                         continue;
                     }
                 },
@@ -539,6 +600,7 @@ impl Driver {
             while let Some(input) = next.take() {
                 let (t_us, what) = if trace { (crate::now_us(), describe_input(&input)) } else { (0, String::new()) };
                 let started = std::time::Instant::now();
+                self.observe_input(&input);
                 let out = self.core.handle(now_ms(), input, &log);
                 let core_us = started.elapsed().as_micros() as u64;
                 if trace {
@@ -557,14 +619,25 @@ impl Driver {
                     let waiting = self.backlog.pop().ok_or(());
                     match waiting {
                         Ok(Checked::Message { from, msg }) => next = Some(Input::Message { from, msg }),
-                        Ok(Checked::Refused { .. }) => self.rejected += 1,
+                        Ok(Checked::Refused { .. }) => {
+                            self.rejected += 1;
+                            self.refused_unverified += 1;
+                        }
                         Err(_) => break,
                     }
                 }
             }
             if self.core.view() != view {
                 tracing::debug!(view = self.core.view(), leader = self.core.leader(self.core.view()), "consensus: new view");
+                if self.core.leader(self.core.view()) != self.core.leader(view) {
+                    self.leader_changes += 1;
+                }
+                self.entered.push_back((self.core.view(), std::time::Instant::now()));
+                if self.entered.len() > 16 {
+                    self.entered.pop_front();
+                }
             }
+            self.observe_certificate();
             self.disk_us = 0;
             let mut carried = self.carry_out(outputs, &mut incoming, &mut read_requests).await;
             // Read-index steps taken during the write may have left outputs that must wait for
@@ -591,6 +664,20 @@ impl Driver {
                 // Undecodable, oversized, or over the peer's share of the backlog.
                 rejected_messages: self.rejected + self.backlog.dropped,
                 evidence: self.evidence,
+                certified_height: self.core.certified_height(),
+                mempool_bytes: self.core.mempool_bytes(),
+                views_timed_out: self.views_timed_out,
+                timeouts_since_certificate: self.timeouts_since_certificate,
+                leader_changes: self.leader_changes,
+                forwarded_batches: self.forwarded_batches,
+                refused_unverified: self.refused_unverified,
+                refused_invalid: self.rejected.saturating_sub(self.refused_unverified),
+                refused_backlog_full: self.backlog.dropped,
+                peers_height: {
+                    let me = self.network.me() as usize;
+                    let others: Vec<u64> = self.peer_claims.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, h)| *h).collect();
+                    honest_height(self.peer_claims.len(), &others)
+                },
             });
         }
     }
@@ -642,12 +729,71 @@ impl Driver {
         Ok(())
     }
 
+    /// What the runtime measures of a message before the core takes it: a read-index reply
+    /// closes a round trip to its sender.
+    fn observe_input(&mut self, input: &Input) {
+        use bftcd_proto::bftcd::peer_message::Kind;
+        let Input::Message { from, msg } = input else { return };
+        let claim = match &msg.kind {
+            Some(Kind::ReadIndexReply(r)) => {
+                if let Some((_, at)) = self.reads_sent.iter().find(|(round, _)| *round == r.round) {
+                    let to = self.peer_names.get(*from).cloned().unwrap_or_else(|| from.to_string());
+                    metrics::histogram!("etcd_network_peer_round_trip_time_seconds", "To" => to).record(at.elapsed().as_secs_f64());
+                }
+                r.committed_height
+            }
+            // Its parent is certified (the proposal's justify QC).
+            Some(Kind::Proposal(p)) => p.block.as_ref().map_or(0, |b| b.height.saturating_sub(1)),
+            _ => return,
+        };
+        if let Some(c) = self.peer_claims.get_mut(*from) {
+            *c = (*c).max(claim);
+        }
+    }
+
+    /// A new highest QC: how long its view took, from when this bank entered it.
+    fn observe_certificate(&mut self) {
+        let qc_view = self.core.high_qc().view;
+        if qc_view > self.qc_view {
+            self.qc_view = qc_view;
+            self.timeouts_since_certificate = 0;
+            if let Some((_, at)) = self.entered.iter().find(|(v, _)| *v == qc_view) {
+                metrics::histogram!("bftcd_qc_latency_seconds").record(at.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Notes a read-index round leaving, to time the replies.
+    fn note_sent(&mut self, msg: &PeerMessage) {
+        use bftcd_proto::bftcd::peer_message::Kind;
+        match &msg.kind {
+            Some(Kind::ReadIndexRequest(r)) if !self.reads_sent.iter().any(|(round, _)| *round == r.round) => {
+                self.reads_sent.push_back((r.round, std::time::Instant::now()));
+                if self.reads_sent.len() > 64 {
+                    self.reads_sent.pop_front();
+                }
+            }
+            Some(Kind::Submit(_)) => self.forwarded_batches += 1,
+            _ => {}
+        }
+    }
+
     /// One output that needs no disk write.
     fn act(&mut self, o: Output) {
         match o {
-            Output::Send { to, msg } => self.network.send(to as u32, Bytes::from(msg.encode_to_vec())),
+            Output::Send { to, msg } => {
+                self.note_sent(&msg);
+                self.network.send(to as u32, Bytes::from(msg.encode_to_vec()))
+            }
             Output::Broadcast(msg) => {
+                self.note_sent(&msg);
                 if let Some(bftcd_proto::bftcd::peer_message::Kind::Timeout(t)) = &msg.kind {
+                    // A timeout is sent again until the view moves on: count each view once.
+                    if t.view > self.last_timeout_view {
+                        self.last_timeout_view = t.view;
+                        self.views_timed_out += 1;
+                        self.timeouts_since_certificate += 1;
+                    }
                     if self.gave_up_logged.is_none_or(|at| at.elapsed() >= GAVE_UP_LOG_INTERVAL) {
                         tracing::info!(view = t.view, leader = self.core.leader(t.view), since_last_line = self.gave_up_quiet,
                             "consensus: giving up on view");
@@ -744,7 +890,10 @@ impl Driver {
         let mut write = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let _cpu = cpu::section(Component::Persistence);
             let committed = ledger.height();
+            let started = std::time::Instant::now();
             log.lock().unwrap_or_else(|e| e.into_inner()).append(&d.blocks, d.safety, d.tc.as_ref(), committed)?;
+            // One write and one fdatasync: etcd's WAL fsync histogram has the same meaning.
+            metrics::histogram!("etcd_disk_wal_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
             Ok(())
         });
         let (mut peers_open, mut reads_open) = (true, true);
@@ -841,6 +990,7 @@ impl Driver {
     /// A read-index step taken while the consensus log is being written (see `write_durably`).
     fn side_step(&mut self, input: Input) {
         let log = LedgerLog(self.ledger.clone());
+        self.observe_input(&input);
         let out = self.core.handle(now_ms(), input, &log);
         #[cfg(feature = "byzantine")]
         let out = self.tampered(out);
@@ -896,4 +1046,20 @@ fn describe_outputs(outputs: &[Output]) -> String {
         })
         .collect();
     parts.join(",")
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::honest_height;
+
+    #[test]
+    fn f_byzantine_claims_cannot_raise_the_honest_height() {
+        // Four banks, three peers' claims: one may lie.
+        assert_eq!(honest_height(4, &[1_000_000, 50, 40]), 50);
+        assert_eq!(honest_height(4, &[50, 40, 0]), 40);
+        // Seven banks (f = 2), six peers.
+        assert_eq!(honest_height(7, &[900, 800, 30, 20, 10, 0]), 30);
+        assert_eq!(honest_height(1, &[]), 0);
+        assert_eq!(honest_height(4, &[7]), 0);
+    }
 }

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use bftcd_tests::{bftcd_bin, Etcdctl, TestDir};
 
-/// A base port whose whole dev-cluster range (P+1.., P+101.., P+201.., P+301..) is free now.
+/// A base port whose whole dev-cluster range (P+1.., P+101.., P+201.., P+301.., P+401..) is
+/// free now.
 fn free_base(banks: u16) -> u16 {
     for attempt in 0..200u16 {
-        // 400 apart per process: a whole range spans P+1..P+304, so neighbours must not overlap.
-        let base = (20_000 + (std::process::id() % 97 * 400 + attempt as u32 * 397) % 40_000) as u16;
+        // 500 apart per process: a whole range spans P+1..P+404, so neighbours must not overlap.
+        let base = (20_000 + (std::process::id() % 79 * 500 + attempt as u32 * 497) % 40_000) as u16;
         let all_free = (1..=banks)
-            .flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i])
+            .flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i, base + 400 + i])
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return base;
@@ -27,8 +28,21 @@ fn free_base(banks: u16) -> u16 {
 fn dev_cluster_serves_and_stops_cleanly() {
     let dir = TestDir::new("dev-cluster");
     let base = free_base(4);
-    let (mut child, _lines, endpoints) = start(&dir, base, &dir.join("cluster"), &[]);
+    let (mut child, _lines, endpoints, metrics) = start(&dir, base, &dir.join("cluster"), &[]);
     assert_eq!(endpoints[0], format!("127.0.0.1:{}", base + 1));
+    // Every bank's metrics listener, at the documented ports, says ready and serves metrics.
+    for (i, url) in metrics.iter().enumerate() {
+        assert_eq!(*url, format!("http://127.0.0.1:{}", base + 401 + i as u16));
+        let addr = url.strip_prefix("http://").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(addr, "/readyz") != (200, "ok\n".to_string()) {
+            assert!(Instant::now() < deadline, "bank {} not ready: {:?}", i + 1, http_get(addr, "/readyz?verbose"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (code, body) = http_get(addr, "/metrics");
+        assert_eq!(code, 200);
+        assert!(body.contains("etcd_server_has_leader 1"), "bank {}: {body}", i + 1);
+    }
 
     Etcdctl::new(&endpoints[0]).run(&["put", "hello", "world"]).expect_success();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -40,7 +54,7 @@ fn dev_cluster_serves_and_stops_cleanly() {
     // SIGTERM: every bank stops, the command exits 0, nothing keeps listening.
     stop(&mut child);
     for i in 1..=4u16 {
-        for p in [base + i, base + 100 + i, base + 300 + i] {
+        for p in [base + i, base + 100 + i, base + 300 + i, base + 400 + i] {
             assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} still in use after shutdown");
         }
     }
@@ -53,7 +67,7 @@ fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
     let dir = TestDir::new("dev-cluster-tls");
     let base = free_base(4);
     let cluster = dir.join("cluster");
-    let (mut child, mut lines, endpoints) = start(&dir, base, &cluster, &["--client-tls"]);
+    let (mut child, mut lines, endpoints, _) = start(&dir, base, &cluster, &["--client-tls"]);
     assert_eq!(endpoints[0], format!("https://127.0.0.1:{}", base + 1));
     let line = lines.next().expect("an etcdctl line").unwrap();
 
@@ -125,9 +139,22 @@ fn stop(child: &mut std::process::Child) {
 
 type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
 
+/// One HTTP GET; the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
 /// `bftcd dev-cluster` with four banks at `base` in `cluster` (plus `extra` flags), once it
-/// printed READY: the process, the rest of its output, and the four endpoints.
-fn start(dir: &TestDir, base: u16, cluster: &std::path::Path, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+/// printed READY and METRICS: the process, the rest of its output, the four endpoints and the
+/// four metrics URLs.
+fn start(dir: &TestDir, base: u16, cluster: &std::path::Path, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>, Vec<String>) {
     let mut child = Command::new(bftcd_bin())
         .arg("dev-cluster")
         .args(extra)
@@ -141,5 +168,8 @@ fn start(dir: &TestDir, base: u16, cluster: &std::path::Path, extra: &[&str]) ->
     let ready = lines.next().expect("a READY line").unwrap();
     let endpoints: Vec<String> = ready.strip_prefix("READY ").expect("READY <endpoints>").split(',').map(String::from).collect();
     assert_eq!(endpoints.len(), 4);
-    (child, lines, endpoints)
+    let line = lines.next().expect("a METRICS line").unwrap();
+    let metrics: Vec<String> = line.strip_prefix("METRICS ").expect("METRICS <urls>").split(',').map(String::from).collect();
+    assert_eq!(metrics.len(), 4);
+    (child, lines, endpoints, metrics)
 }

@@ -61,6 +61,7 @@ pub async fn on_checkpoint_events(mut events: mpsc::UnboundedReceiver<Checkpoint
     while let Some(e) = events.recv().await {
         match e {
             CheckpointEvent::Certified(c) => {
+                metrics::counter!("bftcd_digest_checks_total", "result" => "passed").increment(1);
                 tracing::debug!(height = c.height, digest = %hex::encode(&c.state_digest), "digest: certified");
                 crate::front::answers::set_certified(c.height, &c.state_digest);
                 if c.height > last {
@@ -68,6 +69,7 @@ pub async fn on_checkpoint_events(mut events: mpsc::UnboundedReceiver<Checkpoint
                 }
             }
             CheckpointEvent::Differs { height, mine, certified: cert } => {
+                metrics::counter!("bftcd_digest_checks_total", "result" => "failed").increment(1);
                 let certified = if last >= height { before } else { last };
                 let since: Vec<Changed> = changes.lock().unwrap().iter().filter(|c| c.height > certified && c.height <= height).cloned().collect();
                 let keys: usize = since.iter().filter_map(|c| c.keys).sum();

@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 pub mod conns;
 pub mod gateway;
+pub mod grpc_metrics;
 mod kv;
 mod lease;
 pub mod limits;
@@ -115,7 +116,9 @@ impl Front {
             return Ok(());
         }
         let wait = async {
+            let started = std::time::Instant::now();
             let index = self.sequencer.read_index().await.map_err(|_| errors::no_leader())?;
+            metrics::histogram!("bftcd_read_index_duration_seconds").record(started.elapsed().as_secs_f64());
             let mut applied = self.applier.applied_height();
             while *applied.borrow_and_update() < index {
                 applied.changed().await.map_err(|_| errors::no_leader())?;
@@ -133,7 +136,8 @@ impl Front {
             .add_service(LeaseServer::new(lease::LeaseFront(self.clone())).max_decoding_message_size(max))
             .add_service(ClusterServer::new(cluster::ClusterFront(self.clone())).max_decoding_message_size(max))
             .add_service(MaintenanceServer::new(maintenance::MaintenanceFront(self.clone())).max_decoding_message_size(max))
-            .add_service(AuthServer::new(auth::AuthFront(self.clone())).max_decoding_message_size(max));
+            .add_service(AuthServer::new(auth::AuthFront(self.clone())).max_decoding_message_size(max))
+            .add_service(crate::health::GrpcHealth::server());
         b.routes()
     }
 }

@@ -58,6 +58,11 @@ impl Mempool {
         self.ops.len()
     }
 
+    /// Bytes held (as counted against the banks' shares).
+    pub fn bytes(&self) -> usize {
+        self.used.iter().map(|u| u.1).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }

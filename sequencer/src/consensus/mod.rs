@@ -568,8 +568,19 @@ impl Core {
         self.mempool.len()
     }
 
+    pub fn mempool_bytes(&self) -> usize {
+        self.mempool.bytes()
+    }
+
     pub fn high_qc(&self) -> &QuorumCert {
         &self.high_qc
+    }
+
+    /// Height of the block the highest QC certifies, when this validator holds it (else the
+    /// committed height: it certifies at least that much).
+    pub fn certified_height(&self) -> u64 {
+        let h = self.high_qc.block_hash.as_slice().try_into().ok().and_then(|h: Hash| self.blocks.get(&h)).map_or(0, |b| b.height);
+        h.max(self.committed_height())
     }
 
     /// When the driver should call `Tick` next (None: nothing is waiting).
