@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use bftcd_tests::process::run_with_timeout;
 use bftcd_tests::{bftcd_bin, free_port, workspace_root, CmdOutput, Etcdctl};
 
-/// What the test polls until every bank answers. Switch to "/readyz" once the metrics listener
-/// serves it (the compose healthcheck in docker-compose.yml names the same path).
-const READINESS_PATH: &str = "/metrics";
+/// What the test polls until every bank is ready: a quorum of banks connected and its etcd
+/// answering (the compose healthcheck in docker-compose.yml names the same path).
+const READINESS_PATH: &str = "/readyz";
 
 /// Project names of this test start with this, followed by the test process's pid.
 const PROJECT_PREFIX: &str = "bftcdtest";
@@ -222,10 +222,23 @@ fn four_banks_in_compose() {
     let bank2 = Etcdctl::new(format!("127.0.0.1:{}", stack.client_ports[1])).with_timeout(Duration::from_secs(40));
     assert_eq!(bank2.get_value("compose-key").as_deref(), Some(value.as_str()));
 
-    // Bank 1's metrics count the client connection etcdctl made.
-    let (status, body) = http_get(stack.metrics_ports[0], "/metrics").expect("bank 1 metrics");
-    assert!(status.contains(" 200 "), "{status}");
-    assert!(body.lines().any(|l| l.starts_with("bftcd_client_connections ")), "no bftcd_client_connections in:\n{body}");
+    // Bank 2's metrics (sampled every second): its ordering has a leader and it applied the
+    // write's block.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(stack.metrics_ports[1], "/metrics").expect("bank 2 metrics");
+        assert!(status.contains(" 200 "), "{status}");
+        let applied = body
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd_server_proposals_applied_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if applied >= 1.0 && body.lines().any(|l| l == "etcd_server_has_leader 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bank 2 shows no leader or no applied block:\n{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let down = stack.tear_down();
     assert!(down.success(), "compose down failed: {down}");
