@@ -148,6 +148,8 @@ fn sample(s: &Sources, serializable: Option<String>) -> Health {
             metrics::counter!("bftcd_peer_messages_refused_total", "reason" => reason).absolute(v);
         }
         metrics::counter!("bftcd_peer_connections_refused_total").absolute(stats.rejected_connections);
+        let mismatches: u64 = stats.peers.iter().map(|p| p.genesis_mismatches).sum();
+        metrics::counter!("bftcd_peer_genesis_mismatches_total").absolute(mismatches);
         let me = net.me();
         let mut connected = 0;
         for p in stats.peers.iter().filter(|p| p.index != me) {

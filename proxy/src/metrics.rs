@@ -118,6 +118,7 @@ fn describe() {
     counter!("bftcd_forwarded_batches_total", "batches of this bank's operations sent to the other banks");
     counter!("bftcd_peer_messages_refused_total", "peer messages dropped, by reason");
     counter!("bftcd_peer_connections_refused_total", "inbound peer connections refused");
+    counter!("bftcd_peer_genesis_mismatches_total", "peer connections closed because the peer's hello named another genesis");
     gauge!("bftcd_peer_connected", "1 while a connection to or from the peer is up");
     histogram!("bftcd_read_index_duration_seconds", metrics::Unit::Seconds, "linearizable reads: getting a read index agreed with a quorum");
     counter!("bftcd_evidence_total", "equivocations this bank learned of since start");

@@ -71,6 +71,16 @@ fn shown_hash(genesis: &Path) -> String {
     v["genesis_hash"].as_str().unwrap().to_string()
 }
 
+/// The body of one plain HTTP/1.1 GET.
+fn http_get_body(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
 fn serve_args(bank: &Path, genesis: &Path) -> Vec<String> {
     vec![
         format!("--genesis={}", genesis.display()),
@@ -320,15 +330,14 @@ fn four_banks_agree_on_a_genesis_without_a_trusted_party() {
 
     // 6. Banks 1 to 3 start on the signed genesis (a quorum of four).
     let mut sidecars = Vec::new();
+    let metrics1 = format!("127.0.0.1:{}", free_port());
     for i in 0..3 {
         let name = format!("bank{}", i + 1);
-        let sc = start(
-            &dir,
-            &name,
-            &etcds[i],
-            client_ports[i],
-            &serve_args(&banks[i], &banks[i].join("genesis.pb")),
-        )
+        let mut args = serve_args(&banks[i], &banks[i].join("genesis.pb"));
+        if i == 0 {
+            args.push(format!("--listen-metrics-urls=http://{metrics1}"));
+        }
+        let sc = start(&dir, &name, &etcds[i], client_ports[i], &args)
         .unwrap_or_else(|e| panic!("{e}"));
         sidecars.push(sc);
     }
@@ -377,6 +386,21 @@ fn four_banks_agree_on_a_genesis_without_a_trusted_party() {
         &format!("peer bank1 has genesis {hash}, this bank has {draft_hash}: refusing"),
     );
     assert!(odd.is_running(), "a genesis mismatch must not crash a bank");
+    // Bank 1's operator sees it in the metrics too (sampled every second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = http_get_body(&metrics1, "/metrics");
+        let n = body
+            .lines()
+            .find_map(|l| l.strip_prefix("bftcd_peer_genesis_mismatches_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if n >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no genesis mismatch counted by bank 1:\n{body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     odd.stop();
     drop(odd);
     assert!(sidecars.iter_mut().all(|s| s.is_running()));
