@@ -407,7 +407,7 @@ fn seal(a: SealArgs) -> anyhow::Result<()> {
 pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<GenesisSignatures> {
     let mut files = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| {
+        let list = bftcd_sequencer::ceremony::signature_files(p).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {
                 "; every bank signs the genesis (bftcd genesis sign) and its signature file goes into \
                  this directory, or all of them into one file (bftcd genesis seal); or pass \
@@ -417,21 +417,6 @@ pub fn collect_signatures(g: &Genesis, paths: &[PathBuf]) -> anyhow::Result<Gene
             };
             anyhow::anyhow!("genesis signatures {}: {e}{hint}", p.display())
         })?;
-        let list = if meta.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && !f
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
-                .collect();
-            entries.sort();
-            entries
-        } else {
-            vec![p.clone()]
-        };
         for f in list {
             let bytes = std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             let sigs = GenesisSignatures::decode(bytes.as_slice()).map_err(|e| {

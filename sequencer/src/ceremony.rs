@@ -15,6 +15,20 @@ use crate::keys::BankKeys;
 /// other signed message, so the signature cannot be replayed as anything else.
 pub const DOMAIN: &[u8] = b"bftcd.genesis-signature.v1\0";
 
+/// The signature files at `path`: the file itself, or every visible file of the directory in
+/// name order (each bank's `.sig` file dropped into one directory).
+pub fn signature_files(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// The bytes a bank signs: the domain and the genesis hash.
 pub fn message(hash: &[u8; 32]) -> Vec<u8> {
     [DOMAIN, &hash[..]].concat()

@@ -92,22 +92,7 @@ fn read_signatures(
     hash: &[u8; 32],
 ) -> Result<bftcd_proto::bftcd::GenesisSignatures, String> {
     use bftcd_proto::Message;
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|f| {
-                f.is_file()
-                    && !f
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = bftcd_sequencer::ceremony::signature_files(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut all = Vec::new();
     for f in files {
         let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
