@@ -312,3 +312,48 @@ fn a_raft_cluster_moves_into_a_four_bank_chain_from_its_snapshot() {
         hashes.iter().all(|h| *h == hashes[0])
     });
 }
+
+/// `bftcd genesis --initial-snapshot` refuses what a chain cannot represent, saying what to do:
+/// a store with auth enabled, one holding users, and a BFTcd bank's own etcd.
+#[test]
+fn snapshots_a_chain_cannot_take_over_are_refused() {
+    let dir = TestDir::new("migration-refused");
+    let keys = dir.join("keys");
+    ok(&strings(&["keygen", "--name=bank1", &format!("--dir={}", keys.display()), "--peer-address=127.0.0.1:1", "--client-address=127.0.0.1:2"]));
+    let genesis = |snapshot: &Path| {
+        bftcd(&[
+            "genesis".into(),
+            "--chain-id=refused".into(),
+            "--genesis-time=2026-12-01T00:00:00Z".into(),
+            format!("--initial-snapshot={}", snapshot.display()),
+            format!("--out={}", dir.join("genesis.pb").display()),
+            keys.join("validator.pb").display().to_string(),
+        ])
+    };
+    let save = |etcdctl: &Etcdctl, name: &str| {
+        let path = dir.join(name);
+        etcdctl.run(&["snapshot", "save", &path.display().to_string()]).expect_success();
+        path
+    };
+
+    let etcd = EtcdProcess::start(&dir, "plain");
+    let ctl = Etcdctl::new(etcd.endpoint());
+    ctl.put("/k", "v");
+    ctl.run(&["user", "add", "alice:secret"]).expect_success();
+    let (made, _, err) = genesis(&save(&ctl, "users.db"));
+    assert!(!made && err.contains("the snapshot holds etcd users (alice)"), "{err}");
+    ctl.run(&["user", "add", "root:secret"]).expect_success();
+    ctl.run(&["user", "grant-role", "root", "root"]).expect_success();
+    ctl.run(&["auth", "enable"]).expect_success();
+    let (made, _, err) = genesis(&save(&ctl.clone().with_global_arg("--user=root:secret"), "auth.db"));
+    assert!(!made && err.contains("the snapshot's etcd has auth enabled") && err.contains("etcdctl auth disable"), "{err}");
+    drop(etcd);
+
+    // A bank's etcd holds the sidecar's bookkeeping under the reserved prefix.
+    let bank = EtcdProcess::start_with_args(&dir, "bank-etcd", BANK_ETCD_ARGS);
+    let sidecar = Sidecar::start(&dir, "bank", &bank.endpoint());
+    Etcdctl::new(sidecar.endpoint()).put("/k", "v");
+    let (made, _, err) = genesis(&save(&Etcdctl::new(bank.endpoint()), "bank.db"));
+    assert!(!made && err.contains("keys under the sidecar's reserved prefix") && err.contains("not a Raft"), "{err}");
+    assert!(!dir.join("genesis.pb").exists(), "no genesis is written for a refused snapshot");
+}
