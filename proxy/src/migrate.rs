@@ -278,6 +278,16 @@ pub async fn check_at_start(etcd: &LocalEtcd, g: &Genesis, data_dir: &Path) -> a
         return Ok(());
     }
     tracing::info!(digest = %want, revision = g.initial_revision, "checking that the local etcd holds the state the chain starts from");
+    let (revision, count) = check_state(etcd, g).await?;
+    std::fs::write(&marker, format!("{want}\n"))?;
+    tracing::info!(digest = %want, revision, keys = count, leases = g.initial_leases.len(), "the local etcd holds the chain's initial state");
+    Ok(())
+}
+
+/// The etcd holds exactly the genesis's initial state (keys, revision and leases); its revision
+/// and number of keys.
+pub async fn check_state(etcd: &LocalEtcd, g: &Genesis) -> anyhow::Result<(i64, usize)> {
+    let want = hex::encode(&g.initial_state_digest);
     let all = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, serializable: true, ..Default::default() };
     let revision = etcd.kv().range(all).await?.into_inner().header.map(|h| h.revision).unwrap_or_default();
     let (keys, count) = keys_checksum(etcd, revision).await?;
@@ -306,9 +316,7 @@ pub async fn check_at_start(etcd: &LocalEtcd, g: &Genesis, data_dir: &Path) -> a
         theirs.len(),
         ours.len()
     );
-    std::fs::write(&marker, format!("{want}\n"))?;
-    tracing::info!(digest = %want, revision, keys = count, leases = ours.len(), "the local etcd holds the chain's initial state");
-    Ok(())
+    Ok((revision, count))
 }
 
 /// Keeps the snapshot's leases alive in the local etcd until none of them is left there: the
