@@ -152,6 +152,7 @@ pub async fn read_snapshot(file: &Path, etcd_bin: Option<&Path>) -> anyhow::Resu
     let data = dir.path().join("etcd");
     let (client, peer) = (format!("http://127.0.0.1:{}", free_port()?), format!("http://127.0.0.1:{}", free_port()?));
     tracing::info!(file = %file.display(), sha256 = %hex::encode(sha256), "reading the snapshot: restoring it into a scratch etcd");
+    let revision = snapshot_revision(&etcdutl, file).await?;
     etcdutl_restore(&etcdutl, file, &data, "bftcd-import", &peer).await?;
     let log_path = dir.path().join("etcd.log");
     let log = std::fs::File::create(&log_path)?;
@@ -178,7 +179,30 @@ pub async fn read_snapshot(file: &Path, etcd_bin: Option<&Path>) -> anyhow::Resu
     let _ = child.kill().await;
     let _ = child.wait().await;
     let s = result.map_err(|e| e.context(format!("reading the snapshot {}", file.display())))?;
+    // A lease that expired in the scratch etcd before it was read would have moved it.
+    anyhow::ensure!(
+        s.revision == revision,
+        "the scratch etcd restored from {} was at revision {} instead of the snapshot's {revision} when it was read \
+         (a lease shorter than a second expired in it?); try again",
+        file.display(),
+        s.revision
+    );
     Ok(SnapshotState { sha256, ..s })
+}
+
+/// The revision `etcdutl snapshot status` reads from the file itself.
+async fn snapshot_revision(etcdutl: &Path, file: &Path) -> anyhow::Result<i64> {
+    let out = Command::new(etcdutl)
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", etcdutl.display()))?;
+    let said = String::from_utf8_lossy(if out.status.success() { &out.stdout } else { &out.stderr }).trim().to_string();
+    anyhow::ensure!(out.status.success(), "{} is not an etcd snapshot (etcdutl snapshot status: {said})", file.display());
+    let v: serde_json::Value = serde_json::from_str(&said).map_err(|e| anyhow::anyhow!("etcdutl snapshot status printed {said:?}: {e}"))?;
+    v["revision"].as_i64().filter(|r| *r >= 1).ok_or_else(|| anyhow::anyhow!("etcdutl snapshot status printed no revision: {said}"))
 }
 
 /// Everything an etcd holds that the chain's initial state covers, refusing what the chain

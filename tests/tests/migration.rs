@@ -356,6 +356,13 @@ fn snapshots_a_chain_cannot_take_over_are_refused() {
         path
     };
 
+    let garbage = dir.join("garbage.db");
+    std::fs::write(&garbage, b"not a snapshot").unwrap();
+    let (made, _, err) = genesis(&garbage);
+    assert!(!made && err.contains("is not an etcd snapshot"), "{err}");
+    let (made, _, err) = genesis(&dir.join("missing.db"));
+    assert!(!made && err.contains("missing.db"), "{err}");
+
     let etcd = EtcdProcess::start(&dir, "plain");
     let ctl = Etcdctl::new(etcd.endpoint());
     ctl.put("/k", "v");
