@@ -356,14 +356,13 @@ pub async fn keep_imported_leases(etcd: LocalEtcd, g: Genesis) {
         tick.tick().await;
         let requests: Vec<LeaseKeepAliveRequest> = ids.iter().map(|&id| LeaseKeepAliveRequest { id }).collect();
         let n = requests.len();
-        let stream = match etcd.lease().lease_keep_alive(tokio_stream::iter(requests)).await {
+        let mut stream = match etcd.lease().lease_keep_alive(tokio_stream::iter(requests)).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot keep the snapshot's leases alive in the local etcd; retrying");
                 continue;
             }
         };
-        let mut stream = stream;
         let mut gone = Vec::new();
         for _ in 0..n {
             match stream.message().await {
