@@ -13,12 +13,18 @@ use bftcd_tests::{bftcd_bin, Etcdctl, TestDir};
 fn free_base(banks: u16) -> u16 {
     for attempt in 0..200u16 {
         // 500 apart per process: a whole range spans P+1..P+404, so neighbours must not overlap.
-        let base = (20_000 + (std::process::id() % 79 * 500 + attempt as u32 * 497) % 40_000) as u16;
-        let all_free = (1..=banks)
-            .flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i, base + 400 + i])
-            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
+        // Below the kernel's ephemeral ports (32768 on), which running processes' outgoing
+        // connections take at any moment.
+        let base = (10_000 + (std::process::id() % 79 * 500 + attempt as u32 * 497) % 22_000) as u16;
+        let range: Vec<u16> = (1..=banks).flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i, base + 400 + i]).collect();
+        // Reserved as the harness reserves its ports, so that no other test (nor another
+        // dev-cluster test) is handed one of them meanwhile.
+        let reserved: Vec<u16> = range.iter().copied().take_while(|&p| bftcd_tests::ports::reserve_port(p)).collect();
+        if reserved.len() == range.len() {
             return base;
+        }
+        for p in reserved {
+            bftcd_tests::ports::release_port(p);
         }
     }
     panic!("no free port range for dev-cluster");
