@@ -120,6 +120,15 @@ pub struct GenesisArgs {
     /// name or its 1-based position; repeat for more prefixes.
     #[arg(long = "key-owner", value_name = "PREFIX=BANK")]
     pub key_owners: Vec<String>,
+    /// Start the chain from this etcd snapshot (`etcdctl snapshot save` of the cluster being
+    /// migrated): the genesis records its revision, leases, SHA-256 and state digest, and every
+    /// bank restores it into its etcd (`bftcd restore`; docs/migration.md).
+    #[arg(long, value_name = "FILE")]
+    pub initial_snapshot: Option<PathBuf>,
+    /// Stock etcd binary that reads the snapshot; etcdutl is looked up beside it (default:
+    /// $BFTCD_ETCD_BIN, tools/bin, PATH).
+    #[arg(long, value_name = "PATH")]
+    pub etcd_bin: Option<PathBuf>,
     /// The banks' validator.pb files, in validator order (every bank must list them in the
     /// same order).
     #[arg(required = true)]
@@ -206,9 +215,9 @@ pub fn make_genesis(
     Ok(genesis)
 }
 
-pub fn genesis(cmd: GenesisCmd) -> anyhow::Result<()> {
+pub async fn genesis(cmd: GenesisCmd) -> anyhow::Result<()> {
     match (cmd.command, cmd.build) {
-        (Some(GenesisSub::Build(a)), _) | (None, Some(a)) => build(a),
+        (Some(GenesisSub::Build(a)), _) | (None, Some(a)) => build(a).await,
         (Some(GenesisSub::Show(a)), _) => show(a),
         (Some(GenesisSub::Sign(a)), _) => sign(a),
         (Some(GenesisSub::Seal(a)), _) => seal(a),
@@ -218,7 +227,7 @@ pub fn genesis(cmd: GenesisCmd) -> anyhow::Result<()> {
     }
 }
 
-fn build(a: GenesisArgs) -> anyhow::Result<()> {
+async fn build(a: GenesisArgs) -> anyhow::Result<()> {
     let validators = a
         .validators
         .iter()
@@ -240,6 +249,14 @@ fn build(a: GenesisArgs) -> anyhow::Result<()> {
     )?;
     g.key_owners = owners;
     Owners::of(&g).map_err(|e| anyhow::anyhow!("--key-owner: {e}"))?;
+    let imported = match &a.initial_snapshot {
+        Some(file) => {
+            let snap = crate::migrate::read_snapshot(file, a.etcd_bin.as_deref()).await?;
+            crate::migrate::write_into(&mut g, &snap)?;
+            Some(snap)
+        }
+        None => None,
+    };
     if a.genesis_time > crate::front::now_ms() + 60_000 {
         tracing::warn!(genesis_time = %format_time_ms(a.genesis_time), "the genesis time is in the future: no block is accepted before it");
     }
@@ -252,6 +269,17 @@ fn build(a: GenesisArgs) -> anyhow::Result<()> {
         g.validators.len(),
         hex::encode(genesis_hash(&g))
     );
+    if let Some(s) = imported {
+        println!(
+            "initial state from {}: revision {}, {} keys, {} leases ({} keys attached), state digest {}",
+            a.initial_snapshot.as_deref().unwrap_or(Path::new("")).display(),
+            s.revision,
+            s.key_count,
+            s.leases.len(),
+            s.attached,
+            hex::encode(&g.initial_state_digest)
+        );
+    }
     Ok(())
 }
 
@@ -311,6 +339,12 @@ pub fn genesis_json(g: &Genesis) -> serde_json::Value {
         "key_owners": g.key_owners.iter().map(|o| json!({"prefix": String::from_utf8_lossy(&o.prefix), "bank": name(o.bank)})).collect::<Vec<_>>(),
         "apply_mode": if g.apply_batch_max == 0 { "exact".to_string() } else { format!("batched ({})", g.apply_batch_max) },
         "apply_batch_max": g.apply_batch_max,
+        "initial_state": crate::migrate::is_imported(g).then(|| json!({
+            "revision": g.initial_revision,
+            "state_digest": hex::encode(&g.initial_state_digest),
+            "snapshot_sha256": hex::encode(&g.initial_snapshot_sha256),
+            "leases": g.initial_leases.iter().map(|l| json!({"id": format!("{:016x}", l.id), "ttl": l.ttl})).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -362,6 +396,19 @@ fn show(a: ShowArgs) -> anyhow::Result<()> {
             o["prefix"].as_str().unwrap_or_default(),
             o["bank"].as_str().unwrap_or_default()
         );
+    }
+    if crate::migrate::is_imported(&g) {
+        println!(
+            "initial      etcd snapshot sha256 {}, revision {}, {} leases, state digest {}",
+            hex::encode(&g.initial_snapshot_sha256),
+            g.initial_revision,
+            g.initial_leases.len(),
+            hex::encode(&g.initial_state_digest)
+        );
+    }
+    if let Err(e) = crate::migrate::check_genesis(&g) {
+        println!("INVALID      {e}");
+        anyhow::bail!("{}: {e}", a.file.display());
     }
     if let Err(e) = keys::check_genesis(&g) {
         println!("INVALID      {e}");

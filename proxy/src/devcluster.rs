@@ -54,6 +54,10 @@ pub struct DevClusterArgs {
     /// their -key.pem; bank<i>-server.pem for the banks) and prints the etcdctl line to use.
     #[arg(long)]
     pub client_tls: bool,
+    /// Start the chain from this etcd snapshot (`etcdctl snapshot save`): the genesis is made
+    /// from it and every bank's etcd is restored from it on the first run (docs/migration.md).
+    #[arg(long, value_name = "FILE")]
+    pub initial_snapshot: Option<PathBuf>,
     /// Extra arguments for every sidecar (repeatable), e.g. --serve-arg=--write-timeout=60s.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -96,7 +100,7 @@ async fn stop_all(procs: &mut [Proc]) {
 /// The whole genesis ceremony for every bank, done once and reused by later runs: keys (each
 /// bank's own, self-signed TLS certificate), the genesis (timed at the first run), and every
 /// bank's signature over it in `genesis.sigs/`.
-fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result<()> {
+async fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result<()> {
     use bftcd_proto::Message;
     let genesis_path = dir.join("genesis.pb");
     let bank_keys = |i: u32| dir.join(format!("bank{i}")).join("keys");
@@ -135,13 +139,18 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         }
         let limits = crate::chain::limits(args.max_request_bytes, args.max_txn_ops, None)?;
         let now = crate::front::now_ms();
-        let g = crate::chain::make_genesis(
+        let mut g = crate::chain::make_genesis(
             "bftcd-dev",
             validators,
             now,
             crate::serve::ApplyMode::Batched,
             limits,
         )?;
+        if let Some(file) = &args.initial_snapshot {
+            let snap = crate::migrate::read_snapshot(file, args.etcd_bin.as_deref()).await?;
+            crate::migrate::write_into(&mut g, &snap)?;
+            tracing::info!(revision = snap.revision, keys = snap.key_count, leases = snap.leases.len(), "dev-cluster: the chain starts from {}", file.display());
+        }
         std::fs::write(&genesis_path, g.encode_to_vec())?;
         tracing::info!("dev-cluster: made keys and a genesis for {} banks in {}", args.banks, dir.display());
         g
@@ -158,6 +167,11 @@ fn prepare_chain(dir: &std::path::Path, args: &DevClusterArgs) -> anyhow::Result
         }
         crate::chain::collect_signatures(&genesis, std::slice::from_ref(&sigs_dir))?;
     }
+    if let Some(file) = &args.initial_snapshot {
+        crate::migrate::check_file(&genesis, file).map_err(|e| {
+            anyhow::anyhow!("{} (made by an earlier run): {e}; use another --dir for another snapshot", genesis_path.display())
+        })?;
+    }
     Ok(())
 }
 
@@ -171,12 +185,15 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&args.dir)?;
 
     let genesis_path = dir.join("genesis.pb");
-    if args.banks > 1 {
-        prepare_chain(&dir, &args)?;
+    // A chain from a snapshot has a genesis made here even for one bank (one bank's sidecar
+    // otherwise makes its own, from an empty store).
+    let made_here = args.banks > 1 || args.initial_snapshot.is_some();
+    if made_here {
+        prepare_chain(&dir, &args).await?;
     }
     // Each bank's etcd gets exactly the room the chain's limits need (the sidecar proves it
     // at start): from the genesis, or, for one bank, from the genesis its sidecar made.
-    let genesis_file = if args.banks > 1 { genesis_path.clone() } else { dir.join("bank1").join("sidecar").join("genesis.pb") };
+    let genesis_file = if made_here { genesis_path.clone() } else { dir.join("bank1").join("sidecar").join("genesis.pb") };
     let (limits, batch_max) = match std::fs::read(&genesis_file) {
         Ok(bytes) => {
             let g = <bftcd_proto::bftcd::Genesis as bftcd_proto::Message>::decode(bytes.as_slice())?;
@@ -229,6 +246,11 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             let etcd_peer = format!("http://127.0.0.1:{}", args.base_port as u32 + 200 + i);
             let metrics_url = format!("http://127.0.0.1:{}", args.base_port as u32 + 400 + i);
 
+            if let (Some(file), false) = (&args.initial_snapshot, bank_dir.join("etcd").exists()) {
+                let etcdutl = crate::tools::find("etcdutl", Some(&etcd_bin))?;
+                crate::migrate::etcdutl_restore(&etcdutl, file, &bank_dir.join("etcd"), &name, &etcd_peer).await?;
+                tracing::info!("dev-cluster: {name}'s etcd restored from {}", file.display());
+            }
             let etcd_log_path = bank_dir.join("etcd.log");
             let etcd_log = std::fs::File::create(&etcd_log_path)?;
             let mut etcd = Command::new(&etcd_bin)
@@ -268,7 +290,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 .args(client_port_args(&name, client))
                 .arg(format!("--etcd-endpoint={etcd_client}"))
                 .arg(format!("--listen-metrics-urls={metrics_url}"))
-                .args(if args.banks > 1 {
+                .args(if made_here {
                     vec![format!("--genesis={}", genesis_path.display()), format!("--keys={}", bank_dir.join("keys").display())]
                 } else {
                     vec![]

@@ -2,7 +2,7 @@
 //! reconnects it by itself when etcd restarts.
 
 use bftcd_proto::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     watch_client::WatchClient, RangeRequest,
 };
 use bytes::Bytes;
@@ -63,6 +63,10 @@ impl LocalEtcd {
 
     pub fn watch(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn auth(&self) -> AuthClient<Channel> {
+        AuthClient::new(self.channel.clone())
     }
 
     pub fn lease(&self) -> LeaseClient<Channel> {

@@ -17,6 +17,7 @@ mod health;
 mod identity;
 mod logging;
 mod metrics;
+mod migrate;
 mod probe;
 mod reheader;
 mod replay;
@@ -67,6 +68,9 @@ enum Command {
     /// printing the state digest after every block with operations as JSON lines (what
     /// `bftcd-verify replay` compares with the certified digests).
     Replay(replay::ReplayArgs),
+    /// Prepare one bank's etcd data directory from the etcd snapshot a genesis starts from
+    /// (`etcdutl snapshot restore`, after checking the file against the genesis).
+    Restore(migrate::RestoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,10 +107,11 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::DevCluster(args) => devcluster::run(args).await,
             Command::Keygen(args) => chain::keygen(args),
-            Command::Genesis(args) => chain::genesis(args),
+            Command::Genesis(args) => chain::genesis(args).await,
             Command::ClientCerts(args) => clientcerts::run(args),
             Command::Govern(args) => govern::run(args).await,
             Command::Replay(args) => replay::run(args).await,
+            Command::Restore(args) => migrate::restore(args).await,
         }
     });
     match result {

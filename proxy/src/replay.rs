@@ -5,7 +5,9 @@
 //! the same engine a restarting bank uses to rebuild its etcd from its ledger, so a replay
 //! cannot agree with the banks by applying differently from them. By default it starts a
 //! scratch etcd of its own (a temporary directory, loopback, free ports, no fsync, the chain's
-//! limits) and removes it afterwards.
+//! limits) and removes it afterwards. A chain made from an etcd snapshot starts from that
+//! snapshot instead (`--initial-snapshot`), restored into the scratch etcd and checked against
+//! the genesis's digest.
 //!
 //! Output on stdout, one JSON object a line: `{"event":"start",...}`, then
 //! `{"event":"digest","height":H,"revision":R,"state_digest":HEX}` for every block with
@@ -48,6 +50,10 @@ pub struct ReplayArgs {
     /// Stock etcd binary for the scratch etcd (default: $BFTCD_ETCD_BIN, tools/bin, PATH).
     #[arg(long, value_name = "PATH")]
     pub etcd_bin: Option<PathBuf>,
+    /// The etcd snapshot the chain starts from, for a genesis made with `bftcd genesis
+    /// --initial-snapshot`: the scratch etcd is restored from it (docs/migration.md).
+    #[arg(long, value_name = "FILE")]
+    pub initial_snapshot: Option<PathBuf>,
     /// Stop after this block (default: the ledger's last).
     #[arg(long, value_name = "H")]
     pub to_height: Option<u64>,
@@ -99,7 +105,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Starts a single-member etcd on loopback that accepts what the chain allows (as every bank's
 /// must), without fsync: nothing in it needs to survive the replay.
-async fn start_etcd(genesis: &Genesis, bin: Option<&Path>, dir: &Path) -> anyhow::Result<(Child, String)> {
+/// With `snapshot`, its data directory is restored from it first.
+async fn start_etcd(genesis: &Genesis, bin: Option<&Path>, dir: &Path, snapshot: Option<&Path>) -> anyhow::Result<(Child, String)> {
     let etcd_bin = crate::tools::find("etcd", bin)?;
     let (bytes, ops) = crate::probe::required(&Limits::of(genesis), genesis.apply_batch_max);
     let log_path = dir.join("etcd.log");
@@ -108,6 +115,10 @@ async fn start_etcd(genesis: &Genesis, bin: Option<&Path>, dir: &Path) -> anyhow
     for _ in 0..3 {
         let client = format!("http://127.0.0.1:{}", free_port()?);
         let peer = format!("http://127.0.0.1:{}", free_port()?);
+        if let Some(file) = snapshot {
+            let etcdutl = crate::tools::find("etcdutl", Some(&etcd_bin))?;
+            crate::migrate::etcdutl_restore(&etcdutl, file, &dir.join("etcd"), "replay", &peer).await?;
+        }
         let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(&etcd_bin)
             .arg("--name=replay")
@@ -172,6 +183,21 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let genesis = <Genesis as prost::Message>::decode(genesis_bytes.as_slice())
         .map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", args.genesis.display()))?;
     anyhow::ensure!(!genesis.validators.is_empty(), "{}: the genesis lists no banks", args.genesis.display());
+    crate::migrate::check_genesis(&genesis).map_err(|e| anyhow::anyhow!("{}: {e}", args.genesis.display()))?;
+    match (&args.initial_snapshot, crate::migrate::is_imported(&genesis)) {
+        (None, true) => anyhow::bail!(
+            "{}: this chain starts from an etcd snapshot (revision {}): pass it with --initial-snapshot FILE (the file whose \
+             SHA-256 is {})",
+            args.genesis.display(),
+            genesis.initial_revision,
+            hex::encode(&genesis.initial_snapshot_sha256)
+        ),
+        (Some(file), _) => {
+            crate::migrate::check_file(&genesis, file).map_err(|e| anyhow::anyhow!("{}: {e}", args.genesis.display()))?;
+            anyhow::ensure!(args.etcd_endpoint.is_none(), "--initial-snapshot restores a scratch etcd: leave --etcd-endpoint out");
+        }
+        (None, false) => {}
+    }
     let ledger_path = args.ledger.clone();
     let scan = tokio::task::spawn_blocking(move || LedgerFile::scan(&ledger_path, |_, _| Ok(()))).await??;
     anyhow::ensure!(
@@ -199,7 +225,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let span = (tip, to);
     let result = match &args.etcd_endpoint {
         Some(endpoint) => apply_all(&args, &genesis, ledger, endpoint, scratch.dir.path(), span).await,
-        None => match start_etcd(&genesis, args.etcd_bin.as_deref(), scratch.dir.path()).await {
+        None => match start_etcd(&genesis, args.etcd_bin.as_deref(), scratch.dir.path(), args.initial_snapshot.as_deref()).await {
             Ok((child, endpoint)) => {
                 scratch.child = Some(child);
                 apply_all(&args, &genesis, ledger, &endpoint, scratch.dir.path(), span).await
@@ -226,7 +252,11 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
     // The limits check waits for an etcd that does not answer; a replay gives up instead.
     let ready = async {
         crate::probe::check(&etcd, &Limits::of(genesis), genesis.apply_batch_max).await?;
-        ensure_empty(&etcd).await
+        if crate::migrate::is_imported(genesis) {
+            crate::migrate::check_state(&etcd, genesis).await.map(|_| ())
+        } else {
+            ensure_empty(&etcd).await
+        }
     };
     tokio::time::timeout(Duration::from_secs(30), ready)
         .await
@@ -239,6 +269,8 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
         "to_height": to,
     }));
 
+    // The restored etcd counts the snapshot's leases down by its own clock, as a bank's does.
+    let _keeper = AbortOnDrop(tokio::spawn(crate::migrate::keep_imported_leases(etcd.clone(), genesis.clone())));
     // Who the answers say they come from does not matter here: nobody reads them.
     let identity = Arc::new(Identity::new(genesis, &genesis.validators[0].name)?);
     let rules = ChainRules::of(genesis).map_err(|e| anyhow::anyhow!("the genesis's key owners: {e}"))?;
@@ -321,4 +353,13 @@ async fn apply_all(args: &ReplayArgs, genesis: &Genesis, ledger: Arc<Ledger>, en
     }));
     tracing::info!(blocks = to, digested, revision, "replay: {to} blocks applied in {:.1} s, {digested} digests, etcd at revision {revision}", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Aborts a task when dropped (the replay's lease keeper ends with the replay).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

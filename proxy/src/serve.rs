@@ -341,6 +341,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before joining: a bank whose etcd refuses what the chain allows would stop applying.
     crate::probe::check(&etcd, &limits, genesis.apply_batch_max).await?;
     crate::corrupt::check_at_start(&etcd).await?;
+    crate::migrate::check_genesis(&genesis)?;
+    if crate::migrate::is_imported(&genesis) {
+        // First: the restored etcd runs the snapshot's leases on its own clock meanwhile.
+        tokio::spawn(crate::migrate::keep_imported_leases(etcd.clone(), genesis.clone()));
+        crate::migrate::check_at_start(&etcd, &genesis, &args.data_dir).await?;
+    }
     let mut consensus_status = None;
     let mut network = None;
     let checkpoints;

@@ -172,6 +172,22 @@ pub fn free_port() -> u16 {
     port
 }
 
+/// Reserves a given port as [`free_port`] reserves the ones it picks (for a program that
+/// derives its ports from one base, such as `bftcd dev-cluster`): true when it is free and now
+/// this process's.
+pub fn reserve_port(port: u16) -> bool {
+    if !state().lock().unwrap_or_else(|e| e.into_inner()).handed_out.insert(port) {
+        return false;
+    }
+    if port_is_free(port) && reserve_across_processes(port) {
+        if port_is_free(port) {
+            return true;
+        }
+        release_port(port);
+    }
+    false
+}
+
 /// `n` distinct free ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
     (0..n).map(|_| free_port()).collect()

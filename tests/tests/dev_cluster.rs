@@ -13,12 +13,18 @@ use bftcd_tests::{bftcd_bin, Etcdctl, TestDir};
 fn free_base(banks: u16) -> u16 {
     for attempt in 0..200u16 {
         // 500 apart per process: a whole range spans P+1..P+404, so neighbours must not overlap.
-        let base = (20_000 + (std::process::id() % 79 * 500 + attempt as u32 * 497) % 40_000) as u16;
-        let all_free = (1..=banks)
-            .flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i, base + 400 + i])
-            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
+        // Below the kernel's ephemeral ports (32768 on), which running processes' outgoing
+        // connections take at any moment.
+        let base = (10_000 + (std::process::id() % 79 * 500 + attempt as u32 * 497) % 22_000) as u16;
+        let range: Vec<u16> = (1..=banks).flat_map(|i| [base + i, base + 100 + i, base + 200 + i, base + 300 + i, base + 400 + i]).collect();
+        // Reserved as the harness reserves its ports, so that no other test (nor another
+        // dev-cluster test) is handed one of them meanwhile.
+        let reserved: Vec<u16> = range.iter().copied().take_while(|&p| bftcd_tests::ports::reserve_port(p)).collect();
+        if reserved.len() == range.len() {
             return base;
+        }
+        for p in reserved {
+            bftcd_tests::ports::release_port(p);
         }
     }
     panic!("no free port range for dev-cluster");
@@ -120,6 +126,45 @@ fn dev_cluster_client_tls_prints_a_working_etcdctl_line() {
         .unwrap();
     assert!(!out.status.success(), "a client without a certificate must be refused");
 
+    stop(&mut child);
+}
+
+/// `--initial-snapshot`: four banks start from an etcd snapshot, with its keys, revisions and
+/// leases; writes go on from its revision; a second run in the same directory reuses it all.
+#[test]
+fn dev_cluster_starts_from_an_etcd_snapshot() {
+    let dir = TestDir::new("dev-cluster-snapshot");
+    let etcd = bftcd_tests::EtcdProcess::start(&dir, "source");
+    let source = Etcdctl::new(etcd.endpoint());
+    for i in 0..20 {
+        source.put(&format!("/s/{i:02}"), "v1");
+    }
+    source.put("/s/00", "v2");
+    let lease = source.run(&["lease", "grant", "600"]).expect_success().split_whitespace().nth(1).unwrap().to_string();
+    source.run(&["put", "/s/leased", "x", "--lease", &lease]).expect_success();
+    let snapshot = dir.join("source.db");
+    source.run(&["snapshot", "save", &snapshot.display().to_string()]).expect_success();
+    let at_snapshot = source.run(&["get", "/s/", "--prefix", "-w", "json"]).expect_success().to_string();
+    drop(etcd);
+
+    let base = free_base(4);
+    let cluster = dir.join("cluster");
+    let file = format!("--initial-snapshot={}", snapshot.display());
+    let (mut child, _lines, endpoints, _) = start(&dir, base, &cluster, &[&file]);
+    let kvs = |text: &str| serde_json::from_str::<serde_json::Value>(text.trim()).unwrap()["kvs"].clone();
+    for ep in &endpoints {
+        let got = Etcdctl::new(ep).run(&["get", "/s/", "--prefix", "-w", "json"]).expect_success().to_string();
+        assert_eq!(kvs(&got), kvs(&at_snapshot), "bank {ep}");
+        let ttl = Etcdctl::new(ep).run(&["lease", "timetolive", &lease, "--keys"]).expect_success().to_string();
+        assert!(ttl.contains("granted with TTL(600s)") && ttl.contains("/s/leased"), "{ttl}");
+    }
+    let revision = |text: &str| serde_json::from_str::<serde_json::Value>(text.trim()).unwrap()["header"]["revision"].as_i64().unwrap();
+    let put = Etcdctl::new(&endpoints[1]).run(&["put", "/s/new", "1", "-w", "json"]).expect_success().to_string();
+    assert_eq!(revision(&put), revision(&at_snapshot) + 1, "writes go on from the snapshot's revision");
+    stop(&mut child);
+
+    let (mut child, _lines, endpoints, _) = start(&dir, base, &cluster, &[&file]);
+    assert_eq!(Etcdctl::new(&endpoints[3]).get_value("/s/new").as_deref(), Some("1"));
     stop(&mut child);
 }
 

@@ -53,6 +53,26 @@ pub fn command(out: &mut Out, path: PathBuf, signatures: Option<PathBuf>) -> Res
         let shown: Vec<String> = owners.iter().map(|(p, b)| format!("{p}={b}")).collect();
         out.line(format!("key owners  {}", shown.join(" ")));
     }
+    // A chain made from an etcd snapshot (docs/migration.md): what an auditor compares with the
+    // snapshot file and with the first certified checkpoints.
+    if !g.initial_state_digest.is_empty() {
+        out.line(format!(
+            "initial     etcd snapshot sha256 {}, revision {}, {} leases, state digest {}",
+            hex::encode(&g.initial_snapshot_sha256),
+            g.initial_revision,
+            g.initial_leases.len(),
+            hex::encode(&g.initial_state_digest)
+        ));
+        out.set(
+            "initial_state",
+            json!({
+                "revision": g.initial_revision,
+                "state_digest": hex::encode(&g.initial_state_digest),
+                "snapshot_sha256": hex::encode(&g.initial_snapshot_sha256),
+                "leases": g.initial_leases.len(),
+            }),
+        );
+    }
     if n > 1 {
         out.line("keys        every BLS key's proof of possession and every operation key verified");
     }

@@ -115,6 +115,10 @@ enum Command {
         /// The `bftcd` binary that replays (default: beside bftcd-verify, then PATH).
         #[arg(long, value_name = "PATH")]
         bftcd_bin: Option<PathBuf>,
+        /// The etcd snapshot the chain starts from, for a genesis made from one
+        /// (docs/migration.md).
+        #[arg(long, value_name = "FILE")]
+        initial_snapshot: Option<PathBuf>,
     },
     /// Read a key (or a prefix) at every bank at one revision, check every bank's signature on
     /// its answer against the genesis keys, and compare: prints the value and which banks vouch
@@ -271,8 +275,8 @@ fn main() -> ExitCode {
         Command::Ledgers { paths, trust } => ledgers::command(&mut out, paths, trust),
         Command::Genesis { path, signatures } => genesis::command(&mut out, path, signatures),
         Command::Checkpoints { paths, genesis } => checkpoints::command(&mut out, paths, genesis),
-        Command::Replay { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin } => {
-            replay::command(&mut out, replay::Args { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin })
+        Command::Replay { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin, initial_snapshot } => {
+            replay::command(&mut out, replay::Args { path, genesis, checkpoints, to_height, etcd_bin, bftcd_bin, initial_snapshot })
         }
         Command::Get { key, prefix, endpoints, genesis, evidence } => answers::get(&mut out, key, prefix, endpoints, genesis, evidence),
         Command::Response { path, genesis } => answers::response(&mut out, path, genesis),

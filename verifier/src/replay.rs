@@ -27,6 +27,8 @@ pub struct Args {
     pub to_height: Option<u64>,
     pub etcd_bin: Option<PathBuf>,
     pub bftcd_bin: Option<PathBuf>,
+    /// The etcd snapshot a chain made from one starts from.
+    pub initial_snapshot: Option<PathBuf>,
 }
 
 /// `bftcd`: `--bftcd-bin`, then beside this executable, then PATH.
@@ -72,6 +74,9 @@ fn run_bftcd(bftcd: &Path, args: &Args, to: u64, certified: &BTreeMap<u64, Strin
     cmd.arg("replay").arg("--ledger").arg(&args.path).arg("--genesis").arg(&args.genesis).arg(format!("--to-height={to}"));
     if let Some(e) = &args.etcd_bin {
         cmd.arg("--etcd-bin").arg(e);
+    }
+    if let Some(f) = &args.initial_snapshot {
+        cmd.arg("--initial-snapshot").arg(f);
     }
     // Its stderr is progress and warnings: the auditor's to see as it goes.
     let mut child = cmd
@@ -237,7 +242,7 @@ mod tests {
     use super::*;
 
     fn args(path: PathBuf, checkpoints: Option<PathBuf>) -> Args {
-        Args { path, genesis: PathBuf::new(), checkpoints, to_height: None, etcd_bin: None, bftcd_bin: None }
+        Args { path, genesis: PathBuf::new(), checkpoints, to_height: None, etcd_bin: None, bftcd_bin: None, initial_snapshot: None }
     }
 
     #[test]

@@ -171,6 +171,35 @@ impl Keys {
     }
 }
 
+/// Every key at `revision`, page by page at that one revision.
+async fn read_whole(etcd: &LocalEtcd, revision: i64) -> Result<Keys, Status> {
+    let mut keys = Keys::default();
+    let mut from = vec![0u8];
+    loop {
+        let r = RangeRequest { key: from.clone(), range_end: vec![0], revision, limit: PAGE, serializable: true, ..Default::default() };
+        let page = etcd.kv().range(r).await?.into_inner();
+        for kv in &page.kvs {
+            if !reserved::is_reserved(&kv.key) {
+                keys.put(kv);
+            }
+        }
+        match page.kvs.last() {
+            Some(last) if page.more => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => return Ok(keys),
+        }
+    }
+}
+
+/// The keys part of the state digest of an etcd at `revision`, read whole as a full check
+/// reads it, and the number of keys: for the initial state of a chain started from a snapshot.
+pub async fn keys_checksum(etcd: &LocalEtcd, revision: i64) -> Result<([u8; 32], usize), Status> {
+    let keys = read_whole(etcd, revision).await?;
+    Ok((keys.lthash.checksum(), keys.records.len()))
+}
+
 struct Watch {
     requests: mpsc::Sender<WatchRequest>,
     stream: Streaming<WatchResponse>,
@@ -277,26 +306,8 @@ impl Tracker {
         Ok(Some(state_digest(&parts)))
     }
 
-    /// Every key at `revision`, page by page at that one revision.
     async fn read_whole(&self, revision: i64) -> Result<Keys, Status> {
-        let mut keys = Keys::default();
-        let mut from = vec![0u8];
-        loop {
-            let r = RangeRequest { key: from.clone(), range_end: vec![0], revision, limit: PAGE, serializable: true, ..Default::default() };
-            let page = self.etcd.kv().range(r).await?.into_inner();
-            for kv in &page.kvs {
-                if !reserved::is_reserved(&kv.key) {
-                    keys.put(kv);
-                }
-            }
-            match page.kvs.last() {
-                Some(last) if page.more => {
-                    from = last.key.clone();
-                    from.push(0);
-                }
-                _ => return Ok(keys),
-            }
-        }
+        read_whole(&self.etcd, revision).await
     }
 
     async fn start_watch(&self, from: i64) -> Result<Watch, Status> {

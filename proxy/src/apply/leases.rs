@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bftcd_proto::bftcd::{operation::Request as Op, Operation};
+use bftcd_proto::bftcd::{operation::Request as Op, Genesis, Operation};
 use bftcd_sequencer::ownership::Owners;
 use bftcd_sequencer::Position;
 use sha2::{Digest, Sha256};
@@ -69,6 +69,26 @@ impl LeaseTable {
         self.leases.insert(id, Lease { granted_ttl: ttl, deadline_ms, grantor: u32::MAX });
         self.by_deadline.insert((deadline_ms, id));
         Ok(ttl)
+    }
+
+    /// The leases a chain starts with (a genesis made from an etcd snapshot): each with its
+    /// full TTL from the genesis time, granted by no bank.
+    pub fn initial(genesis: &Genesis) -> Result<LeaseTable, String> {
+        let mut t = LeaseTable::default();
+        let mut last = None;
+        for l in &genesis.initial_leases {
+            if l.id == 0 || last.is_some_and(|p| p >= l.id) {
+                return Err(format!("initial lease {:016x}: the IDs must be non-zero and in ascending order", l.id));
+            }
+            if !(1..=MAX_TTL).contains(&l.ttl) {
+                return Err(format!("initial lease {:016x}: TTL {} out of range (1 to {MAX_TTL} s)", l.id, l.ttl));
+            }
+            last = Some(l.id);
+            let deadline_ms = deadline(genesis.genesis_time_ms, l.ttl);
+            t.leases.insert(l.id, Lease { granted_ttl: l.ttl, deadline_ms, grantor: u32::MAX });
+            t.by_deadline.insert((deadline_ms, l.id));
+        }
+        Ok(t)
     }
 
     /// Ends `id`; false when there is no such lease.
@@ -212,7 +232,7 @@ mod tests {
 
     #[test]
     fn only_the_grantor_revokes_a_lease_of_a_bank_that_owns_keys() {
-        use bftcd_proto::bftcd::{Genesis, KeyOwner, OperationId, Validator};
+        use bftcd_proto::bftcd::{KeyOwner, OperationId, Validator};
         use bftcd_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
         let g = Genesis {
             validators: vec![Validator::default(); 4],
@@ -281,6 +301,27 @@ mod tests {
         assert_eq!(t.ids(), vec![2, 1, 5]);
         assert_eq!(t.leases.len(), 3);
         assert_eq!(t.by_deadline.len(), 3);
+    }
+
+    #[test]
+    fn initial_leases_run_from_the_genesis_time_and_bad_lists_are_refused() {
+        use bftcd_proto::bftcd::InitialLease;
+        let mut g = Genesis { genesis_time_ms: 10_000, ..Default::default() };
+        g.initial_leases = vec![InitialLease { id: 3, ttl: 60 }, InitialLease { id: 9, ttl: 5 }];
+        let t = LeaseTable::initial(&g).unwrap();
+        assert_eq!(t.get(3), Some(Lease { granted_ttl: 60, deadline_ms: 70_000, grantor: u32::MAX }));
+        assert_eq!(t.ids(), vec![9, 3]);
+        assert_eq!(t.due(15_000, 10), vec![(9, 15_000)]);
+        assert_eq!(LeaseTable::initial(&Genesis::default()).unwrap(), LeaseTable::default());
+        for bad in [
+            vec![InitialLease { id: 0, ttl: 60 }],
+            vec![InitialLease { id: 9, ttl: 60 }, InitialLease { id: 3, ttl: 60 }],
+            vec![InitialLease { id: 3, ttl: 60 }, InitialLease { id: 3, ttl: 60 }],
+            vec![InitialLease { id: 3, ttl: 0 }],
+            vec![InitialLease { id: 3, ttl: MAX_TTL + 1 }],
+        ] {
+            assert!(LeaseTable::initial(&Genesis { initial_leases: bad.clone(), ..Default::default() }).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl Applier {
         let (last, in_etcd) = self.recover().await?;
         let revision = match self.read_state().await {
             Ok((Some(_), key_revision, _)) => key_revision,
-            Ok((None, _, _)) => 1,
+            Ok((None, _, _)) => self.first_revision(),
             Err(e) => anyhow::bail!("reading the local etcd's applied position: {e}"),
         };
         tracing::info!(applied = ?last.map(|p| p.to_string()), ledger_height = self.ledger.height(), "apply: resuming");
@@ -279,7 +279,8 @@ impl Applier {
         };
         tracing::info!(in_etcd = %show(in_etcd), cursor = %show(cursor.map(|c| c.last)), cursor_base = %base, revision,
             ledger_height = self.ledger.height(), "apply: applied position found");
-        let mut verdict = restore::judge(in_etcd, revision, cursor);
+        let first = if crate::migrate::is_imported(self.ledger.genesis()) { i64::MAX } else { 1 };
+        let mut verdict = restore::judge(in_etcd, revision, cursor, first);
         if let (Verdict::Resume(Some(p)), Some(c)) = (&verdict, cursor) {
             // The cursor is ahead of the key, as after a crash; but a snapshot taken between the
             // cursor's base and the cursor looks the same and may lack lease calls made before
@@ -355,8 +356,9 @@ impl Applier {
     /// replay meets the state the original apply met ([`restore`]), then forgets the cursor
     /// file, which describes an etcd that is gone. Repeatable: a crash midway redoes it.
     async fn rewind(&self, from: Option<Position>, key_revision: i64, revision: i64) -> anyhow::Result<()> {
-        // A fresh etcd is at revision 1; the Txn that wrote the key made its revision.
-        let expected = if from.is_some() { key_revision } else { 1 };
+        // A fresh etcd is at revision 1 (a snapshot's at its own); the Txn that wrote the key
+        // made its revision.
+        let expected = if from.is_some() { key_revision } else { self.first_revision() };
         if revision != expected {
             anyhow::bail!(
                 "the local etcd was restored from a snapshot taken after a lease revoke or expiry deleted keys beyond its \
@@ -406,6 +408,12 @@ impl Applier {
             Err(e) => return Err(e.into()),
         }
         Ok(())
+    }
+
+    /// The revision of an etcd that has applied nothing of the chain: a fresh etcd's, or the
+    /// snapshot's the chain starts from.
+    fn first_revision(&self) -> i64 {
+        self.ledger.genesis().initial_revision.max(1)
     }
 
     /// The applied-position key, the revision that wrote it, and etcd's current revision.

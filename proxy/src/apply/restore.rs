@@ -96,10 +96,11 @@ pub(super) enum Verdict {
 }
 
 /// `in_etcd`: the applied-position key; `revision`: etcd's current revision (used only when the
-/// key is missing).
-pub(super) fn judge(in_etcd: Option<Position>, revision: i64, cursor: Option<CursorFile>) -> Verdict {
+/// key is missing); `first`: the highest revision of an etcd that applied nothing (1, or any
+/// for a chain started from a snapshot, whose etcd the sidecar checked against the genesis).
+pub(super) fn judge(in_etcd: Option<Position>, revision: i64, cursor: Option<CursorFile>, first: i64) -> Verdict {
     let Some(c) = cursor else {
-        if in_etcd.is_none() && revision > 1 {
+        if in_etcd.is_none() && revision > first {
             // Only a sidecar writes to its etcd, and its first write records the key.
             return Verdict::Refuse(format!(
                 "the local etcd holds data (revision {revision}) but no applied-position key, and this sidecar has \
@@ -133,7 +134,7 @@ pub(super) fn judge(in_etcd: Option<Position>, revision: i64, cursor: Option<Cur
 pub(super) fn replay_leases(ledger: &Ledger, last: Option<Position>) -> anyhow::Result<(LeaseTable, Vec<BTreeSet<i64>>, ChainRules)> {
     let chain_id = &ledger.genesis().chain_id;
     let ids = |t: &LeaseTable| t.ids().into_iter().collect::<BTreeSet<i64>>();
-    let mut table = LeaseTable::default();
+    let mut table = LeaseTable::initial(ledger.genesis()).map_err(|e| anyhow::anyhow!("the genesis's leases: {e}"))?;
     // The chain's rules decide some lease calls (key ownership): they are replayed alongside.
     let mut rules = ChainRules::of(ledger.genesis()).map_err(|e| anyhow::anyhow!("the genesis's rules: {e}"))?;
     let mut at_last: Option<(LeaseTable, ChainRules)> = None;
@@ -201,32 +202,35 @@ mod tests {
 
     #[test]
     fn usual_states_resume_after_the_later_position() {
-        assert_eq!(judge(None, 1, None), Verdict::Resume(None));
-        assert_eq!(judge(Some(p(5, 0)), 9, None), Verdict::Resume(Some(p(5, 0))));
+        assert_eq!(judge(None, 1, None, 1), Verdict::Resume(None));
+        assert_eq!(judge(Some(p(5, 0)), 9, None, 1), Verdict::Resume(Some(p(5, 0))));
         // Traceless operations then a lease call since the key last moved.
         let c = CursorFile { last: p(6, 2), base: Some(Some(p(5, 0))) };
-        assert_eq!(judge(Some(p(5, 0)), 9, Some(c)), Verdict::Resume(Some(p(6, 2))));
+        assert_eq!(judge(Some(p(5, 0)), 9, Some(c), 1), Verdict::Resume(Some(p(6, 2))));
         // The key moved on since.
-        assert_eq!(judge(Some(p(8, 0)), 9, Some(c)), Verdict::Resume(Some(p(8, 0))));
+        assert_eq!(judge(Some(p(8, 0)), 9, Some(c), 1), Verdict::Resume(Some(p(8, 0))));
         // Nothing recorded yet when the cursor was written.
         let c = CursorFile { last: p(1, 0), base: Some(None) };
-        assert_eq!(judge(None, 1, Some(c)), Verdict::Resume(Some(p(1, 0))));
+        assert_eq!(judge(None, 1, Some(c), 1), Verdict::Resume(Some(p(1, 0))));
         // An old cursor file: trusted as before.
         let c = CursorFile { last: p(6, 2), base: None };
-        assert_eq!(judge(Some(p(3, 0)), 9, Some(c)), Verdict::Resume(Some(p(6, 2))));
+        assert_eq!(judge(Some(p(3, 0)), 9, Some(c), 1), Verdict::Resume(Some(p(6, 2))));
     }
 
     #[test]
     fn an_etcd_behind_the_cursor_base_resumes_from_its_own_position() {
         let c = CursorFile { last: p(9, 2), base: Some(Some(p(8, 0))) };
-        assert_eq!(judge(Some(p(4, 1)), 9, Some(c)), Verdict::Behind { from: Some(p(4, 1)), cursor: p(9, 2), base: Some(p(8, 0)) });
+        assert_eq!(judge(Some(p(4, 1)), 9, Some(c), 1), Verdict::Behind { from: Some(p(4, 1)), cursor: p(9, 2), base: Some(p(8, 0)) });
     }
 
     #[test]
     fn foreign_or_emptied_etcds_are_refused() {
-        assert!(matches!(judge(None, 12, None), Verdict::Refuse(m) if m.contains("not this bank's etcd")));
+        assert!(matches!(judge(None, 12, None, 1), Verdict::Refuse(m) if m.contains("not this bank's etcd")));
+        // A chain started from a snapshot: its etcd's revision is the snapshot's, or more after
+        // lease calls that wrote no key (the sidecar checked that etcd against the genesis).
+        assert_eq!(judge(None, 12, None, i64::MAX), Verdict::Resume(None));
         let c = CursorFile { last: p(9, 2), base: Some(Some(p(8, 0))) };
-        assert!(matches!(judge(None, 1, Some(c)), Verdict::Refuse(m) if m.contains("no applied-position key")));
+        assert!(matches!(judge(None, 1, Some(c), 1), Verdict::Refuse(m) if m.contains("no applied-position key")));
     }
 
     /// Seeded fuzzing of the cursor file (it is on disk, so anything may be in it) and of the
@@ -266,7 +270,7 @@ mod tests {
             }
             let in_etcd = rng.gen_bool(0.8).then(|| pos(&mut rng));
             let revision = if rng.gen_bool(0.1) { i64::MAX } else { rng.gen_range(-1..100) };
-            match judge(in_etcd, revision, cursor) {
+            match judge(in_etcd, revision, cursor, 1) {
                 Verdict::Resume(p) => assert!(p >= in_etcd, "{p:?} < {in_etcd:?}"),
                 Verdict::Behind { from, .. } => assert_eq!(from, in_etcd),
                 Verdict::Refuse(why) => assert!(!why.is_empty()),
