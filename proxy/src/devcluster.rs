@@ -14,13 +14,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::etcd::LocalEtcd;
 
 #[derive(clap::Args, Debug)]
 pub struct DevClusterArgs {
@@ -66,21 +65,6 @@ pub struct DevClusterArgs {
 struct Proc {
     what: String,
     child: Child,
-}
-
-pub(crate) async fn wait_etcd(endpoint: &str, child: &mut Child, log: &std::path::Path) -> anyhow::Result<()> {
-    let etcd = LocalEtcd::connect_lazy(endpoint)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if etcd.maintenance().status(bftcd_proto::etcdserverpb::StatusRequest {}).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("etcd exited ({status}) before serving; see {}", log.display());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "etcd at {endpoint} did not serve within 30 s; see {}", log.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn stop_all(procs: &mut [Proc]) {
@@ -252,26 +236,22 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
                 tracing::info!("dev-cluster: {name}'s etcd restored from {}", file.display());
             }
             let etcd_log_path = bank_dir.join("etcd.log");
-            let etcd_log = std::fs::File::create(&etcd_log_path)?;
-            let mut etcd = Command::new(&etcd_bin)
-                .arg(format!("--name={name}"))
-                .arg(format!("--data-dir={}", bank_dir.join("etcd").display()))
-                .arg(format!("--listen-client-urls={etcd_client}"))
-                .arg(format!("--advertise-client-urls={etcd_client}"))
-                .arg(format!("--listen-peer-urls={etcd_peer}"))
-                .arg(format!("--initial-advertise-peer-urls={etcd_peer}"))
-                .arg(format!("--initial-cluster={name}={etcd_peer}"))
+            let etcd = crate::tools::OneEtcd {
+                bin: &etcd_bin,
+                name: &name,
+                data_dir: &bank_dir.join("etcd"),
+                client: &etcd_client,
+                peer: &etcd_peer,
+                log: &etcd_log_path,
                 // The chain's limits plus room for the sidecar's bookkeeping.
-                .arg(format!("--max-request-bytes={etcd_bytes}"))
-                .arg(format!("--max-txn-ops={etcd_ops}"))
-                .arg(format!("--experimental-watch-progress-notify-interval={}", args.watch_progress_notify_interval))
-                .stdout(etcd_log.try_clone()?)
-                .stderr(etcd_log)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", etcd_bin.display()))?;
-            wait_etcd(&etcd_client, &mut etcd, &etcd_log_path).await?;
+                extra: vec![
+                    format!("--max-request-bytes={etcd_bytes}"),
+                    format!("--max-txn-ops={etcd_ops}"),
+                    format!("--experimental-watch-progress-notify-interval={}", args.watch_progress_notify_interval),
+                ],
+            }
+            .start()
+            .await?;
             procs.push(Proc { what: format!("{name} etcd"), child: etcd });
 
             let log_path = bank_dir.join("bftcd.log");

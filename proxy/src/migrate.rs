@@ -138,10 +138,6 @@ pub async fn etcdutl_restore(etcdutl: &Path, file: &Path, data_dir: &Path, name:
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Reads an etcd snapshot file: restored into a scratch directory, served by a scratch stock
 /// etcd on loopback, read whole at its revision, then stopped and removed.
 pub async fn read_snapshot(file: &Path, etcd_bin: Option<&Path>) -> anyhow::Result<SnapshotState> {
@@ -150,32 +146,22 @@ pub async fn read_snapshot(file: &Path, etcd_bin: Option<&Path>) -> anyhow::Resu
     let etcdutl = crate::tools::find("etcdutl", Some(&etcd_bin))?;
     let dir = tempfile::Builder::new().prefix("bftcd-snapshot-").tempdir()?;
     let data = dir.path().join("etcd");
-    let (client, peer) = (format!("http://127.0.0.1:{}", free_port()?), format!("http://127.0.0.1:{}", free_port()?));
+    let (client, peer) = (format!("http://127.0.0.1:{}", crate::tools::free_port()?), format!("http://127.0.0.1:{}", crate::tools::free_port()?));
     tracing::info!(file = %file.display(), sha256 = %hex::encode(sha256), "reading the snapshot: restoring it into a scratch etcd");
     let revision = snapshot_revision(&etcdutl, file).await?;
     etcdutl_restore(&etcdutl, file, &data, "bftcd-import", &peer).await?;
     let log_path = dir.path().join("etcd.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new(&etcd_bin)
-        .arg("--name=bftcd-import")
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--listen-client-urls={client}"))
-        .arg(format!("--advertise-client-urls={client}"))
-        .arg(format!("--listen-peer-urls={peer}"))
-        .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=bftcd-import={peer}"))
-        .arg("--unsafe-no-fsync")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", etcd_bin.display()))?;
-    let result = async {
-        crate::devcluster::wait_etcd(&client, &mut child, &log_path).await?;
-        read_state(&LocalEtcd::connect_lazy(&client)?).await
-    }
-    .await;
+    let etcd = crate::tools::OneEtcd {
+        bin: &etcd_bin,
+        name: "bftcd-import",
+        data_dir: &data,
+        client: &client,
+        peer: &peer,
+        log: &log_path,
+        extra: vec!["--unsafe-no-fsync".into()],
+    };
+    let mut child = etcd.start().await?;
+    let result = read_state(&LocalEtcd::connect_lazy(&client)?).await;
     let _ = child.kill().await;
     let _ = child.wait().await;
     let s = result.map_err(|e| e.context(format!("reading the snapshot {}", file.display())))?;

@@ -16,7 +16,6 @@
 //! Progress goes to stderr. Keys and values are never printed.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use bftcd_sequencer::governance::ChainRules;
 use bftcd_sequencer::validity::Limits;
 use bftcd_sequencer::{genesis_hash, Ledger, LedgerFile};
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 
 use crate::apply::digest::{BlockEnd, Tracker};
@@ -99,10 +98,6 @@ impl Scratch {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Starts a single-member etcd on loopback that accepts what the chain allows (as every bank's
 /// must), without fsync: nothing in it needs to survive the replay.
 /// With `snapshot`, its data directory is restored from it first.
@@ -113,34 +108,24 @@ async fn start_etcd(genesis: &Genesis, bin: Option<&Path>, dir: &Path, snapshot:
     let mut last_error = None;
     // A port found free may be taken before etcd binds it: try a few.
     for _ in 0..3 {
-        let client = format!("http://127.0.0.1:{}", free_port()?);
-        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let client = format!("http://127.0.0.1:{}", crate::tools::free_port()?);
+        let peer = format!("http://127.0.0.1:{}", crate::tools::free_port()?);
         if let Some(file) = snapshot {
             let etcdutl = crate::tools::find("etcdutl", Some(&etcd_bin))?;
             crate::migrate::etcdutl_restore(&etcdutl, file, &dir.join("etcd"), "replay", &peer).await?;
         }
-        let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(&etcd_bin)
-            .arg("--name=replay")
-            .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=replay={peer}"))
-            .arg(format!("--max-request-bytes={}", bytes + 1024))
-            .arg(format!("--max-txn-ops={ops}"))
-            .arg("--unsafe-no-fsync")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", etcd_bin.display()))?;
-        match crate::devcluster::wait_etcd(&client, &mut child, &log_path).await {
-            Ok(()) => return Ok((child, client)),
+        let etcd = crate::tools::OneEtcd {
+            bin: &etcd_bin,
+            name: "replay",
+            data_dir: &dir.join("etcd"),
+            client: &client,
+            peer: &peer,
+            log: &log_path,
+            extra: vec![format!("--max-request-bytes={}", bytes + 1024), format!("--max-txn-ops={ops}"), "--unsafe-no-fsync".into()],
+        };
+        match etcd.start().await {
+            Ok(child) => return Ok((child, client)),
             Err(e) => {
-                let _ = child.kill().await;
                 let _ = std::fs::remove_dir_all(dir.join("etcd"));
                 last_error = Some(e);
             }

@@ -43,3 +43,67 @@ pub fn find(name: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         anyhow::anyhow!("{name} not found: run scripts/setup.sh, pass --etcd-bin, set BFTCD_ETCD_BIN, or put it on PATH")
     })
 }
+
+/// A one-member stock etcd on loopback, for this binary's own use: each dev-cluster bank's,
+/// and the scratch etcds of `bftcd replay` and of reading a snapshot.
+pub struct OneEtcd<'a> {
+    pub bin: &'a Path,
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub client: &'a str,
+    pub peer: &'a str,
+    /// Its stdout and stderr; named in the error when it does not come up.
+    pub log: &'a Path,
+    /// Further flags (limits, `--unsafe-no-fsync`, ...).
+    pub extra: Vec<String>,
+}
+
+impl OneEtcd<'_> {
+    /// Starts it and waits until it answers; a process that does not is killed.
+    pub async fn start(&self) -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::File::create(self.log)?;
+        let (name, client, peer) = (self.name, self.client, self.peer);
+        let mut child = tokio::process::Command::new(self.bin)
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={name}={peer}"))
+            .args(&self.extra)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?;
+        if let Err(e) = wait_serving(client, &mut child, self.log).await {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+        Ok(child)
+    }
+}
+
+/// Waits up to 30 s for the etcd at `endpoint` to answer a status call.
+async fn wait_serving(endpoint: &str, child: &mut tokio::process::Child, log: &Path) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let etcd = crate::etcd::LocalEtcd::connect_lazy(endpoint)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if etcd.maintenance().status(bftcd_proto::etcdserverpb::StatusRequest {}).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("etcd exited ({status}) before serving; see {}", log.display());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "etcd at {endpoint} did not serve within 30 s; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port free right now (another process may still take it before it is bound).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -173,3 +173,22 @@ pub fn try_byzantine_bin(profile: &str) -> Result<PathBuf, String> {
         p.display()
     ))
 }
+
+/// Runs the `bftcd` command line; returns (success, stdout, stderr).
+pub fn run_bftcd(args: &[String]) -> (bool, String, String) {
+    let bin = bftcd_bin();
+    let out = std::process::Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs the `bftcd` command line, which must succeed; returns its stdout.
+pub fn bftcd_ok(args: &[String]) -> String {
+    let (success, stdout, stderr) = run_bftcd(args);
+    assert!(success, "bftcd {}: {stderr}", args.join(" "));
+    stdout
+}
+
+/// Command-line arguments from string literals.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}

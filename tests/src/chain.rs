@@ -3,7 +3,6 @@
 //! genesis sign` commands (the genesis ceremony).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::dir::TestDir;
@@ -47,9 +46,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn bftcd(args: &[String]) {
-    let bin = crate::bins::bftcd_bin();
-    let out = Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    assert!(out.status.success(), "bftcd {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    crate::bins::bftcd_ok(args);
 }
 
 impl Chain {

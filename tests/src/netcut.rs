@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bins::strings;
+
 const TAG: &str = "bftcd-cut-";
 const CG_TAG: &str = "bftcd-cg-";
 const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
@@ -43,9 +45,6 @@ fn iptables(args: &[String]) -> Result<String, String> {
     }
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 /// Whether this process can add and remove iptables rules (root, iptables installed, a kernel
 /// with netfilter); the reason when not. Tests skip, with that reason, when it cannot.

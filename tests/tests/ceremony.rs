@@ -7,30 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bftcd_tests::bins::{bftcd_ok as ok, run_bftcd as bftcd, strings};
 use bftcd_tests::sidecar::BANK_ETCD_ARGS;
 use bftcd_tests::{bftcd_bin, free_port, EtcdProcess, Etcdctl, Sidecar, TestDir};
 
 const GENESIS_TIME: &str = "2026-12-01T00:00:00Z";
-
-/// Runs `bftcd`; returns (success, stdout, stderr).
-fn bftcd(args: &[String]) -> (bool, String, String) {
-    let out = Command::new(bftcd_bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[String]) -> String {
-    let (success, stdout, stderr) = bftcd(args);
-    assert!(success, "bftcd {}: {stderr}", args.join(" "));
-    stdout
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 /// `bftcd genesis` at one bank, from the descriptors in its own directory.
 fn build(bank: &Path, out: &Path, extra: &[&str]) {

@@ -18,6 +18,7 @@ use bftcd_proto::etcdserverpb::{
 };
 use bftcd_proto::mvccpb::KeyValue;
 use bftcd_tests::kv::hashkv;
+use bftcd_tests::bins::{bftcd_ok as ok, run_bftcd as bftcd, strings};
 use bftcd_tests::sidecar::BANK_ETCD_ARGS;
 use bftcd_tests::{bftcd_bin, free_port, EtcdCluster, EtcdProcess, Etcdctl, Etcdutl, Sidecar, TestDir};
 use tonic::transport::Channel;
@@ -36,22 +37,6 @@ fn kv(endpoint: &str) -> KvClient<Channel> {
 
 fn leases(endpoint: &str) -> LeaseClient<Channel> {
     LeaseClient::new(channel(endpoint))
-}
-
-/// Runs `bftcd`; returns (success, stdout, stderr).
-fn bftcd(args: &[String]) -> (bool, String, String) {
-    let out = Command::new(bftcd_bin()).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn ok(args: &[String]) -> String {
-    let (success, stdout, stderr) = bftcd(args);
-    assert!(success, "bftcd {}: {stderr}", args.join(" "));
-    stdout
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 fn put(key: String, value: String, lease: i64) -> RequestOp {
