@@ -182,6 +182,12 @@ pub struct Report {
     /// reports each equivocation once), and the evidence in honest instances' ledgers.
     pub evidence_reported: Vec<u64>,
     pub evidence_committed: u64,
+    /// Reconfiguration: instances that left epoch 1, those of them that did so on a sync answer
+    /// (caught up across the boundary), and boundaries committed without a proof of their own
+    /// (proven by the abandoned blocks above them).
+    pub epoch_switches: u64,
+    pub switches_on_sync: u64,
+    pub boundaries_proven_above: u64,
 }
 
 struct Instance {
@@ -644,8 +650,13 @@ pub fn run(s: &Scenario) -> Report {
         if trace && matches!(event, Event::Crash { .. } | Event::Restart { .. } | Event::Down { .. }) {
             eprintln!("t={now} {trace_in}");
         }
+        let mut on_sync = false;
         let (to, input) = match event {
             Event::Deliver { to, from, msg } => match PeerMessage::decode(msg.as_slice()) {
+                Ok(m) if matches!(m.kind, Some(Kind::SyncResponse(_))) => {
+                    on_sync = true;
+                    (to, Input::Message { from, msg: m })
+                }
                 Ok(m) => (to, Input::Message { from, msg: m }),
                 Err(_) => continue,
             },
@@ -839,6 +850,9 @@ pub fn run(s: &Scenario) -> Report {
             }
         }
         if let Some((height, hash, proof)) = switch {
+            report.epoch_switches += 1;
+            report.switches_on_sync += u64::from(on_sync);
+            report.boundaries_proven_above += u64::from(!proof.is_empty());
             enter_epoch2(s, &mut nodes, to, now, height, hash, proof);
             for (i, node) in nodes.iter().enumerate() {
                 if node.member && node.epoch == 2 && node.wake.is_none() {
