@@ -23,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::block::block_hash;
-use crate::consensus::certs::sim::SimCrypto;
-use crate::consensus::{CommittedLog, Config, Core, Domain, Input, Output, SafetyRules, SafetyState};
+use crate::consensus::certs::sim::{KeyedSimCrypto, SimCrypto};
+use crate::consensus::{CommittedLog, Config, Core, Domain, EpochRule, Input, Output, SafetyRules, SafetyState};
 
 /// A Byzantine bank's play against the leader choice; otherwise it runs honest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,29 @@ pub struct Scenario {
     pub byzantine: Option<(usize, Misbehaviour)>,
     /// Every instance uses plain round-robin leaders (the baseline).
     pub round_robin_leaders: bool,
+    /// A validator-set change committed during the run (no twins with it).
+    pub reconfig: Option<Reconfig>,
 }
+
+/// Reconfiguration: an operation, submitted at `at_ms`, enacts the set of epoch 2 when the
+/// block carrying it commits ([`RECONFIG_KEY`]); epoch 1 ends at that block.
+#[derive(Debug, Clone, Default)]
+pub struct Reconfig {
+    /// Validators of epoch 2 (0..next_n): more than `n` adds validators, fewer removes the
+    /// last ones.
+    pub next_n: usize,
+    /// A validator whose (voting) key is replaced in epoch 2.
+    pub rotate: Option<usize>,
+    pub at_ms: u64,
+    /// Every instance takes its epoch-1 pipeline (highest QC and blocks above the boundary)
+    /// into epoch 2 and accepts epoch-1 QCs there (the checker must notice).
+    pub broken_carry_old_qc: bool,
+}
+
+/// The key of the operation that enacts the reconfiguration.
+pub const RECONFIG_KEY: &[u8] = b"__reconfig";
+/// Its nonce (its submitting bank is a validator staying in the set).
+const RECONFIG_NONCE: u64 = u64::MAX / 2;
 
 impl Scenario {
     /// A random scenario from a seed (n and faults chosen by the seed too).
@@ -104,6 +126,7 @@ impl Scenario {
             down: Vec::new(),
             byzantine: None,
             round_robin_leaders: false,
+            reconfig: None,
         }
         .with_faults(seed)
         .with_end()
@@ -159,10 +182,24 @@ pub struct Report {
     /// reports each equivocation once), and the evidence in honest instances' ledgers.
     pub evidence_reported: Vec<u64>,
     pub evidence_committed: u64,
+    /// Reconfiguration: instances that left epoch 1, those of them that did so on a sync answer
+    /// (caught up across the boundary), and boundaries committed without a proof of their own
+    /// (proven by the abandoned blocks above them).
+    pub epoch_switches: u64,
+    pub switches_on_sync: u64,
+    pub boundaries_proven_above: u64,
 }
 
 struct Instance {
     validator: usize,
+    /// In the current validator set: a validator added by a reconfiguration is not before
+    /// the boundary, a removed one not after it.
+    member: bool,
+    epoch: u64,
+    /// The epoch's root (height, hash, block time) when past the genesis, and the proof of
+    /// that boundary handed over by the epoch before (`Output::EpochEnded`).
+    root: Option<(u64, [u8; 32], u64)>,
+    boundary_proof: Vec<CommittedBlock>,
     core: Core,
     ledger: Vec<CommittedBlock>,
     persisted: SafetyState,
@@ -213,21 +250,45 @@ fn config(n: usize, me: usize, broken_read_index: bool, round_robin: bool) -> Co
     cfg
 }
 
+/// Does a committed block enact the reconfiguration (carry its operation)?
+fn enacts(b: &bftcd_proto::bftcd::Block) -> bool {
+    b.operations.iter().any(|op| match &op.request {
+        Some(operation::Request::Put(p)) => p.key == RECONFIG_KEY,
+        _ => false,
+    })
+}
+
+/// Epoch 2's domain and the keys of its validators.
+fn epoch2(r: &Reconfig) -> (Domain, Vec<usize>) {
+    let keys = (0..r.next_n).map(|v| if r.rotate == Some(v) { v + 1_000 } else { v }).collect();
+    (Domain { chain_id: "sim".into(), epoch: 2, n: r.next_n }, keys)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn new_core(
     s: &Scenario,
     validator: usize,
+    epoch: u64,
+    root: Option<(u64, [u8; 32], u64)>,
     persisted: SafetyState,
     ledger: &[CommittedBlock],
     stored: &[bftcd_proto::bftcd::Block],
     tc: Option<&bftcd_proto::bftcd::TimeoutCert>,
 ) -> Core {
+    if epoch > 1 {
+        return new_core_epoch2(s, validator, root.unwrap_or((0, GENESIS_HASH, GENESIS_MS)), persisted, ledger, stored, tc);
+    }
     let safety = if s.broken_voting_rule { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
     let tip = ledger.last().and_then(|cb| {
         let qc = cb.commit_child.as_ref()?.justify.clone()?;
         Some((cb.block.clone()?, qc))
     });
     let n = s.n;
-    let cfg = config(n, validator, s.broken_read_index, s.round_robin_leaders);
+    let mut cfg = config(n, validator, s.broken_read_index, s.round_robin_leaders);
+    if let Some(r) = &s.reconfig {
+        cfg.epoch_end = Some(EpochRule(std::sync::Arc::new(enacts)));
+        cfg.broken_epoch_carry = r.broken_carry_old_qc;
+    }
     // As the runtime does (`HotStuff::start`): the whole deduplication window, by block time.
     let recent = crate::consensus::committed_in_window(&cfg, ledger.len() as u64, |h| {
         ledger.get(h as usize - 1).and_then(|cb| cb.block.clone()).ok_or(())
@@ -241,6 +302,145 @@ fn new_core(
         core.set_high_tc(tc.clone());
     }
     core
+}
+
+/// A core of epoch 2, rooted at the block epoch 1 ended at (`root`: height, hash, time).
+fn new_core_epoch2(
+    s: &Scenario,
+    validator: usize,
+    root: (u64, [u8; 32], u64),
+    persisted: SafetyState,
+    ledger: &[CommittedBlock],
+    stored: &[bftcd_proto::bftcd::Block],
+    tc: Option<&bftcd_proto::bftcd::TimeoutCert>,
+) -> Core {
+    let r = s.reconfig.as_ref().expect("epoch 2 without a reconfiguration");
+    let (domain, keys) = epoch2(r);
+    let mut cfg = config(r.next_n, validator, s.broken_read_index, s.round_robin_leaders);
+    cfg.domain = domain;
+    cfg.genesis_hash = root.1;
+    cfg.root_height = root.0;
+    cfg.broken_epoch_carry = r.broken_carry_old_qc;
+    let safety = if s.broken_voting_rule { SafetyRules::broken_for_tests(persisted) } else { SafetyRules::new(persisted) };
+    // Past the root, the ledger's tip and the QC certifying it (from this epoch).
+    let tip = ledger.last().filter(|cb| cb.block.as_ref().is_some_and(|b| b.height > root.0)).and_then(|cb| {
+        let qc = cb.commit_child.as_ref()?.justify.clone()?;
+        Some((cb.block.clone()?, qc))
+    });
+    let recent = crate::consensus::committed_in_window(&cfg, ledger.len() as u64, |h| {
+        ledger.get(h as usize - 1).and_then(|cb| cb.block.clone()).ok_or(())
+    })
+    .unwrap_or_default();
+    let crypto = KeyedSimCrypto { me: validator, keys };
+    let mut core = Core::new(cfg, Box::new(crypto), safety, root.2, tip, stored.to_vec(), recent);
+    let last_operations = ledger.iter().rev().filter_map(|cb| cb.block.as_ref()).find(|b| !b.operations.is_empty()).map_or(0, |b| b.height);
+    core.set_last_committed_operations(last_operations);
+    core.set_committed_history(ledger.iter().filter_map(|cb| cb.block.as_ref()));
+    if let Some(tc) = tc {
+        core.set_high_tc(tc.clone());
+    }
+    core
+}
+
+/// Instance `to` committed the block that ended epoch 1 (`height`, `hash`): as the runtime
+/// would, it starts its epoch-2 core rooted there with a fresh safety state (views begin again;
+/// every signature names epoch 2), handing over the operations still waiting (those of the
+/// abandoned blocks above the boundary among them) and the boundary's proof. The epoch goes with
+/// the ledger: a crash keeps both. A removed validator stops. The first instance to get there
+/// also starts the added validators, with a copy of its ledger (the state transfer a joining
+/// bank needs, not modelled further).
+fn enter_epoch2(s: &Scenario, nodes: &mut [Instance], to: usize, now: u64, height: u64, hash: [u8; 32], proof: Vec<CommittedBlock>) {
+    let r = s.reconfig.as_ref().expect("an epoch ended without a reconfiguration");
+    let time = nodes[to].ledger.last().and_then(|cb| cb.block.as_ref()).map_or(GENESIS_MS, |b| b.timestamp_ms);
+    let root = Some((height, hash, time));
+    let node = &mut nodes[to];
+    let ops = node.core.take_operations();
+    let carried = r.broken_carry_old_qc.then(|| node.core.pipeline_for_tests());
+    node.epoch = 2;
+    if node.validator >= r.next_n {
+        node.member = false;
+        return;
+    }
+    node.root = root;
+    node.boundary_proof = proof;
+    node.persisted = SafetyState::default();
+    node.stored_tc = None;
+    if carried.is_none() {
+        node.stored_blocks.clear();
+    }
+    node.core = new_core(s, node.validator, 2, root, node.persisted, &node.ledger, &node.stored_blocks, None);
+    node.core.set_boundary_proof(node.boundary_proof.clone());
+    node.core.adopt_operations(ops, GENESIS_MS + now + node.clock_offset);
+    if let Some((qc, blocks)) = carried {
+        node.core.carry_pipeline_for_tests(qc, blocks);
+    }
+    let ledger = node.ledger.clone();
+    let proof = node.boundary_proof.clone();
+    for node in nodes.iter_mut().filter(|n| !n.member && n.epoch == 1 && n.validator < r.next_n) {
+        node.ledger = ledger.clone();
+        node.epoch = 2;
+        node.member = true;
+        node.root = root;
+        node.boundary_proof = proof.clone();
+        node.core = new_core(s, node.validator, 2, root, SafetyState::default(), &node.ledger, &[], None);
+        node.core.set_boundary_proof(proof.clone());
+        node.core.adopt_operations(Vec::new(), GENESIS_MS + now + node.clock_offset);
+    }
+}
+
+/// The checker's part for a reconfiguration, over every honest instance's ledger: each is one
+/// hash chain; epoch 1 ends at the first block that enacts the change (the same height
+/// everywhere, checked with the other heights), no epoch-1 block lies above it and no epoch-2
+/// block below; every certificate verifies under its own epoch's set and keys (so only epoch
+/// 2's validators, with their new keys, sign in epoch 2); and every instance of the new set
+/// that was not down for good (`live`) reached epoch 2 and committed in it.
+fn check_epochs(s: &Scenario, nodes: &[Instance], live: &dyn Fn(usize) -> bool, report: &mut Report) {
+    let r = s.reconfig.as_ref().unwrap();
+    let d1 = Domain { chain_id: "sim".into(), epoch: 1, n: s.n };
+    let c1 = SimCrypto { me: 0, n: s.n };
+    let (d2, keys) = epoch2(r);
+    let c2 = KeyedSimCrypto { me: 0, keys };
+    for (i, node) in nodes.iter().enumerate() {
+        let mut parent = GENESIS_HASH;
+        let mut boundary: Option<(u64, [u8; 32])> = None;
+        for cb in &node.ledger {
+            let b = cb.block.as_ref().unwrap();
+            if b.parent_hash != parent {
+                report.violations.push(format!("instance {i}: block {} does not extend block {}", b.height, b.height - 1));
+            }
+            let want_epoch = if boundary.is_some() { 2 } else { 1 };
+            if b.epoch != want_epoch {
+                report.violations.push(format!("instance {i}: block {} of epoch {} committed in epoch {want_epoch}", b.height, b.epoch));
+            }
+            // A block's justify and commit proof name its own epoch, and verify under that
+            // epoch's validators and keys (epoch 2's root QC certifies the boundary).
+            let certs = b.justify.iter().chain(cb.commit_child.as_ref().and_then(|c| c.justify.as_ref())).chain(cb.commit_qc.iter());
+            for qc in certs {
+                let ok = match (qc.epoch, boundary) {
+                    (e, _) if e != b.epoch => false,
+                    (1, _) => d1.verify_qc(qc, &GENESIS_HASH, &c1),
+                    (2, Some((_, root))) => d2.verify_qc(qc, &root, &c2),
+                    _ => false,
+                };
+                if !ok {
+                    report.violations.push(format!(
+                        "instance {i}: block {} (epoch {}): a certificate of epoch {} that does not verify under its epoch's validators",
+                        b.height, b.epoch, qc.epoch
+                    ));
+                }
+            }
+            parent = block_hash(b);
+            if boundary.is_none() && enacts(b) {
+                boundary = Some((b.height, parent));
+            }
+        }
+        if live(i) && node.validator < r.next_n && !node.ledger.is_empty() {
+            let past = boundary.is_some_and(|(h, _)| (node.ledger.len() as u64) > h);
+            if node.epoch != 2 || !past {
+                report.violations.push(format!("instance {i}: never committed in epoch 2 (epoch {}, height {})", node.epoch, node.ledger.len()));
+            }
+        }
+    }
 }
 
 /// A Byzantine validator's outputs: its honest core's, with proposals withheld (all, or every
@@ -286,8 +486,12 @@ pub fn run(s: &Scenario) -> Report {
     let trace = std::env::var_os("BFTCD_SIM_TRACE").is_some();
     let mut rng = StdRng::seed_from_u64(s.seed);
     let mut report = Report::default();
-    let instances_n = s.n + s.twins;
-    let validator_of = |i: usize| if i < s.n { i } else { i - s.n };
+    assert!(s.reconfig.is_none() || s.twins == 0, "no twins with a reconfiguration");
+    // Every validator of either epoch (the added ones wait for the boundary).
+    let validators = s.reconfig.as_ref().map_or(s.n, |r| r.next_n.max(s.n));
+    let next_n = s.reconfig.as_ref().map_or(s.n, |r| r.next_n);
+    let instances_n = validators + s.twins;
+    let validator_of = |i: usize| if i < validators { i } else { i - validators };
     let byzantine = s.byzantine.map(|(v, _)| v);
     let honest = |i: usize| validator_of(i) >= s.twins && Some(validator_of(i)) != byzantine;
     // Down for good from some time: honest, but nothing is expected of it.
@@ -295,7 +499,12 @@ pub fn run(s: &Scenario) -> Report {
     let mut nodes: Vec<Instance> = (0..instances_n)
         .map(|i| Instance {
             validator: validator_of(i),
-            core: new_core(s, validator_of(i), SafetyState::default(), &[], &[], None),
+            member: validator_of(i) < s.n,
+            epoch: 1,
+            root: None,
+            boundary_proof: Vec::new(),
+            // An added validator's core is a placeholder until it joins at the boundary.
+            core: new_core(s, validator_of(i), if validator_of(i) < s.n { 1 } else { 2 }, None, SafetyState::default(), &[], &[], None),
             ledger: Vec::new(),
             persisted: SafetyState::default(),
             stored_blocks: Vec::new(),
@@ -316,7 +525,8 @@ pub fn run(s: &Scenario) -> Report {
     // Client operations: to random honest instances; remember which must commit.
     let mut must_commit: HashSet<u64> = HashSet::new();
     let mut submitted_at: HashMap<u64, (usize, u64)> = HashMap::new();
-    let honest_ids: Vec<usize> = (0..instances_n).filter(|&i| honest(i)).collect();
+    // With a reconfiguration, clients (and crashes and reads) go to validators of both sets.
+    let honest_ids: Vec<usize> = (0..instances_n).filter(|&i| honest(i) && validator_of(i) < s.n.min(next_n)).collect();
     let mut withheld = 0u64;
     let mut timed_out_views: HashSet<u64> = HashSet::new();
     for nonce in 0..s.operations as u64 {
@@ -350,6 +560,18 @@ pub fn run(s: &Scenario) -> Report {
         let to = live[(s.seed % live.len() as u64) as usize];
         submitted_at.insert(nonce, (to, s.gst_ms + 500));
         push(&mut queue, s.gst_ms + 500, Event::Submit { to, nonce });
+    }
+    if let Some(r) = &s.reconfig {
+        // At a bank that does not crash, so that the change must happen.
+        let steady: Vec<usize> = honest_ids.iter().copied().filter(|i| !back_up_at.contains_key(i)).collect();
+        let pick = if steady.is_empty() { &honest_ids } else { &steady };
+        let to = pick[(s.seed as usize / 7) % pick.len()];
+        submitted_at.insert(RECONFIG_NONCE, (to, r.at_ms));
+        push(&mut queue, r.at_ms, Event::Submit { to, nonce: RECONFIG_NONCE });
+        // And one well after GST, which the new set must commit.
+        let nonce = s.operations as u64 + 1;
+        submitted_at.insert(nonce, (to, s.gst_ms + 10_000));
+        push(&mut queue, s.gst_ms + 10_000, Event::Submit { to, nonce });
     }
     for (nonce, (to, t)) in &submitted_at {
         if back_up_at.get(to).is_none_or(|back| back < t) {
@@ -428,8 +650,13 @@ pub fn run(s: &Scenario) -> Report {
         if trace && matches!(event, Event::Crash { .. } | Event::Restart { .. } | Event::Down { .. }) {
             eprintln!("t={now} {trace_in}");
         }
+        let mut on_sync = false;
         let (to, input) = match event {
             Event::Deliver { to, from, msg } => match PeerMessage::decode(msg.as_slice()) {
+                Ok(m) if matches!(m.kind, Some(Kind::SyncResponse(_))) => {
+                    on_sync = true;
+                    (to, Input::Message { from, msg: m })
+                }
                 Ok(m) => (to, Input::Message { from, msg: m }),
                 Err(_) => continue,
             },
@@ -441,7 +668,7 @@ pub fn run(s: &Scenario) -> Report {
                 let op = Operation {
                     id: Some(OperationId { bank: nodes[to].validator as u32, nonce }),
                     request: Some(operation::Request::Put(PutRequest {
-                        key: format!("k{nonce}").into_bytes(),
+                        key: if nonce == RECONFIG_NONCE { RECONFIG_KEY.to_vec() } else { format!("k{nonce}").into_bytes() },
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -449,7 +676,7 @@ pub fn run(s: &Scenario) -> Report {
                 (to, Input::Submit(vec![op]))
             }
             Event::Read { to } => {
-                if !nodes[to].up {
+                if !nodes[to].up || !nodes[to].member {
                     continue;
                 }
                 reads[to].push((acknowledged, None, now));
@@ -483,13 +710,14 @@ pub fn run(s: &Scenario) -> Report {
                     last_crash.insert(to, now);
                 }
                 let node = &mut nodes[to];
-                node.core = new_core(s, node.validator, node.persisted, &node.ledger, &node.stored_blocks, node.stored_tc.as_ref());
+                node.core = new_core(s, node.validator, node.epoch, node.root, node.persisted, &node.ledger, &node.stored_blocks, node.stored_tc.as_ref());
+                node.core.set_boundary_proof(node.boundary_proof.clone());
                 node.up = true;
                 push(&mut queue, now, Event::Wake { to });
                 continue;
             }
         };
-        if !nodes[to].up {
+        if !nodes[to].up || !nodes[to].member {
             continue;
         }
         let node = &mut nodes[to];
@@ -508,7 +736,7 @@ pub fn run(s: &Scenario) -> Report {
         let crashing = std::mem::take(&mut crash_in_step[to]);
         let outputs = if crashing {
             let keep = crash_rng.gen_range(0..=outputs.len());
-            outputs.into_iter().take(keep).filter(|o| !matches!(o, Output::Commit(_))).collect()
+            outputs.into_iter().take(keep).filter(|o| !matches!(o, Output::Commit(_) | Output::EpochEnded { .. })).collect()
         } else {
             outputs
         };
@@ -539,13 +767,16 @@ pub fn run(s: &Scenario) -> Report {
                     Output::ReadRoundStarted(r) => format!("read round {r}"),
                     Output::ReadIndex { round, height } => format!("read index {round} -> {height}"),
                     Output::Evidence(e) => format!("evidence v{} against {}", e.view, e.offender),
+                    Output::EpochEnded { height, .. } => format!("EPOCH ENDED at {height}"),
                 })
                 .collect();
             eprintln!("t={now} i={to} view={} committed={} {trace_in} -> {what:?}", node.core.view(), node.core.committed_height());
         }
         let mut sends: Vec<(usize, PeerMessage)> = Vec::new();
+        let mut switch = None;
         for o in outputs {
             match o {
+                Output::EpochEnded { height, hash, proof } => switch = Some((height, hash, proof)),
                 Output::Persist(state) => nodes[to].persisted = state,
                 Output::PersistTc(tc) => nodes[to].stored_tc = Some(tc),
                 Output::PersistBlock(b) => {
@@ -584,7 +815,7 @@ pub fn run(s: &Scenario) -> Report {
                 }
                 Output::Send { to: v, msg } => sends.push((v, msg)),
                 Output::Broadcast(msg) => {
-                    for v in 0..s.n {
+                    for v in 0..validators {
                         if v != me_validator {
                             sends.push((v, msg.clone()));
                         }
@@ -615,6 +846,17 @@ pub fn run(s: &Scenario) -> Report {
                     if honest(to) {
                         report.violations.push(format!("instance {to}: {what}"));
                     }
+                }
+            }
+        }
+        if let Some((height, hash, proof)) = switch {
+            report.epoch_switches += 1;
+            report.switches_on_sync += u64::from(on_sync);
+            report.boundaries_proven_above += u64::from(!proof.is_empty());
+            enter_epoch2(s, &mut nodes, to, now, height, hash, proof);
+            for (i, node) in nodes.iter().enumerate() {
+                if node.member && node.epoch == 2 && node.wake.is_none() {
+                    push(&mut queue, now, Event::Wake { to: i });
                 }
             }
         }
@@ -710,7 +952,8 @@ pub fn run(s: &Scenario) -> Report {
         if seen.values().any(|&c| c > 1) {
             report.violations.push(format!("instance {i} committed an operation twice"));
         }
-        if down_from(i).is_some() {
+        // A removed validator stops at the boundary: nothing after it is expected of it.
+        if down_from(i).is_some() || validator_of(i) >= next_n {
             continue;
         }
         let committed: HashSet<u64> = seen.keys().map(|k| k.1).collect();
@@ -720,6 +963,9 @@ pub fn run(s: &Scenario) -> Report {
         }
     }
     report.operations_checked = must_commit.len();
+    if s.reconfig.is_some() {
+        check_epochs(s, &nodes, &|i| honest(i) && down_from(i).is_none(), &mut report);
+    }
     for (i, index, issued, _) in &indexed {
         if *issued + 10_000 <= s.end_ms {
             report.violations.push(format!("instance {i}: read issued at {issued} ms never reached its index {index}"));
@@ -735,8 +981,8 @@ pub fn run(s: &Scenario) -> Report {
     }
     report.views_timed_out_after_gst = timed_out_views.len() as u64;
     let longest = nodes.iter().enumerate().filter(|(i, _)| honest(*i)).map(|(_, n)| &n.ledger).max_by_key(|l| l.len());
-    report.led_after_gst = vec![0; s.n];
-    report.failed_after_gst = vec![0; s.n];
+    report.led_after_gst = vec![0; validators];
+    report.failed_after_gst = vec![0; validators];
     for b in longest.into_iter().flatten().filter_map(|cb| cb.block.as_ref()).filter(|b| b.timestamp_ms >= GENESIS_MS + s.gst_ms) {
         report.led_after_gst[b.proposer as usize] += 1;
         report.skipped_views_after_gst += b.view - b.justify.as_ref().map_or(0, |j| j.view) - 1;

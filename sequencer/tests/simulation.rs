@@ -2,7 +2,7 @@
 //! scenarios run (CI default below; the long mode is e.g. 100000). A failing seed replays
 //! exactly with `BFTCD_SIM_SEED=<seed>`.
 
-use bftcd_sequencer::sim::{run, Misbehaviour, Report, Scenario};
+use bftcd_sequencer::sim::{run, Misbehaviour, Reconfig, Report, Scenario};
 
 fn scenarios() -> u64 {
     std::env::var("BFTCD_SIM_SCENARIOS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
@@ -304,4 +304,96 @@ fn a_bank_gaming_its_reputation_cannot_halt_or_exclude_honest_banks() {
             assert!(fewer_timeouts_per_block(&rep, &rr, 4), "{} vs {}", summary(&rep), summary(&rr));
         }
     }
+}
+
+/// A reconfiguration committed while the network is still unstable: partitions, lost and late
+/// messages and crash-restarts around the block that ends epoch 1.
+fn reconfiguring(seed: u64, n: usize, next_n: usize, rotate: Option<usize>) -> Scenario {
+    let mut rng_state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut draw = |m: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state % m
+    };
+    let gst_ms = 3_000 + draw(3_000);
+    Scenario {
+        seed,
+        n,
+        gst_ms,
+        end_ms: gst_ms + 40_000,
+        drop_rate: draw(25) as f64 / 100.0,
+        max_delay_ms: 5 + draw(1_000),
+        stable_delay_ms: 40,
+        partitions: draw(2) == 0,
+        crashes: draw(3) as usize,
+        operations: 10 + draw(30) as usize,
+        reconfig: Some(Reconfig { next_n, rotate, at_ms: 500 + draw(gst_ms - 500), broken_carry_old_qc: false }),
+        ..Default::default()
+    }
+}
+
+fn reconfig_seeds() -> u64 {
+    (scenarios() / 20).max(20)
+}
+
+/// Runs the seeds; returns how many switches happened on a sync answer (a validator left behind
+/// in epoch 1 catching up) and how many boundaries were proven by the blocks above them.
+fn reconfigurations(make: impl Fn(u64) -> Scenario) -> (u64, u64) {
+    let (mut on_sync, mut above) = (0, 0);
+    for seed in 0..reconfig_seeds() {
+        let s = make(seed);
+        let r = run(&s);
+        assert!(r.violations.is_empty(), "seed {seed} failed: {:?}\nscenario: {s:?}\nheights: {:?}", r.violations, r.heights);
+        assert!(r.epoch_switches > 0, "seed {seed}: no validator left epoch 1");
+        on_sync += r.switches_on_sync;
+        above += r.boundaries_proven_above;
+    }
+    eprintln!("switches on a sync answer: {on_sync}; boundaries proven by the blocks above: {above}");
+    (on_sync, above)
+}
+
+#[test]
+fn reconfiguration_adds_a_validator_4_to_5() {
+    let (on_sync, _) = reconfigurations(|seed| reconfiguring(seed, 4, 5, None));
+    assert!(on_sync > 0, "no validator ever caught up across the boundary");
+}
+
+#[test]
+fn reconfiguration_removes_a_validator_5_to_4() {
+    reconfigurations(|seed| reconfiguring(seed, 5, 4, None));
+}
+
+#[test]
+fn reconfiguration_replaces_a_key() {
+    reconfigurations(|seed| reconfiguring(seed, 4, 4, Some((seed % 4) as usize)));
+}
+
+/// The deliberately broken variant: epoch-1 certificates accepted in epoch 2 (and the pipeline
+/// above the boundary kept). Leaders then extend blocks abandoned above the boundary, and the
+/// checker sees an epoch-1 block committed after the end of epoch 1.
+#[test]
+fn reconfiguration_accepting_old_epoch_qcs_is_caught() {
+    let mut caught = 0;
+    for seed in 0..20 {
+        // The same four validators and keys in epoch 2, so that an epoch-1 QC passes the
+        // broken check (it verifies against epoch 1's domain with the current keys and n).
+        let mut s = reconfiguring(seed, 4, 4, None);
+        s.drop_rate = 0.0;
+        s.partitions = false;
+        s.crashes = 0;
+        s.operations = 200;
+        if let Some(r) = s.reconfig.as_mut() {
+            r.broken_carry_old_qc = true;
+        }
+        let r = run(&s);
+        if std::env::var_os("BFTCD_SIM_SHOW").is_some() {
+            eprintln!("seed {seed}: {:?}", r.violations.iter().take(3).collect::<Vec<_>>());
+        }
+        if r.violations.iter().any(|v| v.contains("of epoch 1 committed in epoch 2") || v.contains("a certificate of epoch 1")) {
+            caught += 1;
+        }
+    }
+    eprintln!("an epoch-1 block committed in epoch 2 caught in {caught} of 20 seeds");
+    assert!(caught >= 10, "the checker caught old-epoch QCs in only {caught} of 20 seeds");
 }

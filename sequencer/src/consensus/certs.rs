@@ -312,4 +312,41 @@ pub mod sim {
             bank < self.n && tag(bank + 1_000_000, msg) == sig
         }
     }
+
+    /// [`SimCrypto`] with a key per validator (`keys[v]`, `v` itself for the first keys): a
+    /// validator whose key was replaced signs with the new one, and its old signatures no
+    /// longer verify. Operation keys stay the banks' own.
+    #[derive(Clone)]
+    pub struct KeyedSimCrypto {
+        pub me: usize,
+        pub keys: Vec<usize>,
+    }
+
+    impl Crypto for KeyedSimCrypto {
+        fn sign(&self, msg: &[u8]) -> Vec<u8> {
+            tag(self.keys[self.me], msg)
+        }
+        fn verify(&self, signer: usize, msg: &[u8], sig: &[u8]) -> bool {
+            self.keys.get(signer).is_some_and(|&k| tag(k, msg) == sig)
+        }
+        fn signature_len(&self) -> usize {
+            16
+        }
+        fn aggregate(&self, sigs: &[&[u8]]) -> Option<Vec<u8>> {
+            SimCrypto { me: self.me, n: self.keys.len() }.aggregate(sigs)
+        }
+        fn verify_aggregate(&self, signers: &[usize], msg: &[u8], agg: &[u8]) -> bool {
+            let Some(sigs) = signers.iter().map(|&s| self.keys.get(s).map(|&k| tag(k, msg))).collect::<Option<Vec<_>>>() else {
+                return false;
+            };
+            let refs: Vec<&[u8]> = sigs.iter().map(|s| s.as_slice()).collect();
+            self.aggregate(&refs).as_deref() == Some(agg)
+        }
+        fn sign_operation(&self, msg: &[u8]) -> Vec<u8> {
+            tag(self.me + 1_000_000, msg)
+        }
+        fn verify_operation(&self, bank: usize, msg: &[u8], sig: &[u8]) -> bool {
+            bank < self.keys.len() && tag(bank + 1_000_000, msg) == sig
+        }
+    }
 }

@@ -122,6 +122,21 @@ impl Mempool {
         }
     }
 
+    /// Every operation held, oldest first per bank, emptying the mempool.
+    pub fn drain(&mut self) -> Vec<Operation> {
+        let mut out = Vec::with_capacity(self.ops.len());
+        for q in self.queues.iter_mut() {
+            for id in q.drain(..) {
+                if let Some((op, _)) = self.ops.remove(&id) {
+                    out.push(op);
+                }
+            }
+        }
+        self.ops.clear();
+        self.used.iter_mut().for_each(|u| *u = (0, 0));
+        out
+    }
+
     pub fn remove(&mut self, id: &OpId) {
         if let Some((op, _)) = self.ops.remove(id) {
             self.forget(id, &op);

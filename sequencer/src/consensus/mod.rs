@@ -19,6 +19,12 @@
 //!   change (the liveness bug of two-phase HotStuff without it).
 //! * An idle cluster stays quiet: leaders propose only for pending operations or to certify
 //!   blocks that still carry uncommitted operations, and timers run only while something waits.
+//! * Reconfiguration: a core runs one epoch. The first committed block that enacts a new
+//!   validator set ([`Config::epoch_end`]) ends it: nothing above it is committed in that epoch,
+//!   the core stops signing and says so ([`Output::EpochEnded`]), and the next epoch's core is
+//!   rooted at that block ([`Config::root_height`]) with fresh views. Every signature names its
+//!   epoch, so no certificate counts across epochs, and the committed chains of consecutive
+//!   epochs join at the boundary without a fork (docs/consensus.md, "Reconfiguration").
 
 pub mod certs;
 pub mod leader;
@@ -107,6 +113,26 @@ pub struct Config {
     pub broken_read_index: bool,
     /// Tests only: plain round-robin leaders, the baseline the simulator compares with.
     pub round_robin_leaders: bool,
+    /// Height of this epoch's root: 0 for the genesis, else the block that ended the epoch
+    /// before (`genesis_hash` is then that block's hash). See "Reconfiguration" below.
+    pub root_height: u64,
+    /// Which committed block ends this epoch (it enacts a new validator set); None: none does.
+    pub epoch_end: Option<EpochRule>,
+    /// Tests only: accept the previous epoch's QCs, and keep the blocks above the boundary
+    /// ([`Core::pipeline_for_tests`]); the simulator must catch the fork across epochs.
+    pub broken_epoch_carry: bool,
+}
+
+/// Decides from a committed block alone whether it enacts a validator-set change (the
+/// governance fold over committed operations does in production; tests pick a marker). Must be
+/// a pure function of the block, so that every validator ends the epoch at the same block.
+#[derive(Clone)]
+pub struct EpochRule(pub Arc<dyn Fn(&Block) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for EpochRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EpochRule")
+    }
 }
 
 impl Config {
@@ -132,6 +158,9 @@ impl Config {
             sync_probe_max_ms: 30_000,
             broken_read_index: false,
             round_robin_leaders: false,
+            root_height: 0,
+            epoch_end: None,
+            broken_epoch_carry: false,
         }
     }
 
@@ -240,6 +269,13 @@ pub enum Output {
     /// A read-index round ended: reads it answers may be served once every block up to
     /// `height` is applied.
     ReadIndex { round: u64, height: u64 },
+    /// The block at `height` (`hash`) enacted a new validator set and was committed: this epoch
+    /// ended there and this core does nothing more but answer sync requests. The driver starts
+    /// the next epoch's core rooted at that block ([`Config::root_height`]), hands it the
+    /// operations still waiting ([`Core::take_operations`]) and `proof`
+    /// ([`Core::set_boundary_proof`]): the abandoned blocks above the boundary that prove it
+    /// committed when its own ledger entry carries no commit proof (empty when it does).
+    EpochEnded { height: u64, hash: Hash, proof: Vec<CommittedBlock> },
 }
 
 /// Why this bank's own operation was not accepted.
@@ -338,6 +374,11 @@ pub struct Core {
     /// block, last voted block). Chains are content-addressed, so the set only goes stale in
     /// holding operations that committed since, which have left the mempool anyway.
     in_flight_cache: std::cell::RefCell<Option<InFlight>>,
+    /// The block this epoch ended at, once committed (see `Output::EpochEnded`).
+    ended: Option<(u64, Hash)>,
+    /// Blocks above the previous epoch's boundary that prove it committed, for validators still
+    /// in that epoch (`Output::EpochEnded`).
+    boundary_proof: Vec<CommittedBlock>,
     out: Vec<Output>,
 }
 
@@ -365,7 +406,7 @@ impl Core {
         let genesis_qc = cfg.domain.genesis_qc(&cfg.genesis_hash);
         let (committed, high_qc, tip_block) = match tip {
             None => (
-                Tip { height: 0, hash: cfg.genesis_hash, timestamp_ms: genesis_time_ms },
+                Tip { height: cfg.root_height, hash: cfg.genesis_hash, timestamp_ms: genesis_time_ms },
                 genesis_qc,
                 None,
             ),
@@ -382,14 +423,23 @@ impl Core {
             None => {
                 blocks.insert(
                     committed.hash,
-                    Arc::new(Block { height: 0, view: 0, timestamp_ms: genesis_time_ms, epoch: cfg.domain.epoch, ..Default::default() }),
+                    // The epoch's root: the genesis, or the block the epoch before ended at, which
+                    // this epoch's views begin after (view 0, certified by definition).
+                    Arc::new(Block {
+                        height: cfg.root_height,
+                        view: 0,
+                        timestamp_ms: genesis_time_ms,
+                        epoch: cfg.domain.epoch,
+                        ..Default::default()
+                    }),
                 );
             }
         }
         // Blocks voted for before a restart; their QCs include our lock.
         let mut high_qc = high_qc;
         for b in stored {
-            if b.height <= committed.height {
+            // Blocks of another epoch never count here: their QCs are another validator set's.
+            if b.height <= committed.height || b.epoch != cfg.domain.epoch {
                 continue;
             }
             if let Some(j) = &b.justify {
@@ -456,6 +506,8 @@ impl Core {
             committed_operations: 0,
             in_flight_cache: Default::default(),
             headers: Default::default(),
+            ended: None,
+            boundary_proof: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -479,11 +531,73 @@ impl Core {
         self.committed.height
     }
 
+    /// The block this epoch ended at (height, hash), once committed.
+    pub fn epoch_ended(&self) -> Option<(u64, Hash)> {
+        self.ended
+    }
+
+    /// The operations still waiting in the mempool, oldest first per bank, emptying it: at an
+    /// epoch boundary they go to the next epoch's core ([`Core::adopt_operations`]), with the
+    /// operations of blocks abandoned above the boundary among them (an operation leaves the
+    /// mempool only when it commits).
+    pub fn take_operations(&mut self) -> Vec<Operation> {
+        self.mempool.drain()
+    }
+
+    /// Operations handed over from the epoch before ([`Core::take_operations`]) at time `now`.
+    /// A bank's signature names the epoch, so each bank takes back its own operations (not
+    /// committed already), signs them again for this epoch and forwards them as new, with
+    /// their ids: every bank does the same with its own, so nothing waiting is lost. The
+    /// others' are dropped here. The forwarding goes out with the next `handle`'s outputs.
+    pub fn adopt_operations(&mut self, ops: Vec<Operation>, now: u64) {
+        self.now = self.now.max(now);
+        self.view_entered_ms = self.now;
+        let me = self.cfg.me as u32;
+        let own: Vec<Operation> = ops
+            .into_iter()
+            .filter(|op| op_id(op).is_some_and(|id| id.0 == me && !self.recent.contains(&id)))
+            .map(|mut op| {
+                op.bank_signature.clear();
+                op.batch_path.clear();
+                op.batch_index = 0;
+                op.batch_size = 0;
+                op
+            })
+            .collect();
+        if !own.is_empty() {
+            self.on_submit_local(own);
+        }
+    }
+
+    /// Tests only: the highest QC and the blocks above the committed tip, which the broken
+    /// variant takes into the next epoch ([`Config::broken_epoch_carry`]).
+    pub fn pipeline_for_tests(&self) -> (QuorumCert, Vec<Block>) {
+        let floor = self.committed.height;
+        (self.high_qc.clone(), self.blocks.values().filter(|b| b.height > floor).map(|b| (**b).clone()).collect())
+    }
+
+    /// Tests only: the broken variant's carry-over into a new epoch's core.
+    pub fn carry_pipeline_for_tests(&mut self, qc: QuorumCert, blocks: Vec<Block>) {
+        for b in blocks {
+            self.blocks.insert(block_hash(&b), Arc::new(b));
+        }
+        if qc.view > self.high_qc.view {
+            self.view = self.view.max(qc.view.saturating_add(1));
+            self.high_qc = qc;
+        }
+    }
+
+    /// The previous epoch's boundary proof (`Output::EpochEnded`), kept to help validators
+    /// still in that epoch catch up (`on_sync_request`).
+    pub fn set_boundary_proof(&mut self, proof: Vec<CommittedBlock>) {
+        self.boundary_proof = proof;
+    }
+
     /// After a restart: the committed blocks below the tip the leader choice looks back on (the
     /// last `leader::window_blocks(n)` of the ledger; more or fewer are fine, in any order).
     pub fn set_committed_history<'a>(&mut self, blocks: impl IntoIterator<Item = &'a Block>) {
         for b in blocks {
-            if b.height > 0 && b.height <= self.committed.height {
+            if b.height > self.cfg.root_height && b.height <= self.committed.height && b.epoch == self.cfg.domain.epoch {
                 self.history.insert(b.height, self.leader_entry(b));
             }
         }
@@ -539,8 +653,8 @@ impl Core {
         let mut below = None;
         while chain.len() < want {
             let b = self.blocks.get(&cur)?;
-            if b.height == 0 {
-                break; // genesis
+            if b.height <= self.cfg.root_height {
+                break; // the genesis or the epoch's root
             }
             chain.push(self.leader_entry(b));
             if b.height <= self.committed.height {
@@ -585,6 +699,9 @@ impl Core {
 
     /// When the driver should call `Tick` next (None: nothing is waiting).
     pub fn next_wakeup(&self) -> Option<u64> {
+        if self.ended.is_some() {
+            return None;
+        }
         let mut next = Some(if self.deadline > 0 { self.deadline.min(self.next_probe_ms) } else { self.next_probe_ms });
         let waiting = self.waiting_operations();
         if let Some(seen) = waiting {
@@ -603,6 +720,15 @@ impl Core {
 
     pub fn handle(&mut self, now: u64, input: Input, log: &dyn CommittedLog) -> Vec<Output> {
         self.now = self.now.max(now);
+        if self.ended.is_some() {
+            // An ended epoch only answers sync requests (its ledger is the new epoch's past).
+            if let Input::Message { from, msg: PeerMessage { kind: Some(Kind::SyncRequest(r)) } } = input {
+                if from < self.cfg.domain.n && from != self.cfg.me {
+                    self.on_sync_request(from, r, log);
+                }
+            }
+            return std::mem::take(&mut self.out);
+        }
         match input {
             Input::Tick => {}
             Input::Submit(ops) => self.on_submit_local(ops),
@@ -620,6 +746,19 @@ impl Core {
     fn on_message(&mut self, from: usize, m: PeerMessage, log: &dyn CommittedLog) {
         if from >= self.cfg.domain.n || from == self.cfg.me {
             return self.reject(from, "sender is not another validator");
+        }
+        // A peer already in a later epoch: this validator missed the commit that ended its own.
+        // Ask that peer for the committed blocks (with the boundary's proof, `on_sync_request`);
+        // the message itself is dropped below (another epoch's signatures never count here).
+        let later = match &m.kind {
+            Some(Kind::Proposal(p)) => p.block.as_ref().is_some_and(|b| b.epoch > self.cfg.domain.epoch),
+            Some(Kind::Vote(v)) => v.epoch > self.cfg.domain.epoch,
+            Some(Kind::Timeout(t)) => t.epoch > self.cfg.domain.epoch,
+            _ => false,
+        };
+        if later && !self.sync_in_flight() {
+            self.sync_waiting = Some((from, self.now));
+            self.send_sync_request(from, None);
         }
         match m.kind {
             Some(Kind::Proposal(p)) => self.on_proposal(from, p),
@@ -839,6 +978,9 @@ impl Core {
     }
 
     fn on_tick(&mut self) {
+        if self.ended.is_some() {
+            return; // the epoch ended: nothing more is signed in it
+        }
         self.probe();
         if self.read.in_flight && self.now >= self.read.started_ms + self.cfg.base_timeout_ms {
             // No quorum answered in time (partition, crashed peers): ask afresh.
@@ -859,6 +1001,9 @@ impl Core {
     }
 
     fn enter_view(&mut self, view: u64, after_failure: bool) {
+        if self.ended.is_some() {
+            return; // the epoch ended: nothing more is signed in it
+        }
         if view <= self.view {
             return;
         }
@@ -883,6 +1028,9 @@ impl Core {
     }
 
     fn on_local_timeout(&mut self) {
+        if self.ended.is_some() {
+            return; // the epoch ended: nothing more is signed in it
+        }
         let view = self.view;
         if self.timed_out_view < view {
             let Some(state) = self.safety.timeout(view, self.high_qc.view) else {
@@ -991,6 +1139,9 @@ impl Core {
     /// good, `to` can only move on with a TC for `view`, and this validator's timeout for it may
     /// be the one missing: send it (signed once per view; `SafetyRules::timeout`).
     fn help_behind(&mut self, to: usize, view: u64) {
+        if self.ended.is_some() {
+            return; // the epoch ended: nothing more is signed in it
+        }
         let carried = self.high_qc.view >= view || self.high_tc.as_ref().is_some_and(|tc| tc.view >= view);
         if carried || view.saturating_add(VIEWS_AHEAD) < self.view {
             return; // this validator's own timeouts carry what moves `to` on, or it is far behind
@@ -1064,13 +1215,17 @@ impl Core {
     /// (view, block, justify view) is returned without a BLS check.
     fn checked_qc(&mut self, qc: &QuorumCert) -> Option<QuorumCert> {
         let hash = hash32(&qc.block_hash)?;
-        if qc.epoch != self.cfg.domain.epoch {
+        // A certificate of another epoch never counts: its signers were another set's, and its
+        // block may lie above the boundary that ended that epoch (abandoned, never committed).
+        let old = self.cfg.broken_epoch_carry && qc.epoch.checked_add(1) == Some(self.cfg.domain.epoch);
+        if qc.epoch != self.cfg.domain.epoch && !old {
             return None;
         }
         if let Some(known) = self.verified_qcs.get(&(qc.view, hash, qc.justify_view)) {
             return Some(known.clone());
         }
-        if !self.cfg.domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
+        let domain = if old { Domain { epoch: qc.epoch, ..self.cfg.domain.clone() } } else { self.cfg.domain.clone() };
+        if !domain.verify_qc(qc, &self.cfg.genesis_hash, self.crypto.as_ref()) {
             return None;
         }
         self.remember_qc(qc);
@@ -1079,7 +1234,7 @@ impl Core {
 
     /// Does this validator hold a verified QC certifying the same as `qc`?
     fn known_qc(&self, qc: &QuorumCert) -> bool {
-        qc.epoch == self.cfg.domain.epoch
+        (qc.epoch == self.cfg.domain.epoch || self.cfg.broken_epoch_carry)
             && hash32(&qc.block_hash).is_some_and(|h| self.verified_qcs.contains_key(&(qc.view, h, qc.justify_view)))
     }
 
@@ -1118,7 +1273,8 @@ impl Core {
         if block.height <= self.committed.height {
             // Already committed at that height: it must be the same block, or the chain forked.
             let hash = block_hash(block);
-            if block.height > 0 && self.committed_hashes.get(&block.height).is_some_and(|h| *h != hash) {
+            // (The epoch's root stands in for a block hashed otherwise: never compared.)
+            if block.height > self.cfg.root_height && self.committed_hashes.get(&block.height).is_some_and(|h| *h != hash) {
                 self.out.push(Output::SafetyViolation(format!(
                     "a different block was certified for commit at committed height {}",
                     block.height
@@ -1148,7 +1304,24 @@ impl Core {
             return;
         }
         chain.reverse();
-        let last = chain.len() - 1;
+        let mut last = chain.len() - 1;
+        // Reconfiguration: the first block that enacts a new validator set ends the epoch. The
+        // blocks above it are never committed in this epoch (the next one starts from it), so
+        // the boundary is the same block at every validator: the rule reads committed blocks
+        // only, and the committed chain is one.
+        let mut boundary_proof = None;
+        if let Some(rule) = &self.cfg.epoch_end {
+            if let Some(k) = chain.iter().position(|(_, b)| (rule.0)(b)) {
+                if k < last {
+                    boundary_proof = Some(self.boundary_proof_above(&chain, k, qc, &child_hash, child));
+                    chain.truncate(k + 1);
+                    last = k;
+                } else {
+                    boundary_proof = Some((None, Vec::new()));
+                }
+            }
+        }
+        let boundary_direct = boundary_proof.as_ref().and_then(|(direct, _)| direct.clone());
         for (i, (hash, b)) in chain.into_iter().enumerate() {
             if !b.operations.is_empty() {
                 self.committed_operations = b.height;
@@ -1169,7 +1342,12 @@ impl Core {
             self.committed_hashes.insert(b.height, hash);
             let entry = self.leader_entry(&b);
             self.history.insert(b.height, entry);
-            let (commit_qc, commit_child) = if i == last { (Some(qc.clone()), Some(self.header_of(&child_hash, child))) } else { (None, None) };
+            let (commit_qc, commit_child) = match (i == last, &boundary_direct) {
+                (true, Some((q, c))) => (Some(q.clone()), Some(c.clone())),
+                (true, None) if boundary_proof.as_ref().is_some_and(|(_, p)| !p.is_empty()) => (None, None),
+                (true, None) => (Some(qc.clone()), Some(self.header_of(&child_hash, child))),
+                _ => (None, None),
+            };
             let b = Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone());
             self.out.push(Output::Commit(CommittedBlock { block: Some(b), commit_qc, commit_child }));
         }
@@ -1178,6 +1356,18 @@ impl Core {
             self.committed_hashes.pop_first();
         }
         self.prune_history();
+        if let Some((_, proof)) = boundary_proof {
+            // Abandon the pipeline above the boundary: nothing more is voted, proposed or
+            // committed in this epoch. Its operations are still in the mempool.
+            self.ended = Some((self.committed.height, self.committed.hash));
+            if !self.cfg.broken_epoch_carry {
+                self.blocks.retain(|h, _| *h == self.committed.hash);
+            }
+            self.pending.clear();
+            self.deadline = 0;
+            self.out.push(Output::EpochEnded { height: self.committed.height, hash: self.committed.hash, proof });
+            return;
+        }
         let floor = self.committed.height;
         let tip = self.committed.hash;
         self.blocks.retain(|h, b| b.height > floor || *h == tip);
@@ -1185,9 +1375,53 @@ impl Core {
         self.headers.get_mut().retain(|h, _| blocks.contains_key(h));
     }
 
+    /// The commit proof of `chain[k]`, the boundary, when the batch `chain` (ending with the
+    /// block `child` certified by `qc` commits) goes on above it: a direct one (its child in
+    /// the chain is one view later, and certified by the next block's justify), or else the
+    /// blocks above it up to the end of the batch, the last carrying the batch's proof. A
+    /// validator still in this epoch checks those blocks and their QCs like any sync answer,
+    /// and commits up to the boundary only.
+    #[allow(clippy::type_complexity)]
+    fn boundary_proof_above(
+        &self,
+        chain: &[(Hash, Arc<Block>)],
+        k: usize,
+        qc: &QuorumCert,
+        child_hash: &Hash,
+        child: &Block,
+    ) -> (Option<(QuorumCert, Block)>, Vec<CommittedBlock>) {
+        let (boundary, above) = (&chain[k].1, &chain[k + 1]);
+        if boundary.view.checked_add(1) == Some(above.1.view) {
+            let cert = match chain.get(k + 2) {
+                Some((_, b)) => b.justify.clone(),
+                None => child.justify.clone(),
+            };
+            if let Some(cert) = cert {
+                return (Some((cert, self.header_of(&above.0, &above.1))), Vec::new());
+            }
+        }
+        let last = chain.len() - 1;
+        let proof = chain[k + 1..]
+            .iter()
+            .enumerate()
+            .map(|(i, (_, b))| {
+                let end = k + 1 + i == last;
+                CommittedBlock {
+                    block: Some((**b).clone()),
+                    commit_qc: end.then(|| qc.clone()),
+                    commit_child: end.then(|| self.header_of(child_hash, child)),
+                }
+            })
+            .collect();
+        (None, proof)
+    }
+
     // ---- proposing and voting -------------------------------------------------------------
 
     fn try_propose(&mut self) {
+        if self.ended.is_some() {
+            return; // the epoch ended: nothing more is signed in it
+        }
         let view = self.view;
         if self.proposed_view >= view || self.timed_out_view >= view {
             return;
@@ -1513,6 +1747,9 @@ impl Core {
                 }
             }
         }
+        if self.ended.is_some() {
+            return; // its justify ended the epoch: the block is abandoned
+        }
         let Some(state) = self.safety.vote(block.view, justify.view, tc_info) else { return };
         self.out.push(Output::PersistBlock(block.clone()));
         self.out.push(Output::Persist(state));
@@ -1667,6 +1904,9 @@ impl Core {
     }
 
     fn on_sync_request(&mut self, from: usize, r: SyncRequest, log: &dyn CommittedLog) {
+        if r.committed_height < self.cfg.root_height {
+            return self.answer_previous_epoch(from, r.committed_height, log);
+        }
         let (committed, mut bytes) = sync::committed_answer(
             r.committed_height.saturating_add(1),
             self.committed.height,
@@ -1699,6 +1939,33 @@ impl Core {
             return;
         }
         self.out.push(Output::Send { to: from, msg: msg(Kind::SyncResponse(SyncResponse { committed, uncommitted })) });
+    }
+
+    /// A validator still in the epoch before, up to `height`: the committed blocks up to this
+    /// epoch's root (the previous epoch's boundary) and, when the root's ledger entry carries no
+    /// commit proof, the abandoned blocks above it that carry one (`Output::EpochEnded`). It
+    /// checks them as any sync answer, with its own epoch's keys, and commits up to the
+    /// boundary only (its epoch rule stops it there). Nothing of this epoch is sent: the asker
+    /// could not check it.
+    fn answer_previous_epoch(&mut self, from: usize, height: u64, log: &dyn CommittedLog) {
+        let root = self.cfg.root_height;
+        let (mut committed, _) =
+            sync::committed_answer(height.saturating_add(1), root, self.cfg.max_sync_blocks, self.cfg.max_sync_bytes, |h| log.read(h));
+        let reached = committed.last().and_then(|cb| cb.block.as_ref()).map_or(height, |b| b.height);
+        let rest = root - reached;
+        if reached < root && rest as usize + self.boundary_proof.len() <= self.cfg.max_sync_blocks.saturating_sub(committed.len()) {
+            // The end of the previous epoch, up to the root, lacks a commit proof on the root.
+            let tail: Option<Vec<CommittedBlock>> = (reached + 1..=root).map(|h| log.read(h)).collect();
+            let Some(tail) = tail else { return };
+            committed.extend(tail);
+            committed.extend(self.boundary_proof.iter().cloned());
+            if committed.last().is_some_and(|cb| cb.commit_qc.is_none()) {
+                return;
+            }
+        }
+        if !committed.is_empty() {
+            self.out.push(Output::Send { to: from, msg: msg(Kind::SyncResponse(SyncResponse { committed, uncommitted: Vec::new() })) });
+        }
     }
 
     fn on_sync_response(&mut self, from: usize, r: SyncResponse) {
@@ -1770,6 +2037,9 @@ impl Core {
                 }
                 self.commit(&Arc::new(last), &qc, &child, from);
                 progressed = true;
+                if self.ended.is_some() {
+                    return; // the rest is the next epoch's
+                }
                 if let Some(j) = child.justify.clone() {
                     if j.view > self.high_qc.view {
                         self.high_qc = j;
