@@ -1161,3 +1161,32 @@ fn after_voting_in_the_view_before_a_leader_proposes_at_once_and_never_again_aft
     let out = run(&mut restarted);
     assert!(restarted.view() >= 2 && !out.iter().any(is_proposal), "{out:?}");
 }
+
+#[test]
+fn a_peer_flooding_messages_of_a_later_epoch_gets_one_sync_request_per_two_timeouts_and_nothing_kept() {
+    // Messages naming a later epoch make a bank ask their sender for a sync (the reconfiguration
+    // catch-up); a Byzantine peer sending them at message speed must not make it ask at that
+    // speed, nor park anything.
+    let mut replica = core(0);
+    let timeout = Config::new(0, domain(), [3; 32]).base_timeout_ms;
+    let later = |view: u64| {
+        let mut m = vote_msg(2, view, vec![7; 16]);
+        if let Some(Kind::Vote(v)) = &mut m.kind {
+            v.epoch = 2;
+        }
+        m
+    };
+    let mut asks = 0;
+    for i in 0..10_000u64 {
+        let now = NOW + i / 10; // 1,000 ms of messages, ten per millisecond
+        let out = replica.handle(now, Input::Message { from: 2, msg: later(1 + i % 50) }, &NoLog);
+        asks += out
+            .iter()
+            .filter(|o| matches!(o, Output::Send { msg: PeerMessage { kind: Some(Kind::SyncRequest(_)) }, .. }))
+            .count();
+        assert!(!voted(&out), "voted on a later epoch's message: {out:?}");
+    }
+    let most = 1 + 1_000 / (2 * timeout as usize);
+    assert!(asks >= 1 && asks <= most, "{asks} sync requests in 1 s (at most {most} expected)");
+    assert!(replica.votes.values().all(|e| e.is_empty()), "a later epoch's vote was parked");
+}
